@@ -1,0 +1,388 @@
+"""A one-layer transformer trained on modular addition, with Fourier ground truth.
+
+The task (Nanda et al. 2023; the headline model of the Local Interaction Basis paper):
+tokens ``[a, b, =]`` with a, b ∈ {0 … p−1} and ``=`` the token p; the target is
+(a + b) mod p. A trained network computes it with a few *key frequencies* w: it embeds
+a ↦ (cos(2πwa/p), sin(2πwa/p)), multiplies the two embeddings in the MLP into
+cos(2πw(a+b)/p), … and reads the answer out through cos(2πw(a+b−c)/p). Every activation
+is then a function of (a, b) whose 2-D Fourier spectrum sits on one frequency per
+direction: the ground truth against which interaction-basis directions and modules are
+checked (:func:`fourier_labels`, :func:`frequency_alignment`).
+
+Architecture (all blocks carry their own skip connection, so that every node layer is the
+whole input of one module):
+
+- ``embed``: x_s = W_E[token_s] + W_pos[s], shape (B, 3, d);
+- ``attn``: multi-head attention, query at the last position only:
+  r = x_2 + Σ_h W_O^h softmax(q_2^h·k_s^h/√d_h) v_s^h, shape (B, d);
+- ``mlp``: z = [r, ReLU(W_in r + b_in)] (B, d + d_mlp), then ``mlp.readout``:
+  r' = z_{:d} + W_out z_{d:} + b_out (B, d);
+- ``unembed``: logits = W_U r' (B, p).
+
+Node layers (inputs of modules): ``"attn"`` (B, 3, d) with positions, ``"mlp"`` (B, d),
+``"mlp.readout"`` (B, d + d_mlp): residual and MLP hidden together, as in LIB,
+``"unembed"`` (B, d), ``"output"`` (B, p).
+
+Weights trained by :func:`train` with the default :class:`ModAddConfig` ship as
+``data/modadd.safetensors``, so :func:`load_model` needs no training; another config is
+trained once (a few minutes on 2 CPU cores) and cached under ``$INTERMOD_CACHE`` (default
+``~/.cache/intermod``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..basis import LayerBasis
+from ..graph import InteractionGraph
+from ..partition import compare_partitions
+
+__all__ = [
+    "DEFAULT_LAYERS",
+    "ModAddConfig",
+    "ModAddTransformer",
+    "accuracy",
+    "all_inputs",
+    "fourier_labels",
+    "frequency_alignment",
+    "load_model",
+    "train",
+]
+
+DEFAULT_LAYERS = ("mlp", "mlp.readout", "unembed", "output")
+_DATA = Path(__file__).resolve().parent / "data" / "modadd.safetensors"
+
+
+@dataclass(frozen=True)
+class ModAddConfig:
+    """Model size and training recipe (full-batch AdamW, as in Nanda et al.)."""
+
+    p: int = 59
+    d_model: int = 64
+    n_heads: int = 4
+    d_mlp: int = 256
+    train_fraction: float = 0.6
+    steps: int = 4000
+    lr: float = 3e-3
+    weight_decay: float = 1.0
+    seed: int = 0
+
+
+class _Attention(nn.Module):
+    """Attention block, last-position query: (B, 3, d) → (B, d), skip connection included."""
+
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.q = nn.Linear(d_model, d_model, bias=False)
+        self.k = nn.Linear(d_model, d_model, bias=False)
+        self.v = nn.Linear(d_model, d_model, bias=False)
+        self.o = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, d = x.shape
+        dh = d // self.n_heads
+        q = self.q(x[:, -1]).view(b, self.n_heads, 1, dh)
+        k = self.k(x).view(b, s, self.n_heads, dh).transpose(1, 2)
+        v = self.v(x).view(b, s, self.n_heads, dh).transpose(1, 2)
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dh), dim=-1)  # (B, H, 1, S)
+        heads = (att @ v).reshape(b, d)
+        return x[:, -1] + self.o(heads)
+
+
+class _Readout(nn.Module):
+    """z = [r, h] (B, d + d_mlp) ↦ r + W_out h + b_out (B, d)."""
+
+    def __init__(self, d_model: int, d_mlp: int) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.out = nn.Linear(d_mlp, d_model)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z[..., : self.d_model] + self.out(z[..., self.d_model :])
+
+
+class _MLP(nn.Module):
+    """r (B, d) ↦ readout([r, ReLU(W_in r + b_in)]) (B, d)."""
+
+    def __init__(self, d_model: int, d_mlp: int) -> None:
+        super().__init__()
+        self.fc_in = nn.Linear(d_model, d_mlp)
+        self.readout = _Readout(d_model, d_mlp)
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        return self.readout(torch.cat([r, torch.relu(self.fc_in(r))], dim=-1))
+
+
+class ModAddTransformer(nn.Module):
+    """One-layer transformer for (a + b) mod p: tokens (B, 3) int64 → logits (B, p)."""
+
+    def __init__(self, cfg: ModAddConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.p + 1, cfg.d_model)
+        self.pos = nn.Parameter(torch.zeros(3, cfg.d_model))
+        self.attn = _Attention(cfg.d_model, cfg.n_heads)
+        self.mlp = _MLP(cfg.d_model, cfg.d_mlp)
+        self.unembed = nn.Linear(cfg.d_model, cfg.p, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens) + self.pos
+        return self.unembed(self.mlp(self.attn(x)))
+
+
+def all_inputs(p: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every pair: tokens (p², 3) = [a, b, p] in row-major (a, b) order, labels (p²,)."""
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    a, b = a.reshape(-1), b.reshape(-1)
+    tokens = torch.stack([a, b, torch.full_like(a, p)], dim=1)
+    return tokens, (a + b) % p
+
+
+def _split(cfg: ModAddConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded train/test split of the p² pairs: (train indices, test indices)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    perm = torch.randperm(cfg.p**2, generator=gen)
+    n_train = round(cfg.train_fraction * cfg.p**2)
+    return perm[:n_train], perm[n_train:]
+
+
+@torch.no_grad()
+def accuracy(model: ModAddTransformer) -> dict[str, float]:
+    """Accuracy on the training pairs, the held-out pairs and all p² pairs."""
+    tokens, labels = all_inputs(model.cfg.p)
+    correct = (model(tokens).argmax(-1) == labels).double()
+    tr, te = _split(model.cfg)
+    return {
+        "train": correct[tr].mean().item(),
+        "test": correct[te].mean().item(),
+        "all": correct.mean().item(),
+    }
+
+
+def train(cfg: ModAddConfig = ModAddConfig(), log_every: int = 0) -> ModAddTransformer:
+    """Train from scratch, deterministically for a given ``cfg.seed`` (full batch, AdamW
+    with betas (0.9, 0.98), linear warm-up over 10 steps, cross-entropy in float32).
+    The weight decay drives the network from memorising to the Fourier algorithm
+    ("grokking"); ``log_every`` > 0 prints losses and accuracies."""
+    torch.manual_seed(cfg.seed)
+    model = ModAddTransformer(cfg)
+    tokens, labels = all_inputs(cfg.p)
+    tr, te = _split(cfg)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98)
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
+    start = time.perf_counter()
+    for step in range(cfg.steps):
+        loss = nn.functional.cross_entropy(model(tokens[tr]), labels[tr])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if log_every and (step % log_every == 0 or step == cfg.steps - 1):
+            with torch.no_grad():
+                test_loss = nn.functional.cross_entropy(model(tokens[te]), labels[te])
+            acc = accuracy(model)
+            print(
+                f"step {step:5d}  train {loss.item():.4f}  test {test_loss.item():.4f}  "
+                f"acc train {acc['train']:.3f} test {acc['test']:.3f}  "
+                f"{time.perf_counter() - start:.0f}s",
+                flush=True,
+            )
+    return model.eval()
+
+
+def _cache_path(cfg: ModAddConfig) -> Path:
+    root = Path(os.environ.get("INTERMOD_CACHE", Path.home() / ".cache" / "intermod"))
+    tag = "_".join(f"{k}{v}" for k, v in asdict(cfg).items())
+    return root / "modadd" / f"{tag}.safetensors"
+
+
+def save(model: ModAddTransformer, path: str | os.PathLike) -> None:
+    """Write the weights and the config (safetensors metadata ``"config"``, JSON)."""
+    from safetensors.torch import save_file
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, os.fspath(path), metadata={"config": json.dumps(asdict(model.cfg))})
+
+
+def _load(path: Path) -> ModAddTransformer:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(os.fspath(path), "pt") as f:
+        cfg = ModAddConfig(**json.loads(f.metadata()["config"]))
+    model = ModAddTransformer(cfg)
+    model.load_state_dict(load_file(os.fspath(path)))
+    return model.eval()
+
+
+def load_model(cfg: ModAddConfig = ModAddConfig(), retrain: bool = False) -> ModAddTransformer:
+    """The trained model for ``cfg``: the shipped weights when ``cfg`` is the default, else
+    the cached ones, else trained now (and cached). ``retrain`` ignores both files."""
+    if not retrain and cfg == ModAddConfig() and _DATA.exists():
+        return _load(_DATA)
+    cached = _cache_path(cfg)
+    if not retrain and cached.exists():
+        return _load(cached)
+    model = train(cfg)
+    save(model, cached)
+    return model
+
+
+@dataclass(frozen=True)
+class FourierLabels:
+    """Dominant frequency of each of k functions of (a, b) ∈ Z_p².
+
+    ``frequency`` (k,) int: the frequency w ∈ {1 … (p−1)/2} holding most of the function's
+    non-constant power, 0 for a constant function; ``fraction`` (k,): that share;
+    ``power`` (k, (p−1)/2 + 1): share per frequency, column 0 = cross-frequency terms.
+    """
+
+    frequency: np.ndarray
+    fraction: np.ndarray
+    power: np.ndarray
+
+
+def fourier_labels(values: np.ndarray, p: int, rtol: float = 1e-9) -> FourierLabels:
+    """Label functions of (a, b) by their dominant Fourier frequency.
+
+    ``values``: (p², k), row a·p + b holding the functions at (a, b) (the order of
+    :func:`all_inputs`). With F = the 2-D DFT over (a, b) and ``|·|`` the frequency folded
+    to {0 … (p−1)/2}, the component (k₁, k₂) ≠ (0, 0) belongs to frequency w when its
+    non-zero indices all fold to w: cos/sin(2πw a/p), of b, of a ± b and their products;
+    other components (products of two different frequencies) are "cross". A function whose
+    non-constant power is below ``rtol`` times the largest one's gets frequency 0.
+    """
+    grid = np.asarray(values, dtype=np.float64).reshape(p, p, -1)
+    spec = np.abs(np.fft.fft2(grid, axes=(0, 1))) ** 2
+    spec[0, 0] = 0.0
+    fold = np.minimum(np.arange(p), p - np.arange(p))
+    fa, fb = fold[:, None], fold[None, :]
+    bucket = np.where(fa == 0, fb, np.where(fb == 0, fa, np.where(fa == fb, fa, 0)))
+    n_freq = (p - 1) // 2
+    power = np.stack([spec[bucket == w].sum(0) for w in range(n_freq + 1)], axis=1)
+    total = power.sum(1)
+    alive = total > rtol * max(total.max(), np.finfo(float).tiny)
+    share = power / np.where(alive, total, 1.0)[:, None]
+    best = 1 + np.argmax(share[:, 1:], axis=1)
+    frequency = np.where(alive, best, 0)
+    fraction = np.where(alive, share[np.arange(len(best)), best], 0.0)
+    return FourierLabels(frequency=frequency, fraction=fraction, power=share)
+
+
+def key_frequencies(model: ModAddTransformer, share: float = 0.05) -> dict[int, float]:
+    """Frequencies w whose share of the token embedding's power Σ_d |Σ_a W_E[a, d] e^{−2πiwa/p}|²
+    (over w ≥ 1) is at least ``share``, largest first: the frequencies the network uses."""
+    p = model.cfg.p
+    spec = (np.abs(np.fft.rfft(model.embed.weight[:p].detach().double().numpy(), axis=0)) ** 2)
+    per_freq = spec.sum(1)[1:]
+    per_freq = per_freq / per_freq.sum()
+    order = np.argsort(-per_freq)
+    return {int(w + 1): float(per_freq[w]) for w in order if per_freq[w] >= share}
+
+
+def node_activations(
+    model: nn.Module, inputs: torch.Tensor, layers: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Activations at node layers (inputs of the named modules; ``"output"``: the logits)."""
+    acts: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+    handles = [
+        modules[name].register_forward_pre_hook(
+            lambda mod, args, name=name: acts.__setitem__(name, args[0].detach())
+        )
+        for name in layers
+        if name != "output"
+    ]
+    try:
+        with torch.no_grad():
+            acts["output"] = model(inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: acts[name] for name in layers}
+
+
+def graph_fourier_labels(
+    model: ModAddTransformer, graph: InteractionGraph, bases: Mapping[str, LayerBasis]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fourier labels of every node of ``graph`` (in ``graph.nodes`` order): the dominant
+    frequency (−1 for the constant direction), its share, and the power shares (n, W + 1)."""
+    tokens, _ = all_inputs(model.cfg.p)
+    acts = node_activations(model, tokens, graph.layers)
+    freq, frac, power = [], [], []
+    for name in graph.layers:
+        labels = fourier_labels(bases[name].transform(acts[name]), model.cfg.p)
+        f = labels.frequency.copy()
+        if bases[name].bias_direction:
+            f[0] = -1
+        freq.append(f)
+        frac.append(labels.fraction)
+        power.append(labels.power)
+    return np.concatenate(freq), np.concatenate(frac), np.concatenate(power)
+
+
+def frequency_alignment(
+    membership: np.ndarray,
+    frequency: np.ndarray,
+    power: np.ndarray,
+    Lambda: np.ndarray,
+    key: Sequence[int],
+) -> dict:
+    """How modules line up with Fourier frequencies.
+
+    Over the nodes inside the partition (``membership ≥ 0``) with a frequency label ≥ 1:
+
+    - ``ari``, ``nmi``: agreement of modules with the dominant-frequency labels;
+    - ``purity``: Σ_modules (largest count of one frequency) / number of nodes;
+    - per module: ``size``, ``frequencies`` (count per dominant frequency) and ``shares``,
+      the module's Λ-weighted Fourier power per key frequency,
+      Σ_{i∈m} Λ_i·power_{i,w} / Σ_{i∈m} Λ_i, plus ``"other"`` for the rest;
+    - ``modules_per_key``: for each key frequency w, the modules holding its nodes.
+    """
+    keep = (membership >= 0) & (frequency >= 1)
+    mods = sorted(set(membership[keep].tolist()))
+    out_modules = []
+    n_major = 0
+    for mod in mods:
+        sel = keep & (membership == mod)
+        values, counts = np.unique(frequency[sel], return_counts=True)
+        n_major += int(counts.max())
+        weights = Lambda[sel] / Lambda[sel].sum()
+        shares = {int(w): float(weights @ power[sel, w]) for w in key}
+        shares["other"] = float(1.0 - sum(shares.values()))
+        out_modules.append(
+            {
+                "module": int(mod),
+                "size": int(sel.sum()),
+                "frequencies": {int(v): int(c) for v, c in zip(values, counts)},
+                "shares": shares,
+            }
+        )
+    scores = (
+        compare_partitions(np.where(keep, membership, -1), np.where(keep, frequency, -1))
+        if len(mods) > 1
+        else {"ari": float("nan"), "nmi": float("nan")}
+    )
+    return {
+        **scores,
+        "purity": n_major / max(int(keep.sum()), 1),
+        "n_nodes": int(keep.sum()),
+        "modules": out_modules,
+        "modules_per_key": {
+            int(w): sorted(set(membership[keep & (frequency == w)].tolist())) for w in key
+        },
+    }
