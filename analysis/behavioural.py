@@ -97,6 +97,32 @@ def per_sample_jacobian(model: nn.Module, batch: Tensor | Mapping[str, Any],
     return torch.cat(flat, dim=-1)
 
 
+def behavioural_gradients(model: nn.Module, batches: Iterable[Any], *,
+                          output_fn: Callable[[Any], Tensor], dtype: torch.dtype = torch.float64,
+                          device: torch.device | str = "cpu") -> Tensor:
+    """The matrix 𝒢 (P × N·d_out) of per-sample output gradients, columns ordered (sample,
+    output). For small models and tests only (memory P·N·d_out): :func:`behavioural_gram`
+    never stores it."""
+    device = torch.device(device)
+    p = {k: v.detach().to(device=device, dtype=dtype) for k, v in model.named_parameters()
+         if v.requires_grad}
+    buffers = {k: (b.detach().to(device=device, dtype=dtype) if b.is_floating_point()
+                   else b.detach().to(device)) for k, b in model.named_buffers()}
+    cols = [per_sample_jacobian(model, _to(b, device, dtype), p, buffers, output_fn)
+            for b in batches]
+    J = torch.cat(cols)                                   # (N, d_out, P)
+    return J.reshape(-1, J.shape[-1]).T
+
+
+def _to(batch: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    if isinstance(batch, Mapping):
+        return {k: _to(v, device, dtype) for k, v in batch.items()}
+    if isinstance(batch, Tensor):
+        return batch.to(device=device, dtype=dtype) if batch.is_floating_point() \
+            else batch.to(device)
+    return batch
+
+
 def behavioural_gram(model: nn.Module, batches: Iterable[Any], *,
                      output_fn: Callable[[Any], Tensor], dtype: torch.dtype = torch.float64,
                      device: torch.device | str = "cpu",
@@ -123,12 +149,7 @@ def behavioural_gram(model: nn.Module, batches: Iterable[Any], *,
     N = 0
     d_out = 0
     for batch in batches:
-        if isinstance(batch, Mapping):
-            batch = {k: (v.to(device=device, dtype=dtype) if torch.is_floating_point(v)
-                         else v.to(device)) for k, v in batch.items()}
-        else:
-            batch = batch.to(device=device, dtype=dtype) if batch.is_floating_point() \
-                else batch.to(device)
+        batch = _to(batch, device, dtype)
         J = per_sample_jacobian(model, batch, p, buffers, output_fn)  # (S, d_out, P)
         N += J.shape[0]
         d_out = J.shape[1]

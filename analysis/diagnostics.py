@@ -206,9 +206,9 @@ class DegeneracyReport:
 
     def summary(self) -> str:
         """A short human-readable table."""
+        beh = self.behavioural_rank if self.behavioural_rank is not None else "n/a"
         lines = [f"ε = {self.epsilon:g}   n_params = {self.n_params}   "
-                 f"N_free ≥ {self.n_free_lower_bound}   behavioural rank = "
-                 f"{self.behavioural_rank if self.behavioural_rank is not None else 'n/a'}"]
+                 + f"N_free ≥ {self.n_free_lower_bound}   behavioural rank = {beh}"]
         for ld in self.layers.values():
             blocks = ",".join(str(s) for s in ld.sync_block_sizes) or "-"
             lines.append(f"  {ld.name:>12}: d={ld.dim:<5} rank_G={ld.rank_G:<5} "
@@ -482,10 +482,10 @@ def diagnose(model: nn.Module, inputs: Inputs, layers: Sequence[str], epsilon: f
     #     (the inputs of the ReLU-like modules: the preactivations, where J and s_a live).
     aux = sorted({lk.act for lk in links if lk.act is not None} - set(node_order), key=order.index)
     need_output = any(lk.next == OUTPUT and lk.act is None for lk in links) and OUTPUT not in node_order
-    basis_opts = dict(jacobian_target=jacobian_target, center=center, include_bias=include_bias,
-                      n_probes=n_probes, output_fn=output_fn, dtype=dtype,
-                      batch_size=batch_size, device=device, seed=seed, progress=progress,
-                      callback=callback)
+    basis_opts = {"jacobian_target": jacobian_target, "center": center, "include_bias": include_bias,
+                      "n_probes": n_probes, "output_fn": output_fn, "dtype": dtype,
+                      "batch_size": batch_size, "device": device, "seed": seed, "progress": progress,
+                      "callback": callback}
 
     def fwd_sorted(names):
         mods = sorted({n for n in names if n != OUTPUT}, key=order.index)
@@ -627,10 +627,10 @@ def diagnose(model: nn.Module, inputs: Inputs, layers: Sequence[str], epsilon: f
         n_params_covered=int(covered),
         n_free_lower_bound=int(sum(ld.n_free for ld in report_layers.values())),
         n_samples=int(getattr(basis, "n_samples", 0) or 0),
-        options=dict(include_bias=include_bias, center=center, jacobian_target=jacobian_target,
-                     sync_tol=sync_tol, behavioural_max_params=behavioural_max_params,
-                     n_probes=n_probes, batch_size=batch_size, device=str(dev),
-                     dtype=str(dtype).replace("torch.", ""), seed=seed, rtol=RTOL))
+        options={"include_bias": include_bias, "center": center, "jacobian_target": jacobian_target,
+                     "sync_tol": sync_tol, "behavioural_max_params": behavioural_max_params,
+                     "n_probes": n_probes, "batch_size": batch_size, "device": str(dev),
+                     "dtype": str(dtype).replace("torch.", ""), "seed": seed, "rtol": RTOL})
 
     # --- behavioural gradients
     if n_params > behavioural_max_params:

@@ -62,7 +62,7 @@ class SyncAccumulator:
     def __init__(self, d: int, device: torch.device | str = "cpu") -> None:
         self.d = d
         self.n = 0
-        z = dict(dtype=torch.float64, device=device)
+        z = {"dtype": torch.float64, "device": device}
         self.a = torch.zeros(d, **z)
         self.c = torch.zeros(d, **z)
         self.A = torch.zeros(d, d, **z)
