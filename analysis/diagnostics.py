@@ -35,20 +35,34 @@ Counting rules (per consuming ``nn.Linear``, exact for exact ranks):
 - the two families intersect in the (d_in_aug − rank_G)(d_out − rank_J) directions v cᵀ, counted
   once: ``n_free_overlap`` is subtracted. Together they are exactly the null space of the
   per-sample gradients of W_aug, range(J)ᵀ ⊗ range(G) having dimension rank_J · rank_G;
-- synchronisation (paper §3.2; attached to the node layer f^{l+1} = ReLU(p^{l+1})): a block S_a
-  allows W^l → C W^l, W^{l+1} → W^{l+1} C⁻¹ with C block-diagonal, non-negative on the block:
-  |S_a|² directions, of which |S_a| are the generic per-neuron rescalings every ReLU layer has.
-  DESIGN's count is Σ_a |S_a|² − d over all blocks (singletons included), i.e.
-  ``n_free_sync_naive = Σ_{|S_a|≥2} |S_a|(|S_a| − 1)``. It double-counts directions already
-  counted above when the block's preactivations are linearly dependent (duplicated neurons:
-  paper eq. 21) or its Jacobians are (dead neurons, which all share the "off" pattern). We
-  therefore add ``n_free_sync = Σ_a t_a(t_a − 1)`` with t_a = min(rank_ε of the block's
-  preactivation Gram E[p_S p_Sᵀ] (paper's s_a), rank_ε of the block's Jacobian Gram J_SS);
-  t_a = |S_a| for synchronised neurons that are independent, alive and used.
+- ReLU-like layers (paper §3.2; attached to the node layer f^{l+1} = ReLU(p^{l+1}), counted when
+  f^{l+1} is consumed by an ``nn.Linear`` W^{l+1}): a block S_a of synchronised neurons allows
+  W^l → C W^l, W^{l+1} → W^{l+1} C⁻¹ with C block-diagonal and non-negative on the block: |S_a|²
+  directions, |S_a| of which are the per-neuron rescalings every ReLU neuron has. DESIGN's count
+  of the synchronisation proper is Σ_a |S_a|² − d (all blocks, singletons included), reported as
+  ``n_free_sync_naive`` = Σ_{|S_a|≥2} |S_a|(|S_a| − 1). It double-counts whatever the activation
+  and Jacobian rules already counted: duplicated neurons (their preactivations are dependent),
+  dead neurons (they share the "off" pattern, and both their rows and columns are free already),
+  neurons ignored downstream. Controlling for both sides (paper eq. 21 does it for the
+  preactivations), the directions E ∈ R^{S_a×S_a} that are new modulo the counted ones are those
+  with Π_Q E Π_P ≠ 0, where P = span of the block's preactivations over the data and Q = the
+  Jacobian directions the block adds to the rest of the layer, so a block contributes
 
-``n_free = n_free_activation + n_free_jacobian − n_free_overlap + n_free_sync`` per node layer,
-and ``n_free_lower_bound`` is their sum: a lower bound on the dimension of the Hessian's null
-space (it ignores the generic rescalings and everything outside the analysed ``nn.Linear`` s).
+      N_a = s_a · k_a,   s_a = rank_ε E[p_S p_Sᵀ] (eq. 21),
+      k_a = |S_a| − rank(rows S of a basis of null_ε J),
+
+  generically (the exact number is the rank of the per-sample products J_S(x)ᵀ p_S(x)ᵀ, which
+  s_a·k_a bounds above and equals unless J and p conspire over the data). Singletons give the
+  rescalings, n_i = s_i·k_i ∈ {0, 1}: ``n_free_rescaling = Σ_i n_i`` (every neuron that is
+  alive and used), and ``n_free_sync = Σ_{|S_a|≥2} (N_a − Σ_{i∈S_a} n_i)`` is what
+  synchronisation adds; for independent, alive, used neurons it is DESIGN's |S_a|² − |S_a|.
+
+``n_free = n_free_activation + n_free_jacobian − n_free_overlap + n_free_rescaling + n_free_sync``
+per node layer, and ``n_free_lower_bound`` is their sum: a lower bound on the dimension of the
+Hessian's null space, n_params − rank H (rigorous for the activation/Jacobian rules, generic for
+the ReLU term as said above; only the analysed ``nn.Linear`` s count; other free
+directions, e.g. a bias shift through an always-on ReLU layer, are not found). On every
+network of ``tests/test_diagnostics.py`` it equals n_params − rank H exactly.
 
 rank_ε (noise scale ε, a behavioural-loss value)
 -------------------------------------------------

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
 from torch import Tensor, nn
 
 #: Modules treated as ReLU-like (two linear pieces meeting at 0, so f = r·p with r piecewise
@@ -138,7 +140,6 @@ def approximate_blocks(delta2: np.ndarray, tol: float,
     blocks = [list(b) for b in (start or [[i] for i in range(d)])]
     if tol < 0 or len(blocks) < 2:
         return sorted(blocks, key=lambda b: b[0])
-    # Components of the graph {δ² ≤ tol} between blocks: no admissible block crosses them.
     k = len(blocks)
     label = np.empty(d, dtype=np.int64)
     for b, members in enumerate(blocks):
@@ -147,6 +148,25 @@ def approximate_blocks(delta2: np.ndarray, tol: float,
     onehot[np.arange(d), label] = 1.0
     cross = onehot.T @ delta2 @ onehot                   # Σ_{i∈X, j∈Y} δ²_ij
     meas = np.array([block_measure(delta2, b) for b in blocks])
+    # A merge costs at least cross(X, Y): blocks only ever merge inside the connected
+    # components of {cross ≤ tol}, so the greedy search runs per component.
+    adj = (cross <= tol) & ~np.eye(k, dtype=bool)
+    _, comp = connected_components(csr_matrix(adj), directed=False)
+    out: list[list[int]] = []
+    for c in np.unique(comp):
+        idx = np.flatnonzero(comp == c)
+        if idx.size == 1:
+            out.append(blocks[idx[0]])
+            continue
+        out.extend(_greedy([blocks[i] for i in idx], meas[idx], cross[np.ix_(idx, idx)], tol))
+    return sorted(out, key=lambda b: b[0])
+
+
+def _greedy(blocks: list[list[int]], meas: np.ndarray, cross: np.ndarray, tol: float
+            ) -> list[list[int]]:
+    k = len(blocks)
+    blocks = [list(b) for b in blocks]
+    meas, cross = meas.copy(), cross.copy()
     alive = np.ones(k, dtype=bool)
     while True:
         cost = meas[:, None] + meas[None, :] + cross
@@ -163,7 +183,7 @@ def approximate_blocks(delta2: np.ndarray, tol: float,
         cross[:, i] += cross[:, j]
         cross[i, i] = 0.0
         alive[j] = False
-    return sorted((blocks[b] for b in range(k) if alive[b]), key=lambda b: b[0])
+    return [blocks[b] for b in range(k) if alive[b]]
 
 
 @dataclass
