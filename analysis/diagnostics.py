@@ -447,7 +447,8 @@ def diagnose(model: nn.Module, inputs: Inputs, layers: Sequence[str], epsilon: f
     """Degeneracy diagnostics of ``model`` on ``inputs`` at noise scale ``epsilon``.
 
     Parameters mirror :func:`intermod.analysis.compute_basis` (``layers``: module paths whose
-    *input* is a node layer, or ``"output"``). ``sync_tol``: tolerance on the paper's eq. 20
+    *input* is a node layer, or ``"output"``). ``jacobian_target`` only decides which M^l is
+    reported (``spectrum_M``/``rank_M``); the counts always use Jacobians of the output. ``sync_tol``: tolerance on the paper's eq. 20
     measure |r_a|² (activation units², default ε). ``behavioural_max_params``: the behavioural
     Gram is computed only for models with at most this many trainable parameters (memory
     O(P²) float64); above it ``behavioural_rank`` is None and ``behavioural_reason`` says why.
@@ -496,20 +497,23 @@ def diagnose(model: nn.Module, inputs: Inputs, layers: Sequence[str], epsilon: f
     #     (the inputs of the ReLU-like modules: the preactivations, where J and s_a live).
     aux = sorted({lk.act for lk in links if lk.act is not None} - set(node_order), key=order.index)
     need_output = any(lk.next == OUTPUT and lk.act is None for lk in links) and OUTPUT not in node_order
-    basis_opts = {"jacobian_target": jacobian_target, "center": center, "include_bias": include_bias,
-                      "n_probes": n_probes, "output_fn": output_fn, "dtype": dtype,
-                      "batch_size": batch_size, "device": device, "seed": seed, "progress": progress,
-                      "callback": callback}
+    basis_opts = {"center": center, "include_bias": include_bias, "n_probes": n_probes,
+                  "output_fn": output_fn, "dtype": dtype, "batch_size": batch_size,
+                  "device": device, "seed": seed, "progress": progress, "callback": callback}
 
     def fwd_sorted(names):
         mods = sorted({n for n in names if n != OUTPUT}, key=order.index)
         return mods + ([OUTPUT] if OUTPUT in names else [])
 
+    # The counts always use Jacobians of the behavioural output: with "next_layer" a direction
+    # the next layer's basis dropped (zero variance there) would look like a missing Jacobian
+    # direction although moving the weights along it changes the output.
     all_cuts = fwd_sorted(node_order + aux + ([OUTPUT] if need_output else []))
-    basis = compute_basis(model, inputs, all_cuts, **basis_opts)
-    if jacobian_target == "next_layer" and all_cuts != node_order:
-        # M^l of a node layer depends on which layer comes next: take it from the user's chain.
-        basis_user = compute_basis(model, inputs, node_order, **basis_opts)
+    basis = compute_basis(model, inputs, all_cuts, jacobian_target="output", **basis_opts)
+    if jacobian_target == "next_layer":
+        # M^l (spectrum_M, rank_M) as the user's basis defines it: local, on the user's chain.
+        basis_user = compute_basis(model, inputs, node_order, jacobian_target="next_layer",
+                                   **basis_opts)
     else:
         basis_user = basis
 

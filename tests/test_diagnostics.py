@@ -345,3 +345,30 @@ def test_non_linear_consumers_get_spectra_and_a_note():
     # LayerNorm outputs sum to zero (weight 1, bias 0 at init): one missing direction
     l3 = r.layers["3"]
     assert l3.rank_J == 2 and l3.missing_G == 1 and l3.n_free == l3.n_free_activation == 2
+
+
+def _duplicated(d_in=4, d_hid=6, d_out=3):
+    m = mlp(d_in, d_hid, d_out)
+    with torch.no_grad():
+        m[0].weight[1] = m[0].weight[0]
+        m[0].bias[1] = m[0].bias[0]
+    return m
+
+
+def test_counts_use_output_jacobians_whatever_the_reported_target():
+    # With next_layer, the duplicate's zero-variance direction is dropped from the next basis,
+    # so J w.r.t. f̂ would miss a direction that does change the output; counts must not.
+    m, x = _duplicated(), data(n=200)
+    a = run(m, x, ["0", "2"])
+    b = run(m, x, ["0", "2"], jacobian_target="next_layer")
+    assert a.n_free_lower_bound == b.n_free_lower_bound == 9
+    assert b.layers["0"].rank_J == 6
+    assert_tight(b)
+
+
+def test_positions_are_samples():
+    m, x = _duplicated(), torch.randn(30, 5, 4, dtype=D)
+    r = run(m, x, ["0", "2"])
+    assert r.n_samples == 150 and r.layers["2"].sync_blocks == [[0, 1]]
+    assert r.n_free_lower_bound == 9
+    assert_tight(r)
