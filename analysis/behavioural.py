@@ -171,13 +171,13 @@ def behavioural_gram(model: nn.Module, batches: Iterable[Any], *,
 
 def behavioural_rank(model: nn.Module, batches: Iterable[Any], epsilon: float, *,
                      output_fn: Callable[[Any], Tensor], dtype: torch.dtype = torch.float64,
-                     device: torch.device | str = "cpu") -> BehaviouralResult:
+                     device: torch.device | str = "cpu", rtol: float = RTOL) -> BehaviouralResult:
     """Spectrum and rank_ε of B = H/2 = (1/N) 𝒢𝒢ᵀ (see the module docstring)."""
     K, N, d_out, _ = behavioural_gram(model, batches, output_fn=output_fn, dtype=dtype,
                                       device=device)
     P = sum(v.numel() for v in model.parameters() if v.requires_grad)
     K = (K + K.T) / 2 / max(N, 1)
     lam = torch.linalg.eigvalsh(K.to(torch.float64)).flip(0).clamp_min(0.0).cpu().numpy()
-    return BehaviouralResult(spectrum=lam, rank=rank_eps(lam, epsilon),
-                             rank_numerical=rank_eps(lam, 0.0), n_params=P, n_samples=N,
+    return BehaviouralResult(spectrum=lam, rank=rank_eps(lam, epsilon, 1.0, rtol),
+                             rank_numerical=rank_eps(lam, 0.0, 1.0, rtol), n_params=P, n_samples=N,
                              d_out=d_out)

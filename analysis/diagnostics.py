@@ -70,13 +70,14 @@ The behavioural loss is L(θ) = (1/N) Σ_x ‖y(x; θ) − y(x; θ*)‖² (see
 :mod:`intermod.analysis.behavioural`). An eigenvalue is compared with ε after converting it to
 loss units by the top eigenvalue of its partner Gram:
 
-    rank_ε(G) = #{D_i · λ_max(J) > max(ε, 1e-10 · D_max · λ_max(J))},
+    rank_ε(G) = #{D_i · λ_max(J) > max(ε, rtol · D_max · λ_max(J))},
     rank_ε(J) = #{κ_i · λ_max(G) > max(ε, …)},   rank_ε(M) = #{μ_i · λ_max(G) > …},
 
 D_i · λ_max(J) is (to the extent f and J are independent over the data) the largest increase
 of L from a unit-norm change of W along activation direction i; likewise for the Jacobian
 directions. Layers without a partner Gram (the output, unknown consumers) use scale 1 (the
-output Gram is already in loss units). The 1e-10 relative floor makes ε = 0 the numerical
+output Gram is already in loss units). The relative floor (1e-10 in float64, 1e-6 in float32:
+the core's ``default_tol``) makes ε = 0 the numerical
 rank (reported as ``*_numerical``). The behavioural spectrum is the eigenvalues of H/2 =
 (1/N)𝒢𝒢ᵀ, already in loss units, compared with ε directly. Approximate synchronisation uses
 the paper's eq. 20 measure (activation units²) against ``sync_tol`` (default: ε).
@@ -399,8 +400,8 @@ def _count_gram(lb: Any, has_bias: bool, center: bool, include_bias: bool) -> np
 def _top(spec: np.ndarray | None) -> float:
     return float(spec.max()) if spec is not None and spec.size else 0.0
 
-def _relu_block_ranks(P2: np.ndarray, J: np.ndarray, blocks: list[list[int]], epsilon: float
-                      ) -> tuple[list[int], list[int], np.ndarray]:
+def _relu_block_ranks(P2: np.ndarray, J: np.ndarray, blocks: list[list[int]], epsilon: float,
+                      rtol: float = RTOL) -> tuple[list[int], list[int], np.ndarray]:
     """(s_a, k_a) for each block and the per-neuron singleton count n_i = s_i·k_i.
 
     s_a = rank_ε of the block's uncentred preactivation Gram E[p_S p_Sᵀ] (paper eq. 21),
@@ -410,10 +411,10 @@ def _relu_block_ranks(P2: np.ndarray, J: np.ndarray, blocks: list[list[int]], ep
     d = J.shape[0]
     sP = _top(_eig_desc(J))
     spec_P = _eig_desc(P2)
-    thr_P = max(epsilon, RTOL * _top(spec_P) * sP)
+    thr_P = max(epsilon, rtol * _top(spec_P) * sP)
     lamJ, vecJ = np.linalg.eigh((J + J.T) / 2)
     sJ = _top(spec_P)
-    thr_J = max(epsilon, RTOL * max(float(lamJ.max(initial=0.0)), 0.0) * sJ)
+    thr_J = max(epsilon, rtol * max(float(lamJ.max(initial=0.0)), 0.0) * sJ)
     null = vecJ[:, lamJ * sJ <= thr_J] if sJ > 0 and lamJ.max(initial=0.0) > 0 else np.eye(d)
 
     def s_rank(idx):
@@ -456,6 +457,7 @@ def diagnose(model: nn.Module, inputs: Inputs, layers: Sequence[str], epsilon: f
     Returns a :class:`DegeneracyReport`; every formula is in the module docstring.
     """
     from . import compute_basis  # the core library: the one place G and M are computed
+    from .basis import default_tol
     from .nodes import default_output
 
     if epsilon < 0:
@@ -466,6 +468,7 @@ def diagnose(model: nn.Module, inputs: Inputs, layers: Sequence[str], epsilon: f
     if not layers:
         raise ValueError("layers: give at least one node layer")
     output_fn = output_fn or default_output
+    rtol = default_tol(dtype)   # relative floor of the numerical rank, as the core's tol_G/tol_M
     sync_tol = float(epsilon if sync_tol is None else sync_tol)
     dev = resolve_device(device)
     prog = Progress(progress, callback)
@@ -576,8 +579,10 @@ def diagnose(model: nn.Module, inputs: Inputs, layers: Sequence[str], epsilon: f
         ld = LayerDiagnostics(
             name=name, dim=dim, spectrum_G=spec_G, spectrum_M=spec_M,
             scale_G=scale_G, scale_M=scale_M,
-            rank_G=rank_eps(spec_G, epsilon, scale_G), rank_M=rank_eps(spec_M, epsilon, scale_M),
-            rank_G_numerical=rank_eps(spec_G, 0.0), rank_M_numerical=rank_eps(spec_M, 0.0),
+            rank_G=rank_eps(spec_G, epsilon, scale_G, rtol),
+            rank_M=rank_eps(spec_M, epsilon, scale_M, rtol),
+            rank_G_numerical=rank_eps(spec_G, 0.0, 1.0, rtol),
+            rank_M_numerical=rank_eps(spec_M, 0.0, 1.0, rtol),
             notes=notes)
         if name == OUTPUT:
             notes.append("output layer: no parameters downstream, no counts")
@@ -595,8 +600,8 @@ def diagnose(model: nn.Module, inputs: Inputs, layers: Sequence[str], epsilon: f
             ld.d_out = int(d_out)
             ld.spectrum_J = spec_J
             ld.scale_J = _top(spec_G)
-            ld.rank_J = rank_eps(spec_J, epsilon, ld.scale_J)
-            ld.rank_J_numerical = rank_eps(spec_J, 0.0)
+            ld.rank_J = rank_eps(spec_J, epsilon, ld.scale_J, rtol)
+            ld.rank_J_numerical = rank_eps(spec_J, 0.0, 1.0, rtol)
             ld.missing_G = ld.d_in_aug - ld.rank_G
             ld.missing_J = ld.d_out - ld.rank_J
             ld.n_free_activation = ld.d_out * ld.missing_G
@@ -618,7 +623,7 @@ def diagnose(model: nn.Module, inputs: Inputs, layers: Sequence[str], epsilon: f
             pre_lb = basis[src.act]
             _, P2 = _second_moments(pre_lb, center, include_bias)
             J = _features_M(pre_lb)
-            s_blk, k_blk, n_single = _relu_block_ranks(P2, J, res.blocks, epsilon)
+            s_blk, k_blk, n_single = _relu_block_ranks(P2, J, res.blocks, epsilon, rtol)
             ld.sync_block_s, ld.sync_block_k = s_blk, k_blk
             nxt = by_layer.get(name)
             if nxt is None or nxt.linear is None:
@@ -648,7 +653,7 @@ def diagnose(model: nn.Module, inputs: Inputs, layers: Sequence[str], epsilon: f
         options={"include_bias": include_bias, "center": center, "jacobian_target": jacobian_target,
                      "sync_tol": sync_tol, "behavioural_max_params": behavioural_max_params,
                      "n_probes": n_probes, "batch_size": batch_size, "device": str(dev),
-                     "dtype": str(dtype).replace("torch.", ""), "seed": seed, "rtol": RTOL})
+                     "dtype": str(dtype).replace("torch.", ""), "seed": seed, "rtol": rtol})
 
     # --- behavioural gradients
     if n_params > behavioural_max_params:
@@ -663,7 +668,7 @@ def diagnose(model: nn.Module, inputs: Inputs, layers: Sequence[str], epsilon: f
         batches = prog.track((b for big in iter_batches(inputs, batch_size)
                               for b in iter_batches(big, chunk)), "behavioural gradients", None)
         beh: BehaviouralResult = behavioural_rank(model, batches, epsilon, output_fn=output_fn,
-                                                  dtype=dtype, device=dev)
+                                                  dtype=dtype, device=dev, rtol=rtol)
         report.behavioural_rank = beh.rank
         report.behavioural_rank_numerical = beh.rank_numerical
         report.behavioural_spectrum = beh.spectrum
@@ -686,18 +691,29 @@ def plot_spectra(report: DegeneracyReport, path: str, *, loss_units: bool = True
     cols = min(n, 3)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    floor = 1e-300
+    def scaled(spec, scale):
+        return None if spec is None else np.asarray(spec) * (scale if loss_units else 1.0)
 
-    def draw(ax, spec, scale, label, style):
-        if spec is None or len(spec) == 0:
+    def draw(ax, spec, scale, label, style, floor):
+        y = scaled(spec, scale)
+        if y is None or len(y) == 0:
             return
-        y = np.maximum(np.asarray(spec) * (scale if loss_units else 1.0), floor)
-        ax.semilogy(np.arange(1, len(y) + 1), y, style, label=label, ms=3)
+        # exact zeros (and float noise far below ε) are drawn on the axis floor
+        ax.semilogy(np.arange(1, len(y) + 1), np.maximum(y, floor), style, label=label, ms=3)
+
+    def floor_of(*specs):
+        tops = [float(np.max(s)) for s in specs if s is not None and len(s) and np.max(s) > 0]
+        top = max(tops, default=1.0)
+        low = min(top * 1e-20, report.epsilon * 1e-3) if report.epsilon > 0 else top * 1e-20
+        return max(low, 1e-300)
 
     for ax, ld in zip(axes.flat, panels):
-        draw(ax, ld.spectrum_G, ld.scale_G, f"G (rank {ld.rank_G})", "o-")
-        draw(ax, ld.spectrum_M, ld.scale_M, f"M (rank {ld.rank_M})", "s-")
-        draw(ax, ld.spectrum_J, ld.scale_J, f"J (rank {ld.rank_J})", "^-")
+        fl = floor_of(scaled(ld.spectrum_G, ld.scale_G), scaled(ld.spectrum_M, ld.scale_M),
+                      scaled(ld.spectrum_J, ld.scale_J))
+        draw(ax, ld.spectrum_G, ld.scale_G, f"G (rank {ld.rank_G})", "o-", fl)
+        draw(ax, ld.spectrum_M, ld.scale_M, f"M (rank {ld.rank_M})", "s-", fl)
+        draw(ax, ld.spectrum_J, ld.scale_J, f"J (rank {ld.rank_J})", "^-", fl)
+        ax.set_ylim(bottom=fl / 3)
         if loss_units and report.epsilon > 0:
             ax.axhline(report.epsilon, color="k", ls="--", lw=0.8, label=f"ε = {report.epsilon:g}")
         ax.set_title(f"{ld.name} (d={ld.dim}, n_free={ld.n_free})", fontsize=9)
@@ -705,7 +721,9 @@ def plot_spectra(report: DegeneracyReport, path: str, *, loss_units: bool = True
         ax.legend(fontsize=7)
     if has_beh:
         ax = axes.flat[len(panels)]
-        draw(ax, report.behavioural_spectrum, 1.0, f"H/2 (rank {report.behavioural_rank})", ".-")
+        fl = floor_of(report.behavioural_spectrum)
+        draw(ax, report.behavioural_spectrum, 1.0, f"H/2 (rank {report.behavioural_rank})", ".-", fl)
+        ax.set_ylim(bottom=fl / 3)
         if report.epsilon > 0:
             ax.axhline(report.epsilon, color="k", ls="--", lw=0.8)
         ax.set_title(f"behavioural Hessian (P={report.n_params})", fontsize=9)
