@@ -664,7 +664,11 @@ def diagnose(model: nn.Module, inputs: Inputs, layers: Sequence[str], epsilon: f
             f"is P×P float64 ({gb:.1f} GiB) and the per-sample gradients cost N·d_out backward "
             f"passes; raise behavioural_max_params to compute it")
     else:
-        chunk = max(1, min(batch_size, 2 ** 21 // max(n_params, 1)))
+        # per-sample Jacobians of one vmap call: chunk × (outputs per sample) × P float64 ≤ 128 MiB
+        with torch.no_grad():
+            out_first = output_fn(traced_call(first))
+        per_sample = max(1, out_first[0].numel()) if out_first.ndim > 0 else 1
+        chunk = max(1, min(batch_size, 2 ** 24 // (per_sample * max(n_params, 1))))
         batches = prog.track((b for big in iter_batches(inputs, batch_size)
                               for b in iter_batches(big, chunk)), "behavioural gradients", None)
         beh: BehaviouralResult = behavioural_rank(model, batches, epsilon, output_fn=output_fn,
