@@ -262,6 +262,7 @@ class _Link:
     linear: nn.Linear | None = None
     act: str | None = None
     next: str | None = None
+    note: str | None = None
 
 
 def _first_tensor(args: Any) -> Tensor | None:
@@ -294,10 +295,12 @@ def trace_structure(model: nn.Module, batch: Any, layers: Sequence[str],
     seen_in: dict[str, Tensor] = {}
     seen_out: dict[str, Tensor] = {}
     order: list[str] = []
+    calls: dict[str, int] = {}
     handles = []
 
     def pre(name):
         def hook(mod, args, kwargs=None):
+            calls[name] = calls.get(name, 0) + 1
             t = _first_tensor(args)
             if t is not None and name not in seen_in:
                 seen_in[name] = t
@@ -338,11 +341,19 @@ def trace_structure(model: nn.Module, batch: Any, layers: Sequence[str],
     links = []
     for name in fwd:
         link = _Link(layer=name)
-        if name != OUTPUT and isinstance(modules[name], nn.Linear):
+        if name != OUTPUT and calls.get(name, 0) > 1:
+            link.note = (f"module {name!r} is called {calls[name]} times per forward pass (shared "
+                         "weights): spectra only, no free-direction counts")
+        elif name != OUTPUT and isinstance(modules[name], nn.Linear):
             link.consumer, link.linear = name, modules[name]
             z = seen_out.get(name)
             if z is not None:
                 act = consumer_of(z, RELU_LIKE)
+                if act is not None and calls.get(act, 0) > 1:
+                    link.note = (f"ReLU-like module {act!r} is called {calls[act]} times per "
+                                 "forward pass: give each use its own module to get counts")
+                    links.append(link)
+                    continue
                 target = seen_out.get(act) if act is not None else z
                 link.act = act
                 nxt = consumer_of(target, among=node_mods)
@@ -449,8 +460,8 @@ def diagnose(model: nn.Module, inputs: Inputs, layers: Sequence[str], epsilon: f
 
     Parameters mirror :func:`intermod.analysis.compute_basis` (``layers``: module paths whose
     *input* is a node layer, or ``"output"``). ``jacobian_target`` only decides which M^l is
-    reported (``spectrum_M``/``rank_M``); the counts always use Jacobians of the output. ``sync_tol``: tolerance on the paper's eq. 20
-    measure |r_a|² (activation units², default ε). ``behavioural_max_params``: the behavioural
+    reported (``spectrum_M``/``rank_M``); the counts always use Jacobians of the output.
+    ``sync_tol``: tolerance on the paper's eq. 20 measure |r_a|² (activation units², default ε). ``behavioural_max_params``: the behavioural
     Gram is computed only for models with at most this many trainable parameters (memory
     O(P²) float64); above it ``behavioural_rank`` is None and ``behavioural_reason`` says why.
 
@@ -586,6 +597,8 @@ def diagnose(model: nn.Module, inputs: Inputs, layers: Sequence[str], epsilon: f
             notes=notes)
         if name == OUTPUT:
             notes.append("output layer: no parameters downstream, no counts")
+        elif lk.note is not None:
+            notes.append(lk.note)
         elif lk.linear is None:
             notes.append(f"module {name!r} is a {type(modules[name]).__name__}, not nn.Linear: "
                          "spectra only, no free-direction counts")

@@ -372,3 +372,20 @@ def test_positions_are_samples():
     assert r.n_samples == 150 and r.layers["2"].sync_blocks == [[0, 1]]
     assert r.n_free_lower_bound == 9
     assert_tight(r)
+
+
+def test_shared_relu_module_is_not_counted_silently():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 5), nn.Linear(5, 5), nn.Linear(5, 2)
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            return self.c(self.act(self.b(self.act(self.a(x)))))
+
+    torch.manual_seed(0)
+    r = run(Net().to(D), data(n=100), ["a", "b", "c"])
+    assert r.layers["a"].n_free == 0 and r.layers["a"].rank_J is None
+    assert "called 2 times" in r.layers["a"].notes[0]
+    assert r.layers["c"].rank_J == 2          # c feeds the output directly: still counted
