@@ -88,6 +88,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -449,6 +450,17 @@ def _relu_block_ranks(P2: np.ndarray, J: np.ndarray, blocks: list[list[int]], ep
 
 
 # ----------------------------------------------------------------------------- entry point
+@contextmanager
+def _eval_mode(model: nn.Module):
+    """Dropout off and BatchNorm on running statistics while we measure (as the core does)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def diagnose(model: nn.Module, inputs: Inputs, layers: Sequence[str], epsilon: float, *,
              include_bias: bool = True, center: bool = True, jacobian_target: str = "output",
              sync_tol: float | None = None, behavioural_max_params: int = 4096,
@@ -465,8 +477,20 @@ def diagnose(model: nn.Module, inputs: Inputs, layers: Sequence[str], epsilon: f
     Gram is computed only for models with at most this many trainable parameters (memory
     O(P²) float64); above it ``behavioural_rank`` is None and ``behavioural_reason`` says why.
 
-    Returns a :class:`DegeneracyReport`; every formula is in the module docstring.
+    Returns a :class:`DegeneracyReport`; every formula is in the module docstring. The model is
+    evaluated in eval mode and never modified.
     """
+    with _eval_mode(model):
+        return _diagnose(model, inputs, layers, epsilon, include_bias=include_bias, center=center,
+                         jacobian_target=jacobian_target, sync_tol=sync_tol,
+                         behavioural_max_params=behavioural_max_params, output_fn=output_fn,
+                         n_probes=n_probes, batch_size=batch_size, device=device, dtype=dtype,
+                         seed=seed, progress=progress, callback=callback)
+
+
+def _diagnose(model, inputs, layers, epsilon, *, include_bias, center, jacobian_target, sync_tol,
+              behavioural_max_params, output_fn, n_probes, batch_size, device, dtype, seed,
+              progress, callback) -> DegeneracyReport:
     from . import compute_basis  # the core library: the one place G and M are computed
     from .basis import default_tol
     from .nodes import default_output

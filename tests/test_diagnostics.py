@@ -389,3 +389,18 @@ def test_shared_relu_module_is_not_counted_silently():
     assert r.layers["a"].n_free == 0 and r.layers["a"].rank_J is None
     assert "called 2 times" in r.layers["a"].notes[0]
     assert r.layers["c"].rank_J == 2          # c feeds the output directly: still counted
+
+
+def test_dropout_is_off_and_the_model_is_left_as_it_was():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Dropout(0.5), nn.Linear(5, 3)).to(D)
+    m.train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    r = run(m, data(n=200), ["0", "3"])
+    assert m.training
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    # eval mode: Dropout returns its input, so the ReLU output is the next node layer and H has
+    # the 5 rescalings of a generic ReLU net only (in train mode the patterns would be random)
+    assert r.layers["0"].rank_J == 5 and r.layers["3"].nonlinearity == "1"
+    assert r.n_free_lower_bound == 5
+    assert_tight(r)
