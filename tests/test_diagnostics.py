@@ -404,3 +404,14 @@ def test_dropout_is_off_and_the_model_is_left_as_it_was():
     assert r.layers["0"].rank_J == 5 and r.layers["3"].nonlinearity == "1"
     assert r.n_free_lower_bound == 5
     assert_tight(r)
+
+
+def test_float32_model_is_measured_in_float64_through_the_package_api():
+    from intermod import analysis as ia
+
+    m = _duplicated().float()
+    r = ia.diagnose(m, data(n=200).float(), ["0", "2"], EPS, progress=False)
+    assert next(m.parameters()).dtype == torch.float32          # untouched
+    assert r.options["dtype"] == "float64" and r.layers["2"].sync_blocks == [[0, 1]]
+    assert r.n_free_lower_bound == 9
+    assert_tight(r)
