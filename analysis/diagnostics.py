@@ -184,6 +184,16 @@ class DegeneracyReport:
         return self.n_params - self.n_free_lower_bound
 
     @property
+    def n_free_by_source(self) -> dict[str, int]:
+        """Totals over layers of each source (overlap already subtracted from ``activation``
+        + ``jacobian`` in ``overlap``, as a negative number)."""
+        keys = {"activation": "n_free_activation", "jacobian": "n_free_jacobian",
+                "rescaling": "n_free_rescaling", "synchronisation": "n_free_sync"}
+        out = {k: int(sum(getattr(ld, f) for ld in self.layers.values())) for k, f in keys.items()}
+        out["overlap"] = -int(sum(ld.n_free_overlap for ld in self.layers.values()))
+        return out
+
+    @property
     def n_free_behavioural(self) -> int | None:
         """n_params − behavioural_rank (Hessian null-space dimension at ε), when computed."""
         return None if self.behavioural_rank is None else self.n_params - self.behavioural_rank
@@ -197,6 +207,7 @@ class DegeneracyReport:
         d["layer_order"] = list(self.layers)
         d["n_eff_upper_bound"] = self.n_eff_upper_bound
         d["n_free_behavioural"] = self.n_free_behavioural
+        d["n_free_by_source"] = self.n_free_by_source
         return d
 
     @classmethod

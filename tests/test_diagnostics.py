@@ -116,6 +116,8 @@ def test_dead_neurons():
     assert hid.n_free_sync == 0 and hid.n_free_sync_naive == 2
     assert hid.n_free_rescaling == 4
     assert r.n_free_lower_bound == 20
+    assert r.n_free_by_source == {"activation": 6, "jacobian": 10, "rescaling": 4,
+                                  "synchronisation": 0, "overlap": 0}
     assert_tight(r)
 
 
@@ -330,6 +332,7 @@ def test_report_is_plain_json_and_round_trips(tmp_path):
     np.testing.assert_array_equal(back.layers["2"].spectrum_G, r.layers["2"].spectrum_G)
     assert back.n_free_lower_bound == r.n_free_lower_bound == d["n_free_lower_bound"]
     assert d["behavioural_rank"] == r.behavioural_rank and d["n_params"] == 44
+    assert sum(d["n_free_by_source"].values()) == d["n_free_lower_bound"]
     for suffix in ("png", "svg"):
         path = plot_spectra(r, str(tmp_path / f"spectra.{suffix}"))
         assert (tmp_path / f"spectra.{suffix}").stat().st_size > 1000 and path.endswith(suffix)
