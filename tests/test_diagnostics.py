@@ -418,3 +418,36 @@ def test_float32_model_is_measured_in_float64_through_the_package_api():
     assert r.options["dtype"] == "float64" and r.layers["2"].sync_blocks == [[0, 1]]
     assert r.n_free_lower_bound == 9
     assert_tight(r)
+
+
+@pytest.mark.parametrize("trial", range(8))
+def test_lower_bound_never_exceeds_the_hessian_null_space(trial):
+    """Random 3-layer ReLU nets with random planted degeneracies (duplicated, scaled, dead,
+    dead-end, always-on neurons; dependent inputs; few samples)."""
+    import random
+
+    rng = random.Random(trial)
+    torch.manual_seed(trial)
+    w = [rng.randint(2, 5), rng.randint(2, 6), rng.randint(2, 6), rng.randint(1, 4)]
+    m = nn.Sequential(nn.Linear(w[0], w[1]), nn.ReLU(), nn.Linear(w[1], w[2]), nn.ReLU(),
+                      nn.Linear(w[2], w[3])).to(D)
+    x = torch.randn(rng.choice([20, 60, 200]), w[0], dtype=D)
+    with torch.no_grad():
+        for L, nxt in ((m[0], m[2]), (m[2], m[4])):
+            for _ in range(rng.randint(0, 2)):
+                kind = rng.choice(["dup", "dead", "deadend", "on", "scale"])
+                i, j = rng.randrange(L.out_features), rng.randrange(L.out_features)
+                if kind == "dup":
+                    L.weight[j], L.bias[j] = L.weight[i], L.bias[i]
+                elif kind == "scale":
+                    L.weight[j], L.bias[j] = 2 * L.weight[i], 2 * L.bias[i]
+                elif kind == "dead":
+                    L.weight[i], L.bias[i] = 0.0, -1.0
+                elif kind == "on":
+                    L.bias[i] = 50.0
+                else:
+                    nxt.weight[:, i] = 0.0
+        if rng.random() < 0.3:
+            x[:, -1] = x[:, 0]
+    r = run(m, x, ["0", "2", "4"], eps=0.0)
+    assert 0 <= r.n_free_lower_bound <= r.n_params - r.behavioural_rank_numerical
