@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from intermod import analysis as ia
-from reference import aug_section, align_signs, gauss_legendre, rotation
+from reference import align_signs, aug_section, gauss_legendre, rotation
+from torch import nn
 
 torch.set_default_dtype(torch.float64)
 
