@@ -8,13 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from intermod import analysis as ia
 from intermod.analysis import hf
 from intermod.analysis.sentences import BY_TOPIC, SENTENCES, TOPICS
+from safetensors.torch import save
 
 transformers = pytest.importorskip("transformers")
-from safetensors.torch import save  # noqa: E402
 
 QUIET = {"progress": False, "device": "cpu", "dtype": torch.float64}
 

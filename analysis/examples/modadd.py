@@ -43,19 +43,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..basis import LayerBasis
+from ..basis import Basis, LayerBasis, compute_basis
+from ..edges import build_graph
 from ..graph import InteractionGraph
-from ..partition import compare_partitions
+from ..partition import Partition, compare_partitions, find_modules
 
 __all__ = [
     "DEFAULT_LAYERS",
+    "FourierLabels",
     "ModAddConfig",
+    "ModAddResult",
     "ModAddTransformer",
     "accuracy",
     "all_inputs",
+    "analyse",
     "fourier_labels",
     "frequency_alignment",
+    "graph_fourier_labels",
+    "key_frequencies",
     "load_model",
+    "node_activations",
+    "save",
     "train",
 ]
 
@@ -386,3 +394,87 @@ def frequency_alignment(
             int(w): sorted(set(membership[keep & (frequency == w)].tolist())) for w in key
         },
     }
+
+
+@dataclass
+class ModAddResult:
+    """What :func:`analyse` found: accuracy, key frequencies, basis, graph, modules, the
+    Fourier label of every graph node and the module–frequency alignment."""
+
+    accuracy: dict[str, float]
+    key_frequencies: dict[int, float]
+    basis: Basis
+    graph: InteractionGraph
+    partition: Partition
+    frequency: np.ndarray
+    fraction: np.ndarray
+    alignment: dict
+    timings: dict[str, float]
+
+    def label_purity(self) -> dict[str, float]:
+        """Per node layer, the Λ-weighted mean share of a direction's power at its dominant
+        frequency (1 = every direction a single frequency); constant directions left out."""
+        out = {}
+        for name in self.graph.layers:
+            start = self.graph.node_offset[name]
+            sl = slice(start, start + self.graph.layer_sizes[name])
+            lam, freq, frac = self.graph.Lambda[sl], self.frequency[sl], self.fraction[sl]
+            keep = freq >= 1
+            out[name] = float(lam[keep] @ frac[keep] / lam[keep].sum())
+        return out
+
+    def summary(self) -> dict:
+        """Plain-data report of the run."""
+        top = {}
+        for name in self.graph.layers:
+            start = self.graph.node_offset[name]
+            idx = [i for i in range(start, start + self.graph.layer_sizes[name])
+                   if self.frequency[i] >= 1][:8]
+            top[name] = [(int(self.frequency[i]), round(float(self.fraction[i]), 2),
+                          round(float(self.graph.Lambda[i]), 1)) for i in idx]
+        part = self.partition
+        return {
+            "accuracy": self.accuracy,
+            "key_frequencies": {w: round(v, 3) for w, v in self.key_frequencies.items()},
+            "kept_directions": {n: self.basis[n].k for n in self.basis.layers},
+            "top_directions (frequency, share, Lambda)": top,
+            "label_purity": {k: round(v, 3) for k, v in self.label_purity().items()},
+            "modules": {"epsilon": part.epsilon, "resolution": part.resolution,
+                        "n_modules": part.n_modules, "cost_units": round(part.cost_units, 3)},
+            "alignment": self.alignment,
+            "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
+        }
+
+
+def analyse(
+    model: ModAddTransformer | None = None,
+    layers: Sequence[str] = DEFAULT_LAYERS,
+    *,
+    epsilon: float = 1e-2,
+    n_modules: int | None = None,
+    resolution: float = 0.05,
+    seed: int = 0,
+    progress: bool = False,
+) -> ModAddResult:
+    """Interaction basis (output target, all p² inputs), graph and modules of the trained
+    model, every direction labelled by its dominant frequency, and the alignment of the
+    modules with those labels (:func:`frequency_alignment`, key frequencies from
+    :func:`key_frequencies`)."""
+    model = load_model() if model is None else model
+    tokens, _ = all_inputs(model.cfg.p)
+    timings = {}
+    t = time.perf_counter()
+    basis = compute_basis(model, tokens, list(layers), seed=seed, progress=progress)
+    timings["basis"] = time.perf_counter() - t
+    t = time.perf_counter()
+    graph = build_graph(model, tokens, basis, seed=seed, progress=progress)
+    timings["graph"] = time.perf_counter() - t
+    t = time.perf_counter()
+    partition = find_modules(graph, epsilon=epsilon, n_modules=n_modules,
+                             resolution=resolution, seed=seed)
+    timings["modules"] = time.perf_counter() - t
+    key = key_frequencies(model)
+    frequency, fraction, power = graph_fourier_labels(model, graph, basis)
+    alignment = frequency_alignment(partition.membership, frequency, power, graph.Lambda, list(key))
+    return ModAddResult(accuracy(model), key, basis, graph, partition, frequency, fraction,
+                        alignment, timings)
