@@ -272,10 +272,12 @@ def fourier_labels(values: np.ndarray, p: int, rtol: float = 1e-9) -> FourierLab
     to {0 … (p−1)/2}, the component (k₁, k₂) ≠ (0, 0) belongs to frequency w when its
     non-zero indices all fold to w: cos/sin(2πw a/p), of b, of a ± b and their products;
     other components (products of two different frequencies) are "cross". A function whose
-    non-constant power is below ``rtol`` times the largest one's gets frequency 0.
+    non-constant power is below ``rtol`` times the largest total power (constant included)
+    of the k functions gets frequency 0.
     """
     grid = np.asarray(values, dtype=np.float64).reshape(p, p, -1)
     spec = np.abs(np.fft.fft2(grid, axes=(0, 1))) ** 2
+    scale = spec.sum((0, 1)).max()
     spec[0, 0] = 0.0
     fold = np.minimum(np.arange(p), p - np.arange(p))
     fa, fb = fold[:, None], fold[None, :]
@@ -283,7 +285,7 @@ def fourier_labels(values: np.ndarray, p: int, rtol: float = 1e-9) -> FourierLab
     n_freq = (p - 1) // 2
     power = np.stack([spec[bucket == w].sum(0) for w in range(n_freq + 1)], axis=1)
     total = power.sum(1)
-    alive = total > rtol * max(total.max(), np.finfo(float).tiny)
+    alive = total > rtol * max(scale, np.finfo(float).tiny)
     share = power / np.where(alive, total, 1.0)[:, None]
     best = 1 + np.argmax(share[:, 1:], axis=1)
     frequency = np.where(alive, best, 0)
