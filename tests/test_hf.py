@@ -206,3 +206,14 @@ def test_tiny_bert_padding_and_batching_change_nothing(tiny_bert):
             np.testing.assert_allclose(other[name].M, runs[0][name].M, rtol=1e-9,
                                        atol=1e-12 * np.abs(runs[0][name].M).max())
             np.testing.assert_allclose(other[name].Lambda, runs[0][name].Lambda, rtol=1e-9)
+
+
+def test_tiny_bert_edges_ignore_padding(tiny_bert):
+    """Exact edges over positions: extra padded positions change no edge."""
+    model, layers = tiny_bert
+    batch = _ids(n=8, p=6, seed=2)
+    graphs = []
+    for inputs in (batch, _repad(batch, 3)):
+        basis = ia.compute_basis(model, inputs, layers, **QUIET)
+        graphs.append(ia.build_graph(model, inputs, basis, **QUIET))
+    np.testing.assert_allclose(graphs[1].w, graphs[0].w, rtol=1e-8, atol=1e-12 * graphs[0].w.max())

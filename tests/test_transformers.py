@@ -229,13 +229,6 @@ def ref_E(model, l: int, basis, acts, mask) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ fixtures
 
-EXACT_EDGES_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="core bug, jacobians.per_direction_cotangents: torch.diag_embed(m.T) builds (P, B, B) "
-    "position patterns instead of (P, B, P), so exact edges fail whenever P > 1 (B != P)",
-)
-
-
 def make_inputs(n: int = 16, seed: int = 1, pad: int = 0, ragged: bool = False):
     """n samples of P valid positions, then ``pad`` padded positions (random values, mask 0).
     ``ragged``: every third sample has its last valid position masked too."""
@@ -337,7 +330,6 @@ def test_M_next_layer_target_matches_loop(exact, tiny):
         assert_M_close(basis[LAYERS[l]].M, want, position_wise=not ATTENTION_SECTION[l])
 
 
-@EXACT_EDGES_BUG
 def test_edges_match_loop(exact, tiny):
     inputs, mask, basis, acts = exact
     graph = ia.build_graph(tiny, inputs, basis, **QUIET)
@@ -428,7 +420,6 @@ def test_invariance_residual_stream_basis(rotated_pair):
     np.testing.assert_allclose(np.abs(h1), np.abs(h0), rtol=1e-7, atol=1e-9 * np.abs(h0).max())
 
 
-@EXACT_EDGES_BUG
 def test_invariance_residual_stream_edges(rotated_pair):
     inputs, models, bases = rotated_pair
     g0, g1 = (ia.build_graph(m, inputs, b, **QUIET) for m, b in zip(models, bases))
@@ -486,7 +477,6 @@ def test_identity_attention_equals_positionwise_mlp_basis(identity_pair):
         np.testing.assert_allclose(bt[name].Lambda, bm[name].Lambda, rtol=1e-9)
 
 
-@EXACT_EDGES_BUG
 def test_identity_attention_equals_positionwise_mlp_edges(identity_pair):
     pairs, bases = identity_pair
     gt, gm = (ia.build_graph(m, inp, b, **QUIET) for (m, inp), b in zip(pairs, bases))
@@ -515,7 +505,6 @@ def test_padding_changes_nothing_basis(padded_pair):
         np.testing.assert_allclose(b1[name].Lambda, b0[name].Lambda, rtol=1e-10)
 
 
-@EXACT_EDGES_BUG
 def test_padding_changes_nothing_edges(tiny, padded_pair):
     pair, bases = padded_pair
     g0, g1 = (ia.build_graph(tiny, inputs, b, **QUIET) for inputs, b in zip(pair, bases))
