@@ -126,6 +126,19 @@ def test_tokenize_pads_on_the_right():
     assert ids[0, 0] == 101 and ids[0, 3] == 102 and bool((ids[0, 4:] == 0).all())
 
 
+def test_tokenize_batches_same_samples_less_padding():
+    sentences = SENTENCES[::10]
+    full = hf.tokenize(sentences)
+    batches = hf.tokenize_batches(sentences, batch_size=8)
+    assert sum(b["input_ids"].shape[0] for b in batches) == len(sentences)
+    valid = sorted(tuple(r[m.bool()].tolist()) for r, m in zip(full["input_ids"], full["attention_mask"]))
+    got = sorted(tuple(r[m.bool()].tolist()) for b in batches for r, m in zip(b["input_ids"], b["attention_mask"]))
+    assert got == valid
+    for b in batches:
+        assert bool(b["attention_mask"][:, -1].any())  # each batch padded to its own longest
+    assert sum(b["input_ids"].numel() for b in batches) < full["input_ids"].numel()
+
+
 def test_minilm_matches_sentence_transformers(minilm):
     """Known answer: mean-pooled, normalised last_hidden_state equals the embeddings that
     ``sentence_transformers`` computes from the same package (values recorded from

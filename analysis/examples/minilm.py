@@ -27,7 +27,7 @@ import torch
 from ..basis import Basis, compute_basis
 from ..edges import build_graph
 from ..graph import InteractionGraph
-from ..hf import cut_points, load_minilm, tokenize
+from ..hf import cut_points, load_minilm, tokenize_batches
 from ..partition import Partition, find_modules
 from ..sentences import SENTENCES
 
@@ -107,9 +107,10 @@ def analyse(
 ) -> MiniLMResult:
     """Interaction basis, graph and modules of MiniLM's residual stream.
 
-    The first ``n_sentences`` of the built-in set (every ⌊300/n⌋-th, so that all topics
-    appear) are tokenised with padding; the basis uses them all, the edges the first
-    ``edge_sentences`` of them (default: all). ``layers`` defaults to
+    ``n_sentences`` of the built-in set (every ⌊300/n⌋-th, so that all topics appear) are
+    tokenised into length-bucketed batches of ``batch_size``
+    (:func:`~intermod.analysis.hf.tokenize_batches`); the basis uses them all, the edges the
+    first ``edge_sentences`` of them (default: all). ``layers`` defaults to
     ``cut_points(model, "residual")``. ``tol_M`` (relative) drops directions whose Λ is
     that small against the largest, which bounds the per-direction edge work. Modules:
     :func:`find_modules` at noise scale ``epsilon`` with CPM ``resolution``, or
@@ -127,18 +128,18 @@ def analyse(
     t = time.perf_counter()
     model = load_minilm()
     step = max(1, len(SENTENCES) // n_sentences)
-    inputs = tokenize(SENTENCES[::step][:n_sentences])
+    sentences = SENTENCES[::step][:n_sentences]
+    inputs = tokenize_batches(sentences, batch_size)
+    n_edge = n_sentences if edge_sentences is None else min(edge_sentences, n_sentences)
+    edge_inputs = tokenize_batches(sentences[:n_edge], batch_size)
     stage("load", t)
     layers = list(layers) if layers is not None else cut_points(model, "residual")
-    common = {"dtype": dtype, "device": dev, "batch_size": batch_size, "seed": seed,
-              "progress": progress}
+    common = {"dtype": dtype, "device": dev, "seed": seed, "progress": progress}
 
     t = time.perf_counter()
     basis = compute_basis(model, inputs, layers, n_probes=n_probes, tol_M=tol_M, **common)
     stage("basis", t)
 
-    n_edge = n_sentences if edge_sentences is None else min(edge_sentences, n_sentences)
-    edge_inputs = {k: v[:n_edge] for k, v in inputs.items()}
     t = time.perf_counter()
     graph = build_graph(model, edge_inputs, basis, n_probes=edge_probes, **common)
     stage("graph", t)
@@ -152,8 +153,8 @@ def analyse(
         graph=graph,
         partition=partition,
         n_sentences=n_sentences,
-        n_tokens=int(inputs["attention_mask"].sum()),
-        n_edge_tokens=int(edge_inputs["attention_mask"].sum()),
+        n_tokens=sum(int(b["attention_mask"].sum()) for b in inputs),
+        n_edge_tokens=sum(int(b["attention_mask"].sum()) for b in edge_inputs),
         options={"layers": layers, "n_probes": n_probes, "edge_probes": edge_probes,
                  "epsilon": epsilon, "resolution": resolution, "n_modules": n_modules,
                  "tol_M": basis.options["tol_M"], "dtype": str(dtype).replace("torch.", ""),
