@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from intermod.analysis.examples import modadd as ma
 
 P_SMALL = 11
