@@ -131,11 +131,12 @@ def ref_section(model: TinyTransformer, l: int, f, slot, mask):
 
 
 def ref_rest(model, l: int, f, slot, mask):
-    """Output (P, D_OUT) as a function of node layer l (slot only in section l)."""
-    out = ref_section(model, l, f, slot, mask)
-    ones = torch.ones(len(f), dtype=f.dtype)
-    for m in range(l + 1, len(LAYERS) - 1):
-        out = ref_section(model, m, out, ones, mask)
+    """Output (P, D_OUT) as a function of node layer l with its slot. The slot passes
+    through every section (App. A's [[W, b], [0, 1]]: the slot of position t at layer l+1 is
+    that of position t at layer l), so it scales the biases of all later sections too."""
+    out = f
+    for m in range(l, len(LAYERS) - 1):
+        out = ref_section(model, m, out, slot, mask)
     return out
 
 
@@ -320,6 +321,19 @@ def test_attention_bias_slot_per_position(tiny):
     np.testing.assert_allclose(
         basis[LAYERS[0]].M, ref_M_output(tiny, 0, acts, mask), rtol=1e-9, atol=1e-11
     )
+
+
+def test_M_identity_attention_bias_slot_matches_loop():
+    """With attention the identity on positions, per-position bias conventions agree: the
+    whole M, bias-slot row included, equals the loop at every layer."""
+    model = TinyTransformer(seed=2, identity=True)
+    inputs = make_inputs(pad=1, ragged=True)
+    mask = inputs["attention_mask"].bool()
+    basis = ia.compute_basis(model, inputs, LAYERS, **QUIET)
+    with torch.no_grad():
+        acts = ref_activations(model, inputs["inputs_embeds"], mask)
+    for l in range(len(LAYERS) - 1):
+        assert_M_close(basis[LAYERS[l]].M, ref_M_output(model, l, acts, mask), position_wise=True)
 
 
 def test_M_next_layer_target_matches_loop(exact, tiny):
