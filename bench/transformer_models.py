@@ -1,6 +1,6 @@
 """Transformer benchmarks: MiniLM on the built-in sentences, and the modular-addition model.
 
-    python bench/transformers.py [--out bench] [--sentences 300] [--edge-sentences 32]
+    python bench/transformer_models.py [--out bench] [--sentences 300] [--edge-sentences 32]
 
 1. MiniLM (all-MiniLM-L6-v2, offline): interaction basis of the residual stream
    (encoder.layer.0 … 5 and last_hidden_state) on the sentences with random probes,
@@ -57,7 +57,7 @@ def _subprocess(part: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--part", part, "--out", str(args.out),
            "--sentences", str(args.sentences), "--edge-sentences", str(args.edge_sentences),
            "--probes", str(args.probes)]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE)
     parser.add_argument("--sentences", type=int, default=300)
-    parser.add_argument("--edge-sentences", type=int, default=32)
-    parser.add_argument("--probes", type=int, default=8)
+    parser.add_argument("--edge-sentences", type=int, default=16)
+    parser.add_argument("--probes", type=int, default=4)
     parser.add_argument("--part", choices=["minilm", "modadd"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
