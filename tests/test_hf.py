@@ -293,3 +293,12 @@ def test_mlp_hidden_cut_point_data_block():
     basis = ia.compute_basis(model, batch, layers, **QUIET)
     want = _mlp_hidden_reference_M(model, batch)
     np.testing.assert_allclose(basis[layers[0]].M[:-1, :-1], want[:-1, :-1], rtol=1e-8, atol=1e-12)
+
+
+def test_minilm_build_example():
+    from intermod.analysis.examples import minilm as ex
+
+    example = ex.build(n_sentences=30, batch_size=8)
+    assert example.name == "minilm" and example.truth is None
+    assert example.layers == [f"encoder.layer.{i}" for i in range(6)] + ["output"]
+    assert sum(b["input_ids"].shape[0] for b in example.inputs) == 30

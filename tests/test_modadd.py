@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from intermod.analysis.examples import fourier
 from intermod.analysis.examples import modadd as ma
 
 P_SMALL = 11
@@ -70,7 +71,7 @@ def test_load_model_trains_once_and_caches(tmp_path, monkeypatch):
     ids=["cos a", "cos(a+b)", "same-frequency product", "mixture", "cross-frequency"],
 )
 def test_fourier_labels_known_answers(fn, freq, fraction):
-    labels = ma.fourier_labels(_grid(fn) + 7.0, P_SMALL)
+    labels = fourier.fourier_labels(_grid(fn) + 7.0, P_SMALL)
     assert labels.fraction[0] == pytest.approx(fraction, abs=1e-9)
     if fraction > 0:
         assert labels.frequency[0] == freq
@@ -80,7 +81,7 @@ def test_fourier_labels_known_answers(fn, freq, fraction):
 
 
 def test_fourier_labels_constant_is_frequency_zero():
-    labels = ma.fourier_labels(np.full((P_SMALL**2, 1), 3.0), P_SMALL)
+    labels = fourier.fourier_labels(np.full((P_SMALL**2, 1), 3.0), P_SMALL)
     assert labels.frequency[0] == 0 and labels.fraction[0] == 0.0
 
 
@@ -89,12 +90,12 @@ def test_frequency_alignment_known_answers():
     power = np.zeros((7, 8))
     power[np.arange(1, 6), freq[1:6]] = 1.0
     lam = np.ones(7)
-    perfect = ma.frequency_alignment(np.array([-1, 0, 0, 1, 1, 2, 2]), freq, power, lam, [3, 5])
+    perfect = fourier.frequency_alignment(np.array([-1, 0, 0, 1, 1, 2, 2]), freq, power, lam, [3, 5])
     assert perfect["ari"] == pytest.approx(1.0) and perfect["purity"] == 1.0
     assert perfect["n_nodes"] == 5
     assert perfect["modules_per_key"] == {3: [0], 5: [1]}
     assert perfect["modules"][0]["shares"] == pytest.approx({3: 1.0, 5: 0.0, "other": 0.0})
-    merged = ma.frequency_alignment(np.array([-1, 0, 0, 0, 0, 1, 1]), freq, power, lam, [3, 5])
+    merged = fourier.frequency_alignment(np.array([-1, 0, 0, 0, 0, 1, 1]), freq, power, lam, [3, 5])
     assert merged["purity"] == pytest.approx(3 / 5)
     assert merged["modules"][0]["frequencies"] == {3: 2, 5: 2}
 
@@ -114,3 +115,10 @@ def test_analyse_shipped_model(shipped):
     assert summary["accuracy"]["all"] == 1.0
     assert 0.0 <= summary["alignment"]["purity"] <= 1.0
     assert set(summary["label_purity"]) == set(result.graph.layers)
+
+
+def test_build_example(shipped):
+    example = ma.build()
+    assert example.name == "modadd" and example.layers == list(ma.DEFAULT_LAYERS)
+    assert example.inputs.shape == (shipped.cfg.p ** 2, 3)
+    assert set(example.extra["key_frequencies"]) == {25, 6, 1}

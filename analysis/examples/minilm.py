@@ -30,8 +30,9 @@ from ..graph import InteractionGraph
 from ..hf import cut_points, load_minilm, tokenize_batches
 from ..partition import Partition, find_modules
 from ..sentences import SENTENCES
+from .base import Example
 
-__all__ = ["MiniLMResult", "analyse", "peak_memory_mib"]
+__all__ = ["MiniLMResult", "analyse", "build", "peak_memory_mib"]
 
 
 def peak_memory_mib(device: torch.device | str = "cpu") -> float:
@@ -86,6 +87,18 @@ class MiniLMResult:
                 ],
             },
         }
+
+
+def build(n_sentences: int = 300, batch_size: int = 32) -> Example:
+    """MiniLM, the built-in sentences in length-bucketed batches and the residual-stream cut
+    points, as an :class:`~intermod.analysis.examples.base.Example` (no ground truth).
+    ``extra`` holds the settings it is meant to run with (probes, float32)."""
+    model = load_minilm()
+    step = max(1, len(SENTENCES) // n_sentences)
+    inputs = tokenize_batches(SENTENCES[::step][:n_sentences], batch_size)
+    return Example("minilm", model, inputs, cut_points(model, "residual"),
+                   "all-MiniLM-L6-v2 (6-layer BERT) on the built-in sentences, residual stream",
+                   None, extra={"n_probes": 8, "edge_probes": 1, "dtype": torch.float32})
 
 
 def analyse(

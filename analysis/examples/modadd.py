@@ -7,7 +7,7 @@ a ↦ (cos(2πwa/p), sin(2πwa/p)), multiplies the two embeddings in the MLP int
 cos(2πw(a+b)/p), … and reads the answer out through cos(2πw(a+b−c)/p). Every activation
 is then a function of (a, b) whose 2-D Fourier spectrum sits on one frequency per
 direction: the ground truth against which interaction-basis directions and modules are
-checked (:func:`fourier_labels`, :func:`frequency_alignment`).
+checked (:mod:`.fourier`).
 
 Architecture (all blocks carry their own skip connection, so that every node layer is the
 whole input of one module):
@@ -35,7 +35,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,22 +43,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..basis import Basis, LayerBasis, compute_basis
+from ..basis import Basis, compute_basis
 from ..edges import build_graph
 from ..graph import InteractionGraph
-from ..partition import Partition, compare_partitions, find_modules
+from ..partition import Partition, find_modules
+from .base import Example
+from .fourier import fourier_labels, frequency_alignment
 
 __all__ = [
     "DEFAULT_LAYERS",
-    "FourierLabels",
     "ModAddConfig",
     "ModAddResult",
     "ModAddTransformer",
     "accuracy",
     "all_inputs",
     "analyse",
-    "fourier_labels",
-    "frequency_alignment",
+    "build",
     "graph_fourier_labels",
     "key_frequencies",
     "load_model",
@@ -250,49 +250,6 @@ def load_model(cfg: ModAddConfig = ModAddConfig(), retrain: bool = False) -> Mod
     return model
 
 
-@dataclass(frozen=True)
-class FourierLabels:
-    """Dominant frequency of each of k functions of (a, b) ∈ Z_p².
-
-    ``frequency`` (k,) int: the frequency w ∈ {1 … (p−1)/2} holding most of the function's
-    non-constant power, 0 for a constant function; ``fraction`` (k,): that share;
-    ``power`` (k, (p−1)/2 + 1): share per frequency, column 0 = cross-frequency terms.
-    """
-
-    frequency: np.ndarray
-    fraction: np.ndarray
-    power: np.ndarray
-
-
-def fourier_labels(values: np.ndarray, p: int, rtol: float = 1e-9) -> FourierLabels:
-    """Label functions of (a, b) by their dominant Fourier frequency.
-
-    ``values``: (p², k), row a·p + b holding the functions at (a, b) (the order of
-    :func:`all_inputs`). With F = the 2-D DFT over (a, b) and ``|·|`` the frequency folded
-    to {0 … (p−1)/2}, the component (k₁, k₂) ≠ (0, 0) belongs to frequency w when its
-    non-zero indices all fold to w: cos/sin(2πw a/p), of b, of a ± b and their products;
-    other components (products of two different frequencies) are "cross". A function whose
-    non-constant power is below ``rtol`` times the largest total power (constant included)
-    of the k functions gets frequency 0.
-    """
-    grid = np.asarray(values, dtype=np.float64).reshape(p, p, -1)
-    spec = np.abs(np.fft.fft2(grid, axes=(0, 1))) ** 2
-    scale = spec.sum((0, 1)).max()
-    spec[0, 0] = 0.0
-    fold = np.minimum(np.arange(p), p - np.arange(p))
-    fa, fb = fold[:, None], fold[None, :]
-    bucket = np.where(fa == 0, fb, np.where(fb == 0, fa, np.where(fa == fb, fa, 0)))
-    n_freq = (p - 1) // 2
-    power = np.stack([spec[bucket == w].sum(0) for w in range(n_freq + 1)], axis=1)
-    total = power.sum(1)
-    alive = total > rtol * max(scale, np.finfo(float).tiny)
-    share = power / np.where(alive, total, 1.0)[:, None]
-    best = 1 + np.argmax(share[:, 1:], axis=1)
-    frequency = np.where(alive, best, 0)
-    fraction = np.where(alive, share[np.arange(len(best)), best], 0.0)
-    return FourierLabels(frequency=frequency, fraction=fraction, power=share)
-
-
 def key_frequencies(model: ModAddTransformer, share: float = 0.05) -> dict[int, float]:
     """Frequencies w whose share of the token embedding's power Σ_d |Σ_a W_E[a, d] e^{−2πiwa/p}|²
     (over w ≥ 1) is at least ``share``, largest first: the frequencies the network uses."""
@@ -327,75 +284,42 @@ def node_activations(
 
 
 def graph_fourier_labels(
-    model: ModAddTransformer, graph: InteractionGraph, bases: Mapping[str, LayerBasis]
+    model: ModAddTransformer, graph: InteractionGraph
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fourier labels of every node of ``graph`` (in ``graph.nodes`` order): the dominant
-    frequency (−1 for the constant direction), its share, and the power shares (n, W + 1)."""
+    frequency (−1 for the constant direction), its share, and the power shares (n, W + 1).
+
+    Direction i of a layer with basis C (``graph.bases``) is f ↦ C[:d, i]ᵀ f over all p²
+    inputs; the bias-slot row of C only adds a constant, which the labels ignore.
+    """
     tokens, _ = all_inputs(model.cfg.p)
     acts = node_activations(model, tokens, graph.layers)
     freq, frac, power = [], [], []
     for name in graph.layers:
-        labels = fourier_labels(bases[name].transform(acts[name]), model.cfg.p)
-        f = labels.frequency.copy()
-        if bases[name].bias_direction:
-            f[0] = -1
-        freq.append(f)
+        f = acts[name].double().numpy()
+        C = np.asarray(graph.bases[name][0])
+        labels = fourier_labels(f @ C[: f.shape[-1]], model.cfg.p)
+        freq.append(labels.frequency)
         frac.append(labels.fraction)
         power.append(labels.power)
-    return np.concatenate(freq), np.concatenate(frac), np.concatenate(power)
+    frequency = np.concatenate(freq)
+    frequency[graph.is_bias] = -1
+    return frequency, np.concatenate(frac), np.concatenate(power)
 
 
-def frequency_alignment(
-    membership: np.ndarray,
-    frequency: np.ndarray,
-    power: np.ndarray,
-    Lambda: np.ndarray,
-    key: Sequence[int],
-) -> dict:
-    """How modules line up with Fourier frequencies.
+def build(cfg: ModAddConfig = ModAddConfig()) -> Example:
+    """The trained model, all p² inputs and :data:`DEFAULT_LAYERS`, as an
+    :class:`~intermod.analysis.examples.base.Example` whose ``truth(graph)`` is the dominant
+    Fourier frequency of every node (−1 for the constant direction)."""
+    model = load_model(cfg)
+    tokens, _ = all_inputs(cfg.p)
 
-    Over the nodes inside the partition (``membership ≥ 0``) with a frequency label ≥ 1:
+    def truth(graph: InteractionGraph) -> np.ndarray:
+        return graph_fourier_labels(model, graph)[0]
 
-    - ``ari``, ``nmi``: agreement of modules with the dominant-frequency labels;
-    - ``purity``: Σ_modules (largest count of one frequency) / number of nodes;
-    - per module: ``size``, ``frequencies`` (count per dominant frequency) and ``shares``,
-      the module's Λ-weighted Fourier power per key frequency,
-      Σ_{i∈m} Λ_i·power_{i,w} / Σ_{i∈m} Λ_i, plus ``"other"`` for the rest;
-    - ``modules_per_key``: for each key frequency w, the modules holding its nodes.
-    """
-    keep = (membership >= 0) & (frequency >= 1)
-    mods = sorted(set(membership[keep].tolist()))
-    out_modules = []
-    n_major = 0
-    for mod in mods:
-        sel = keep & (membership == mod)
-        values, counts = np.unique(frequency[sel], return_counts=True)
-        n_major += int(counts.max())
-        weights = Lambda[sel] / Lambda[sel].sum()
-        shares = {int(w): float(weights @ power[sel, w]) for w in key}
-        shares["other"] = float(1.0 - sum(shares.values()))
-        out_modules.append(
-            {
-                "module": int(mod),
-                "size": int(sel.sum()),
-                "frequencies": {int(v): int(c) for v, c in zip(values, counts)},
-                "shares": shares,
-            }
-        )
-    scores = (
-        compare_partitions(np.where(keep, membership, -1), np.where(keep, frequency, -1))
-        if len(mods) > 1
-        else {"ari": float("nan"), "nmi": float("nan")}
-    )
-    return {
-        **scores,
-        "purity": n_major / max(int(keep.sum()), 1),
-        "n_nodes": int(keep.sum()),
-        "modules": out_modules,
-        "modules_per_key": {
-            int(w): sorted(set(membership[keep & (frequency == w)].tolist())) for w in key
-        },
-    }
+    return Example("modadd", model, tokens, list(DEFAULT_LAYERS),
+                   f"one-layer transformer on (a + b) mod {cfg.p}, modules vs Fourier frequencies",
+                   truth, extra={"key_frequencies": key_frequencies(model)})
 
 
 @dataclass
@@ -476,7 +400,7 @@ def analyse(
                              resolution=resolution, seed=seed)
     timings["modules"] = time.perf_counter() - t
     key = key_frequencies(model)
-    frequency, fraction, power = graph_fourier_labels(model, graph, basis)
+    frequency, fraction, power = graph_fourier_labels(model, graph)
     alignment = frequency_alignment(partition.membership, frequency, power, graph.Lambda, list(key))
     return ModAddResult(accuracy(model), key, basis, graph, partition, frequency, fraction,
                         alignment, timings)
