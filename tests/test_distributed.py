@@ -5,9 +5,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
-
 from intermod import analysis as ia
+from torch import nn
 
 LAYERS = ["0", "2", "4", "output"]
 
