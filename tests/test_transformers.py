@@ -21,6 +21,7 @@ from torch.autograd.functional import jacobian
 
 D, P, D_MLP, D_OUT = 4, 2, 6, 3
 LAYERS = ["blocks.0", "blocks.1", "head", "output"]
+F64 = torch.float64  # explicit, so that weights do not depend on torch's default dtype
 QUIET = {"progress": False, "device": "cpu", "dtype": torch.float64}
 
 
@@ -32,7 +33,7 @@ class TinyAttention(nn.Module):
 
     def __init__(self, d: int, identity: bool = False) -> None:
         super().__init__()
-        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d, dtype=F64) for _ in range(4))
         self.identity = identity
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -50,9 +51,9 @@ class TinyBlock(nn.Module):
 
     def __init__(self, identity: bool = False) -> None:
         super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
+        self.ln1, self.ln2 = nn.LayerNorm(D, dtype=F64), nn.LayerNorm(D, dtype=F64)
         self.attn = TinyAttention(D, identity)
-        self.fc1, self.fc2 = nn.Linear(D, D_MLP), nn.Linear(D_MLP, D)
+        self.fc1, self.fc2 = nn.Linear(D, D_MLP, dtype=F64), nn.Linear(D_MLP, D, dtype=F64)
         self.pre: nn.Module = nn.Identity()
         self.post: nn.Module = nn.Identity()
 
@@ -72,11 +73,11 @@ class TinyTransformer(nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         self.blocks = nn.ModuleList([TinyBlock(identity) for _ in range(2)])
-        self.head = nn.Linear(D, D_OUT)
+        self.head = nn.Linear(D, D_OUT, dtype=F64)
         with torch.no_grad():  # non-trivial LayerNorm affine maps and biases
             for p in self.parameters():
                 p.add_(0.3 * torch.randn_like(p))
-        self.double().eval()
+        self.eval()
 
     def forward(
         self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -405,15 +406,18 @@ def test_edge_probes_unbiased(tiny):
 @pytest.fixture(scope="module")
 def rotated_pair():
     """The same network twice, the second with the residual stream ``blocks.1`` replaced by
-    R f and block 1 reading R⁻¹ f (§6.2); bases of both on the same inputs."""
+    R f and block 1 reading R⁻¹ f (§6.2); bases of both on the same inputs. R is a general
+    invertible (non-orthogonal) map with condition number 6, so float64 rounding stays far
+    below the 1e-8 tolerance (a random R near-singular would amplify it by cond(R)²)."""
     inputs = make_inputs(n=32)
     base = TinyTransformer(seed=3)
     rotated = TinyTransformer(seed=3)
     gen = torch.Generator().manual_seed(7)
-    eye = torch.eye(D, dtype=torch.float64)
-    R = torch.randn(D, D, generator=gen, dtype=torch.float64) + 2 * eye
-    rotated.blocks[0].post = nn.Linear(D, D, bias=False).double()
-    rotated.blocks[1].pre = nn.Linear(D, D, bias=False).double()
+    Q1, _ = torch.linalg.qr(torch.randn(D, D, generator=gen, dtype=F64))
+    Q2, _ = torch.linalg.qr(torch.randn(D, D, generator=gen, dtype=F64))
+    R = Q1 @ torch.diag(torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=F64)) @ Q2  # invertible, cond 6
+    rotated.blocks[0].post = nn.Linear(D, D, bias=False, dtype=F64)
+    rotated.blocks[1].pre = nn.Linear(D, D, bias=False, dtype=F64)
     with torch.no_grad():
         rotated.blocks[0].post.weight.copy_(R)
         rotated.blocks[1].pre.weight.copy_(torch.linalg.inv(R))
