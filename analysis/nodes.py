@@ -112,6 +112,7 @@ class NodeModel:
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
             self.params[name] = t.detach().to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
         self.bias_names = [n for n, _ in model.named_parameters() if _is_bias(n)]
+        self._bias_set = set(self.bias_names)
         self.layers = self._forward_order(example, layers)
         self.chain = self.layers + ([] if self.layers[-1] == OUTPUT else [OUTPUT])
         self.heads: dict[str, nn.Linear] = {
@@ -225,6 +226,7 @@ class NodeModel:
         def cut(x: Tensor) -> Tensor:
             value = _primal(x) if point is None else point.detach()
             found["point"] = p = value.clone().requires_grad_(True)
+            self._arm_biases(alpha, tangent)
             return p.clone()
 
         def pre_src(module, args):
@@ -243,11 +245,26 @@ class NodeModel:
             pre[dst] = pre_dst
         post = {src: post_src} if src in self.heads else {}
         with torch.enable_grad(), self._hooks(pre, post):
-            try:
-                found["f_out"] = self.output_fn(self._call(batch, self.params_scaled(alpha, tangent)))
+            try:   # the prefix runs with plain biases; the cut arms the scaled / dual ones
+                found["f_out"] = self.output_fn(self._call(batch, self.params))
             except _Stop:
                 pass
         return found["point"], found["f_out"]
+
+    def _arm_biases(self, alpha: float, tangent: bool) -> None:
+        """From the cut point on, every bias is scaled by ``alpha`` (and carries tangent b).
+
+        Called inside a functional call, which restores all parameters when it returns. Biases
+        used before the cut keep their plain values, so a residual stream that skips the cut
+        point enters the section as a constant (the section's Jacobian and slot derivative are
+        partial derivatives at that residual).
+        """
+        if not self.include_bias or (alpha == 1.0 and not tangent):
+            return
+        for name, value in self.params_scaled(alpha, tangent).items():
+            if name in self._bias_set:
+                path, leaf = name.rsplit(".", 1) if "." in name else ("", name)
+                self.model.get_submodule(path)._parameters[leaf] = value
 
     def natural_point(self, batch: Batch, j: int) -> Tensor | None:
         """The point of node layer j on ``batch`` for the ``nn.Sequential`` fast path (one forward
