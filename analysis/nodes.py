@@ -175,15 +175,13 @@ class NodeModel:
 
     def _slot_hook(self, bias_name: str) -> Callable:
         """Forward hook of a Linear / LayerNorm: out + (s − 1) b, with s the active slot leaf
-        (B, P) of ones. Its value is unchanged; ∂/∂s_p is the bias b added at position p."""
+        (B, P) of ones. Its value is unchanged; ∂/∂s_p is the bias b added at position p. A
+        module whose output is not laid out over the node layer's samples (e.g. BERT's pooler on
+        the [CLS] token, which the residual stream never reads) gets no slot."""
         def hook(module, args, out):
             slot = self._slot_now
-            if slot is None:
+            if slot is None or not isinstance(out, Tensor) or out.shape[:-1] != slot.shape:
                 return None
-            if out.shape[:-1] != slot.shape:
-                raise ValueError(f"include_bias: the bias {bias_name!r} is added on shape {tuple(out.shape[:-1])}, "
-                                 f"but the node layer's samples have shape {tuple(slot.shape)}; "
-                                 "cut where positions are kept, or pass include_bias=False")
             return out + (slot - 1)[..., None] * self.params[bias_name]
         return hook
 
