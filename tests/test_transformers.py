@@ -263,15 +263,7 @@ def edge_E(graph, src: str, dst: str) -> np.ndarray:
     return np.asarray(graph.edge_matrix(src, dst)) ** 2
 
 
-ATTENTION_SECTION = {0: True, 1: True, 2: False}  # section l contains attention
-
-
-def assert_M_close(got: np.ndarray, want: np.ndarray, position_wise: bool) -> None:
-    """Compare Jacobian Grams: in full for a position-wise section; for a section with
-    attention only the data block, since the bias-slot row depends on which position's slot
-    carries the attention biases (see test_attention_bias_slot_per_position)."""
-    if not position_wise:
-        got, want = got[:-1, :-1], want[:-1, :-1]
+def assert_M_close(got: np.ndarray, want: np.ndarray) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11 * np.abs(want).max())
 
 
@@ -301,27 +293,10 @@ def test_G_matches_loop(exact, l):
 
 @pytest.mark.parametrize("l", range(len(LAYERS) - 1))
 def test_M_output_target_matches_loop(exact, tiny, l):
+    """The whole M, bias-slot row included: slot_s scales the biases added at position s,
+    the value and key biases of key position s included (LIB's folded biases)."""
     _, mask, basis, acts = exact
-    want = ref_M_output(tiny, l, acts, mask)
-    assert_M_close(basis[LAYERS[l]].M, want, position_wise=not ATTENTION_SECTION[l])
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="core, nodes.NodeModel.bias_tangent: the slot of output position t carries every "
-    "bias term that reaches t, not the value/key biases added at key position s",
-)
-def test_attention_bias_slot_per_position(tiny):
-    """Per-position bias slot through attention: slot_s scales the biases added at position
-    s, the value and key biases of key position s included (LIB's folded biases)."""
-    inputs = make_inputs()
-    mask = inputs["attention_mask"].bool()
-    basis = ia.compute_basis(tiny, inputs, LAYERS, **QUIET)
-    with torch.no_grad():
-        acts = ref_activations(tiny, inputs["inputs_embeds"], mask)
-    np.testing.assert_allclose(
-        basis[LAYERS[0]].M, ref_M_output(tiny, 0, acts, mask), rtol=1e-9, atol=1e-11
-    )
+    assert_M_close(basis[LAYERS[l]].M, ref_M_output(tiny, l, acts, mask))
 
 
 def test_M_identity_attention_bias_slot_matches_loop():
@@ -334,15 +309,14 @@ def test_M_identity_attention_bias_slot_matches_loop():
     with torch.no_grad():
         acts = ref_activations(model, inputs["inputs_embeds"], mask)
     for l in range(len(LAYERS) - 1):
-        assert_M_close(basis[LAYERS[l]].M, ref_M_output(model, l, acts, mask), position_wise=True)
+        assert_M_close(basis[LAYERS[l]].M, ref_M_output(model, l, acts, mask))
 
 
 def test_M_next_layer_target_matches_loop(exact, tiny):
     inputs, mask, _, acts = exact
     basis = ia.compute_basis(tiny, inputs, LAYERS, jacobian_target="next_layer", **QUIET)
     for l in range(len(LAYERS) - 1):
-        want = ref_M_next(tiny, l, basis, acts, mask)
-        assert_M_close(basis[LAYERS[l]].M, want, position_wise=not ATTENTION_SECTION[l])
+        assert_M_close(basis[LAYERS[l]].M, ref_M_next(tiny, l, basis, acts, mask))
 
 
 def test_edges_match_loop(exact, tiny):
@@ -379,11 +353,7 @@ def test_M_probes_unbiased(tiny):
         ia.compute_basis(tiny, inputs, LAYERS, n_probes=2, seed=s, **QUIET) for s in range(40)
     ]
     for l in range(len(LAYERS) - 1):
-        want = ref_M_output(tiny, l, acts, mask)
-        got = [r[LAYERS[l]].M for r in runs]
-        if ATTENTION_SECTION[l]:
-            got, want = [g[:-1, :-1] for g in got], want[:-1, :-1]
-        _assert_unbiased(got, want)
+        _assert_unbiased([r[LAYERS[l]].M for r in runs], ref_M_output(tiny, l, acts, mask))
 
 
 def test_edge_probes_unbiased(tiny):
