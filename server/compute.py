@@ -65,7 +65,7 @@ def graph_options(opts: pb.GraphOptions, max_samples: int) -> tuple[dict, dict]:
             for target in targets:
                 target[name] = value
     if opts.HasField("seed"):
-        basis["seed"] = opts.seed
+        basis["seed"] = graph["seed"] = opts.seed
     return basis, graph
 
 

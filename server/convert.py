@@ -21,14 +21,14 @@ OBJECTIVES = ("cpm", "modularity")
 
 
 def to_jsonable(obj: Any) -> Any:
-    """json.dumps default: numpy scalars and arrays to Python numbers and lists."""
+    """json.dumps default: numpy scalars and arrays to Python numbers and lists, else str."""
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     if isinstance(obj, (set, tuple)):
         return list(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+    return str(obj)  # torch dtypes, devices and other metadata values
 
 
 def dumps(obj: Any) -> str:
@@ -95,8 +95,8 @@ def search_kwargs(search: pb.ModuleSearch, field: str = "search") -> dict[str, A
 
 
 def check_epsilon(value: float, field: str) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise InvalidArgument(field, f"must be a finite number > 0, got {value}")
+    if not (math.isfinite(value) and 0 < value < 1):
+        raise InvalidArgument(field, f"must be a number in (0, 1), got {value}")
 
 
 def check_membership(membership: list[int], n_nodes: int, field: str,

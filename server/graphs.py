@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -11,6 +12,7 @@ from typing import Any
 
 from intermod import analysis as ia
 
+from .convert import dumps
 from .errors import NotFound
 from .storage import Store, atomic_path, new_id
 
@@ -34,7 +36,7 @@ class GraphStore:
         path = self.store.dir("graphs") / f"{graph_id}.json"
         with atomic_path(path) as tmp:
             graph.to_json(tmp)
-        summary = graph.summary()
+        summary = json.loads(dumps(graph.summary()))
         self.store.add_graph({
             "id": graph_id, "job_id": job_id, "model_id": model_id, "path": str(path),
             "layers": list(graph.layers), "n_nodes": int(graph.n_nodes),
