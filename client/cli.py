@@ -43,7 +43,7 @@ SEARCH_FLAGS = {
 
 
 # helpers
-def _client(args: argparse.Namespace):  # noqa: ANN202 - Client, imported lazily
+def _client(args: argparse.Namespace):
     from .client import Client
     return Client(args.address, token=args.token or None, tls=args.tls_ca or None)
 
@@ -83,9 +83,8 @@ def _load_data(path: str, tensor: str = "") -> Any:
 
 
 def _local_model(args: argparse.Namespace) -> Any:
-    from safetensors.torch import load_file
-
     from intermod.server.model_spec import SpecError, load_model
+    from safetensors.torch import load_file
     if not (args.spec and args.weights):
         raise ValueError("--local needs --spec and --weights")
     try:

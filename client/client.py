@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import grpc
 import numpy as np
@@ -23,14 +23,13 @@ import safetensors.torch
 import torch
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from torch import nn
-from tqdm.auto import tqdm
-
 from intermod import analysis as ia
 from intermod.server.convert import spec_to_dict
 from intermod.server.model_spec import describe_model
 from intermod.v1 import intermod_pb2 as pb
 from intermod.v1 import intermod_pb2_grpc as pb_grpc
+from torch import nn
+from tqdm.auto import tqdm
 
 from .errors import JobError, RemoteError
 
@@ -133,9 +132,10 @@ def _search(epsilon: float | None = None, objective: str | None = None,
             resolution: float | None = None, n_modules: int | None = None,
             seed: int | None = None, n_restarts: int | None = None,
             include_bias: bool | None = None) -> pb.ModuleSearch:
-    kw = {k: v for k, v in dict(epsilon=epsilon, objective=objective, resolution=resolution,
-                                 n_modules=n_modules, seed=seed, n_restarts=n_restarts,
-                                 include_bias=include_bias).items() if v is not None}
+    given = {"epsilon": epsilon, "objective": objective, "resolution": resolution,
+             "n_modules": n_modules, "seed": seed, "n_restarts": n_restarts,
+             "include_bias": include_bias}
+    kw = {k: v for k, v in given.items() if v is not None}
     return pb.ModuleSearch(**kw)
 
 
@@ -183,7 +183,7 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -10,7 +10,6 @@ import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from intermod.v1 import intermod_pb2 as pb
 from intermod.v1 import intermod_pb2_grpc as pb_grpc
 

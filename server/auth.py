@@ -15,12 +15,12 @@ OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 def _deny_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """A handler of the same streaming shape as `handler` that rejects the call."""
-    async def deny(request_or_iterator, context: grpc.aio.ServicerContext):  # noqa: ANN001
+    async def deny(request_or_iterator, context: grpc.aio.ServicerContext):
         await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                             "missing or invalid bearer token (metadata 'authorization: "
                             "Bearer <token>')")
 
-    async def deny_stream(request_or_iterator, context: grpc.aio.ServicerContext):  # noqa: ANN001
+    async def deny_stream(request_or_iterator, context: grpc.aio.ServicerContext):
         await deny(request_or_iterator, context)
         yield  # pragma: no cover - makes this an async generator
 

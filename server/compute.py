@@ -12,10 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
-
 from intermod import analysis as ia
 from intermod.v1 import intermod_pb2 as pb
+from torch import nn
 
 from .errors import InvalidArgument
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 from google.protobuf import json_format
-
 from intermod.v1 import intermod_pb2 as pb
 
 from .errors import InvalidArgument

@@ -75,7 +75,7 @@ def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
     """Decorates a servicer method (coroutine or async generator): exceptions become statuses."""
     if inspect.isasyncgenfunction(method):
         @functools.wraps(method)
-        async def stream(self, request, context):  # noqa: ANN001
+        async def stream(self, request, context):
             try:
                 async for item in method(self, request, context):
                     yield item
@@ -86,7 +86,7 @@ def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
         return stream
 
     @functools.wraps(method)
-    async def unary(self, request, context):  # noqa: ANN001
+    async def unary(self, request, context):
         try:
             return await method(self, request, context)
         except grpc.aio.AbortError:

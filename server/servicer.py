@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 from google.protobuf import json_format
-
 from intermod import analysis as ia
 from intermod.v1 import intermod_pb2 as pb
 from intermod.v1 import intermod_pb2_grpc as pb_grpc
@@ -60,7 +59,7 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
         final = self.store.dir("tensors") / f"{tensor_set_id}.safetensors"
         tmp = self.store.dir("tmp") / f"{tensor_set_id}.upload{TMP_SUFFIX}"
         try:
-            with open(tmp, "wb") as f:
+            with open(tmp, "wb") as f:  # noqa: ASYNC230 - writes go through to_thread
                 async for msg in request_iterator:
                     if msg.WhichOneof("payload") == "header":
                         if header is not None:
@@ -80,7 +79,7 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
                                               f"the upload is longer than the declared "
                                               f"{header.total_bytes} bytes")
                     digest.update(msg.chunk)
-                    f.write(msg.chunk)
+                    await asyncio.to_thread(f.write, msg.chunk)
             if header is None:
                 raise InvalidArgument("header", "empty upload: no header")
             if size != header.total_bytes:

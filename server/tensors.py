@@ -41,7 +41,7 @@ def read_upload(path: Path, fmt: str, field: str = "chunk") -> dict[str, np.ndar
             arrays = {NPY_TENSOR: arr}
         else:
             arrays = safetensors.numpy.load_file(path)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is the client's file
+    except Exception as exc:
         raise InvalidArgument(field, f"malformed {fmt} file: {exc}") from exc
     if not arrays:
         raise InvalidArgument(field, f"the {fmt} file holds no tensors")
@@ -50,7 +50,7 @@ def read_upload(path: Path, fmt: str, field: str = "chunk") -> dict[str, np.ndar
     return arrays
 
 
-def save_tensors(arrays: dict[str, np.ndarray], f) -> None:  # noqa: ANN001 - binary file
+def save_tensors(arrays: dict[str, np.ndarray], f) -> None:
     """Write arrays as a safetensors file to an open binary file."""
     f.write(safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in arrays.items()}))
 
@@ -64,4 +64,4 @@ def load_tensor(path: Path, name: str) -> torch.Tensor:
 def load_all(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a stored tensor set (e.g. model weights)."""
     with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
+        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is no dict
