@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
-from torch import nn
-
 from intermod import analysis as ia
 from intermod.client.cli import main
 from intermod.client.spawn import running_server
 from intermod.server.model_spec import describe_model
+from safetensors.torch import save_file
+from torch import nn
 
 LAYERS = ["0", "2", "output"]
 
@@ -85,7 +84,7 @@ def test_analyze_modules_sweep_score_export(capsys, server, files, tmp_path):
 
     out = run_json(capsys, "export", gid, "--out", tmp_path / "g.graphml", *addr)
     assert out["format"] == "graphml" and (tmp_path / "g.graphml").stat().st_size > 0
-    out = run_json(capsys, "plot", gid, "--out", tmp_path / "g.png", "--epsilon", "1e-3", *addr)
+    run_json(capsys, "plot", gid, "--out", tmp_path / "g.png", "--epsilon", "1e-3", *addr)
     assert (tmp_path / "g.png").read_bytes().startswith(b"\x89PNG")
 
     assert gid in [g["id"] for g in run_json(capsys, "graphs", *addr)]
@@ -117,7 +116,7 @@ def test_local_mode_matches_server(capsys, server, files, tmp_path):
 
 def test_errors_exit_nonzero_with_one_line(capsys, server, files):
     d = files["dir"]
-    code, out, err = run(capsys, "modules", "g_missing", "--address", server.address)
+    code, _, err = run(capsys, "modules", "g_missing", "--address", server.address)
     assert code == 1 and err.startswith("intermod: error: NOT_FOUND") and err.count("\n") == 1
     code, _, err = run(capsys, "analyze", "--spec", d / "spec.json", "--weights",
                        d / "weights.safetensors", "--data", d / "data.npy", "--layers", "0",
@@ -130,10 +129,10 @@ def test_errors_exit_nonzero_with_one_line(capsys, server, files):
 
 def test_console_script(server):
     script = Path(sys.executable).with_name("intermod")
-    ok = subprocess.run([script, "graphs", "--json", "--address", server.address],
+    ok = subprocess.run([script, "graphs", "--json", "--address", server.address], check=False,
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and isinstance(json.loads(ok.stdout), list)
-    bad = subprocess.run([script, "graphs", "--address", "127.0.0.1:1"], capture_output=True,
-                         text=True, timeout=60)
+    bad = subprocess.run([script, "graphs", "--address", "127.0.0.1:1"], check=False,
+                         capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and bad.stderr.startswith("intermod: error: UNAVAILABLE")
     assert bad.stderr.count("\n") == 1
