@@ -360,11 +360,11 @@ class Client:
         return path
 
     def graph(self, graph_id: str) -> ia.InteractionGraph:
-        """The whole graph as the library's InteractionGraph (via its JSON export)."""
+        """The whole graph (with its bases C) as the library's InteractionGraph."""
         with _tempdir() as d:
-            path = d / "graph.json"
-            self.export(graph_id, "json", path)
-            return ia.InteractionGraph.from_json(path)
+            path = d / "graph.safetensors"
+            self.export(graph_id, "safetensors", path)
+            return ia.InteractionGraph.load_safetensors(path)
 
     # partitions
     def find_modules(self, graph_id: str, epsilon: float | None = None,

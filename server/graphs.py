@@ -1,4 +1,8 @@
-"""Stored interaction graphs: JSON files written atomically, an LRU cache, exports."""
+"""Stored interaction graphs: safetensors files written atomically, an LRU cache, exports.
+
+Graphs are kept as the library's safetensors form (edges, Λ and the bases C, which the JSON
+form leaves out), so a reloaded graph is the computed one.
+"""
 
 from __future__ import annotations
 
@@ -33,9 +37,9 @@ class GraphStore:
     def save(self, graph: ia.InteractionGraph, job_id: str, model_id: str) -> str:
         """Write the graph (temp file, then rename), then record it. Blocking."""
         graph_id = new_id("g")
-        path = self.store.dir("graphs") / f"{graph_id}.json"
+        path = self.store.dir("graphs") / f"{graph_id}.safetensors"
         with atomic_path(path) as tmp:
-            graph.to_json(tmp)
+            graph.save_safetensors(tmp)
         summary = json.loads(dumps(graph.summary()))
         self.store.add_graph({
             "id": graph_id, "job_id": job_id, "model_id": model_id, "path": str(path),
@@ -58,7 +62,7 @@ class GraphStore:
             if graph_id in self._cache:
                 self._cache.move_to_end(graph_id)
                 return self._cache[graph_id]
-        graph = ia.InteractionGraph.from_json(Path(self.record(graph_id)["path"]))
+        graph = ia.InteractionGraph.load_safetensors(Path(self.record(graph_id)["path"]))
         self._remember(graph_id, graph)
         return graph
 
@@ -73,14 +77,14 @@ class GraphStore:
                top_n: int | None = None) -> tuple[Path, bool]:
         """A file holding the export; (path, is_temporary). Blocking."""
         rec = self.record(graph_id)
-        if fmt == "json":
+        if fmt == "safetensors":
             return Path(rec["path"]), False
         graph = self.get(graph_id)
         path = self.store.dir("tmp") / f"{graph_id}-{uuid.uuid4().hex[:8]}{EXPORT_SUFFIX[fmt]}"
-        if fmt == "graphml":
+        if fmt == "json":
+            graph.to_json(path)
+        elif fmt == "graphml":
             graph.to_graphml(path)
-        elif fmt == "safetensors":
-            graph.save_safetensors(path)
         else:
             kw = {"top_n": top_n} if top_n else {}
             if partition is not None:

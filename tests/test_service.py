@@ -90,6 +90,9 @@ def test_end_to_end_equals_library(client, graph_id):
     assert remote.layers == local.layers and remote.n_nodes == local.n_nodes
     np.testing.assert_array_equal(remote.src, local.src)
     np.testing.assert_allclose(remote.w, local.w, rtol=1e-12, atol=1e-15)
+    assert remote.nodes == local.nodes and remote.bases.keys() == local.bases.keys()
+    for layer, (C, _) in local.bases.items():
+        np.testing.assert_allclose(remote.bases[layer][0], C, rtol=1e-12, atol=1e-15)
 
     part = client.find_modules(graph_id, epsilon=1e-3, resolution=0.05, seed=3)
     want = ia.find_modules(local, epsilon=1e-3, resolution=0.05, seed=3)
@@ -337,7 +340,7 @@ def test_restart_keeps_graphs_and_interrupts_running_jobs(tmp_path):
             wait_running(c, running)
     finally:
         srv.stop(kill=True)
-    (data_dir / "graphs" / "g_half.json.1234.partial.json").write_text("{")
+    (data_dir / "graphs" / "g_half.safetensors.1234.partial.safetensors").write_text("{")
     with running_server(data_dir) as srv2, Client(srv2.address) as c:
         assert [g.id for g in c.graphs()] == [gid]
         after = c.find_modules(gid, epsilon=1e-3)
