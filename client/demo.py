@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from intermod import analysis as ia
 
 from .client import Client
