@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -18,6 +19,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from intermod import analysis as ia
 from intermod.client import Client, RemoteError
 from intermod.client.spawn import ServerProcess, running_server
+from intermod.v1 import intermod_pb2 as pb
 from torch import nn
 
 LAYERS = ["0", "2", "output"]
@@ -173,6 +175,25 @@ def test_models_and_graphs_listing(client, graph_id):
     assert graph_id in ids
     info = client.graph_info(graph_id)
     assert info.layers == LAYERS and info.n_samples == 300
+    full = client._call("GetGraph", pb.GetGraphRequest(graph_id=graph_id, include_nodes=True,
+                                                       include_edges=True))
+    graph = client.graph(graph_id)
+    assert [(n.layer, n.index, n.is_bias) for n in full.nodes] == [
+        (n.layer, n.index, n.is_bias) for n in graph.nodes]
+    np.testing.assert_array_equal(full.src, graph.src)
+    np.testing.assert_array_equal(full.w, graph.w)
+
+
+def test_diagnose(client):
+    model, data = small_model(), small_data(100)
+    if not hasattr(ia, "diagnose"):
+        with pytest.raises(RemoteError) as err:
+            client.diagnose(model, data, LAYERS, epsilon=1e-4)
+        assert err.value.code == Code.UNIMPLEMENTED and "diagnose" in err.value.message
+        return
+    report = client.diagnose(model, data, LAYERS, epsilon=1e-4)
+    assert report == json.loads(json.dumps(
+        ia.diagnose(model, data, LAYERS, 1e-4).to_dict(), default=str))
 
 
 def test_delete_graph(client):
@@ -199,9 +220,6 @@ def test_cancel_and_full_queue(client):
 
 
 def _upload_raw(client: Client, raw: bytes, fmt: int = 1):
-    import hashlib
-
-    from intermod.v1 import intermod_pb2 as pb
     header = pb.UploadHeader(format=fmt, total_bytes=len(raw),
                              sha256=hashlib.sha256(raw).hexdigest())
     return client._call("UploadTensors", iter([pb.UploadTensorsRequest(header=header),
