@@ -47,6 +47,11 @@ class ModelEntry:
     _cache: LoadedModel | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @property
+    def cached(self) -> LoadedModel | None:
+        """The loaded model if it has been loaded already (listing never loads models)."""
+        return self._cache
+
     def loaded(self) -> LoadedModel:
         """The model (loaded once, then cached); callers get their own copy of the module."""
         with self._lock:

@@ -153,7 +153,7 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
 
     @staticmethod
     def _model_info(entry: ModelEntry) -> pb.ModelInfo:
-        cached = entry._cache
+        cached = entry.cached
         info = pb.ModelInfo(model_id=entry.id, name=entry.name, source=SOURCES[entry.source],
                             n_parameters=entry.n_parameters, description=entry.description,
                             layers=cached.layers if cached else [],

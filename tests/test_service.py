@@ -48,7 +48,7 @@ def local_graph(model, data, layers=LAYERS, **options) -> ia.InteractionGraph:
 def server(tmp_path_factory):
     with running_server(tmp_path_factory.mktemp("svc") / "data",
                         ["--max-upload-bytes", str(MAX_UPLOAD), "--max-queued-jobs", "1",
-                         "--max-samples", "60000"]) as srv:
+                         "--max-samples", "60000", "--max-nodes", "200"]) as srv:
         yield srv
 
 
@@ -280,6 +280,11 @@ def error_cases(client: Client, graph_id: str) -> dict:
                           None),
         "unknown data": (lambda: client.submit(model_id, "t_nope", LAYERS), Code.NOT_FOUND,
                          None),
+        "too many samples": (lambda: client.submit(model_id, np.zeros((60_001, 4)), LAYERS),
+                             Code.INVALID_ARGUMENT, "data_tensor_set_id"),
+        "too many nodes": (lambda: client.submit(nn.Sequential(nn.Linear(4, 300), nn.ReLU()),
+                                                 data, ["1", "output"]),
+                           Code.INVALID_ARGUMENT, "layers"),
         "oversized upload": (lambda: client.upload(np.zeros(MAX_UPLOAD // 8 + 1)),
                              Code.RESOURCE_EXHAUSTED, None),
     }
@@ -347,12 +352,21 @@ def test_token_auth_and_tls(tmp_path):
             assert err.value.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED)
 
 
-def test_restart_keeps_graphs_and_interrupts_running_jobs(tmp_path):
+def test_operator_model_restart_and_interrupted_jobs(tmp_path):
+    """An operator model runs on its own inputs and layers; after a hard kill and a restart
+    its graph is still served and the job that was running is marked interrupted."""
+    from intermod.analysis.examples import planted
     data_dir = tmp_path / "data"
-    srv = ServerProcess(data_dir)
+    srv = ServerProcess(data_dir, ["--operator-model",
+                                   "op_planted=intermod.analysis.examples.planted:build"])
     try:
         with Client(srv.address) as c:
-            gid = c.compute_graph(small_model(), small_data(), LAYERS, progress=False)
+            listed = {m.id: m for m in c.models()}
+            assert listed["op_planted"].source == "operator"
+            gid = c.compute_graph("op_planted", progress=False)
+            ex = planted.build()
+            want = local_graph(ex.model, ex.inputs, ex.layers)
+            np.testing.assert_allclose(c.graph(gid).w, want.w, rtol=1e-12, atol=1e-15)
             before = c.find_modules(gid, epsilon=1e-3)
             running = slow_job(c)
             wait_running(c, running)
