@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from .errors import NotFound, ResourceExhausted
 from .storage import Store
@@ -26,6 +27,7 @@ FINAL = {SUCCEEDED, FAILED, CANCELLED, INTERRUPTED}
 #: Phases of a graph job and their share of the overall fraction.
 PHASES = {"basis": (0.0, 0.5), "graph": (0.5, 0.5)}
 
+T = TypeVar("T")
 Progress = Callable[[str, int, int], None]
 #: work(device, progress) -> graph id; runs in a worker thread.
 Work = Callable[[str, Progress], str]
@@ -94,6 +96,7 @@ class JobManager:
         self._executor = ThreadPoolExecutor(max_workers=len(devices),
                                             thread_name_prefix="intermod-job")
         self._workers: list[asyncio.Task] = []
+        self._device_locks = {d: asyncio.Lock() for d in devices}
 
     def start(self) -> None:
         self._workers = [asyncio.create_task(self._worker(d)) for d in self.devices]
@@ -106,6 +109,13 @@ class JobManager:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def run_on_device(self, fn: Callable[[str], T]) -> T:
+        """Run fn(device) in a worker thread once the first device is free (one computation
+        per device at a time, shared with the job workers)."""
+        device = self.devices[0]
+        async with self._device_locks[device]:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, device)
 
     def submit(self, job_id: str, model_id: str, request_json: str, work: Work) -> JobStatus:
         """Queue a job; ResourceExhausted when the queue holds max_queued jobs already."""
@@ -190,30 +200,33 @@ class JobManager:
         return callback
 
     async def _worker(self, device: str) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             job = await self._queue.get()
-            if job.status.state != QUEUED:
-                continue
-            with job.lock:
-                job.status.state, job.status.started = RUNNING, time.time()
-                job.status.device = device
-            self.store.update_job(job.status.id, state=RUNNING, started=job.status.started,
-                                  device=device)
-            self._notify(job)
-            try:
-                graph_id = await loop.run_in_executor(
-                    self._executor, job.work, device, self._progress(job, loop))
-            except JobCancelled:
+            async with self._device_locks[device]:
+                if job.status.state == QUEUED:
+                    await self._run(job, device)
+
+    async def _run(self, job: _Job, device: str) -> None:
+        loop = asyncio.get_running_loop()
+        with job.lock:
+            job.status.state, job.status.started = RUNNING, time.time()
+            job.status.device = device
+        self.store.update_job(job.status.id, state=RUNNING, started=job.status.started,
+                              device=device)
+        self._notify(job)
+        try:
+            graph_id = await loop.run_in_executor(self._executor, job.work, device,
+                                                  self._progress(job, loop))
+        except JobCancelled:
+            self._finish(job, CANCELLED, error="cancelled while running")
+        except asyncio.CancelledError:
+            self._finish(job, INTERRUPTED, error="the server stopped while the job ran")
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed job must not stop the worker
+            if job.cancel.is_set():
                 self._finish(job, CANCELLED, error="cancelled while running")
-            except asyncio.CancelledError:
-                self._finish(job, INTERRUPTED, error="the server stopped while the job ran")
-                raise
-            except Exception as exc:  # noqa: BLE001 - a failed job must not stop the worker
-                if job.cancel.is_set():
-                    self._finish(job, CANCELLED, error="cancelled while running")
-                    continue
+            else:
                 log.warning("job %s failed: %s", job.status.id, exc)
                 self._finish(job, FAILED, error=f"{type(exc).__name__}: {exc}")
-            else:
-                self._finish(job, SUCCEEDED, graph_id=graph_id)
+        else:
+            self._finish(job, SUCCEEDED, graph_id=graph_id)

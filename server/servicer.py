@@ -353,6 +353,8 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
         convert.check_epsilon(request.epsilon, "epsilon")
         _, model, inputs, layers = await self._model_and_data(
             request.model_id, request.data_tensor_set_id, request.data_tensor, request.layers)
-        report = await asyncio.to_thread(diagnose, model, inputs, layers, request.epsilon)
+        report = await self.jobs.run_on_device(
+            lambda device: diagnose(model, inputs, layers, request.epsilon, device=device,
+                                    progress=False))
         return pb.DiagnoseResponse(report_json=convert.dumps(report.to_dict()))
 
