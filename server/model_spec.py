@@ -74,7 +74,10 @@ def _build_layernorm(spec: Spec, width: int | None) -> tuple[nn.Module, int | No
     if width is not None and d != width:
         raise SpecError("in_features", f"is {d} but the previous layer outputs {width}")
     affine = spec.get("elementwise_affine", True)
-    return nn.LayerNorm(d, eps=spec.get("eps", 1e-5), elementwise_affine=affine,
+    eps = spec.get("eps", 1e-5)
+    if not eps > 0:
+        raise SpecError("eps", f"must be > 0, got {eps!r}")
+    return nn.LayerNorm(d, eps=eps, elementwise_affine=affine,
                         bias=spec.get("bias", True) and affine), d
 
 
@@ -112,7 +115,8 @@ for _name, _cls in {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
 
 
 def build_model(spec: Spec) -> nn.Sequential:
-    """An untrained ``nn.Sequential`` for `spec` (float32, like torch's defaults)."""
+    """The ``nn.Sequential`` of `spec` on the meta device: shapes only, no memory, so a spec
+    declaring huge layers costs nothing until its weights (size-limited uploads) match it."""
     layers = spec.get("layers")
     if not layers:
         raise SpecError("spec.layers", "the spec has no layers")
@@ -123,7 +127,8 @@ def build_model(spec: Spec) -> nn.Sequential:
             raise SpecError(f"spec.layers[{i}].type",
                             f"unknown layer type {kind!r}; known: {sorted(LAYER_TYPES)}")
         try:
-            module, width = LAYER_TYPES[kind].build(layer, width)
+            with torch.device("meta"):
+                module, width = LAYER_TYPES[kind].build(layer, width)
         except SpecError as exc:
             raise SpecError(f"spec.layers[{i}].{exc.field}", exc.message) from None
         modules.append(module)
@@ -151,6 +156,7 @@ def load_model(spec: Spec, weights: Mapping[str, torch.Tensor]) -> nn.Sequential
     dtypes = {t.dtype for t in weights.values()}
     if len(dtypes) > 1:
         raise SpecError("weights", f"tensors mix dtypes {sorted(map(str, dtypes))}")
+    model = model.to_empty(device="cpu")
     if dtypes:
         model = model.to(dtypes.pop())
     model.load_state_dict(dict(weights), strict=True)
