@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,15 +18,14 @@ from intermod import analysis as ia
 from intermod.v1 import intermod_pb2 as pb
 from intermod.v1 import intermod_pb2_grpc as pb_grpc
 
-from . import compute, convert, tensors
+from . import compute, convert, tensors, uploads
 from .config import CHUNK_BYTES, ServerConfig
-from .errors import InvalidArgument, NotFound, ResourceExhausted, Unimplemented, rpc
+from .errors import InvalidArgument, NotFound, Unimplemented, rpc
 from .graphs import GraphStore
 from .jobs import JobManager, Progress
 from .models import EXAMPLE, OPERATOR, SPEC, ModelEntry, ModelRegistry
-from .storage import TMP_SUFFIX, Store, atomic_path, new_id
+from .storage import Store, new_id
 
-FORMATS = {pb.TENSOR_FORMAT_SAFETENSORS: "safetensors", pb.TENSOR_FORMAT_NPY: "npy"}
 EXPORTS = {pb.EXPORT_FORMAT_JSON: "json", pb.EXPORT_FORMAT_GRAPHML: "graphml",
            pb.EXPORT_FORMAT_SAFETENSORS: "safetensors", pb.EXPORT_FORMAT_PNG: "png",
            pb.EXPORT_FORMAT_SVG: "svg"}
@@ -51,77 +49,9 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
     @rpc
     async def UploadTensors(self, request_iterator: AsyncIterator[pb.UploadTensorsRequest],
                             context: Any) -> pb.UploadTensorsResponse:
-        limit = self.config.max_upload_bytes
-        header: pb.UploadHeader | None = None
-        digest = hashlib.sha256()
-        size = 0
-        tensor_set_id = new_id("t")
-        final = self.store.dir("tensors") / f"{tensor_set_id}.safetensors"
-        tmp = self.store.dir("tmp") / f"{tensor_set_id}.upload{TMP_SUFFIX}"
-        try:
-            with open(tmp, "wb") as f:  # noqa: ASYNC230 - writes go through to_thread
-                async for msg in request_iterator:
-                    if msg.WhichOneof("payload") == "header":
-                        if header is not None:
-                            raise InvalidArgument("header", "sent twice")
-                        header = msg.header
-                        self._check_header(header)
-                        continue
-                    if header is None:
-                        raise InvalidArgument("header", "the first message must carry the "
-                                                        "upload header")
-                    size += len(msg.chunk)
-                    if size > limit:
-                        raise ResourceExhausted(f"upload exceeds the server's limit of "
-                                                f"{limit} bytes")
-                    if size > header.total_bytes:
-                        raise InvalidArgument("header.total_bytes",
-                                              f"the upload is longer than the declared "
-                                              f"{header.total_bytes} bytes")
-                    digest.update(msg.chunk)
-                    await asyncio.to_thread(f.write, msg.chunk)
-            if header is None:
-                raise InvalidArgument("header", "empty upload: no header")
-            if size != header.total_bytes:
-                raise InvalidArgument("header.total_bytes", f"declared {header.total_bytes} "
-                                                            f"bytes, received {size}")
-            if digest.hexdigest() != header.sha256.lower():
-                raise InvalidArgument("header.sha256", f"checksum mismatch: the received "
-                                                       f"bytes hash to {digest.hexdigest()}")
-            fmt = FORMATS[header.format]
-            arrays = await asyncio.to_thread(tensors.read_upload, tmp, fmt)
-            infos = [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype)}
-                     for k, v in arrays.items()]
-            await asyncio.to_thread(self._store_upload, tmp, fmt, arrays, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-        rec = {"id": tensor_set_id, "name": header.name, "path": str(final),
-               "sha256": digest.hexdigest(), "total_bytes": size, "tensors": infos,
-               "created": time.time()}
-        self.store.add_tensor_set(rec)
+        rec = await uploads.receive_upload(request_iterator, self.store,
+                                           self.config.max_upload_bytes)
         return pb.UploadTensorsResponse(tensor_set=self._tensor_set(rec))
-
-    @staticmethod
-    def _store_upload(tmp: Path, fmt: str, arrays: dict, final: Path) -> None:
-        """Keep a safetensors upload as is; re-store an .npy array as safetensors."""
-        with atomic_path(final) as out:
-            if fmt == "npy":
-                with open(out, "wb") as fo:
-                    tensors.save_tensors(arrays, fo)
-            else:
-                tmp.replace(out)
-
-    def _check_header(self, header: pb.UploadHeader) -> None:
-        if header.format not in FORMATS:
-            raise InvalidArgument("header.format", "must be TENSOR_FORMAT_SAFETENSORS or "
-                                                   "TENSOR_FORMAT_NPY")
-        if header.total_bytes <= 0:
-            raise InvalidArgument("header.total_bytes", "must be positive")
-        if header.total_bytes > self.config.max_upload_bytes:
-            raise ResourceExhausted(f"upload of {header.total_bytes} bytes exceeds the "
-                                    f"server's limit of {self.config.max_upload_bytes} bytes")
-        if len(header.sha256) != 64:
-            raise InvalidArgument("header.sha256", "must be the 64-character hex SHA-256")
 
     @staticmethod
     def _tensor_set(rec: dict) -> pb.TensorSet:
