@@ -120,7 +120,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         tls_key=Path(args.tls_key) if args.tls_key else None, device=args.device,
         max_upload_bytes=args.max_upload_bytes, max_samples=args.max_samples,
         max_nodes=args.max_nodes, max_queued_jobs=args.max_queued_jobs,
-        graph_cache_size=args.graph_cache, operator_models=tuple(args.operator_model)))
+        graph_cache_size=args.graph_cache, operator_models=tuple(args.operator_model)),
+        json_output=args.json)
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 
@@ -104,10 +105,12 @@ class IntermodServer:
         self.server = None
 
 
-async def _serve(config: ServerConfig) -> None:
+async def _serve(config: ServerConfig, json_output: bool) -> None:
     server = IntermodServer(config)
     port = await server.start()
-    print(f"intermod serving on {config.host}:{port}", flush=True)
+    address = f"{config.host}:{port}"
+    print(json.dumps({"serving": address}) if json_output else f"intermod serving on {address}",
+          flush=True)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -119,7 +122,8 @@ async def _serve(config: ServerConfig) -> None:
     waiter.cancel()
 
 
-def serve(config: ServerConfig) -> None:
-    """Run the server until SIGINT/SIGTERM (blocking)."""
+def serve(config: ServerConfig, json_output: bool = False) -> None:
+    """Run the server until SIGINT/SIGTERM (blocking); prints the bound address on stdout
+    ("intermod serving on HOST:PORT", or {"serving": "HOST:PORT"} with `json_output`)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    asyncio.run(_serve(config))
+    asyncio.run(_serve(config, json_output))
