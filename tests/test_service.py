@@ -205,9 +205,12 @@ def test_delete_graph(client):
     assert err.value.code == Code.NOT_FOUND
 
 
-def test_cancel_and_full_queue(client):
+def test_cancel_and_full_queue(client, graph_id):
     running = slow_job(client)
     wait_running(client, running)
+    started = time.perf_counter()  # the event loop keeps serving while a job computes
+    assert client.find_modules(graph_id, epsilon=1e-3).n_modules >= 1
+    assert time.perf_counter() - started < 3.0
     queued = slow_job(client)  # waits for the single CPU worker
     with pytest.raises(RemoteError) as err:
         slow_job(client)
