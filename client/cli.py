@@ -85,8 +85,8 @@ def _load_data(path: str, tensor: str = "") -> Any:
 def _local_model(args: argparse.Namespace) -> Any:
     from intermod.server.model_spec import SpecError, load_model
     from safetensors.torch import load_file
-    if not (args.spec and args.weights):
-        raise ValueError("--local needs --spec and --weights")
+    if not (args.spec and args.weights and args.data):
+        raise ValueError("--local needs --spec, --weights and --data files")
     try:
         return load_model(json.loads(Path(args.spec).read_text()), load_file(args.weights))
     except SpecError as exc:
@@ -100,6 +100,16 @@ def _remote_model(args: argparse.Namespace, client: Any) -> str:
         raise ValueError("give --model ID, or --spec and --weights")
     spec = json.loads(Path(args.spec).read_text())
     return client.register_model(spec, args.weights, name=Path(args.spec).stem).id
+
+
+def _remote_data(args: argparse.Namespace) -> Path | str | None:
+    """The data file to upload, or the id of a tensor set on the server, or None."""
+    if args.data:
+        path = Path(args.data)
+        if not path.is_file():
+            raise FileNotFoundError(f"--data {args.data}: no such file")
+        return path
+    return args.data_id or None
 
 
 def _load_graph(path: str) -> Any:
@@ -145,7 +155,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         _emit(args, {"path": str(out), **graph.summary()}, str(out))
         return
     with _client(args) as client:
-        data = args.data or None
+        data = _remote_data(args)
         job_id = client.submit(_remote_model(args, client), data, args.layers or (),
                                data_tensor=args.data_tensor, **options)
         job = client.watch(job_id, progress=not (args.no_progress or args.json))
@@ -298,7 +308,7 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
                              args.layers, args.epsilon).to_dict()
     else:
         with _client(args) as client:
-            report = client.diagnose(_remote_model(args, client), args.data or None,
+            report = client.diagnose(_remote_model(args, client), _remote_data(args),
                                      args.layers or (), args.epsilon,
                                      data_tensor=args.data_tensor)
     print(dumps(report))
@@ -326,6 +336,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", help="model spec JSON (intermod.v1.ModelSpec)")
     p.add_argument("--weights", help="safetensors weights of --spec")
     p.add_argument("--data", help=".npy or .safetensors data file")
+    p.add_argument("--data-id", help="id of a tensor set already on the server")
     p.add_argument("--data-tensor", default="", help="tensor of a multi-tensor data file")
     p.add_argument("--layers", nargs="+", help="node layers: module paths or 'output'")
     p.add_argument("--local", action="store_true", help="run in process, no server")

@@ -269,7 +269,8 @@ class Client:
         return model if isinstance(model, str) else self.register_model(model).id
 
     def _data(self, data: Any) -> str:
-        if data is None or isinstance(data, str) and not Path(data).exists():
+        """A tensor-set id: `data` itself when it is one, else the id of its upload."""
+        if data is None or isinstance(data, str) and not Path(data).is_file():
             return data or ""
         return self.upload(data).id
 
