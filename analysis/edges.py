@@ -97,7 +97,8 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
     mats = [(e / max(c, 1.0)).sqrt().cpu().numpy() for e, c in zip(E, counts)]
     metadata = dict(basis.options, edge_method=edge_method, n_alpha=n_alpha if edge_method == "integrated" else None,
                     edge_n_probes=n_probes, n_samples=basis.n_samples,
-                    seconds_edges=round(time.perf_counter() - t0, 3))
+                    seconds_edges=round(time.perf_counter() - t0, 3),
+                    timings_basis=basis.timings)
     return InteractionGraph.from_arrays(
         layers, [basis[n].Lambda for n in layers], mats,
         bias_direction=[basis[n].bias_direction for n in layers],
@@ -128,9 +129,9 @@ def _section_edges(s, batch, mask, j: int, point: Tensor, baseline: Tensor | Non
     k_next = C_next.shape[1]
     B = f_hat.shape[0]
     per_item = point.numel() * (2 + len(alphas)) + f_hat.numel() + w_out.numel() * d_next * 2
-    for R, which in per_direction_cotangents(w_out, k_next, n_probes, s.generator, s.dtype, per_item):
-        K = R.shape[0]
-        data = R @ C_data.T                                      # (K, B, P, d_{j+1})
+    for pattern, which in per_direction_cotangents(w_out, k_next, n_probes, s.generator, s.dtype, per_item):
+        K = pattern.shape[0]                                     # cotangent = e_i ⊗ pattern
+        data = pattern[..., None] * C_data.T[which][:, None, None, :]   # (K, B, P, d_{j+1})
         total = None
         for alpha, wq in zip(alphas, weights):
             at = alpha * point if baseline is None else baseline + alpha * (point - baseline)
@@ -139,9 +140,9 @@ def _section_edges(s, batch, mask, j: int, point: Tensor, baseline: Tensor | Non
             g = g.reshape(K, B, -1, g.shape[-1])
             if aug:
                 beta = as_samples(net.bias_tangent(batch, j, point=at, alpha=alpha), mask)[0]
-                slot = (data * beta).sum(-1) + R @ c_slot
+                slot = (data * beta).sum(-1) + pattern * c_slot[which][:, None, None]
                 g = torch.cat([g, slot[..., None]], -1)
             total = wq * g if total is None else total + wq * g
         J_hat = total @ Q                                        # (K, B, P_in, k_j)
-        A = (J_hat * f_hat[None]).sum(2)                         # (K, B, k_j)
-        E.index_add_(0, which, (A.to(torch.float64) ** 2).sum(1))
+        A = torch.einsum("kbpj,bpj->kbj", J_hat, f_hat)          # Σ_s over input positions
+        E.index_add_(0, which, torch.einsum("kbj,kbj->kj", A, A).to(torch.float64))

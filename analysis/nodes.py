@@ -109,6 +109,11 @@ class NodeModel:
         self.heads: dict[str, nn.Linear] = {
             name: m for name, m in self.modules.items()
             if isinstance(m, nn.Linear) and m.out_features < m.in_features}
+        children = [n for n, _ in model.named_children()]
+        self._sequential = (isinstance(model, nn.Sequential)
+                            and all(n in children for n in self.modules)) or None
+        if self._sequential:
+            self._child_index = {n: children.index(n) for n in self.modules}
         acts = self.forward(example)
         self.dims = {name: a.shape[-1] for name, a in acts.items()}
         self.point_dims = {name: (self.heads[name].out_features if name in self.heads else self.dims[name])
@@ -205,6 +210,8 @@ class NodeModel:
         the slot derivative ∂g/∂s at the point held fixed.
         """
         src, dst = self.chain[j], self.chain[j + 1]
+        if self._sequential and point is not None:
+            return self._sequential_section(j, point, alpha, tangent)
         found: dict[str, Tensor] = {}
 
         def cut(x: Tensor) -> Tensor:
@@ -233,6 +240,31 @@ class NodeModel:
             except _Stop:
                 pass
         return found["point"], found["f_out"]
+
+    def natural_point(self, batch: Batch, j: int) -> Tensor | None:
+        """The point of node layer j on ``batch`` for the ``nn.Sequential`` fast path (one forward
+        pass without grad); None otherwise, where :meth:`section` takes it from the prefix."""
+        if not self._sequential:
+            return None
+        with torch.no_grad():
+            self.forward(batch)
+        return self.last_points[self.chain[j]]
+
+    def _sequential_section(self, j: int, point: Tensor, alpha: float, tangent: bool
+                            ) -> tuple[Tensor, Tensor]:
+        """Fast path for ``nn.Sequential`` cut at its children: run only the section's modules."""
+        src, dst = self.chain[j], self.chain[j + 1]
+        start = self._child_index[src] + int(src in self.heads)
+        stop = len(self.model) if dst == OUTPUT else self._child_index[dst]
+        leaf = point.detach().clone().requires_grad_(True)
+        part = self.model[start:stop]
+        names = set(part._modules)
+        params = {k: v for k, v in self.params_scaled(alpha, tangent).items() if k.split(".", 1)[0] in names}
+        with torch.enable_grad(), _eval_mode(self.model):
+            out = functional_call(part, params, (leaf,)) if len(part) else leaf.clone()
+            if dst == OUTPUT:
+                out = self.output_fn(out)
+        return leaf, out
 
     def bias_tangent(self, batch: Batch, j: int, point: Tensor | None = None, alpha: float = 1.0
                      ) -> Tensor:

@@ -190,8 +190,8 @@ def find_modules(graph: InteractionGraph, epsilon: float = 1e-4, *, objective: s
     local = -np.ones(graph.n_nodes, dtype=np.int64)
     local[ids] = np.arange(len(ids))
     src, dst, wk = local[graph.src[keep]], local[graph.dst[keep]], w_hat[keep]
-    g = ig.Graph(n=len(ids), edges=np.stack([src, dst], 1).tolist())
-    g.es["weight"] = wk.tolist()
+    g = ig.Graph(n=len(ids), edges=np.stack([src, dst], 1))
+    g.es["weight"] = wk
     fixed_mask = initial = None
     if fixed:
         fixed_mask = np.zeros(len(ids), dtype=bool)
@@ -254,18 +254,26 @@ def _bisect_resolution(run, k: int, n_active: int, w_max: float, seed: int) -> f
 
 
 def _modules(graph: InteractionGraph, membership: np.ndarray, w_hat: np.ndarray) -> list[Module]:
+    """The module table, vectorised over edges (bincount), not a loop over modules × edges."""
+    n_mod = int(membership.max()) + 1 if membership.size else 0
+    if n_mod == 0:
+        return []
     a, b = membership[graph.src], membership[graph.dst]
     both = (a >= 0) & (b >= 0)
-    out = []
-    layer_names = np.array([n.layer for n in graph.nodes], dtype=object)
-    for mod in range(membership.max() + 1 if membership.size else 0):
-        nodes = np.flatnonzero(membership == mod)
-        inside = both & (a == mod) & (b == mod)
-        leaving = both & ((a == mod) ^ (b == mod))
-        sizes = {layer: int((layer_names[nodes] == layer).sum()) for layer in graph.layers}
-        out.append(Module(mod, nodes.tolist(), len(nodes), sizes, float(w_hat[inside].sum()),
-                          float(w_hat[leaving].sum())))
-    return out
+    same = both & (a == b)
+    internal = np.bincount(a[same], weights=w_hat[same], minlength=n_mod)
+    cross = both & (a != b)
+    cut = (np.bincount(a[cross], weights=w_hat[cross], minlength=n_mod)
+           + np.bincount(b[cross], weights=w_hat[cross], minlength=n_mod))
+    labelled = np.flatnonzero(membership >= 0)
+    layer_idx = graph.layer_index
+    per_layer = np.zeros((n_mod, len(graph.layers)), dtype=np.int64)
+    np.add.at(per_layer, (membership[labelled], layer_idx[labelled]), 1)
+    order = labelled[np.argsort(membership[labelled], kind="stable")]
+    groups = np.split(order, np.cumsum(np.bincount(membership[labelled], minlength=n_mod))[:-1])
+    return [Module(m, groups[m].tolist(), len(groups[m]),
+                   dict(zip(graph.layers, per_layer[m].tolist())), float(internal[m]), float(cut[m]))
+            for m in range(n_mod)]
 
 
 def compare_partitions(a: Any, b: Any) -> dict[str, float]:
