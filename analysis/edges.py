@@ -131,18 +131,24 @@ def _section_edges(s, batch, mask, j: int, point: Tensor, baseline: Tensor | Non
     per_item = point.numel() * (2 + len(alphas)) + f_hat.numel() + w_out.numel() * d_next * 2
     for pattern, which in per_direction_cotangents(w_out, k_next, n_probes, s.generator, s.dtype, per_item):
         K = pattern.shape[0]                                     # cotangent = e_i ⊗ pattern
-        data = pattern[..., None] * C_data.T[which][:, None, None, :]   # (K, B, P, d_{j+1})
-        total = None
+        C_which = C_data[:, which]                               # (d_{j+1}, K)
+        data = pattern[..., None] * C_which.T[:, None, None, :]  # (K, B, P, d_{j+1})
+        g_sum = slot_sum = None
         for alpha, wq in zip(alphas, weights):
             at = alpha * point if baseline is None else baseline + alpha * (point - baseline)
             p_leaf, f_out = net.section(batch, j, point=at, alpha=alpha)
             g = vjp(f_out, [p_leaf], data.reshape((K,) + f_out.shape))[0]
-            g = g.reshape(K, B, -1, g.shape[-1])
-            if aug:
+            g = wq * g.reshape(K, B, -1, g.shape[-1])
+            g_sum = g if g_sum is None else g_sum + g
+            if aug:  # slot entry: ⟨cotangent, β⟩ + the next layer's slot row, position-local
                 beta = as_samples(net.bias_tangent(batch, j, point=at, alpha=alpha), mask)[0]
-                slot = (data * beta).sum(-1) + pattern * c_slot[which][:, None, None]
-                g = torch.cat([g, slot[..., None]], -1)
-            total = wq * g if total is None else total + wq * g
-        J_hat = total @ Q                                        # (K, B, P_in, k_j)
-        A = torch.einsum("kbpj,bpj->kbj", J_hat, f_hat)          # Σ_s over input positions
-        E.index_add_(0, which, torch.einsum("kbj,kbj->kj", A, A).to(torch.float64))
+                slot = wq * pattern * (torch.einsum("bpd,dk->kbp", beta, C_which) + c_slot[which][:, None, None])
+                slot_sum = slot if slot_sum is None else slot_sum + slot
+        J_hat = g_sum @ Q[:g_sum.shape[-1]]                      # (K, B, P_in, k_j)
+        if aug:
+            J_hat.addcmul_(slot_sum[..., None], Q[-1])
+        if J_hat.shape[2] == 1:
+            A = J_hat[:, :, 0].mul_(f_hat[:, 0])                 # (K, B, k_j)
+        else:
+            A = torch.einsum("kbpj,bpj->kbj", J_hat, f_hat)      # Σ_s over input positions
+        E.index_add_(0, which, A.square_().sum(1).to(torch.float64))

@@ -65,7 +65,7 @@ def joint_cotangents(mask: Tensor, k: int, n_probes: int | None, generator: torc
         for start in range(0, total, step):
             idx = torch.arange(start, min(start + step, total), device=mask.device)
             R = torch.zeros(len(idx), B, P, k, dtype=dtype, device=mask.device)
-            R[torch.arange(len(idx)), :, idx // k, idx % k] = m[:, idx // k].T
+            R[torch.arange(len(idx), device=mask.device), :, idx // k, idx % k] = m[:, idx // k].T
             yield R
     else:
         step = chunk_size(n_probes, per_item)

@@ -180,16 +180,16 @@ class NodeModel:
                 x = args[0]
                 if grad and not x.requires_grad:
                     x = x.detach().requires_grad_(True)
-                    args = (x,) + tuple(args[1:])
                 acts[name] = x
                 if name not in self.heads:
                     points[name] = x
-                return args
+                return (x.clone(),) + tuple(args[1:])   # an in-place op downstream must not touch x
             return hook
 
         def make_post(name: str):
             def hook(module, args, out):
                 points[name] = out
+                return out.clone()
             return hook
 
         with torch.set_grad_enabled(grad), self._hooks(
@@ -217,7 +217,7 @@ class NodeModel:
         def cut(x: Tensor) -> Tensor:
             value = _primal(x) if point is None else point.detach()
             found["point"] = p = value.clone().requires_grad_(True)
-            return p
+            return p.clone()
 
         def pre_src(module, args):
             if src not in self.heads:
@@ -261,7 +261,7 @@ class NodeModel:
         names = set(part._modules)
         params = {k: v for k, v in self.params_scaled(alpha, tangent).items() if k.split(".", 1)[0] in names}
         with torch.enable_grad(), _eval_mode(self.model):
-            out = functional_call(part, params, (leaf,)) if len(part) else leaf.clone()
+            out = functional_call(part, params, (leaf.clone(),)) if len(part) else leaf.clone()
             if dst == OUTPUT:
                 out = self.output_fn(out)
         return leaf, out

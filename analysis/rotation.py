@@ -65,7 +65,7 @@ def _fix_signs(C: Tensor, Cinv: Tensor, n_data: int) -> tuple[Tensor, Tensor]:
     """Make each column's largest-magnitude data entry of C positive (deterministic signs)."""
     rows = C[:n_data] if n_data else C
     pick = rows.abs().argmax(0)
-    sign = torch.sign(rows[pick, torch.arange(C.shape[1])])
+    sign = torch.sign(rows[pick, torch.arange(C.shape[1], device=C.device)])
     sign = torch.where((rows.abs().max(0).values > 0) & (sign != 0), sign, torch.ones_like(sign))
     return C * sign, Cinv * sign
 
