@@ -302,10 +302,8 @@ def cmd_job(args: argparse.Namespace) -> None:
 def cmd_diagnose(args: argparse.Namespace) -> None:
     if args.local:
         from intermod import analysis as ia
-        if not hasattr(ia, "diagnose"):
-            raise RuntimeError("this intermod installation has no analysis.diagnose")
         report = ia.diagnose(_local_model(args), _load_data(args.data, args.data_tensor),
-                             args.layers, args.epsilon).to_dict()
+                             args.layers, args.epsilon, progress=not args.json).to_dict()
     else:
         with _client(args) as client:
             report = client.diagnose(_remote_model(args, client), _remote_data(args),

@@ -60,10 +60,6 @@ class FailedPrecondition(ServiceError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
-class Unimplemented(ServiceError):
-    code = grpc.StatusCode.UNIMPLEMENTED
-
-
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
     if isinstance(exc, ServiceError):
         await context.abort_with_status(rpc_status.to_status(exc.to_status()))

@@ -20,7 +20,7 @@ from intermod.v1 import intermod_pb2_grpc as pb_grpc
 
 from . import compute, convert, tensors, uploads
 from .config import CHUNK_BYTES, ServerConfig
-from .errors import InvalidArgument, NotFound, Unimplemented, rpc
+from .errors import InvalidArgument, NotFound, rpc
 from .graphs import GraphStore
 from .jobs import JobManager, Progress
 from .models import EXAMPLE, OPERATOR, SPEC, ModelEntry, ModelRegistry
@@ -276,15 +276,11 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
 
     @rpc
     async def Diagnose(self, request: pb.DiagnoseRequest, context: Any) -> pb.DiagnoseResponse:
-        diagnose = getattr(ia, "diagnose", None)
-        if diagnose is None:
-            raise Unimplemented("Diagnose needs intermod.analysis.diagnose, which this "
-                                "server's intermod installation does not provide")
         convert.check_epsilon(request.epsilon, "epsilon")
         _, model, inputs, layers = await self._model_and_data(
             request.model_id, request.data_tensor_set_id, request.data_tensor, request.layers)
         report = await self.jobs.run_on_device(
-            lambda device: diagnose(model, inputs, layers, request.epsilon, device=device,
-                                    progress=False))
+            lambda device: ia.diagnose(model, inputs, layers, request.epsilon, device=device,
+                                       progress=False))
         return pb.DiagnoseResponse(report_json=convert.dumps(report.to_dict()))
 

@@ -114,6 +114,16 @@ def test_local_mode_matches_server(capsys, server, files, tmp_path):
     assert b"<svg" in (tmp_path / "l.svg").read_bytes()[:2000]
 
 
+def test_diagnose_remote_and_local(capsys, server, files):
+    d = files["dir"]
+    common = ["--spec", d / "spec.json", "--weights", d / "weights.safetensors", "--data",
+              d / "data.npy", "--layers", *LAYERS, "--epsilon", "1e-4"]
+    remote = run_json(capsys, "diagnose", *common, "--address", server.address)
+    local = run_json(capsys, "diagnose", *common, "--local")
+    want = ia.diagnose(files["model"], files["data"], LAYERS, 1e-4, progress=False).to_dict()
+    assert remote == local == json.loads(json.dumps(want))
+
+
 def test_errors_exit_nonzero_with_one_line(capsys, server, files):
     d = files["dir"]
     code, _, err = run(capsys, "modules", "g_missing", "--address", server.address)

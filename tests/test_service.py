@@ -186,11 +186,6 @@ def test_models_and_graphs_listing(client, graph_id):
 
 def test_diagnose(client):
     model, data = small_model(), small_data(100)
-    if not hasattr(ia, "diagnose"):
-        with pytest.raises(RemoteError) as err:
-            client.diagnose(model, data, LAYERS, epsilon=1e-4)
-        assert err.value.code == Code.UNIMPLEMENTED and "diagnose" in err.value.message
-        return
     report = client.diagnose(model, data, LAYERS, epsilon=1e-4)
     assert report == json.loads(json.dumps(
         ia.diagnose(model, data, LAYERS, 1e-4).to_dict(), default=str))
@@ -273,6 +268,8 @@ def error_cases(client: Client, graph_id: str) -> dict:
         "unknown layer type": (lambda: client.register_model(
             {"layers": [{"type": "conv2d"}]}, good_w), Code.INVALID_ARGUMENT,
             "spec.layers[0].type"),
+        "diagnose epsilon": (lambda: client.diagnose(model_id, data_id, LAYERS, epsilon=0.0),
+                             Code.INVALID_ARGUMENT, "epsilon"),
         "bad option": (lambda: client.submit(model_id, data_id, LAYERS, kind="magic"),
                        Code.INVALID_ARGUMENT, "options.kind"),
         "bad objective": (lambda: client.find_modules(graph_id, objective="louvain"),
