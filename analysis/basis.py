@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .distributed import all_reduce_float, all_reduce_sum, rank_world, shard
 from .gram import GramSum, MomentAccumulator, augmented_gram
 from .inputs import Inputs, as_samples, batch_to, count_batches, iter_batches, position_mask, resolve_device
 from .jacobians import joint_cotangents, vjp
@@ -118,7 +119,10 @@ class _Setup:
     inputs: Inputs = field(repr=False)
 
     def batches(self, stage: str) -> Iterator[tuple[Any, Tensor | None]]:
-        for batch in self.progress.track(iter_batches(self.inputs, self.batch_size), stage, self.n_batches):
+        """This process's batches (all of them without a process group), on the device."""
+        rank, world = rank_world()
+        total = None if self.n_batches is None else len(range(rank, self.n_batches, world))
+        for batch in self.progress.track(shard(iter_batches(self.inputs, self.batch_size)), stage, total):
             batch = batch_to(batch, self.device, self.dtype)
             yield batch, position_mask(batch)
 
@@ -135,7 +139,7 @@ def prepare(model: nn.Module, inputs: Inputs, layers: Sequence[str], *, output_f
         raise ValueError("inputs: no data")
     net = NodeModel(model, layers, batch_to(first, dev, dtype), output_fn=output_fn,
                     include_bias=include_bias, dtype=dtype, device=dev)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + rank_world()[0])
     return _Setup(net, dev, dtype, batch_size, Progress(progress, callback), gen,
                   count_batches(inputs, batch_size), inputs)
 
@@ -224,7 +228,7 @@ def _next_layer_jacobians(s: _Setup, j: int, C_next: Tensor, n_probes: int | Non
                 slot = (data * beta).sum(-1) + R @ c_slot
                 g = torch.cat([g, slot[..., None]], -1)
             total.add(g, wi)
-    return total.total, n
+    return all_reduce_sum(total.total), all_reduce_float(n, s.device)
 
 
 def _terminal_M(d: int, include_bias: bool, device: torch.device) -> Tensor:
@@ -281,7 +285,9 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
             except FloatingPointError:
                 raise ValueError(f"activations at layer {n!r} contain NaN or Inf: check the inputs "
                                  "and the model's weights") from None
-    stats = {n: m.result() for n, m in moments.items()}
+    stats = {n: m.result(s.device) for n, m in moments.items()}
+    for gs in sums:
+        all_reduce_sum(gs.total)
     G = {n: augmented_gram(mean, cov, center=center, include_bias=include_bias)
          for n, (_, mean, cov) in stats.items()}
     F: dict[str, Tensor | None] = {n: None for n in chain}   # M = Fᵀ F

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .basis import Basis, _check_positions, prepare
+from .distributed import all_reduce_float, all_reduce_sum
 from .graph import InteractionGraph
 from .inputs import Inputs, as_samples
 from .jacobians import per_direction_cotangents, vjp
@@ -94,7 +95,8 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
             counts[j] += float(w_out.sum())
             _section_edges(s, batch, mask, j, points[src], baselines[j], f_hat, w_out, as_t[dst][0],
                            Q[j], alphas, weights, n_probes, E[j])
-    mats = [(e / max(c, 1.0)).sqrt().cpu().numpy() for e, c in zip(E, counts)]
+    counts = [all_reduce_float(c, s.device) for c in counts]
+    mats = [(all_reduce_sum(e) / max(c, 1.0)).sqrt().cpu().numpy() for e, c in zip(E, counts)]
     metadata = dict(basis.options, edge_method=edge_method, n_alpha=n_alpha if edge_method == "integrated" else None,
                     edge_n_probes=n_probes, n_samples=basis.n_samples,
                     seconds_edges=round(time.perf_counter() - t0, 3),

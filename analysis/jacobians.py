@@ -89,7 +89,7 @@ def per_direction_cotangents(mask: Tensor, k: int, n_probes: int | None,
     B, P = mask.shape
     m = mask.to(dtype)
     if n_probes is None:
-        patterns = torch.diag_embed(m.T)  # (P, B, P): pattern t is the mask at position t only
+        patterns = torch.diag_embed(m).permute(1, 0, 2)  # (P, B, P): pattern t = the mask at t only
         patterns = patterns if P > 1 else m[None]
     else:
         signs = torch.randint(0, 2, (n_probes, B, P), generator=generator, device="cpu")

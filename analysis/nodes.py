@@ -28,6 +28,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .inputs import Batch
 
@@ -62,12 +63,19 @@ def _primal(x: Tensor) -> Tensor:
 
 @contextmanager
 def _eval_mode(model: nn.Module):
+    """Eval mode (samples must not interact), attention on the math SDPA backend and without
+    nn.MultiheadAttention's fused fast path: the fused kernels support neither forward-mode AD
+    nor fast batched (vmap) backward passes. Everything is restored after."""
     was_training = model.training
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     model.eval()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
-        yield
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
     finally:
         model.train(was_training)
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 class NodeModel:

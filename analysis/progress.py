@@ -6,8 +6,8 @@ callback propagates and aborts the computation (this is how a service cancels a 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
 import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from tqdm.auto import tqdm

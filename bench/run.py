@@ -130,9 +130,9 @@ def layered_graph(n_edges: int, layers: int = 4, seed: int = 0):
 
 
 def leiden(n_edges: int) -> dict:
-    import igraph as ig
     import random
 
+    import igraph as ig
     from intermod import analysis as ia
 
     g = layered_graph(n_edges)

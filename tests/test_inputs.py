@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from intermod import analysis as ia
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-
-from intermod import analysis as ia
 
 
 @pytest.fixture
