@@ -123,8 +123,8 @@ def test_end_to_end_equals_library(client, graph_id):
 
 def test_watch_reports_progress(client):
     updates = []
-    data = small_data(2000)
-    job_id = client.submit(small_model(), data, LAYERS, batch_size=100)
+    data = small_data(8000)  # 400 batches per phase: each phase lasts a good fraction of a second
+    job_id = client.submit(small_model(), data, LAYERS, batch_size=20)
     job = client.watch(job_id, progress=False, on_update=updates.append)
     assert job.state == "succeeded" and job.graph_id
     fractions = [u.fraction for u in updates]
