@@ -51,11 +51,39 @@ class Module:
     cut: float            # Σ ŵ of edges leaving it
 
 
-@dataclass
-class Score:
-    cost: float           # nats
-    cost_units: float     # cost / ln(1/√ε)
+class Score(float):
+    """The cost of a partition in nats; a float, with ``cost_units`` (cost / ln(1/√ε)) and
+    ``n_cut_edges`` (edges with ŵ > 0 between different modules) attached."""
+
+    cost_units: float
     n_cut_edges: int
+
+    def __new__(cls, cost: float, cost_units: float, n_cut_edges: int) -> Score:
+        obj = super().__new__(cls, cost)
+        obj.cost_units, obj.n_cut_edges = float(cost_units), int(n_cut_edges)
+        return obj
+
+    @property
+    def cost(self) -> float:
+        return float(self)
+
+    def __repr__(self) -> str:
+        return f"Score(cost={float(self)!r}, cost_units={self.cost_units!r}, n_cut_edges={self.n_cut_edges})"
+
+
+class Comparison(dict):
+    """{"ari": …, "nmi": …}, also readable as attributes (``.ari``, ``.nmi``)."""
+
+    def __getattr__(self, name: str) -> float:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+OBJECTIVE_ALIASES = {"cpm": "cpm", "modularity": "modularity", "rb": "modularity",
+                     "rbconfiguration": "modularity", "rb_configuration": "modularity",
+                     "rb-configuration": "modularity"}
 
 
 @dataclass
@@ -179,8 +207,10 @@ def find_modules(graph: InteractionGraph, epsilon: float = 1e-4, *, objective: s
     gives the same answer. ``fixed`` maps node ids to module labels held fixed (leidenalg).
     """
     _check_epsilon(epsilon)
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if not isinstance(objective, str) or objective.lower() not in OBJECTIVE_ALIASES:
+        raise ValueError(f"objective must be one of {OBJECTIVES} (or 'rb' / 'rb_configuration' for "
+                         f"modularity), got {objective!r}")
+    objective = OBJECTIVE_ALIASES[objective.lower()]
     if not (math.isfinite(resolution) and resolution >= 0):
         raise ValueError(f"resolution must be a finite number >= 0, got {resolution!r}")
     if n_restarts < 1:
@@ -290,7 +320,7 @@ def _modules(graph: InteractionGraph, membership: np.ndarray, w_hat: np.ndarray)
             for m in range(n_mod)]
 
 
-def compare_partitions(a: Any, b: Any) -> dict[str, float]:
+def compare_partitions(a: Any, b: Any) -> Comparison:
     """Adjusted Rand index and normalised mutual information of two memberships.
 
     Entries −1 (outside the partition) in either membership are left out of the comparison.
@@ -303,5 +333,5 @@ def compare_partitions(a: Any, b: Any) -> dict[str, float]:
     if keep.sum() < 2:
         raise ValueError("need at least two nodes labelled in both memberships")
     ca, cb = _canonical(ma[keep]).tolist(), _canonical(mb[keep]).tolist()
-    return {"ari": float(ig.compare_communities(ca, cb, method="ari")),
-            "nmi": float(ig.compare_communities(ca, cb, method="nmi"))}
+    return Comparison(ari=float(ig.compare_communities(ca, cb, method="adjusted_rand")),
+                      nmi=float(ig.compare_communities(ca, cb, method="nmi")))
