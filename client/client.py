@@ -393,11 +393,11 @@ class Client:
             graph_id=graph_id, membership=_membership(membership), epsilon=epsilon))
         return ia.Score(cost=msg.cost, cost_units=msg.cost_units, n_cut_edges=msg.n_cut_edges)
 
-    def compare(self, a: Any, b: Any) -> dict[str, float]:
+    def compare(self, a: Any, b: Any) -> ia.Comparison:
         """ARI and NMI between two partitions (membership arrays or Partitions)."""
         msg = self._call("ComparePartitions", pb.ComparePartitionsRequest(
             membership_a=_membership(a), membership_b=_membership(b)))
-        return {"ari": msg.ari, "nmi": msg.nmi}
+        return ia.Comparison(ari=msg.ari, nmi=msg.nmi)
 
     def diagnose(self, model: str | nn.Module, data: Any = None, layers: Iterable[str] = (),
                  epsilon: float = 1e-4, data_tensor: str = "") -> dict:

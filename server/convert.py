@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 from google.protobuf import json_format
+from intermod.analysis.partition import OBJECTIVE_ALIASES
 from intermod.v1 import intermod_pb2 as pb
 
 from .errors import InvalidArgument
@@ -16,7 +17,6 @@ from .jobs import JobStatus
 JOB_STATES = {"queued": pb.JOB_STATE_QUEUED, "running": pb.JOB_STATE_RUNNING,
               "succeeded": pb.JOB_STATE_SUCCEEDED, "failed": pb.JOB_STATE_FAILED,
               "cancelled": pb.JOB_STATE_CANCELLED, "interrupted": pb.JOB_STATE_INTERRUPTED}
-OBJECTIVES = ("cpm", "modularity")
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -67,9 +67,9 @@ def search_kwargs(search: pb.ModuleSearch, field: str = "search") -> dict[str, A
         check_epsilon(search.epsilon, f"{field}.epsilon")
         kw["epsilon"] = search.epsilon
     if search.objective:
-        if search.objective not in OBJECTIVES:
-            raise InvalidArgument(f"{field}.objective",
-                                  f"must be one of {list(OBJECTIVES)}, got {search.objective!r}")
+        if search.objective.lower() not in OBJECTIVE_ALIASES:
+            raise InvalidArgument(f"{field}.objective", f"must be one of "
+                                  f"{sorted(OBJECTIVE_ALIASES)}, got {search.objective!r}")
         kw["objective"] = search.objective
     if search.HasField("resolution"):
         if not (math.isfinite(search.resolution) and search.resolution >= 0):

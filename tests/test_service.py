@@ -107,11 +107,16 @@ def test_end_to_end_equals_library(client, graph_id):
     assert k2.n_modules == ia.find_modules(local, epsilon=1e-3, n_modules=2,
                                            n_restarts=2).n_modules
 
-    score = client.score(graph_id, part, 1e-3)
-    assert score == ia.partition_cost(local, want.membership, 1e-3)
+    score, want_score = client.score(graph_id, part, 1e-3), ia.partition_cost(local, want, 1e-3)
+    assert isinstance(score, ia.Score)
+    assert (score, score.cost_units, score.n_cut_edges) == (
+        want_score, want_score.cost_units, want_score.n_cut_edges)
     assert client.compare(part, want) == pytest.approx({"ari": 1.0, "nmi": 1.0})
     other = np.arange(local.n_nodes) % 2
     assert client.compare(part, other) == pytest.approx(ia.compare_partitions(want, other))
+    assert isinstance(client.compare(part, other), ia.Comparison)
+    rb = client.find_modules(graph_id, epsilon=1e-3, objective="rb", resolution=1.0)
+    assert rb.objective == ia.find_modules(local, epsilon=1e-3, objective="rb").objective
 
     sweep = list(client.sweep(graph_id, [1e-3, 1e-2], [0.01, 0.1], objective="cpm"))
     assert [(p.epsilon, p.resolution) for p in sweep] == [
