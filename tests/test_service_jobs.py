@@ -16,9 +16,8 @@ def run_jobs(tmp_path, works):
             jobs.submit(f"j{i}", "m", "{}", work)
         finals = []
         for i in range(len(works)):
-            async for status in jobs.watch(f"j{i}"):
-                pass
-            finals.append(status)
+            statuses = [s async for s in jobs.watch(f"j{i}")]
+            finals.append(statuses[-1])
         await jobs.stop()
         rows = [store.job(f"j{i}") for i in range(len(works))]
         store.close()
