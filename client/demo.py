@@ -1,9 +1,10 @@
 """`make demo`: a server on a free loopback port, a built-in example through the client.
 
 Registers the example's network (spec + safetensors weights) and uploads its inputs,
-computes the interaction graph as a job with a progress bar, finds the modules, prints them
-with their recovery of the example's ground truth, writes ``out/demo/graph.png`` and
-``out/demo/result.json``, and stops the server.
+computes the interaction graph as a job with a progress bar, sweeps the resolution, finds the
+modules, prints them with their recovery of the example's ground truth, writes
+``out/demo/graph.png`` and ``out/demo/result.json``, and stops the server. The noise scale ε
+is the example's training loss when it has one (ε is a behavioural-loss value), else 1e-4.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .report import jsonable, partition_table
 from .spawn import running_server
 
 EXAMPLES = ("two_tasks", "planted")  # the first one installed is used
+RESOLUTIONS = (0.01, 0.05, 0.2, 1.0)
 
 
 def load_example(names: tuple[str, ...] = EXAMPLES) -> Any:
@@ -43,12 +45,15 @@ def load_example(names: tuple[str, ...] = EXAMPLES) -> Any:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="out/demo", help="output directory")
-    parser.add_argument("--epsilon", type=float, default=1e-4, help="noise scale")
+    parser.add_argument("--epsilon", type=float, help="noise scale (default: the example's "
+                                                      "training loss, else 1e-4)")
+    parser.add_argument("--resolution", type=float, default=0.05, help="CPM resolution")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     ex = load_example()
+    epsilon = args.epsilon or float(getattr(ex, "extra", {}).get("train_mse", 1e-4))
     print(f"example {ex.name}: {ex.description}")
     with tempfile.TemporaryDirectory(prefix="intermod-demo-") as tmp, \
             running_server(Path(tmp) / "data") as server, Client(server.address) as client:
@@ -66,17 +71,26 @@ def main(argv: list[str] | None = None) -> None:
         info = client.graph_info(graph_id)
         print(f"graph {graph_id}: {info.n_nodes} nodes, {info.n_edges} edges "
               f"({seconds_graph:.1f} s)")
-        part = client.find_modules(graph_id, epsilon=args.epsilon)
-        print(partition_table(part, info.layers))
-        recovery = None
         truth = ex.truth(client.graph(graph_id)) if ex.truth is not None else None
-        if truth is not None:
-            recovery = ia.compare_partitions(part.membership, np.asarray(truth))
-            print(f"recovery of the ground truth: ARI {recovery['ari']:.3f}, "
-                  f"NMI {recovery['nmi']:.3f}")
-        client.plot(graph_id, out / "graph.png", epsilon=args.epsilon)
+
+        def recovery(p: Any) -> dict | None:
+            return None if truth is None else dict(ia.compare_partitions(p, np.asarray(truth)))
+
+        print(f"sweep at epsilon {epsilon:.3g}: resolution -> modules, cost, ARI vs truth")
+        for p in client.sweep(graph_id, [epsilon], RESOLUTIONS):
+            ari = recovery(p)
+            print(f"  {p.resolution:>6g} -> {p.n_modules:>3} modules, cost {p.cost:8.3f}"
+                  + (f", ARI {ari['ari']:.3f}" if ari else ""))
+        part = client.find_modules(graph_id, epsilon=epsilon, resolution=args.resolution)
+        print(f"modules at epsilon {epsilon:.3g}, resolution {args.resolution:g}:")
+        print(partition_table(part, info.layers))
+        found = recovery(part)
+        if found is not None:
+            print(f"recovery of the ground truth: ARI {found['ari']:.3f}, "
+                  f"NMI {found['nmi']:.3f}")
+        client.plot(graph_id, out / "graph.png", epsilon=epsilon, resolution=args.resolution)
         result = {"example": ex.name, "server": server.address, "graph_id": graph_id,
-                  "graph": info.summary, "partition": part.to_dict(), "recovery": recovery,
+                  "graph": info.summary, "partition": part.to_dict(), "recovery": found,
                   "seconds": {"graph": seconds_graph, "total": time.perf_counter() - start}}
         (out / "result.json").write_text(json.dumps(result, default=jsonable, indent=2))
     print(f"wrote {out / 'graph.png'} and {out / 'result.json'} "
