@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from intermod import analysis as ia
 from intermod.analysis import examples
 from intermod.analysis.examples import digits, two_tasks

@@ -18,8 +18,9 @@ never trains or imports another.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from torch import nn
 if TYPE_CHECKING:
     from intermod.analysis import InteractionGraph
 
-__all__ = ["Example", "names", "load"]
+__all__ = ["Example", "load", "names"]
 
 TruthFn = Callable[["InteractionGraph"], np.ndarray]
 

@@ -21,7 +21,7 @@ from . import Example
 from .cache import DATA_DIR, load_or_train, save_weights
 from .training import deterministic, mlp, node_layers
 
-__all__ = ["CONFIG", "TARGET_ACCURACY", "load_data", "train", "build"]
+__all__ = ["CONFIG", "TARGET_ACCURACY", "build", "load_data", "train"]
 
 CONFIG: dict[str, Any] = {
     "version": 1, "widths": [64, 32, 32, 10], "steps": 600, "lr": 1e-2, "weight_decay": 0.1,
@@ -39,7 +39,7 @@ def load_data(config: dict[str, Any]) -> tuple[torch.Tensor, ...]:
     x = torch.tensor(data.data / 16.0, dtype=torch.float64)
     y = torch.tensor(data.target, dtype=torch.int64)
     perm = torch.from_numpy(np.random.default_rng(config["seed"]).permutation(len(y)))
-    n_test = int(round(config["test_fraction"] * len(y)))
+    n_test = round(config["test_fraction"] * len(y))
     test, tr = perm[:n_test], perm[n_test:]
     return x[tr], y[tr], x[test], y[test]
 

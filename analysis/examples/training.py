@@ -10,7 +10,8 @@ weights are promised between runs on the same machine and torch build, not acros
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -41,7 +42,7 @@ def mlp(widths: Sequence[int], dtype: torch.dtype = torch.float64) -> nn.Sequent
     Linear layers, then the output) are ``["0", "2", …, "output"]``.
     """
     parts: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
         parts.append(nn.Linear(a, b, dtype=dtype))
         if i < len(widths) - 2:
             parts.append(nn.ReLU())

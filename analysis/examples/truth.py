@@ -14,7 +14,8 @@ group moves, 1/K for an even mix). Directions with no variance (the bias directi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from torch import nn
 if TYPE_CHECKING:
     from intermod.analysis import InteractionGraph
 
-__all__ = ["layer_activations", "basis_coordinates", "group_shares", "ProductTruth"]
+__all__ = ["ProductTruth", "basis_coordinates", "group_shares", "layer_activations"]
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ from .cache import DATA_DIR, load_or_train, save_weights
 from .training import deterministic, mlp, node_layers
 from .truth import ProductTruth
 
-__all__ = ["CONFIG", "TARGET_R2", "task_targets", "train", "build"]
+__all__ = ["CONFIG", "TARGET_R2", "build", "task_targets", "train"]
 
 #: Training configuration (its hash keys the weight cache).
 CONFIG: dict[str, Any] = {
