@@ -1,0 +1,315 @@
+"""Interaction basis of every node layer: :func:`compute_basis`.
+
+Data flow: batches -> activations at node layers -> G (and, for the output target, M in the
+same pass) -> rotation per layer (:mod:`intermod.analysis.rotation`). With
+``jacobian_target="next_layer"`` the layers are rotated last first: M^l is the Jacobian Gram
+of f̂^{l+1} = C_{l+1}ᵀ f^{l+1}, one pass over the data per layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .gram import GramSum, MomentAccumulator, augmented_gram
+from .inputs import Inputs, as_samples, batch_to, count_batches, iter_batches, position_mask, resolve_device
+from .jacobians import joint_cotangents, vjp
+from .nodes import OUTPUT, NodeModel, OutputFn
+from .progress import Callback, Progress
+from .rotation import Rotation, rotate
+
+TARGETS = ("output", "next_layer")
+KINDS = ("interaction", "pca", "neuron")
+
+
+@dataclass(frozen=True, eq=False)
+class LayerBasis:
+    """The basis of one node layer.
+
+    C, Cinv: (d [+1], k) with f̂ = Cᵀ f_aug and f_aug = Cinv f̂ (bias slot = last row);
+    Lambda: (k,) = E[f̂²] (index 0 is the constant direction when ``bias_direction``);
+    G, M: raw Grams (d [+1], d [+1]) (G centred with ``center``); mean: (d,); D: kept
+    eigenvalues of the activation covariance (or second moment).
+    """
+
+    name: str
+    dim: int
+    C: np.ndarray
+    Cinv: np.ndarray
+    Lambda: np.ndarray
+    D: np.ndarray
+    G: np.ndarray
+    M: np.ndarray | None
+    mean: np.ndarray
+    bias_direction: bool
+    include_bias: bool
+    center: bool
+
+    @property
+    def k(self) -> int:
+        return int(self.Lambda.shape[0])
+
+    def augment(self, f: np.ndarray | Tensor) -> np.ndarray:
+        """f (…, d) -> f_aug (…, d+1) with the slot 1, or f − μ when centred without a slot."""
+        f = np.asarray(f.detach().cpu() if isinstance(f, Tensor) else f, dtype=np.float64)
+        if f.shape[-1] != self.dim:
+            raise ValueError(f"layer {self.name!r}: expected activations of size {self.dim}, got {f.shape[-1]}")
+        if self.include_bias:
+            return np.concatenate([f, np.ones(f.shape[:-1] + (1,))], axis=-1)
+        return f - self.mean if self.center else f
+
+    def transform(self, f: np.ndarray | Tensor) -> np.ndarray:
+        """Interaction-basis coordinates f̂ = Cᵀ f_aug, shape (…, k)."""
+        return self.augment(f) @ self.C
+
+
+class Basis(Mapping[str, LayerBasis]):
+    """Read-only mapping layer -> :class:`LayerBasis` in forward order, plus the options used."""
+
+    def __init__(self, layers: dict[str, LayerBasis], options: dict[str, Any], n_samples: float,
+                 output_fn: OutputFn | None = None):
+        self._layers = layers
+        self.options = options
+        self.n_samples = n_samples
+        self.output_fn = output_fn
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self._layers)
+
+    def __getitem__(self, name: str) -> LayerBasis:
+        try:
+            return self._layers[name]
+        except KeyError:
+            raise KeyError(f"no layer {name!r} in this basis; layers: {self.layers}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._layers)
+
+    def __len__(self) -> int:
+        return len(self._layers)
+
+    def __repr__(self) -> str:
+        ks = ", ".join(f"{n}: k={b.k}" for n, b in self._layers.items())
+        return f"Basis({ks}; {self.options['kind']}, target={self.options['jacobian_target']})"
+
+
+def default_tol(dtype: torch.dtype) -> float:
+    """Relative eigenvalue cut-off that sits above the rounding noise of ``dtype``."""
+    return 1e-10 if dtype == torch.float64 else 1e-6 if dtype == torch.float32 else 1e-3
+
+
+@dataclass
+class _Setup:
+    net: NodeModel
+    device: torch.device
+    dtype: torch.dtype
+    batch_size: int
+    progress: Progress
+    generator: torch.Generator
+    n_batches: int | None
+    inputs: Inputs = field(repr=False)
+
+    def batches(self, stage: str) -> Iterator[tuple[Any, Tensor | None]]:
+        for batch in self.progress.track(iter_batches(self.inputs, self.batch_size), stage, self.n_batches):
+            batch = batch_to(batch, self.device, self.dtype)
+            yield batch, position_mask(batch)
+
+
+def prepare(model: nn.Module, inputs: Inputs, layers: Sequence[str], *, output_fn: OutputFn | None,
+            include_bias: bool, dtype: torch.dtype, batch_size: int, device: str | torch.device,
+            seed: int, progress: bool, callback: Callback | None) -> _Setup:
+    """Resolve the device, cut the model at ``layers`` and set up batching and progress."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    dev = resolve_device(device)
+    first = next(iter_batches(inputs, batch_size), None)
+    if first is None:
+        raise ValueError("inputs: no data")
+    net = NodeModel(model, layers, batch_to(first, dev, dtype), output_fn=output_fn,
+                    include_bias=include_bias, dtype=dtype, device=dev)
+    gen = torch.Generator().manual_seed(seed)
+    return _Setup(net, dev, dtype, batch_size, Progress(progress, callback), gen,
+                  count_batches(inputs, batch_size), inputs)
+
+
+def _check_positions(sizes: dict[str, int]) -> None:
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"include_bias needs the same number of positions at every node layer "
+                         f"(the slot of position s carries the biases added at s), got {sizes}; "
+                         "use include_bias=False or cut after the pooling")
+
+
+def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, acts: dict[str, Tensor],
+                      n_probes: int | None, sums: list[GramSum]) -> None:
+    """Add one batch to M_p^j = Σ ĝ ĝᵀ for y = the output, every node layer at once.
+
+    ĝ = (∂y/∂p^j, slot) per (sample, position, cotangent); the slot entry is
+    Σ_{m ≥ j} ⟨∂y/∂f^{m+1}, β_m⟩ + Σ_{m > j} ⟨∂y/∂z^m, b_m⟩: β_m is the bias tangent of
+    section m at its point, and b_m the bias of a Linear head at layer m (whose own bias at
+    layer j is carried by the pull-back P_j instead).
+    """
+    net = s.net
+    T = len(net.chain) - 1
+    points = [net.last_points[n] for n in net.chain[:T]]
+    inner = [acts[n] for n in net.chain[1:T]]
+    y = acts[OUTPUT]
+    ys, yw = as_samples(y, mask)
+    B = ys.shape[0]
+    betas = []
+    if net.include_bias:
+        _check_positions({n: as_samples(a, mask)[0].shape[1] for n, a in acts.items()})
+        betas = [as_samples(net.bias_tangent(batch, m), mask)[0] for m in range(T)]
+    weights = [as_samples(acts[n], mask)[1] for n in net.chain[:T]]
+    per_item = sum(t.numel() for t in points + inner) + y.numel()
+    for R in joint_cotangents(yw, ys.shape[-1], n_probes, s.generator, s.dtype, per_item):
+        K = R.shape[0]
+        grads = vjp(y, points + inner, R.reshape((K,) + y.shape))
+        g_points = [g.reshape(K, B, -1, g.shape[-1]) for g in grads[:T]]
+        slot = None
+        if net.include_bias:
+            slots = [None] * T
+            cum = (R * betas[T - 1]).sum(-1)
+            slots[T - 1] = cum
+            for m in range(T - 2, -1, -1):
+                gf = grads[T + m].reshape(K, B, -1, grads[T + m].shape[-1])
+                cum = cum + (gf * betas[m]).sum(-1)
+                head_bias = net.head_bias(net.chain[m + 1])
+                if head_bias is not None:
+                    cum = cum + g_points[m + 1] @ head_bias
+                slots[m] = cum
+        for j in range(T):
+            g = g_points[j]
+            if net.include_bias:
+                slot = slots[j]
+                g = torch.cat([g, slot[..., None]], -1)
+            sums[j].add(g, weights[j])
+
+
+def _next_layer_jacobians(s: _Setup, j: int, C_next: Tensor, n_probes: int | None) -> tuple[Tensor, float]:
+    """M_p^j = Σ ĝ ĝᵀ for y = f̂^{j+1} = C_{j+1}ᵀ f^{j+1}_aug (one pass over the data)."""
+    net = s.net
+    aug = int(net.include_bias)
+    d_next = net.dims[net.chain[j + 1]]
+    C_data = C_next[:d_next].to(s.dtype)
+    c_slot = C_next[d_next].to(s.dtype) if aug else None
+    k = C_next.shape[1]
+    total = GramSum(net.point_dims[net.chain[j]] + aug, s.device)
+    n = 0.0
+    for batch, mask in s.batches(f"jacobians {net.chain[j]}"):
+        point, f_out = net.section(batch, j)
+        beta = as_samples(net.bias_tangent(batch, j), mask)[0] if aug else None
+        fo, wo = as_samples(f_out.detach(), mask)
+        wi = as_samples(point.detach(), mask)[1]
+        if aug:
+            _check_positions({"in": wi.shape[1], "out": wo.shape[1]})
+        n += float(wi.sum())
+        B = fo.shape[0]
+        per_item = point.numel() + f_out.numel() * 2
+        for R in joint_cotangents(wo, k, n_probes, s.generator, s.dtype, per_item):
+            K = R.shape[0]
+            data = R @ C_data.T
+            g = vjp(f_out, [point], data.reshape((K,) + f_out.shape))[0]
+            g = g.reshape(K, B, -1, g.shape[-1])
+            if aug:
+                slot = (data * beta).sum(-1) + R @ c_slot
+                g = torch.cat([g, slot[..., None]], -1)
+            total.add(g, wi)
+    return total.total, n
+
+
+def _terminal_M(d: int, include_bias: bool, device: torch.device) -> Tensor:
+    """The output's own Jacobian Gram: ∂y/∂y = I, and no bias lies downstream of it."""
+    M = torch.eye(d + int(include_bias), dtype=torch.float64, device=device)
+    if include_bias:
+        M[d, d] = 0.0
+    return M
+
+
+def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
+                  jacobian_target: str = "output", center: bool = True, include_bias: bool = True,
+                  tol_G: float | None = None, tol_M: float | None = None, scaling: str = "sqrt",
+                  kind: str = "interaction", n_probes: int | None = None,
+                  output_fn: OutputFn | None = None, dtype: torch.dtype = torch.float64,
+                  batch_size: int = 512, device: str | torch.device = "auto", seed: int = 0,
+                  progress: bool = True, callback: Callback | None = None) -> Basis:
+    """Rotate every node layer into the interaction basis (DESIGN.md §1).
+
+    G^l = (1/n) Σ (Y f)(Y f)ᵀ over all (input, position) samples; M^l = (1/n) Σ Σ_k
+    (∂y_k/∂f_aug)(∂y_k/∂f_aug)ᵀ with y the output (``"output"``; one backward pass per output
+    coordinate, or ``n_probes`` random ±1 probes, serves every layer) or y = f̂^{l+1}
+    (``"next_layer"``, last layer first). The final node layer has M = I (PCA of the outputs).
+    Returns a :class:`Basis` (layer -> C (d[+1], k), Lambda (k,), …).
+    """
+    if jacobian_target not in TARGETS:
+        raise ValueError(f"jacobian_target must be one of {TARGETS}, got {jacobian_target!r}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if scaling not in ("sqrt", "inverse"):
+        raise ValueError(f"scaling must be 'sqrt' or 'inverse', got {scaling!r}")
+    if n_probes is not None and n_probes < 1:
+        raise ValueError(f"n_probes must be None (exact) or >= 1, got {n_probes}")
+    tol_G = default_tol(dtype) if tol_G is None else tol_G
+    tol_M = default_tol(dtype) if tol_M is None else tol_M
+    s = prepare(model, inputs, layers, output_fn=output_fn, include_bias=include_bias, dtype=dtype,
+                batch_size=batch_size, device=device, seed=seed, progress=progress, callback=callback)
+    net, aug = s.net, int(include_bias)
+    chain, T = net.chain, len(net.chain) - 1
+    moments = {n: MomentAccumulator() for n in chain}
+    jac_now = kind == "interaction" and jacobian_target == "output"
+    sums = [GramSum(net.point_dims[n] + aug, s.device) for n in chain[:T]] if jac_now else []
+    for batch, mask in s.batches("activations + jacobians" if jac_now else "activations"):
+        if jac_now:
+            acts = net.forward(batch, grad=True)
+            _output_jacobians(s, batch, mask, acts, n_probes, sums)
+        else:
+            with torch.no_grad():
+                acts = net.forward(batch)
+        for n, a in acts.items():
+            x, w = as_samples(a.detach(), mask)
+            try:
+                moments[n].add(x, w)
+            except FloatingPointError:
+                raise ValueError(f"activations at layer {n!r} contain NaN or Inf: check the inputs "
+                                 "and the model's weights") from None
+    stats = {n: m.result() for n, m in moments.items()}
+    G = {n: augmented_gram(mean, cov, center=center, include_bias=include_bias)
+         for n, (_, mean, cov) in stats.items()}
+    M: dict[str, Tensor | None] = {n: None for n in chain}
+    M[OUTPUT] = _terminal_M(net.dims[OUTPUT], include_bias, s.device)
+    for j, gs in enumerate(sums):
+        P = net.pullback(chain[j])
+        M[chain[j]] = P.T @ (gs.total / stats[chain[j]][0]) @ P
+
+    def rot(n: str) -> Rotation:
+        return rotate(G[n], M[n], stats[n][1], center=center, include_bias=include_bias,
+                      tol_G=tol_G, tol_M=tol_M, scaling=scaling, kind=kind)
+
+    rots: dict[str, Rotation] = {}
+    if kind == "interaction" and jacobian_target == "next_layer":
+        rots[OUTPUT] = rot(OUTPUT)
+        for j in range(T - 1, -1, -1):
+            total, n = _next_layer_jacobians(s, j, rots[chain[j + 1]].C, n_probes)
+            P = net.pullback(chain[j])
+            M[chain[j]] = P.T @ (total / n) @ P
+            rots[chain[j]] = rot(chain[j])
+    else:
+        rots = {n: rot(n) for n in chain}
+
+    def np64(t: Tensor | None) -> np.ndarray | None:
+        return None if t is None else t.detach().cpu().numpy()
+
+    out = {n: LayerBasis(name=n, dim=net.dims[n], C=np64(rots[n].C), Cinv=np64(rots[n].Cinv),
+                         Lambda=np64(rots[n].Lambda), D=np64(rots[n].D), G=np64(G[n]), M=np64(M[n]),
+                         mean=np64(stats[n][1]), bias_direction=rots[n].bias_direction,
+                         include_bias=include_bias, center=center)
+           for n in net.layers}
+    options = dict(layers=net.layers, jacobian_target=jacobian_target, center=center,
+                   include_bias=include_bias, tol_G=tol_G, tol_M=tol_M, scaling=scaling, kind=kind,
+                   n_probes=n_probes, dtype=str(dtype).replace("torch.", ""), seed=seed)
+    return Basis(out, options, stats[chain[0]][0], output_fn=output_fn)

@@ -1,0 +1,147 @@
+"""Interaction strengths between adjacent node layers: :func:`build_graph`.
+
+For section l -> l+1 in interaction-basis coordinates, with f_aug = C⁻¹ f̂ (the inverse map):
+
+    A_ij(x) = ∂f̂^{l+1}_i/∂f̂^l_j · f̂^l_j                       (edge_method="gradient")
+    A_ij(x) = ∫₀¹ ∂f̂^{l+1}_i/∂f̂^l_j(α x̂) dα · f̂^l_j            ("integrated", Gauss–Legendre)
+    E_ij = (1/n) Σ_x A_ij(x)²,   w_ij = √E_ij                      (output units)
+
+With positions, A_{t,i,j} = Σ_s ∂f̂_{t,i}/∂f̂_{s,j} · f̂_{s,j} and E averages over (x, t).
+The per-sample Jacobian ∂f̂^{l+1}/∂f̂^l = C_{l+1}ᵀ K(x) P_l C⁻¹_l (K: the section's augmented
+Jacobian at its point, P_l: the pull-back through a Linear head) comes from batched VJPs of
+the rows of C_{l+1}ᵀ. The integrated path scales the augmented activation (slot included, so
+every bias of the section is scaled by α too) and the integral has n_alpha nodes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .basis import Basis, _check_positions, prepare
+from .graph import InteractionGraph
+from .inputs import Inputs, as_samples
+from .jacobians import per_direction_cotangents, vjp
+from .nodes import OutputFn
+from .progress import Callback
+
+EDGE_METHODS = ("gradient", "integrated")
+
+
+def quadrature(edge_method: str, n_alpha: int) -> tuple[list[float], list[float]]:
+    """Nodes and weights of ∫₀¹ dα: the end point for "gradient", Gauss–Legendre for "integrated"."""
+    if edge_method == "gradient":
+        return [1.0], [1.0]
+    if n_alpha < 1:
+        raise ValueError(f"n_alpha must be >= 1, got {n_alpha}")
+    x, w = np.polynomial.legendre.leggauss(n_alpha)
+    return list((x + 1) / 2), list(w / 2)
+
+
+def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: str = "gradient",
+                n_alpha: int = 8, n_probes: int | None = None, output_fn: OutputFn | None = None,
+                batch_size: int = 512, device: str | torch.device = "auto",
+                dtype: torch.dtype = torch.float64, seed: int = 0, progress: bool = True,
+                callback: Callback | None = None) -> InteractionGraph:
+    """Interaction graph of ``basis``: nodes = basis directions, edges between adjacent layers.
+
+    Returns an :class:`InteractionGraph` whose ``edge_matrix(l, l+1)`` is w (k_{l+1}, k_l).
+    ``n_probes`` replaces the exact sum over output positions by random ±1 probes (sequences).
+    """
+    if edge_method not in EDGE_METHODS:
+        raise ValueError(f"edge_method must be one of {EDGE_METHODS}, got {edge_method!r}")
+    if not isinstance(basis, Basis):
+        raise TypeError(f"basis must come from compute_basis, got {type(basis).__name__}")
+    alphas, weights = quadrature(edge_method, n_alpha)
+    include_bias = basis.options["include_bias"]
+    t0 = time.perf_counter()
+    s = prepare(model, inputs, basis.layers, output_fn=output_fn or basis.output_fn,
+                include_bias=include_bias, dtype=dtype, batch_size=batch_size, device=device,
+                seed=seed, progress=progress, callback=callback)
+    net, aug = s.net, int(include_bias)
+    if net.layers != basis.layers:
+        raise ValueError(f"the model runs layers in the order {net.layers}, the basis has {basis.layers}")
+    for n in net.layers:
+        if net.dims[n] != basis[n].dim:
+            raise ValueError(f"layer {n!r}: the model gives {net.dims[n]} features, the basis was built for {basis[n].dim}")
+    layers = net.layers
+    as_t = {n: (torch.as_tensor(basis[n].C, device=s.device),
+                torch.as_tensor(basis[n].Cinv, device=s.device)) for n in layers}
+    Q = [(net.pullback(layers[j]) @ as_t[layers[j]][1]).to(dtype) for j in range(len(layers) - 1)]
+    E = [torch.zeros(basis[layers[j + 1]].k, basis[layers[j]].k, dtype=torch.float64, device=s.device)
+         for j in range(len(layers) - 1)]
+    counts = [0.0] * len(E)
+    baselines = [_baseline(net, layers[j], basis[layers[j]].mean, basis[layers[j]].center)
+                 for j in range(len(E))]
+    for batch, mask in s.batches("edges"):
+        with torch.no_grad():
+            acts = net.forward(batch)
+        points = dict(net.last_points)
+        for j in range(len(E)):
+            src, dst = layers[j], layers[j + 1]
+            f_in, w_in = as_samples(acts[src], mask)
+            f_hat = (torch.cat([f_in, torch.ones_like(f_in[..., :1])], -1) if aug
+                     else f_in - torch.as_tensor(basis[src].mean, device=s.device, dtype=dtype)
+                     if basis[src].center else f_in) @ as_t[src][0].to(dtype)
+            f_hat = f_hat * w_in[..., None]
+            _, w_out = as_samples(acts[dst], mask)
+            if aug:
+                _check_positions({src: w_in.shape[1], dst: w_out.shape[1]})
+            counts[j] += float(w_out.sum())
+            _section_edges(s, batch, mask, j, points[src], baselines[j], f_hat, w_out, as_t[dst][0],
+                           Q[j], alphas, weights, n_probes, E[j])
+    mats = [(e / max(c, 1.0)).sqrt().cpu().numpy() for e, c in zip(E, counts)]
+    metadata = dict(basis.options, edge_method=edge_method, n_alpha=n_alpha if edge_method == "integrated" else None,
+                    edge_n_probes=n_probes, n_samples=basis.n_samples,
+                    seconds_edges=round(time.perf_counter() - t0, 3))
+    return InteractionGraph.from_arrays(
+        layers, [basis[n].Lambda for n in layers], mats,
+        bias_direction=[basis[n].bias_direction for n in layers],
+        bases={n: (basis[n].C, basis[n].Lambda) for n in layers}, metadata=metadata)
+
+
+def _baseline(net, name: str, mean: np.ndarray, center: bool) -> Tensor | None:
+    """The point where f̂ = 0 when there is no bias slot: f = μ (centred) or 0, pushed through a
+    Linear head (z = W f + b). With a slot, f̂ = 0 is f_aug = 0 and the path is simply α·point."""
+    if net.include_bias:
+        return None
+    f0 = torch.as_tensor(mean, device=net.device) if center else torch.zeros(net.dims[name], dtype=torch.float64, device=net.device)
+    p0 = net.pullback(name) @ f0
+    b = net.head_bias(name)
+    return (p0.to(net.dtype) + b) if b is not None else p0.to(net.dtype)
+
+
+def _section_edges(s, batch, mask, j: int, point: Tensor, baseline: Tensor | None, f_hat: Tensor,
+                   w_out: Tensor, C_next: Tensor, Q: Tensor, alphas: Sequence[float],
+                   weights: Sequence[float], n_probes: int | None, E: Tensor) -> None:
+    """Add one batch of section j to E (k_{j+1}, k_j). The integrated path runs from the
+    ``baseline`` point (f̂ = 0) to ``point``."""
+    net = s.net
+    aug = net.include_bias
+    d_next = C_next.shape[0] - int(aug)
+    C_data = C_next[:d_next].to(s.dtype)
+    c_slot = C_next[d_next].to(s.dtype) if aug else None
+    k_next = C_next.shape[1]
+    B = f_hat.shape[0]
+    per_item = point.numel() * (2 + len(alphas)) + f_hat.numel() + w_out.numel() * d_next * 2
+    for R, which in per_direction_cotangents(w_out, k_next, n_probes, s.generator, s.dtype, per_item):
+        K = R.shape[0]
+        data = R @ C_data.T                                      # (K, B, P, d_{j+1})
+        total = None
+        for alpha, wq in zip(alphas, weights):
+            at = alpha * point if baseline is None else baseline + alpha * (point - baseline)
+            p_leaf, f_out = net.section(batch, j, point=at, alpha=alpha)
+            g = vjp(f_out, [p_leaf], data.reshape((K,) + f_out.shape))[0]
+            g = g.reshape(K, B, -1, g.shape[-1])
+            if aug:
+                beta = as_samples(net.bias_tangent(batch, j, point=at, alpha=alpha), mask)[0]
+                slot = (data * beta).sum(-1) + R @ c_slot
+                g = torch.cat([g, slot[..., None]], -1)
+            total = wq * g if total is None else total + wq * g
+        J_hat = total @ Q                                        # (K, B, P_in, k_j)
+        A = (J_hat * f_hat[None]).sum(2)                         # (K, B, k_j)
+        E.index_add_(0, which, (A.to(torch.float64) ** 2).sum(1))

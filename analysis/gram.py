@@ -1,0 +1,74 @@
+"""Streaming Gram matrices in float64: activation moments and Jacobian Grams."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class MomentAccumulator:
+    """Weighted mean and covariance of samples, accumulated batch by batch.
+
+    For samples f (with weights w in {0, 1}): n = Σ w, μ = Σ w f / n and
+    Cov = Σ w (f − μ)(f − μ)ᵀ / n. Sums are taken around a fixed shift c (the first batch's
+    mean) so that a large mean does not cancel the covariance: Cov = S/n − δδᵀ with
+    S = Σ w (f − c)(f − c)ᵀ and δ = Σ w (f − c) / n.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0.0
+        self.shift: Tensor | None = None
+        self.s1: Tensor | None = None
+        self.s2: Tensor | None = None
+
+    def add(self, x: Tensor, w: Tensor) -> None:
+        """x: (B, P, d) samples, w: (B, P) weights."""
+        x = x.detach().to(torch.float64).reshape(-1, x.shape[-1])
+        w = w.detach().to(torch.float64).reshape(-1, 1)
+        if not torch.isfinite(x).all():
+            raise FloatingPointError("non-finite values (NaN/Inf)")
+        if self.shift is None:
+            self.shift = (w * x).sum(0) / w.sum().clamp_min(1.0)
+            self.s1 = torch.zeros_like(self.shift)
+            self.s2 = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+        xc = (x - self.shift) * w
+        self.s1 += xc.sum(0)
+        self.s2 += xc.T @ xc
+        self.n += float(w.sum())
+
+    def result(self) -> tuple[float, Tensor, Tensor]:
+        """(n, μ (d,), Cov (d, d))."""
+        if self.s2 is None or self.n == 0:
+            raise ValueError("no samples")
+        delta = self.s1 / self.n
+        cov = self.s2 / self.n - torch.outer(delta, delta)
+        return self.n, self.shift + delta, (cov + cov.T) / 2
+
+
+def augmented_gram(mean: Tensor, cov: Tensor, *, center: bool, include_bias: bool) -> Tensor:
+    """G = E[(Y f_aug)(Y f_aug)ᵀ] with f_aug = (f, 1) when ``include_bias``.
+
+    center:       [[Cov, 0], [0, 1]]     (no bias slot: Cov)
+    not center:   [[Cov + μμᵀ, μ], [μᵀ, 1]] (no bias slot: Cov + μμᵀ)
+    """
+    second = cov if center else cov + torch.outer(mean, mean)
+    if not include_bias:
+        return second
+    d = mean.shape[0]
+    G = torch.zeros(d + 1, d + 1, dtype=torch.float64, device=mean.device)
+    G[:d, :d] = second
+    if not center:
+        G[:d, d] = G[d, :d] = mean
+    G[d, d] = 1.0
+    return G
+
+
+class GramSum:
+    """Σ w g gᵀ over vectors g (…, D) with weights w (broadcast over leading dims)."""
+
+    def __init__(self, dim: int, device: torch.device):
+        self.total = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+
+    def add(self, g: Tensor, w: Tensor) -> None:
+        g = (g * w[..., None]).to(torch.float64).reshape(-1, g.shape[-1])
+        self.total += g.T @ g

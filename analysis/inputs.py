@@ -1,0 +1,114 @@
+"""Batches of model inputs: tensors, mappings of tensors (keyword arguments) or data loaders.
+
+A *batch* is a tensor (``model(batch)``) or a mapping of tensors (``model(**batch)``). Data
+never has to fit in memory at once: pass a re-iterable of batches (a ``DataLoader``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Union
+
+import torch
+from torch import Tensor
+
+Batch = Union[Tensor, Mapping[str, Any]]
+Inputs = Union[Tensor, Mapping[str, Any], Iterable[Any]]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None -> CUDA when present, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _leading_dim(mapping: Mapping[str, Any]) -> int:
+    dims = {v.shape[0] for v in mapping.values() if isinstance(v, Tensor) and v.ndim > 0}
+    if len(dims) != 1:
+        raise ValueError(f"inputs mapping: tensors must share their first (batch) dimension, got {sorted(dims)}")
+    return dims.pop()
+
+
+def iter_batches(inputs: Inputs, batch_size: int) -> Iterator[Batch]:
+    """Yield batches from ``inputs``.
+
+    A tensor (n, ...) or a mapping of tensors (n, ...) is split along dim 0 into chunks of
+    ``batch_size``; any other iterable is taken batch by batch (a tuple/list batch, as a
+    ``DataLoader`` over ``(x, y)`` yields, uses its first element as the model input).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(inputs, Tensor):
+        if inputs.ndim == 0:
+            raise ValueError("inputs: expected a tensor with a batch dimension, got a scalar")
+        yield from inputs.split(batch_size)
+    elif isinstance(inputs, Mapping):
+        n = _leading_dim(inputs)
+        for i in range(0, n, batch_size):
+            yield {k: (v[i:i + batch_size] if isinstance(v, Tensor) and v.ndim > 0 else v)
+                   for k, v in inputs.items()}
+    elif isinstance(inputs, Iterator):
+        raise TypeError("inputs is a one-shot iterator, but intermod makes several passes over the "
+                        "data: pass a tensor, a mapping of tensors or a re-iterable such as a DataLoader")
+    elif isinstance(inputs, Iterable):
+        for batch in inputs:
+            if isinstance(batch, (tuple, list)):
+                batch = batch[0]
+            if not isinstance(batch, (Tensor, Mapping)):
+                raise TypeError(f"inputs: a batch must be a tensor or a mapping of tensors, got {type(batch).__name__}")
+            yield batch
+    else:
+        raise TypeError(f"inputs must be a tensor, a mapping of tensors or an iterable of batches, "
+                        f"got {type(inputs).__name__}")
+
+
+def count_batches(inputs: Inputs, batch_size: int) -> int | None:
+    """Number of batches ``iter_batches`` will yield, when known without iterating."""
+    if isinstance(inputs, Tensor):
+        return -(-inputs.shape[0] // batch_size)
+    if isinstance(inputs, Mapping):
+        return -(-_leading_dim(inputs) // batch_size)
+    try:
+        return len(inputs)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def batch_to(batch: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
+    """Move a batch to ``device``; floating tensors are cast to ``dtype`` (integer ids are kept)."""
+    def move(v: Any) -> Any:
+        if not isinstance(v, Tensor):
+            return v
+        return v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+
+    if isinstance(batch, Tensor):
+        return move(batch)
+    return {k: move(v) for k, v in batch.items()}
+
+
+def batch_size_of(batch: Batch) -> int:
+    return batch.shape[0] if isinstance(batch, Tensor) else _leading_dim(batch)
+
+
+def position_mask(batch: Batch) -> Tensor | None:
+    """The (B, P) mask of real (non-padded) positions, from an ``attention_mask`` entry if any."""
+    if isinstance(batch, Mapping) and isinstance(batch.get("attention_mask"), Tensor):
+        return batch["attention_mask"] != 0
+    return None
+
+
+def as_samples(act: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """View a node activation as (B, P, d) samples with (B, P) weights in {0, 1}.
+
+    (B, d) -> P = 1; (B, P1, ..., d) -> positions flattened. The position mask applies when the
+    activation has exactly one position axis of the mask's length.
+    """
+    if act.ndim == 1:
+        act = act[:, None]
+    x = act.reshape(act.shape[0], -1, act.shape[-1])
+    if mask is not None and act.ndim == 3 and mask.shape == act.shape[:2]:
+        w = mask.to(x.dtype)
+    else:
+        w = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device)
+    return x, w

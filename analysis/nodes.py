@@ -1,0 +1,275 @@
+"""Cut any ``nn.Module`` into sections between node layers.
+
+A node layer named by a module path is the *input* of that module; ``"output"`` is the
+behavioural output ``output_fn(model(batch))``. Section j maps node layer j to node layer j+1.
+Everything runs through :func:`torch.func.functional_call` with our own copies of the
+parameters (cast to the compute dtype, biases optionally scaled), so the user's model is never
+modified; hooks replace the activation at a cut point and stop the forward pass at the next.
+
+Bias slot. With ``include_bias`` every node activation f gets a constant slot s = 1 appended,
+and a section is g(f, s) with *every bias parameter* scaled by s ("folding"), for any module.
+The slot derivative ∂g/∂s is the forward-mode tangent of the section output when each bias b
+gets tangent b (the activation at the cut is held fixed). With positions, the slot of position
+s carries the bias terms added at position s (exact for position-wise sections).
+
+Linear heads. When the module at a cut point is ``nn.Linear`` with d_out < d_in, derivatives
+are taken with respect to its output z = W f + b s (the *point*) and pulled back exactly through
+the augmented weight P = [[W, b], [0, 1]]: per-sample work then scales with d_out, not d_in.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .inputs import Batch
+
+OUTPUT = "output"
+OutputFn = Callable[[Any], Tensor]
+
+
+class _Stop(Exception):
+    """Raised by a hook to end the forward pass once the next node layer is reached."""
+
+
+def default_output(out: Any) -> Tensor:
+    """The model's output if it is a tensor, else its first tensor (e.g. ``last_hidden_state``)."""
+    if isinstance(out, Tensor):
+        return out
+    values = out.values() if isinstance(out, Mapping) else out
+    if isinstance(values, (tuple, list)) or isinstance(out, Mapping):
+        for v in values:
+            if isinstance(v, Tensor):
+                return v
+    raise TypeError(f"cannot find an output tensor in a {type(out).__name__}; pass output_fn=")
+
+
+def _is_bias(name: str) -> bool:
+    leaf = name.rsplit(".", 1)[-1]
+    return leaf == "bias" or leaf.endswith("_bias")
+
+
+def _primal(x: Tensor) -> Tensor:
+    return fwAD.unpack_dual(x).primal.detach()
+
+
+@contextmanager
+def _eval_mode(model: nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+class NodeModel:
+    """A model cut at node layers: natural forward passes, sections, bias tangents.
+
+    Attributes: ``layers`` (the user's node layers in forward order), ``chain`` (``layers``
+    with ``"output"`` appended when absent: the terminal every Jacobian target ends at),
+    ``dims[layer]`` (feature size d_l), ``point_dims[layer]`` (size of the point derivatives
+    are taken at), ``include_bias``.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str], example: Batch, *,
+                 output_fn: OutputFn | None, include_bias: bool, dtype: torch.dtype,
+                 device: torch.device):
+        if isinstance(layers, str) or not layers:
+            raise ValueError("layers must be a non-empty list of module paths (or 'output')")
+        layers = list(layers)
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"layers contains duplicates: {layers}")
+        named = dict(model.named_modules())
+        for name in layers:
+            if name != OUTPUT and name not in named:
+                close = difflib.get_close_matches(name, [n for n in named if n], n=3)
+                hint = f"; did you mean {close}?" if close else "; see model.named_modules()"
+                raise ValueError(f"unknown layer {name!r}: not a module path of the model{hint}")
+            if name == "":
+                raise ValueError("layer '' is the whole model; use its first submodule or 'output'")
+        self.model = model
+        self.output_fn = output_fn or default_output
+        self.include_bias = include_bias
+        self.dtype, self.device = dtype, device
+        self.modules = {name: named[name] for name in layers if name != OUTPUT}
+        self.params: dict[str, Tensor] = {}
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            self.params[name] = t.detach().to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+        self.bias_names = [n for n, _ in model.named_parameters() if _is_bias(n)]
+        self.layers = self._forward_order(example, layers)
+        self.chain = self.layers + ([] if self.layers[-1] == OUTPUT else [OUTPUT])
+        self.heads: dict[str, nn.Linear] = {
+            name: m for name, m in self.modules.items()
+            if isinstance(m, nn.Linear) and m.out_features < m.in_features}
+        acts = self.forward(example)
+        self.dims = {name: a.shape[-1] for name, a in acts.items()}
+        self.point_dims = {name: (self.heads[name].out_features if name in self.heads else self.dims[name])
+                           for name in self.chain}
+
+    # -- running the model -------------------------------------------------------------------
+    def params_scaled(self, alpha: float = 1.0, tangent: bool = False) -> dict[str, Tensor]:
+        """Parameters with every bias scaled by ``alpha`` (with ``include_bias``), optionally
+        as dual tensors whose tangent is the bias itself (call inside ``fwAD.dual_level``)."""
+        if not self.include_bias or (alpha == 1.0 and not tangent):
+            return self.params
+        out = dict(self.params)
+        for n in self.bias_names:
+            b = self.params[n]
+            out[n] = fwAD.make_dual(b * alpha, b) if tangent else b * alpha
+        return out
+
+    def _call(self, batch: Batch, params: Mapping[str, Tensor]) -> Any:
+        if isinstance(batch, Tensor):
+            return functional_call(self.model, dict(params), (batch,))
+        return functional_call(self.model, dict(params), (), dict(batch))
+
+    @contextmanager
+    def _hooks(self, pre: Mapping[str, Callable], post: Mapping[str, Callable] | None = None):
+        handles = [self.modules[n].register_forward_pre_hook(h) for n, h in pre.items()]
+        handles += [self.modules[n].register_forward_hook(h) for n, h in (post or {}).items()]
+        try:
+            with _eval_mode(self.model):
+                yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _forward_order(self, example: Batch, layers: list[str]) -> list[str]:
+        seen: list[str] = []
+
+        def make(name: str):
+            def hook(module, args):
+                if name in seen:
+                    raise ValueError(f"layer {name!r} runs more than once in a forward pass; "
+                                     "choose a cut point that is called once")
+                seen.append(name)
+            return hook
+
+        with torch.no_grad(), self._hooks({n: make(n) for n in self.modules}):
+            self._call(example, self.params)
+        missing = [n for n in self.modules if n not in seen]
+        if missing:
+            raise ValueError(f"layers {missing} are never called in the forward pass")
+        return seen + ([OUTPUT] if OUTPUT in layers else [])
+
+    def forward(self, batch: Batch, *, grad: bool = False) -> dict[str, Tensor]:
+        """Natural forward pass: activations at every chain layer (``"output"`` included).
+
+        With ``grad``, the activations are part of one autograd graph (the first one made a leaf
+        when nothing upstream requires grad) and ``self.last_points`` holds the tensors that
+        derivatives are taken at (the Linear-head outputs where there is a head).
+        """
+        acts: dict[str, Tensor] = {}
+        points: dict[str, Tensor] = {}
+
+        def make_pre(name: str):
+            def hook(module, args):
+                x = args[0]
+                if grad and not x.requires_grad:
+                    x = x.detach().requires_grad_(True)
+                    args = (x,) + tuple(args[1:])
+                acts[name] = x
+                if name not in self.heads:
+                    points[name] = x
+                return args
+            return hook
+
+        def make_post(name: str):
+            def hook(module, args, out):
+                points[name] = out
+            return hook
+
+        with torch.set_grad_enabled(grad), self._hooks(
+                {n: make_pre(n) for n in self.modules}, {n: make_post(n) for n in self.heads}):
+            y = self.output_fn(self._call(batch, self.params))
+        acts[OUTPUT] = points[OUTPUT] = y
+        self.last_points = points
+        return {n: acts[n] for n in self.chain}
+
+    def section(self, batch: Batch, j: int, *, point: Tensor | None = None, alpha: float = 1.0,
+                tangent: bool = False) -> tuple[Tensor, Tensor]:
+        """Run section j: returns (point, f_out).
+
+        ``point`` (returned as a fresh leaf that requires grad) is the given value, or the natural
+        point of node layer j (its activation, or its Linear head's output); the section's biases
+        are scaled by ``alpha`` and f_out is node layer j+1 as a function of the point. With
+        ``tangent`` (inside ``fwAD.dual_level``) the biases carry tangents, so f_out's tangent is
+        the slot derivative ∂g/∂s at the point held fixed.
+        """
+        src, dst = self.chain[j], self.chain[j + 1]
+        found: dict[str, Tensor] = {}
+
+        def cut(x: Tensor) -> Tensor:
+            value = _primal(x) if point is None else point.detach()
+            found["point"] = p = value.clone().requires_grad_(True)
+            return p
+
+        def pre_src(module, args):
+            if src not in self.heads:
+                return (cut(args[0]),) + tuple(args[1:])
+
+        def post_src(module, args, out):
+            return cut(out)
+
+        def pre_dst(module, args):
+            found["f_out"] = args[0]
+            raise _Stop
+
+        pre = {src: pre_src}
+        if dst != OUTPUT:
+            pre[dst] = pre_dst
+        post = {src: post_src} if src in self.heads else {}
+        with torch.enable_grad(), self._hooks(pre, post):
+            try:
+                found["f_out"] = self.output_fn(self._call(batch, self.params_scaled(alpha, tangent)))
+            except _Stop:
+                pass
+        return found["point"], found["f_out"]
+
+    def bias_tangent(self, batch: Batch, j: int, point: Tensor | None = None, alpha: float = 1.0
+                     ) -> Tensor:
+        """β_j = ∂f^{j+1}/∂s (same shape as f^{j+1}), the point of layer j held fixed."""
+        with fwAD.dual_level():
+            _, f_out = self.section(batch, j, point=point, alpha=alpha, tangent=True)
+            primal, tan = fwAD.unpack_dual(f_out)
+            return (torch.zeros_like(primal) if tan is None else tan).detach()
+
+    # -- linear algebra of cut points --------------------------------------------------------
+    def pullback(self, name: str) -> Tensor:
+        """P with point_aug = P @ f_aug: identity, or [[W, b], [0, 1]] for a Linear head (float64)."""
+        aug = int(self.include_bias)
+        d = self.dims[name]
+        if name not in self.heads:
+            return torch.eye(d + aug, dtype=torch.float64, device=self.device)
+        lin = self.heads[name]
+        W = self.params[self._param_name(lin, "weight")].to(torch.float64)
+        if not aug:
+            return W
+        P = torch.zeros(W.shape[0] + 1, d + 1, dtype=torch.float64, device=self.device)
+        P[:-1, :-1] = W
+        if lin.bias is not None:
+            P[:-1, -1] = self.params[self._param_name(lin, "bias")].to(torch.float64)
+        P[-1, -1] = 1.0
+        return P
+
+    def head_bias(self, name: str) -> Tensor | None:
+        """The bias b of the Linear head at ``name`` (compute dtype), if any."""
+        lin = self.heads.get(name)
+        if lin is None or lin.bias is None:
+            return None
+        return self.params[self._param_name(lin, "bias")]
+
+    def _param_name(self, module: nn.Module, leaf: str) -> str:
+        target = getattr(module, leaf)
+        for n, p in self.model.named_parameters():
+            if p is target:
+                return n
+        raise KeyError(leaf)

@@ -1,0 +1,285 @@
+"""Module search on the interaction graph (paper §5.2.3).
+
+At noise scale ε an interaction of strength w carries ŵ = max(0, ln(w/√ε)) nats of
+"unit-strength interaction"; nothing at or below √ε. The cost of a partition is
+
+    cost(P) = Σ_{edges e between different modules} ŵ_e      (also / ln(1/√ε): units cut)
+
+and the search maximises a Leiden quality on the ŵ graph: CPM, Σ_within ŵ − γ Σ_c n_c(n_c−1)/2
+(i.e. minimises cost + γ·pairs), or RB-configuration modularity with resolution γ; or hits a
+target number of modules by bisection on γ. igraph's ``community_leiden`` does CPM and
+modularity; leidenalg is used when nodes are held fixed (``fixed``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import igraph as ig
+import numpy as np
+
+from .graph import InteractionGraph
+
+OBJECTIVES = ("cpm", "modularity")
+_RNG_LOCK = threading.Lock()
+
+
+def cutoff_strength(w: np.ndarray, epsilon: float) -> np.ndarray:
+    """ŵ = max(0, ln(w/√ε)), elementwise (0 for w = 0)."""
+    _check_epsilon(epsilon)
+    w = np.asarray(w, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.maximum(0.0, np.log(w) - 0.5 * math.log(epsilon))
+
+
+def _check_epsilon(epsilon: float) -> None:
+    if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and 0 < epsilon < 1):
+        raise ValueError(f"epsilon must be a number in (0, 1), got {epsilon!r}")
+
+
+@dataclass
+class Module:
+    id: int
+    nodes: list[int]
+    size: int
+    sizes_by_layer: dict[str, int]
+    internal: float       # Σ ŵ of edges inside the module
+    cut: float            # Σ ŵ of edges leaving it
+
+
+@dataclass
+class Score:
+    cost: float           # nats
+    cost_units: float     # cost / ln(1/√ε)
+    n_cut_edges: int
+
+
+@dataclass
+class Partition:
+    membership: np.ndarray
+    modules: list[Module]
+    cost: float
+    cost_units: float
+    quality: float
+    epsilon: float
+    objective: str
+    resolution: float
+    seed: int
+    inactive: list[int] = field(default_factory=list)
+
+    @property
+    def n_modules(self) -> int:
+        return len(self.modules)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["membership"] = self.membership.tolist()
+        d["n_modules"] = self.n_modules
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Partition:
+        d = {k: v for k, v in d.items() if k != "n_modules"}
+        d["membership"] = np.asarray(d["membership"], dtype=np.int64)
+        d["modules"] = [Module(**m) for m in d["modules"]]
+        return cls(**d)
+
+
+def _membership_array(graph: InteractionGraph, membership: Any) -> np.ndarray:
+    m = np.asarray(membership.membership if isinstance(membership, Partition) else membership)
+    if m.ndim != 1 or m.shape[0] != graph.n_nodes:
+        raise ValueError(f"membership must have one entry per graph node ({graph.n_nodes}), got shape {m.shape}")
+    if m.size and not np.issubdtype(m.dtype, np.integer):
+        if not np.all(np.mod(m, 1) == 0):
+            raise ValueError("membership entries must be integers (−1 = outside the partition)")
+    m = m.astype(np.int64)
+    if (m < -1).any():
+        raise ValueError("membership entries must be >= −1 (−1 = outside the partition)")
+    return m
+
+
+def partition_cost(graph: InteractionGraph, membership: Any, epsilon: float) -> Score:
+    """Cost of any partition: Σ ŵ over edges whose ends are in different modules.
+
+    Nodes labelled −1 are outside the partition; edges touching them are not counted.
+    """
+    m = _membership_array(graph, membership)
+    w_hat = cutoff_strength(graph.w, epsilon)
+    a, b = m[graph.src], m[graph.dst]
+    cut = (a != b) & (a >= 0) & (b >= 0) & (w_hat > 0)
+    cost = float(w_hat[cut].sum())
+    return Score(cost, cost / (-0.5 * math.log(epsilon)), int(cut.sum()))
+
+
+def _quality(objective: str, labels: np.ndarray, src: np.ndarray, dst: np.ndarray,
+             w_hat: np.ndarray, resolution: float) -> float:
+    """CPM: Σ_within ŵ − γ Σ_c n_c(n_c−1)/2; modularity: Σ_c [W_c/m − γ (K_c/2m)²]."""
+    within = labels[src] == labels[dst]
+    sizes = np.bincount(labels)
+    if objective == "cpm":
+        return float(w_hat[within].sum() - resolution * (sizes * (sizes - 1) / 2).sum())
+    m = w_hat.sum()
+    if m == 0:
+        return 0.0
+    W = np.bincount(labels[src][within], weights=w_hat[within], minlength=len(sizes))
+    K = np.bincount(labels[src], weights=w_hat, minlength=len(sizes)) + \
+        np.bincount(labels[dst], weights=w_hat, minlength=len(sizes))
+    return float((W / m - resolution * (K / (2 * m)) ** 2).sum())
+
+
+def _leiden(g: ig.Graph, objective: str, resolution: float, seed: int,
+            fixed: np.ndarray | None, initial: np.ndarray | None) -> np.ndarray:
+    if fixed is not None:
+        import leidenalg as la
+
+        cls = la.CPMVertexPartition if objective == "cpm" else la.RBConfigurationVertexPartition
+        part = cls(g, weights="weight", resolution_parameter=resolution,
+                   initial_membership=None if initial is None else initial.tolist())
+        opt = la.Optimiser()
+        opt.set_rng_seed(seed)
+        opt.optimise_partition(part, n_iterations=-1, is_membership_fixed=fixed.tolist())
+        return np.asarray(part.membership, dtype=np.int64)
+    with _RNG_LOCK:  # igraph draws from a process-wide RNG: seed it, run, restore
+        ig.set_random_number_generator(random.Random(seed))
+        try:
+            cl = g.community_leiden(objective_function="CPM" if objective == "cpm" else "modularity",
+                                    weights="weight", resolution=resolution, beta=0.01,
+                                    n_iterations=-1,
+                                    initial_membership=None if initial is None else initial.tolist())
+        finally:
+            ig.set_random_number_generator(random)
+    return np.asarray(cl.membership, dtype=np.int64)
+
+
+def _canonical(labels: np.ndarray) -> np.ndarray:
+    """Relabel modules 0, 1, … in order of first appearance."""
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))
+    return order[inverse]
+
+
+def find_modules(graph: InteractionGraph, epsilon: float = 1e-4, *, objective: str = "cpm",
+                 resolution: float = 0.05, n_modules: int | None = None, seed: int = 0,
+                 n_restarts: int = 1, include_bias: bool = False,
+                 fixed: dict[int, int] | None = None) -> Partition:
+    """Partition the interaction graph into modules (see the module docstring for the maths).
+
+    Only *active* nodes (with at least one edge of ŵ > 0) are partitioned; the others are
+    reported in ``inactive`` with membership −1, as is the constant (bias) direction unless
+    ``include_bias``. ``n_modules=k`` bisects γ (log scale) until k modules of active nodes are
+    found. ``n_restarts`` runs seeds seed … seed+n−1 and keeps the best quality; the same seed
+    gives the same answer. ``fixed`` maps node ids to module labels held fixed (leidenalg).
+    """
+    _check_epsilon(epsilon)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if not (math.isfinite(resolution) and resolution >= 0):
+        raise ValueError(f"resolution must be a finite number >= 0, got {resolution!r}")
+    if n_restarts < 1:
+        raise ValueError(f"n_restarts must be >= 1, got {n_restarts}")
+    w_hat = cutoff_strength(graph.w, epsilon)
+    excluded = np.zeros(graph.n_nodes, dtype=bool) if include_bias else graph.is_bias
+    keep = (w_hat > 0) & ~excluded[graph.src] & ~excluded[graph.dst]
+    active = np.zeros(graph.n_nodes, dtype=bool)
+    active[graph.src[keep]] = active[graph.dst[keep]] = True
+    ids = np.flatnonzero(active)
+    local = -np.ones(graph.n_nodes, dtype=np.int64)
+    local[ids] = np.arange(len(ids))
+    src, dst, wk = local[graph.src[keep]], local[graph.dst[keep]], w_hat[keep]
+    g = ig.Graph(n=len(ids), edges=np.stack([src, dst], 1).tolist())
+    g.es["weight"] = wk.tolist()
+    fixed_mask = initial = None
+    if fixed:
+        fixed_mask = np.zeros(len(ids), dtype=bool)
+        initial = np.arange(len(ids))
+        top = len(ids)
+        for node, label in fixed.items():
+            if not active[node]:
+                raise ValueError(f"fixed node {node} is not active at this epsilon")
+            fixed_mask[local[node]] = True
+            initial[local[node]] = top + label
+        initial = _canonical(initial)
+
+    def run(gamma: float, seeds: range) -> tuple[np.ndarray, float]:
+        best, best_q = None, -math.inf
+        for sd in seeds:
+            labels = _leiden(g, objective, gamma, sd, fixed_mask, initial) if len(ids) else np.zeros(0, np.int64)
+            q = _quality(objective, labels, src, dst, wk, gamma) if len(ids) else 0.0
+            if q > best_q + 1e-12:
+                best, best_q = labels, q
+        return best, best_q
+
+    if n_modules is not None:
+        resolution = _bisect_resolution(run, n_modules, len(ids), float(wk.max()) if len(wk) else 1.0, seed)
+    labels, quality = run(resolution, range(seed, seed + n_restarts))
+    membership = -np.ones(graph.n_nodes, dtype=np.int64)
+    membership[ids] = _canonical(labels) if len(ids) else labels
+    score = partition_cost(graph, membership, epsilon)
+    return Partition(membership, _modules(graph, membership, w_hat), score.cost, score.cost_units,
+                     quality, float(epsilon), objective, float(resolution), seed,
+                     inactive=np.flatnonzero(~active & ~excluded).tolist())
+
+
+def _bisect_resolution(run, k: int, n_active: int, w_max: float, seed: int) -> float:
+    """Resolution giving k modules (bisection on log γ); the closest count if k is never hit."""
+    if k < 1 or k > max(n_active, 1):
+        raise ValueError(f"n_modules must be between 1 and the number of active nodes ({n_active}), got {k}")
+
+    def count(gamma: float) -> int:
+        labels, _ = run(gamma, range(seed, seed + 1))
+        return len(np.unique(labels))
+
+    lo, hi = 1e-9, max(w_max, 1.0)
+    while count(hi) < k and hi < 1e12:
+        hi *= 4
+    best_gamma, best_gap = hi, abs(count(hi) - k)
+    for _ in range(60):
+        mid = math.sqrt(lo * hi)
+        c = count(mid)
+        if abs(c - k) < best_gap or (abs(c - k) == best_gap and mid < best_gamma):
+            best_gamma, best_gap = mid, abs(c - k)
+        if c == k:
+            return mid
+        if c < k:
+            lo = mid
+        else:
+            hi = mid
+        if hi / lo < 1 + 1e-9:
+            break
+    return best_gamma
+
+
+def _modules(graph: InteractionGraph, membership: np.ndarray, w_hat: np.ndarray) -> list[Module]:
+    a, b = membership[graph.src], membership[graph.dst]
+    both = (a >= 0) & (b >= 0)
+    out = []
+    layer_names = np.array([n.layer for n in graph.nodes], dtype=object)
+    for mod in range(membership.max() + 1 if membership.size else 0):
+        nodes = np.flatnonzero(membership == mod)
+        inside = both & (a == mod) & (b == mod)
+        leaving = both & ((a == mod) ^ (b == mod))
+        sizes = {layer: int((layer_names[nodes] == layer).sum()) for layer in graph.layers}
+        out.append(Module(mod, nodes.tolist(), len(nodes), sizes, float(w_hat[inside].sum()),
+                          float(w_hat[leaving].sum())))
+    return out
+
+
+def compare_partitions(a: Any, b: Any) -> dict[str, float]:
+    """Adjusted Rand index and normalised mutual information of two memberships.
+
+    Entries −1 (outside the partition) in either membership are left out of the comparison.
+    """
+    ma = np.asarray(a.membership if isinstance(a, Partition) else a)
+    mb = np.asarray(b.membership if isinstance(b, Partition) else b)
+    if ma.shape != mb.shape or ma.ndim != 1:
+        raise ValueError(f"memberships must be 1-D and of equal length, got {ma.shape} and {mb.shape}")
+    keep = (ma >= 0) & (mb >= 0)
+    if keep.sum() < 2:
+        raise ValueError("need at least two nodes labelled in both memberships")
+    ca, cb = _canonical(ma[keep]).tolist(), _canonical(mb[keep]).tolist()
+    return {"ari": float(ig.compare_communities(ca, cb, method="ari")),
+            "nmi": float(ig.compare_communities(ca, cb, method="nmi"))}
