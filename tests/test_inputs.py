@@ -1,0 +1,113 @@
+"""Inputs in every accepted form give the same basis; bad input gets a clear error."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from intermod import analysis as ia
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)).double()
+
+
+def test_dataloader_and_tensor_and_batch_size_agree(model):
+    X = torch.randn(100, 4, dtype=torch.float64)
+    y = torch.zeros(100)
+    ref = ia.compute_basis(model, X, ["0", "2", "output"], batch_size=100, progress=False)
+    loader = DataLoader(TensorDataset(X, y), batch_size=13)
+    for other in (ia.compute_basis(model, loader, ["0", "2", "output"], progress=False),
+                  ia.compute_basis(model, X, ["0", "2", "output"], batch_size=7, progress=False)):
+        for name in ref:
+            np.testing.assert_allclose(other[name].G, ref[name].G, rtol=1e-10, atol=1e-14)
+            np.testing.assert_allclose(other[name].Lambda, ref[name].Lambda, rtol=1e-9)
+    g1 = ia.build_graph(model, X, ref, progress=False)
+    g2 = ia.build_graph(model, loader, ref, progress=False)
+    np.testing.assert_allclose(g2.w, g1.w, rtol=1e-10)
+
+
+def test_layers_are_sorted_into_forward_order(model):
+    X = torch.randn(20, 4, dtype=torch.float64)
+    basis = ia.compute_basis(model, X, ["output", "2", "0"], progress=False)
+    assert basis.layers == ["0", "2", "output"]
+
+
+def test_float32_model_and_inputs_are_computed_in_float64(model):
+    X = torch.randn(50, 4)
+    m32 = model.float()
+    basis = ia.compute_basis(m32, X, ["0", "2", "output"], progress=False)
+    assert basis["2"].C.dtype == np.float64
+    assert next(m32.parameters()).dtype == torch.float32   # the user's model is not modified
+
+
+def test_callback_reports_progress_and_can_cancel(model):
+    X = torch.randn(50, 4, dtype=torch.float64)
+    seen = []
+    ia.compute_basis(model, X, ["0", "output"], batch_size=10, progress=False,
+                     callback=lambda stage, done, total: seen.append((stage, done, total)))
+    assert seen[-1][1:] == (5, 5)
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(stage, done, total):
+        raise Cancelled
+
+    with pytest.raises(Cancelled):
+        ia.compute_basis(model, X, ["0", "output"], batch_size=10, progress=False, callback=cancel)
+
+
+@pytest.mark.parametrize("layers,message", [
+    (["0", "3x"], "unknown layer '3x'"),
+    (["0", "0"], "duplicates"),
+    ([], "non-empty"),
+])
+def test_bad_layers(model, layers, message):
+    with pytest.raises(ValueError, match=message):
+        ia.compute_basis(model, torch.randn(8, 4, dtype=torch.float64), layers, progress=False)
+
+
+def test_nan_inputs_are_named(model):
+    X = torch.randn(8, 4, dtype=torch.float64)
+    X[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        ia.compute_basis(model, X, ["0", "output"], progress=False)
+
+
+def test_wrong_input_width_is_an_error(model):
+    with pytest.raises(RuntimeError):
+        ia.compute_basis(model, torch.randn(8, 3, dtype=torch.float64), ["0", "output"], progress=False)
+
+
+def test_one_shot_iterators_are_refused(model):
+    gen = (torch.randn(4, 4, dtype=torch.float64) for _ in range(3))
+    with pytest.raises(TypeError, match="one-shot"):
+        ia.compute_basis(model, gen, ["0", "output"], progress=False)
+
+
+def test_bad_options(model):
+    X = torch.randn(8, 4, dtype=torch.float64)
+    for kw, msg in [({"jacobian_target": "x"}, "jacobian_target"), ({"kind": "x"}, "kind"),
+                    ({"scaling": "x"}, "scaling"), ({"n_probes": 0}, "n_probes")]:
+        with pytest.raises(ValueError, match=msg):
+            ia.compute_basis(model, X, ["0", "output"], progress=False, **kw)
+    basis = ia.compute_basis(model, X, ["0", "output"], progress=False)
+    with pytest.raises(ValueError, match="edge_method"):
+        ia.build_graph(model, X, basis, edge_method="x", progress=False)
+    with pytest.raises(ValueError, match="features"):
+        other = nn.Sequential(nn.Linear(4, 7), nn.ReLU(), nn.Linear(7, 2)).double()
+        b2 = ia.compute_basis(other, X, ["2", "output"], progress=False)
+        ia.build_graph(model, X, b2, progress=False)
+
+
+def test_inverse_scaling_gives_small_important_directions(model):
+    X = torch.randn(100, 4, dtype=torch.float64)
+    b = ia.compute_basis(model, X, ["0", "2", "output"], progress=False)
+    bi = ia.compute_basis(model, X, ["0", "2", "output"], scaling="inverse", progress=False)
+    np.testing.assert_allclose(bi["2"].Lambda, b["2"].Lambda)
+    # f̂ = Λ^{-1/2} Vᵀ … instead of Λ^{1/2} Vᵀ …: column j of C shrinks by 1/Λ_j
+    np.testing.assert_allclose(bi["2"].C, b["2"].C / b["2"].Lambda, rtol=1e-10, atol=1e-14)
