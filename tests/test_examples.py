@@ -10,7 +10,7 @@ from intermod import analysis as ia
 from intermod.analysis import examples
 from intermod.analysis.activations import layer_activations
 from intermod.analysis.examples import digits, two_tasks
-from intermod.analysis.examples.truth import group_shares
+from intermod.analysis.examples.truth import ProductTruth, group_shares
 
 
 @pytest.fixture(scope="module", params=examples.names())
@@ -38,10 +38,9 @@ def test_truth_is_aligned_with_graph_nodes(example):
     basis = ia.compute_basis(example.model, example.inputs, example.layers, kind="neuron",
                              progress=False)
     graph = ia.build_graph(example.model, example.inputs, basis, progress=False)
-    labels = example.truth(graph)
-    if example.truth_fn is None:
-        assert labels is None
+    if example.truth is None:
         return
+    labels = example.truth(graph)
     assert labels.shape == (graph.n_nodes,) and labels.dtype == np.int64
     assert all(labels[i] == -1 for i, node in enumerate(graph.nodes) if node.is_bias)
     assert len(set(labels[labels >= 0].tolist())) >= 2
@@ -68,7 +67,7 @@ def test_two_tasks_outputs_depend_only_on_their_own_task():
 
 def test_two_tasks_reaches_its_training_target():
     ex = examples.load("two_tasks")
-    assert min(ex.metadata["test_r2"]) >= two_tasks.TARGET_R2
+    assert min(ex.extra["test_r2"]) >= two_tasks.TARGET_R2
     assert ex.inputs.shape == (40 * 40, 6)
     assert [m.out_features for m in ex.model if isinstance(m, torch.nn.Linear)] == [32, 32, 4]
 
@@ -89,22 +88,52 @@ def test_two_tasks_training_from_scratch_reaches_target_quickly():
     _, info = two_tasks.train(two_tasks.CONFIG)
     assert time.perf_counter() - start < 30
     assert min(info["test_r2"]) >= two_tasks.TARGET_R2
-    assert examples.load("two_tasks").metadata["weights"] == "shipped"
+    assert examples.load("two_tasks").extra["weights"] == "shipped"
 
 
 def test_cache_is_used_for_non_default_configs(tmp_path, monkeypatch):
     monkeypatch.setenv("INTERMOD_CACHE", str(tmp_path))
     first = two_tasks.build(n_grid=4, steps=50)
-    assert first.metadata["weights"] == "trained"
+    assert first.extra["weights"] == "trained"
     assert len(list(tmp_path.glob("two_tasks-*.safetensors"))) == 1
     second = two_tasks.build(n_grid=4, steps=50)
-    assert second.metadata["weights"] == "cache"
+    assert second.extra["weights"] == "cache"
     for k, v in first.model.state_dict().items():
         assert torch.equal(v, second.model.state_dict()[k])
 
 
 def test_digits_reaches_its_training_target():
     ex = examples.load("digits")
-    assert ex.metadata["test_accuracy"] >= digits.TARGET_ACCURACY
+    assert ex.extra["test_accuracy"] >= digits.TARGET_ACCURACY
     assert ex.inputs.shape[1] == 64 and ex.inputs.min() >= 0 and ex.inputs.max() <= 1
-    assert ex.truth_fn is None
+    assert ex.truth is None
+
+
+def test_planted_truth_matches_the_construction():
+    """Neuron basis: input and output coordinates of sub-network m belong to module m; and
+    the example's truth agrees with the independent product-grid variance split."""
+    ex = examples.load("planted")
+    d_in, _, _, d_out = ex.extra["widths"]
+    K = ex.extra["n_modules"]
+    basis = ia.compute_basis(ex.model, ex.inputs, ex.layers, kind="neuron", progress=False)
+    graph = ia.build_graph(ex.model, ex.inputs, basis, progress=False)
+    labels = ex.truth(graph)
+    for layer, d in (("0", d_in), ("output", d_out)):
+        got = [labels[i] for i, n in enumerate(graph.nodes) if n.layer == layer and not n.is_bias]
+        assert got == [m for m in range(K) for _ in range(d)], layer
+    basis = ia.compute_basis(ex.model, ex.inputs, ex.layers, progress=False)
+    graph = ia.build_graph(ex.model, ex.inputs, basis, progress=False)
+    n_per = round(ex.inputs.shape[0] ** (1 / K))
+    grid_truth = ProductTruth(ex.model, ex.inputs, ex.layers, (n_per,) * K)
+    np.testing.assert_array_equal(grid_truth(graph), ex.truth(graph))
+    assert grid_truth.shares(graph).max(axis=1)[ex.truth(graph) >= 0].min() > 1 - 1e-8
+
+
+def test_deep_linear_truth_is_one_chain_per_direction():
+    ex = examples.load("deep_linear")
+    basis = ia.compute_basis(ex.model, ex.inputs, ex.layers, jacobian_target="next_layer",
+                             center=False, include_bias=False, progress=False)
+    graph = ia.build_graph(ex.model, ex.inputs, basis, progress=False)
+    labels = ex.truth(graph)
+    assert labels.tolist() == [n.index for n in graph.nodes]
+    assert {graph.layer_sizes[layer] for layer in ex.layers} == {ex.extra["rank"]}

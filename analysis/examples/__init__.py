@@ -8,8 +8,10 @@ ground-truth labelling of the basis directions of any graph built on those layer
     ex = examples.load("two_tasks")
     basis = ia.compute_basis(ex.model, ex.inputs, ex.layers)
     graph = ia.build_graph(ex.model, ex.inputs, basis)
-    labels = ex.truth(graph)          # np.int64 over graph.nodes, -1 = no label; or None
+    labels = ex.truth(graph) if ex.truth else None   # np.int64 over graph.nodes, -1 = no label
 
+``Example`` fields: ``name, model, inputs, layers, description, truth`` (``graph -> labels``
+or None; the registry makes the constant direction −1 in every example) and ``extra`` (example-specific facts: training settings, accuracy, data layout).
 ``names()`` lists the registered examples; ``load(name, **kw)`` builds one, passing ``kw`` to
 the example module's ``build`` function. Modules are imported lazily, so loading one example
 never trains or imports another.
@@ -18,20 +20,13 @@ never trains or imports another.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-if TYPE_CHECKING:
-    from intermod.analysis import InteractionGraph
+from .base import Example
 
 __all__ = ["Example", "load", "names"]
-
-TruthFn = Callable[["InteractionGraph"], np.ndarray]
 
 #: registered name -> submodule of this package exposing ``build(**kw) -> Example``.
 _REGISTRY: dict[str, str] = {
@@ -40,37 +35,6 @@ _REGISTRY: dict[str, str] = {
     "deep_linear": "deep_linear",
     "digits": "digits",
 }
-
-
-@dataclass
-class Example:
-    """A model to analyse, with its data and (where known) its ground-truth modules.
-
-    Fields:
-        name: registry name.
-        model: the network, in evaluation mode.
-        inputs: tensor (n, d_in); product data where the example has independent parts.
-        layers: node layers for ``ia.compute_basis`` (module paths, input of that module,
-            or ``"output"``), in forward order.
-        description: one paragraph saying what the network is and how the truth is defined.
-        truth_fn: ``graph -> labels`` (np.int64, one per ``graph.nodes``, -1 = no label,
-            e.g. the bias direction), or None when no ground truth is known.
-        metadata: example-specific facts (training settings, accuracy, data layout).
-    """
-
-    name: str
-    model: nn.Module
-    inputs: torch.Tensor
-    layers: list[str]
-    description: str
-    truth_fn: TruthFn | None = field(default=None, repr=False)
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def truth(self, graph: InteractionGraph) -> np.ndarray | None:
-        """Ground-truth module label of every node of ``graph`` (-1: no label), or None."""
-        if self.truth_fn is None:
-            return None
-        return np.asarray(self.truth_fn(graph), dtype=np.int64)
 
 
 def names() -> list[str]:
@@ -87,4 +51,23 @@ def load(name: str, **kw: Any) -> Example:
     if name not in _REGISTRY:
         raise ValueError(f"unknown example {name!r}; known examples: {', '.join(names())}")
     module = importlib.import_module(f"{__name__}.{_REGISTRY[name]}")
-    return module.build(**kw)
+    example = module.build(**kw)
+    if example.truth is not None:
+        example.truth = _BiasUnlabelled(example.truth)
+    return example
+
+
+class _BiasUnlabelled:
+    """Wraps a truth function so that the constant (bias) direction is always labelled -1,
+    whatever the basis options; other attributes (e.g. ``shares``) pass through."""
+
+    def __init__(self, truth: Any) -> None:
+        self._truth = truth
+
+    def __call__(self, graph: Any) -> np.ndarray:
+        labels = np.array(self._truth(graph), dtype=np.int64)
+        labels[graph.is_bias] = -1
+        return labels
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._truth, name)

@@ -4,7 +4,7 @@ Network 64 → 32 → 32 → 10 (ReLU), inputs are pixel intensities / 16 ∈ [0
 logits. Training: full-batch AdamW with weight decay and cosine learning-rate decay on a
 seeded 80 % split of the 1797 images, float64, deterministic (see
 :func:`~intermod.analysis.examples.training.deterministic`); test accuracy on the other 20 %
-is recorded in ``metadata["test_accuracy"]``. The analysis inputs are the held-out images.
+is recorded in ``extra["test_accuracy"]``. The analysis inputs are the held-out images.
 No ground truth is known: this is the real-data case, where only truth-free measures
 (sparsity, stability, cost) can be reported.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import Example
+from .base import Example
 from .cache import DATA_DIR, load_or_train, save_weights
 from .training import deterministic, mlp, node_layers
 
@@ -88,8 +88,8 @@ def build(retrain: bool = False, **overrides: Any) -> Example:
             f"{len(y_test)} held-out images (test accuracy {info['test_accuracy']:.3f}). "
             "No ground truth."
         ),
-        truth_fn=None,
-        metadata={"config": config, "weights": source, "labels": y_test, **info},
+        truth=None,
+        extra={"config": config, "weights": source, "labels": y_test, **info},
     )
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from . import Example
+from .base import Example
 from .cache import DATA_DIR, load_or_train, save_weights
 from .training import deterministic, mlp, node_layers
 from .truth import ProductTruth
@@ -124,8 +124,8 @@ def build(n_grid: int = 40, retrain: bool = False, **overrides: Any) -> Example:
             f"inputs (0–2, 3–5) and outputs (0–1, 2–3); analysed on a {n_grid}×{n_grid} "
             "product grid. Truth: the task whose input moves a direction's variance."
         ),
-        truth_fn=ProductTruth(model, inputs, layers, (n_grid, n_grid)),
-        metadata={"config": config, "weights": source, "grid_shape": (n_grid, n_grid),
+        truth=ProductTruth(model, inputs, layers, (n_grid, n_grid)),
+        extra={"config": config, "weights": source, "grid_shape": (n_grid, n_grid),
                   "input_groups": [[0, 1, 2], [3, 4, 5]], "output_groups": [[0, 1], [2, 3]],
                   **info},
     )
