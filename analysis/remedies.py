@@ -9,12 +9,20 @@ freedom: inside each group it picks the rotation that makes the coordinates *sta
 independent* (symmetric FastICA with an orthogonal unmixing matrix). Directions computed by
 different independent modules are independent, mixtures of them are not, so the rotation that
 maximises independence undoes the cross-module mixing without any module labels.
+
+:func:`noise_epsilon` attacks the other side of the problem: instead of removing the leaked
+edges it chooses ε above them. It bootstraps the whole pipeline (basis and edges on resampled
+data), matches every bootstrap direction to a reference direction (Hungarian assignment on
+|correlation| of the coordinates), and calls an edge *insignificant* when its strength is
+within ``z`` bootstrap deviations of zero, w < z·dev. √ε is set to the largest insignificant
+strength, so at that ε no edge that the bootstrap cannot tell from noise carries any ŵ.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -22,9 +30,12 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from .activations import layer_activations
-from .basis import Basis, LayerBasis
+from .basis import Basis, LayerBasis, compute_basis
+from .edges import build_graph
+from .graph import InteractionGraph
 
-__all__ = ["degenerate_groups", "energy_dependence", "orthogonal_ica", "rerotate_degenerate", "rerotate_layer"]
+__all__ = ["NoiseEstimate", "degenerate_groups", "energy_dependence", "match_directions",
+           "noise_epsilon", "orthogonal_ica", "rerotate_degenerate", "rerotate_layer"]
 
 
 def degenerate_groups(Lambda: np.ndarray, rel_gap: float) -> list[np.ndarray]:
@@ -138,3 +149,80 @@ def rerotate_degenerate(model: nn.Module, inputs: torch.Tensor, basis: Basis, *,
     options = dict(basis.options,
                    rerotate={"rel_gap": rel_gap, "min_gain": min_gain, "moved": moved})
     return Basis(new, options, basis.n_samples, output_fn=basis.output_fn)
+
+
+def match_directions(ref: LayerBasis, other: LayerBasis, f: np.ndarray) -> np.ndarray:
+    """For each direction of ``ref``, the index of the direction of ``other`` whose
+    coordinates on the activations f (n, d_l) correlate most in absolute value, by a one-to-one
+    (Hungarian) assignment; −1 where ``other`` has fewer directions. The constant directions
+    are matched to each other. Returns int array (ref.k,)."""
+    a, b = ref.transform(f), other.transform(f)
+    a, b = a - a.mean(0), b - b.mean(0)
+    na, nb = np.linalg.norm(a, axis=0), np.linalg.norm(b, axis=0)
+    corr = np.abs(a.T @ b) / np.outer(np.where(na > 0, na, 1), np.where(nb > 0, nb, 1))
+    if ref.bias_direction and other.bias_direction:
+        corr[0, :], corr[:, 0], corr[0, 0] = 0.0, 0.0, 1.0
+    rows, cols = linear_sum_assignment(-corr)
+    perm = -np.ones(ref.k, dtype=np.int64)
+    perm[rows] = cols
+    return perm
+
+
+@dataclass
+class NoiseEstimate:
+    """Result of :func:`noise_epsilon`.
+
+    epsilon: the chosen ε (√ε = largest insignificant strength); deviation: per adjacent layer
+    pair, the RMS bootstrap deviation of w (k_dst, k_src), aligned with ``graph.edge_matrix``;
+    n_insignificant / n_edges: edges with 0 < w < z·dev / with w > 0; n_boot, z.
+    """
+
+    epsilon: float
+    deviation: list[np.ndarray]
+    n_insignificant: int
+    n_edges: int
+    n_boot: int
+    z: float
+
+
+def noise_epsilon(model: nn.Module, inputs: torch.Tensor, basis: Basis, graph: InteractionGraph,
+                  *, n_boot: int = 8, z: float = 2.0, seed: int = 0,
+                  batch_size: int = 512) -> NoiseEstimate:
+    """ε from the bootstrap noise of the edge estimates (see the module docstring).
+
+    ``basis`` and ``graph`` are the reference computed on ``inputs`` (n, …); every bootstrap
+    recomputes both on n rows drawn with replacement, with the reference basis's options.
+    dev_ij = sqrt(mean_b (w^b_{π(i)π(j)} − w_ij)²) over the bootstraps (π: matched directions).
+    Cost: n_boot times ``compute_basis`` + ``build_graph``. The result is capped at ε = 0.5
+    (``find_modules`` takes ε in (0, 1)).
+    """
+    opts = {k: v for k, v in basis.options.items() if k not in ("layers", "dtype")}
+    dtype = getattr(torch, basis.options.get("dtype", "float64"))
+    layers = basis.layers
+    acts = layer_activations(model, inputs, layers)
+    rng = np.random.default_rng(seed)
+    ref = [graph.edge_matrix(a, b) for a, b in itertools.pairwise(layers)]
+    sq = [np.zeros_like(w) for w in ref]
+    cnt = [np.zeros_like(w) for w in ref]
+    n = inputs.shape[0]
+    for _ in range(n_boot):
+        idx = torch.from_numpy(rng.integers(0, n, n))
+        bb = compute_basis(model, inputs[idx], layers, dtype=dtype, batch_size=batch_size,
+                           progress=False, **opts)
+        gb = build_graph(model, inputs[idx], bb, batch_size=batch_size, dtype=dtype,
+                         progress=False)
+        perm = {name: match_directions(basis[name], bb[name], acts[name]) for name in layers}
+        for j, (a, b) in enumerate(itertools.pairwise(layers)):
+            wb = gb.edge_matrix(a, b)
+            pd, ps = perm[b], perm[a]
+            ok = np.outer(pd >= 0, ps >= 0)
+            aligned = np.zeros_like(ref[j])
+            aligned[np.ix_(pd >= 0, ps >= 0)] = wb[np.ix_(pd[pd >= 0], ps[ps >= 0])]
+            sq[j] += np.where(ok, (aligned - ref[j]) ** 2, 0.0)
+            cnt[j] += ok
+    dev = [np.sqrt(s / np.maximum(c, 1)) for s, c in zip(sq, cnt)]
+    w, d = np.concatenate([x.ravel() for x in ref]), np.concatenate([x.ravel() for x in dev])
+    insig = (w > 0) & (w < z * d)
+    sqrt_eps = float(w[insig].max()) if insig.any() else float(w[w > 0].min())
+    return NoiseEstimate(min(sqrt_eps**2, 0.5), dev, int(insig.sum()), int((w > 0).sum()),
+                         n_boot, z)

@@ -39,13 +39,15 @@ from .recovery import (
     resolution_sweep,
     transformed_sequential,
 )
-from .remedies import rerotate_degenerate
+from .remedies import noise_epsilon, rerotate_degenerate
 
 EPSILON = 1e-4
 RESOLUTIONS = np.logspace(-3, 1.5, 28)
 EPS_GRID = np.logspace(-8, -1, 8)
 IID_SIZES = (1_000, 10_000, 100_000)
 REL_GAP = 0.1
+N_BOOT = 8
+BOOT_MAX_N = 10_000  # bootstrap ε only up to this n: each bootstrap is a full basis + graph
 BASES = (("neuron", "output"), ("pca", "output"), ("interaction", "output"),
          ("interaction", "next_layer"))
 LABEL = {("neuron", "output"): "neuron", ("pca", "output"): "PCA",
@@ -125,6 +127,7 @@ class BasisResult:
     eps_curve: list[tuple[float, SweepRow | None, SweepRow | None]]
     seconds: dict[str, float]
     graph: InteractionGraph
+    basis: Any
 
 
 def analyse_basis(ex, spec: Spec, kind: str, target: str, timer: Timer) -> BasisResult:
@@ -148,7 +151,7 @@ def analyse_basis(ex, spec: Spec, kind: str, target: str, timer: Timer) -> Basis
         label, [basis[layer].k for layer in ex.layers], edge_sparsity(graph, EPSILON),
         best_row(rows), plateau(rows),
         cross_share(graph, labels, EPSILON) if labels is not None else float("nan"),
-        curve, t.seconds, graph)
+        curve, t.seconds, graph, basis)
 
 
 def analyse_examples(timer: Timer) -> dict[str, tuple[Any, list[BasisResult]]]:
@@ -158,6 +161,23 @@ def analyse_examples(timer: Timer) -> dict[str, tuple[Any, list[BasisResult]]]:
             ex = load(spec.name)
         out[spec.name] = (ex, [analyse_basis(ex, spec, k, t, timer) for k, t in BASES])
     return out
+
+
+def noise_eps_check(results, timer: Timer) -> list[list[Any]]:
+    """Truth-free ε: :func:`noise_epsilon` (bootstrap over the analysis data) on the interaction
+    basis (output target) of every example, then the plateau γ at that ε."""
+    rows = []
+    for name, (ex, res) in results.items():
+        r = res[2]
+        with timer(f"{name}: bootstrap ε"):
+            est = noise_epsilon(ex.model, ex.inputs, r.basis, r.graph, n_boot=N_BOOT)
+            labels = ex.truth(r.graph) if ex.truth is not None else None
+            sweep = resolution_sweep(r.graph, est.epsilon, RESOLUTIONS, labels)
+        chosen, best = plateau(sweep), best_row(sweep)
+        rows.append([name, est.epsilon, f"{est.n_insignificant}/{est.n_edges}",
+                     *_sweep_cells(chosen),
+                     best.ari if best else None])
+    return rows
 
 
 # -- theory checks -----------------------------------------------------------------------------
@@ -226,22 +246,22 @@ class RobustRow:
     chosen: SweepRow | None
     moved: int
     seconds: float
+    epsilon: float = EPSILON
 
 
-def _robust_row(setting: str, n: int, variant: str, model, X, basis, truth, grid_truth,
-                moved: int, start: float) -> RobustRow:
-    graph = build_graph(model, X, basis, progress=False)
+def _robust_row(setting: str, n: int, variant: str, graph: InteractionGraph, truth, grid_truth,
+                moved: int, start: float, epsilon: float = EPSILON) -> RobustRow:
     labels = truth(graph)
-    rows = resolution_sweep(graph, EPSILON, RESOLUTIONS, labels)
+    rows = resolution_sweep(graph, epsilon, RESOLUTIONS, labels)
     return RobustRow(setting, n, variant, impurity(grid_truth.shares(graph)),
-                     cross_share(graph, labels, EPSILON), best_row(rows), plateau(rows), moved,
-                     time.perf_counter() - start)
+                     cross_share(graph, labels, epsilon), best_row(rows), plateau(rows), moved,
+                     time.perf_counter() - start, epsilon)
 
 
 def robustness(timer: Timer) -> list[RobustRow]:
     """planted (interaction basis, output target): product data vs i.i.d. samples of growing n,
-    each without and with :func:`rerotate_degenerate`; at the middle n also the variants that
-    did not work (no noise gate, a wider gap)."""
+    each without and with :func:`rerotate_degenerate`; at the middle n also the variants (no noise
+    gate, a wider gap), and up to ``BOOT_MAX_N`` the bootstrap-noise ε."""
     prod = load("planted")
     K = prod.extra["n_modules"]
     n_per = round(prod.inputs.shape[0] ** (1 / K))
@@ -254,8 +274,14 @@ def robustness(timer: Timer) -> list[RobustRow]:
         with timer(f"robustness: {setting} n={n}"):
             start = time.perf_counter()
             basis = compute_basis(prod.model, X, prod.layers, progress=False)
-            out.append(_robust_row(setting, n, "as computed", prod.model, X, basis, prod.truth,
-                                   grid_truth, 0, start))
+            graph = build_graph(prod.model, X, basis, progress=False)
+            out.append(_robust_row(setting, n, "as computed", graph, prod.truth, grid_truth, 0,
+                                   start))
+            if setting == "i.i.d." and n <= BOOT_MAX_N:
+                start = time.perf_counter()
+                est = noise_epsilon(prod.model, X, basis, graph, n_boot=N_BOOT)
+                out.append(_robust_row(setting, n, "ε from bootstrap noise", graph, prod.truth,
+                                       grid_truth, 0, start, est.epsilon))
             variants = [("re-rotated", REL_GAP, 2.0)]
             if n == IID_SIZES[len(IID_SIZES) // 2]:
                 variants += [("re-rotated, no noise gate", REL_GAP, 0.0),
@@ -264,8 +290,9 @@ def robustness(timer: Timer) -> list[RobustRow]:
                 start = time.perf_counter()
                 rb = rerotate_degenerate(prod.model, X, basis, rel_gap=gap, min_gain=gain)
                 moved = sum(rb.options["rerotate"]["moved"].values())
-                out.append(_robust_row(setting, n, name, prod.model, X, rb, prod.truth,
-                                       grid_truth, moved, start))
+                gr = build_graph(prod.model, X, rb, progress=False)
+                out.append(_robust_row(setting, n, name, gr, prod.truth, grid_truth, moved,
+                                       start))
     return out
 
 
@@ -326,14 +353,21 @@ def plot_robustness(rows: list[RobustRow], path: Path) -> None:
 
 # -- report ------------------------------------------------------------------------------------
 
+def _robust_cells(row: SweepRow | None) -> list[Any]:
+    return [row.ari, row.n_modules, row.coverage] if row else ["–"] * 3
+
+
 def _sweep_cells(row: SweepRow | None) -> list[Any]:
     if row is None:
         return ["–"] * 5
     return [row.ari, row.nmi, row.n_modules, fmt(row.resolution), row.coverage]
 
 
-def write_report(path: Path, fig_dir: Path, results, app_a, inv, robust: list[RobustRow],
-                 timer: Timer, total: float) -> None:
+def write_report(path: Path, fig_dir: Path, done: dict[str, Any], timer: Timer,
+                 total: float) -> None:
+    """Write the markdown report from the results of every stage."""
+    results, app_a, inv = done["examples"], done["app_a"], done["invariance"]
+    robust: list[RobustRow] = done["robustness"]
     rel = fig_dir.name
     L: list[str] = []
     add = L.append
@@ -387,6 +421,14 @@ def write_report(path: Path, fig_dir: Path, results, app_a, inv, robust: list[Ro
                    "cov.", "cost (units)", "s"], rows) + "\n")
         add(_example_summary(name, res) + "\n")
 
+    add("## ε chosen without the ground truth\n")
+    add(f"`intermod.analysis.remedies.noise_epsilon` ({N_BOOT} bootstrap resamples of the "
+        "analysis data, basis and edges recomputed on each, directions matched by "
+        "|correlation|): √ε = the largest edge strength within 2 bootstrap deviations of 0. "
+        "Interaction basis (output target); the plateau γ at that ε.\n")
+    add(table(["example", "ε (bootstrap)", "insignificant edges", "plateau ARI", "NMI", "mod.",
+               "γ", "cov.", "best ARI at this ε"], done["noise_eps"]) + "\n")
+
     add("## Theory checks\n")
     add("**App. A (deep linear network).** E = w²; off-diagonal share = Σ_{i≠j}E_ij/ΣE_ij "
         "(max over layer pairs); |E_ii − Λ_i|/max Λ and the spread of Λ across layers "
@@ -419,14 +461,16 @@ def write_report(path: Path, fig_dir: Path, results, app_a, inv, robust: list[Ro
         f"product data and on i.i.d. samples of n = {', '.join(str(n) for n in IID_SIZES)}; "
         "edges on the same data. Impurity of a direction = 1 − the largest share of its "
         "variance moved by one module's input (exact, on the product grid); *mixed* = share of "
-        "directions with impurity > 0.01. *Re-rotated* = `intermod.analysis.remedies."
-        f"rerotate_degenerate` (rel_gap = {REL_GAP}, noise gate 2/√n).\n")
+        "directions with impurity > 0.01. Remedies (`intermod.analysis.remedies`): *re-rotated* "
+        f"= `rerotate_degenerate` (rel_gap = {REL_GAP}, noise gate 2/√n), new edges; *ε from "
+        f"bootstrap noise* = `noise_epsilon` ({N_BOOT} resamples, only up to n = {BOOT_MAX_N}: "
+        "each resample is a full basis + graph), same edges at that ε. *moved*: directions "
+        "re-rotated.\n")
     add(f"![robustness]({rel}/robustness.png)\n")
-    add(table(["data", "n", "basis", "directions moved", "mean impurity", "mixed",
-               "cross ŵ share", "best ARI", "mod.", "plateau ARI", "mod.", "s"],
-              [[r.setting, r.n, r.variant, r.moved, r.impurity["mean"], r.impurity["frac_mixed"],
-                r.cross, r.best.ari if r.best else None, r.best.n_modules if r.best else None,
-                r.chosen.ari if r.chosen else None, r.chosen.n_modules if r.chosen else None,
+    add(table(["data", "n", "variant", "ε", "moved", "mean impurity", "mixed", "cross ŵ share",
+               "best ARI", "mod.", "cov.", "plateau ARI", "mod.", "cov.", "s"],
+              [[r.setting, r.n, r.variant, r.epsilon, r.moved, r.impurity["mean"],
+                r.impurity["frac_mixed"], r.cross, *_robust_cells(r.best), *_robust_cells(r.chosen),
                 fmt(r.seconds, 1)] for r in robust]) + "\n")
     add(_robust_summary(robust) + "\n")
 
@@ -437,7 +481,7 @@ def write_report(path: Path, fig_dir: Path, results, app_a, inv, robust: list[Ro
 
     add("## Wall time per stage\n")
     add(table(["stage", "seconds"], [[k, fmt(v, 2)] for k, v in timer.seconds.items()]) + "\n")
-    add(_caveats())
+    add(CAVEATS)
     path.write_text("\n".join(L))
 
 
@@ -487,25 +531,24 @@ def _robust_summary(rows: list[RobustRow]) -> str:
     return "Remedy, as computed → re-rotated: " + " ".join(parts)
 
 
-def _caveats() -> str:
-    return "\n".join([
-        "## What these numbers do and do not support\n",
-        "- They are single runs (one seed per network, one data draw, one Leiden seed): "
-        "differences in the second decimal are not evidence.",
-        "- *Best* ARI uses the ground truth to pick γ; only the *plateau* columns describe "
-        "what a user without labels would get, and the plateau rule is a heuristic of this "
-        "report, not part of the paper.",
-        "- ARI is computed over active nodes only; a basis that leaves many directions below "
-        "√ε can score well on the remainder: read it with the coverage column.",
-        "- The ground truth of `two_tasks` is by variance: a direction that both tasks move "
-        "gets the label of the larger share, so a trained dense network need not have an "
-        "exactly recoverable partition; `planted` is the only example whose modules are exact.",
-        "- The deep-linear and invariance checks are numerical identities of the method "
-        "(expected at float64 rounding), not empirical findings about trained networks.",
-        "- The remedy is tested on one planted network with Gaussian inputs; ICA cannot "
-        "separate Gaussian coordinates, which is why the input layer is left as computed "
-        "there (the noise gate refuses rotations that do not lower dependence).\n",
-    ])
+CAVEATS = """## What these numbers do and do not support
+
+- They are single runs (one seed per network, one data draw, one Leiden seed): differences in
+  the second decimal are not evidence.
+- *Best* ARI uses the ground truth to pick γ; only the *plateau* columns describe what a user
+  without labels would get, and the plateau rule is a heuristic of this report, not part of
+  the paper.
+- ARI is computed over active nodes only; a basis or an ε that leaves many directions below √ε
+  can score well on the remainder: read it with the coverage column.
+- The ground truth of `two_tasks` is by variance: a direction that both tasks move gets the
+  label of the larger share, so a trained dense network need not have an exactly recoverable
+  partition; `planted` is the only example whose modules are exact.
+- The deep-linear and invariance checks are numerical identities of the method (expected at
+  float64 rounding), not empirical findings about trained networks.
+- The remedies are tested on one planted network with Gaussian inputs; ICA cannot separate
+  Gaussian coordinates, so `rerotate_degenerate` leaves the input layer as computed there
+  (its noise gate refuses rotations that do not lower dependence).
+"""
 
 
 def plot_modules(results, fig_dir: Path) -> None:
@@ -530,10 +573,11 @@ def main(argv: list[str] | None = None) -> None:
     fig_dir.mkdir(parents=True, exist_ok=True)
     timer = Timer()
     start = time.perf_counter()
-    steps = [("examples", lambda: analyse_examples(timer)), ("app_a", lambda: app_a_check(timer)),
-             ("invariance", lambda: invariance_check(timer)),
+    done: dict[str, Any] = {}
+    steps = [("examples", lambda: analyse_examples(timer)),
+             ("noise_eps", lambda: noise_eps_check(done["examples"], timer)),
+             ("app_a", lambda: app_a_check(timer)), ("invariance", lambda: invariance_check(timer)),
              ("robustness", lambda: robustness(timer))]
-    done = {}
     for key, fn in steps:
         t0 = time.perf_counter()
         done[key] = fn()
@@ -542,8 +586,7 @@ def main(argv: list[str] | None = None) -> None:
         plot_eps(done["examples"], fig_dir / "eps_sweep.png")
         plot_robustness(done["robustness"], fig_dir / "robustness.png")
         plot_modules(done["examples"], fig_dir)
-    write_report(out / "validation.md", fig_dir, done["examples"], done["app_a"],
-                 done["invariance"], done["robustness"], timer, time.perf_counter() - start)
+    write_report(out / "validation.md", fig_dir, done, timer, time.perf_counter() - start)
     print(f"[validate] wrote {out / 'validation.md'} in {time.perf_counter() - start:.1f} s")
 
 
