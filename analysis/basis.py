@@ -8,6 +8,7 @@ of f̂^{l+1} = C_{l+1}ᵀ f^{l+1}, one pass over the data per layer.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,12 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .distributed import all_reduce_float, all_reduce_sum, rank_world, shard
 from .gram import GramSum, MomentAccumulator, augmented_gram
 from .inputs import Inputs, as_samples, batch_to, count_batches, iter_batches, position_mask, resolve_device
 from .jacobians import joint_cotangents, vjp
 from .nodes import OUTPUT, NodeModel, OutputFn
 from .progress import Callback, Progress
-from .rotation import Rotation, rotate
+from .rotation import Rotation, gram_factor, rotate
 
 TARGETS = ("output", "next_layer")
 KINDS = ("interaction", "pca", "neuron")
@@ -72,11 +74,12 @@ class Basis(Mapping[str, LayerBasis]):
     """Read-only mapping layer -> :class:`LayerBasis` in forward order, plus the options used."""
 
     def __init__(self, layers: dict[str, LayerBasis], options: dict[str, Any], n_samples: float,
-                 output_fn: OutputFn | None = None):
+                 output_fn: OutputFn | None = None, timings: dict[str, float] | None = None):
         self._layers = layers
         self.options = options
         self.n_samples = n_samples
         self.output_fn = output_fn
+        self.timings = timings or {}   # seconds per stage
 
     @property
     def layers(self) -> list[str]:
@@ -116,7 +119,10 @@ class _Setup:
     inputs: Inputs = field(repr=False)
 
     def batches(self, stage: str) -> Iterator[tuple[Any, Tensor | None]]:
-        for batch in self.progress.track(iter_batches(self.inputs, self.batch_size), stage, self.n_batches):
+        """This process's batches (all of them without a process group), on the device."""
+        rank, world = rank_world()
+        total = None if self.n_batches is None else len(range(rank, self.n_batches, world))
+        for batch in self.progress.track(shard(iter_batches(self.inputs, self.batch_size)), stage, total):
             batch = batch_to(batch, self.device, self.dtype)
             yield batch, position_mask(batch)
 
@@ -133,7 +139,7 @@ def prepare(model: nn.Module, inputs: Inputs, layers: Sequence[str], *, output_f
         raise ValueError("inputs: no data")
     net = NodeModel(model, layers, batch_to(first, dev, dtype), output_fn=output_fn,
                     include_bias=include_bias, dtype=dtype, device=dev)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + rank_world()[0])
     return _Setup(net, dev, dtype, batch_size, Progress(progress, callback), gen,
                   count_batches(inputs, batch_size), inputs)
 
@@ -164,7 +170,8 @@ def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, acts: dict[str
     betas = []
     if net.include_bias:
         _check_positions({n: as_samples(a, mask)[0].shape[1] for n, a in acts.items()})
-        betas = [as_samples(net.bias_tangent(batch, m), mask)[0] for m in range(T)]
+        betas = [as_samples(net.bias_tangent(batch, m, point=points[m].detach()), mask)[0]
+                 for m in range(T)]
     weights = [as_samples(acts[n], mask)[1] for n in net.chain[:T]]
     per_item = sum(t.numel() for t in points + inner) + y.numel()
     for R in joint_cotangents(yw, ys.shape[-1], n_probes, s.generator, s.dtype, per_item):
@@ -202,8 +209,9 @@ def _next_layer_jacobians(s: _Setup, j: int, C_next: Tensor, n_probes: int | Non
     total = GramSum(net.point_dims[net.chain[j]] + aug, s.device)
     n = 0.0
     for batch, mask in s.batches(f"jacobians {net.chain[j]}"):
-        point, f_out = net.section(batch, j)
-        beta = as_samples(net.bias_tangent(batch, j), mask)[0] if aug else None
+        natural = net.natural_point(batch, j)
+        point, f_out = net.section(batch, j, point=natural)
+        beta = as_samples(net.bias_tangent(batch, j, point=natural), mask)[0] if aug else None
         fo, wo = as_samples(f_out.detach(), mask)
         wi = as_samples(point.detach(), mask)[1]
         if aug:
@@ -220,7 +228,7 @@ def _next_layer_jacobians(s: _Setup, j: int, C_next: Tensor, n_probes: int | Non
                 slot = (data * beta).sum(-1) + R @ c_slot
                 g = torch.cat([g, slot[..., None]], -1)
             total.add(g, wi)
-    return total.total, n
+    return all_reduce_sum(total.total), all_reduce_float(n, s.device)
 
 
 def _terminal_M(d: int, include_bias: bool, device: torch.device) -> Tensor:
@@ -277,39 +285,45 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
             except FloatingPointError:
                 raise ValueError(f"activations at layer {n!r} contain NaN or Inf: check the inputs "
                                  "and the model's weights") from None
-    stats = {n: m.result() for n, m in moments.items()}
+    stats = {n: m.result(s.device) for n, m in moments.items()}
+    for gs in sums:
+        all_reduce_sum(gs.total)
     G = {n: augmented_gram(mean, cov, center=center, include_bias=include_bias)
          for n, (_, mean, cov) in stats.items()}
-    M: dict[str, Tensor | None] = {n: None for n in chain}
-    M[OUTPUT] = _terminal_M(net.dims[OUTPUT], include_bias, s.device)
+    F: dict[str, Tensor | None] = {n: None for n in chain}   # M = Fᵀ F
+    F[OUTPUT] = _terminal_M(net.dims[OUTPUT], include_bias, s.device)
     for j, gs in enumerate(sums):
-        P = net.pullback(chain[j])
-        M[chain[j]] = P.T @ (gs.total / stats[chain[j]][0]) @ P
+        F[chain[j]] = gram_factor(gs.total / stats[chain[j]][0], net.pullback(chain[j]))
 
     def rot(n: str) -> Rotation:
-        return rotate(G[n], M[n], stats[n][1], center=center, include_bias=include_bias,
+        return rotate(G[n], F[n], stats[n][1], center=center, include_bias=include_bias,
                       tol_G=tol_G, tol_M=tol_M, scaling=scaling, kind=kind)
 
     rots: dict[str, Rotation] = {}
+    timings = s.progress.timings
+    t0 = time.perf_counter()
     if kind == "interaction" and jacobian_target == "next_layer":
         rots[OUTPUT] = rot(OUTPUT)
         for j in range(T - 1, -1, -1):
             total, n = _next_layer_jacobians(s, j, rots[chain[j + 1]].C, n_probes)
-            P = net.pullback(chain[j])
-            M[chain[j]] = P.T @ (total / n) @ P
+            t0 = time.perf_counter()
+            F[chain[j]] = gram_factor(total / n, net.pullback(chain[j]))
             rots[chain[j]] = rot(chain[j])
+            timings["rotations"] = timings.get("rotations", 0.0) + time.perf_counter() - t0
     else:
         rots = {n: rot(n) for n in chain}
+        timings["rotations"] = time.perf_counter() - t0
 
     def np64(t: Tensor | None) -> np.ndarray | None:
         return None if t is None else t.detach().cpu().numpy()
 
     out = {n: LayerBasis(name=n, dim=net.dims[n], C=np64(rots[n].C), Cinv=np64(rots[n].Cinv),
-                         Lambda=np64(rots[n].Lambda), D=np64(rots[n].D), G=np64(G[n]), M=np64(M[n]),
+                         Lambda=np64(rots[n].Lambda), D=np64(rots[n].D), G=np64(G[n]),
+                         M=None if F[n] is None else np64(F[n].T @ F[n]),
                          mean=np64(stats[n][1]), bias_direction=rots[n].bias_direction,
                          include_bias=include_bias, center=center)
            for n in net.layers}
     options = dict(layers=net.layers, jacobian_target=jacobian_target, center=center,
                    include_bias=include_bias, tol_G=tol_G, tol_M=tol_M, scaling=scaling, kind=kind,
                    n_probes=n_probes, dtype=str(dtype).replace("torch.", ""), seed=seed)
-    return Basis(out, options, stats[chain[0]][0], output_fn=output_fn)
+    return Basis(out, options, stats[chain[0]][0], output_fn=output_fn, timings=dict(timings))

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .basis import Basis, _check_positions, prepare
+from .distributed import all_reduce_float, all_reduce_sum
 from .graph import InteractionGraph
 from .inputs import Inputs, as_samples
 from .jacobians import per_direction_cotangents, vjp
@@ -94,10 +95,12 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
             counts[j] += float(w_out.sum())
             _section_edges(s, batch, mask, j, points[src], baselines[j], f_hat, w_out, as_t[dst][0],
                            Q[j], alphas, weights, n_probes, E[j])
-    mats = [(e / max(c, 1.0)).sqrt().cpu().numpy() for e, c in zip(E, counts)]
+    counts = [all_reduce_float(c, s.device) for c in counts]
+    mats = [(all_reduce_sum(e) / max(c, 1.0)).sqrt().cpu().numpy() for e, c in zip(E, counts)]
     metadata = dict(basis.options, edge_method=edge_method, n_alpha=n_alpha if edge_method == "integrated" else None,
                     edge_n_probes=n_probes, n_samples=basis.n_samples,
-                    seconds_edges=round(time.perf_counter() - t0, 3))
+                    seconds_edges=round(time.perf_counter() - t0, 3),
+                    timings_basis=basis.timings)
     return InteractionGraph.from_arrays(
         layers, [basis[n].Lambda for n in layers], mats,
         bias_direction=[basis[n].bias_direction for n in layers],
@@ -128,20 +131,26 @@ def _section_edges(s, batch, mask, j: int, point: Tensor, baseline: Tensor | Non
     k_next = C_next.shape[1]
     B = f_hat.shape[0]
     per_item = point.numel() * (2 + len(alphas)) + f_hat.numel() + w_out.numel() * d_next * 2
-    for R, which in per_direction_cotangents(w_out, k_next, n_probes, s.generator, s.dtype, per_item):
-        K = R.shape[0]
-        data = R @ C_data.T                                      # (K, B, P, d_{j+1})
-        total = None
+    for pattern, which in per_direction_cotangents(w_out, k_next, n_probes, s.generator, s.dtype, per_item):
+        K = pattern.shape[0]                                     # cotangent = e_i ⊗ pattern
+        C_which = C_data[:, which]                               # (d_{j+1}, K)
+        data = pattern[..., None] * C_which.T[:, None, None, :]  # (K, B, P, d_{j+1})
+        g_sum = slot_sum = None
         for alpha, wq in zip(alphas, weights):
             at = alpha * point if baseline is None else baseline + alpha * (point - baseline)
             p_leaf, f_out = net.section(batch, j, point=at, alpha=alpha)
             g = vjp(f_out, [p_leaf], data.reshape((K,) + f_out.shape))[0]
-            g = g.reshape(K, B, -1, g.shape[-1])
-            if aug:
+            g = wq * g.reshape(K, B, -1, g.shape[-1])
+            g_sum = g if g_sum is None else g_sum + g
+            if aug:  # slot entry: ⟨cotangent, β⟩ + the next layer's slot row, position-local
                 beta = as_samples(net.bias_tangent(batch, j, point=at, alpha=alpha), mask)[0]
-                slot = (data * beta).sum(-1) + R @ c_slot
-                g = torch.cat([g, slot[..., None]], -1)
-            total = wq * g if total is None else total + wq * g
-        J_hat = total @ Q                                        # (K, B, P_in, k_j)
-        A = (J_hat * f_hat[None]).sum(2)                         # (K, B, k_j)
-        E.index_add_(0, which, (A.to(torch.float64) ** 2).sum(1))
+                slot = wq * pattern * (torch.einsum("bpd,dk->kbp", beta, C_which) + c_slot[which][:, None, None])
+                slot_sum = slot if slot_sum is None else slot_sum + slot
+        J_hat = g_sum @ Q[:g_sum.shape[-1]]                      # (K, B, P_in, k_j)
+        if aug:
+            J_hat.addcmul_(slot_sum[..., None], Q[-1])
+        if J_hat.shape[2] == 1:
+            A = J_hat[:, :, 0].mul_(f_hat[:, 0])                 # (K, B, k_j)
+        else:
+            A = torch.einsum("kbpj,bpj->kbj", J_hat, f_hat)      # Σ_s over input positions
+        E.index_add_(0, which, A.square_().sum(1).to(torch.float64))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .distributed import all_reduce_float, all_reduce_max, all_reduce_sum
+
 
 class MomentAccumulator:
     """Weighted mean and covariance of samples, accumulated batch by batch.
@@ -36,13 +38,27 @@ class MomentAccumulator:
         self.s2 += xc.T @ xc
         self.n += float(w.sum())
 
-    def result(self) -> tuple[float, Tensor, Tensor]:
-        """(n, μ (d,), Cov (d, d))."""
-        if self.s2 is None or self.n == 0:
+    def result(self, device: torch.device) -> tuple[float, Tensor, Tensor]:
+        """(n, μ (d,), Cov (d, d)), combined over all processes of a process group.
+
+        Per process r: n_r, μ_r, Cov_r; then μ = Σ n_r μ_r / n and
+        Cov = Σ n_r (Cov_r + (μ_r − μ)(μ_r − μ)ᵀ) / n (exact, no large-mean cancellation).
+        """
+        d = all_reduce_max(0 if self.s1 is None else self.s1.shape[0], device)  # a process may have no batch
+        n_r = self.n
+        if n_r > 0:
+            mu_r = self.shift + self.s1 / n_r
+            cov_r = self.s2 / n_r - torch.outer(self.s1 / n_r, self.s1 / n_r)
+        else:
+            mu_r = torch.zeros(d, dtype=torch.float64, device=device)
+            cov_r = torch.zeros(d, d, dtype=torch.float64, device=device)
+        n = all_reduce_float(n_r, device)
+        if n == 0:
             raise ValueError("no samples")
-        delta = self.s1 / self.n
-        cov = self.s2 / self.n - torch.outer(delta, delta)
-        return self.n, self.shift + delta, (cov + cov.T) / 2
+        mu = all_reduce_sum(n_r * mu_r) / n
+        dm = mu_r - mu
+        cov = all_reduce_sum(n_r * (cov_r + torch.outer(dm, dm))) / n
+        return n, mu, (cov + cov.T) / 2
 
 
 def augmented_gram(mean: Tensor, cov: Tensor, *, center: bool, include_bias: bool) -> Tensor:

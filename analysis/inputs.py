@@ -7,13 +7,13 @@ never has to fit in memory at once: pass a re-iterable of batches (a ``DataLoade
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
 
-Batch = Union[Tensor, Mapping[str, Any]]
-Inputs = Union[Tensor, Mapping[str, Any], Iterable[Any]]
+Batch = Tensor | Mapping[str, Any]
+Inputs = Tensor | Mapping[str, Any] | Iterable[Any]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

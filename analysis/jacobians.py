@@ -24,6 +24,7 @@ def vjp(output: Tensor, inputs: Sequence[Tensor], cotangents: Tensor) -> list[Te
 
     output: (B, …); cotangents: (K, B, …); returns [(K, *input.shape)] (zeros where unused).
     """
+    failure = None
     if _BATCHED_OK["value"]:
         try:
             grads = torch.autograd.grad(output, inputs, cotangents, retain_graph=True,
@@ -31,13 +32,15 @@ def vjp(output: Tensor, inputs: Sequence[Tensor], cotangents: Tensor) -> list[Te
             return [torch.zeros((cotangents.shape[0],) + x.shape, dtype=x.dtype, device=x.device)
                     if g is None else g for g, x in zip(grads, inputs)]
         except RuntimeError as err:  # an op without a batching rule: fall back to a loop
-            _BATCHED_OK["value"] = False
-            warnings.warn(f"batched backward unavailable ({err}); looping over cotangents",
-                          RuntimeWarning, stacklevel=2)
+            failure = err
     rows = []
     for c in cotangents:
         g = torch.autograd.grad(output, inputs, c, retain_graph=True, allow_unused=True)
         rows.append([torch.zeros_like(x) if gi is None else gi for gi, x in zip(g, inputs)])
+    if failure is not None:  # the loop works where vmap does not: stop trying vmap
+        _BATCHED_OK["value"] = False
+        warnings.warn(f"batched backward unavailable ({failure}); looping over cotangents",
+                      RuntimeWarning, stacklevel=2)
     return [torch.stack(col) for col in zip(*rows)]
 
 
@@ -62,7 +65,7 @@ def joint_cotangents(mask: Tensor, k: int, n_probes: int | None, generator: torc
         for start in range(0, total, step):
             idx = torch.arange(start, min(start + step, total), device=mask.device)
             R = torch.zeros(len(idx), B, P, k, dtype=dtype, device=mask.device)
-            R[torch.arange(len(idx)), :, idx // k, idx % k] = m[:, idx // k].T
+            R[torch.arange(len(idx), device=mask.device), :, idx // k, idx % k] = m[:, idx // k].T
             yield R
     else:
         step = chunk_size(n_probes, per_item)
@@ -76,16 +79,17 @@ def joint_cotangents(mask: Tensor, k: int, n_probes: int | None, generator: torc
 def per_direction_cotangents(mask: Tensor, k: int, n_probes: int | None,
                              generator: torch.Generator | None, dtype: torch.dtype, per_item: int
                              ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Cotangents that keep the output direction i apart: (R (K, B, P, k), which_i (K,)).
+    """Cotangents that keep the output direction i apart, as (pattern (K, B, P), which_i (K,)):
+    cotangent K is e_{which_i} ⊗ pattern.
 
-    Each R is e_i times a position pattern: the unit pattern of each output position t
-    (exact) or random ±1/√R patterns over positions (probes), masked; summing squared
-    attributions over the patterns of one i gives Σ_t (…)² exactly or in expectation.
+    A pattern is the unit pattern of one output position t (exact) or a random ±1/√R pattern
+    over positions (probes), masked; summing squared attributions over the patterns of one i
+    gives Σ_t (…)² exactly or in expectation.
     """
     B, P = mask.shape
     m = mask.to(dtype)
     if n_probes is None:
-        patterns = torch.diag_embed(m.T)  # (P, B, P): pattern t is the mask at position t only
+        patterns = torch.diag_embed(m).permute(1, 0, 2)  # (P, B, P): pattern t = the mask at t only
         patterns = patterns if P > 1 else m[None]
     else:
         signs = torch.randint(0, 2, (n_probes, B, P), generator=generator, device="cpu")
@@ -95,7 +99,4 @@ def per_direction_cotangents(mask: Tensor, k: int, n_probes: int | None,
     step = chunk_size(total, per_item)
     for start in range(0, total, step):
         idx = torch.arange(start, min(start + step, total), device=mask.device)
-        which, pat = idx % k, idx // k
-        R = torch.zeros(len(idx), B, P, k, dtype=dtype, device=mask.device)
-        R[torch.arange(len(idx)), :, :, which] = patterns[pat]
-        yield R, which
+        yield patterns[idx // k], idx % k

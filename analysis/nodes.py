@@ -28,6 +28,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .inputs import Batch
 
@@ -62,12 +63,19 @@ def _primal(x: Tensor) -> Tensor:
 
 @contextmanager
 def _eval_mode(model: nn.Module):
+    """Eval mode (samples must not interact), attention on the math SDPA backend and without
+    nn.MultiheadAttention's fused fast path: the fused kernels support neither forward-mode AD
+    nor fast batched (vmap) backward passes. Everything is restored after."""
     was_training = model.training
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     model.eval()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
-        yield
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
     finally:
         model.train(was_training)
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 class NodeModel:
@@ -109,6 +117,11 @@ class NodeModel:
         self.heads: dict[str, nn.Linear] = {
             name: m for name, m in self.modules.items()
             if isinstance(m, nn.Linear) and m.out_features < m.in_features}
+        children = [n for n, _ in model.named_children()]
+        self._sequential = (isinstance(model, nn.Sequential)
+                            and all(n in children for n in self.modules)) or None
+        if self._sequential:
+            self._child_index = {n: children.index(n) for n in self.modules}
         acts = self.forward(example)
         self.dims = {name: a.shape[-1] for name, a in acts.items()}
         self.point_dims = {name: (self.heads[name].out_features if name in self.heads else self.dims[name])
@@ -175,16 +188,16 @@ class NodeModel:
                 x = args[0]
                 if grad and not x.requires_grad:
                     x = x.detach().requires_grad_(True)
-                    args = (x,) + tuple(args[1:])
                 acts[name] = x
                 if name not in self.heads:
                     points[name] = x
-                return args
+                return (x.clone(),) + tuple(args[1:])   # an in-place op downstream must not touch x
             return hook
 
         def make_post(name: str):
             def hook(module, args, out):
                 points[name] = out
+                return out.clone()
             return hook
 
         with torch.set_grad_enabled(grad), self._hooks(
@@ -205,12 +218,14 @@ class NodeModel:
         the slot derivative ∂g/∂s at the point held fixed.
         """
         src, dst = self.chain[j], self.chain[j + 1]
+        if self._sequential and point is not None:
+            return self._sequential_section(j, point, alpha, tangent)
         found: dict[str, Tensor] = {}
 
         def cut(x: Tensor) -> Tensor:
             value = _primal(x) if point is None else point.detach()
             found["point"] = p = value.clone().requires_grad_(True)
-            return p
+            return p.clone()
 
         def pre_src(module, args):
             if src not in self.heads:
@@ -233,6 +248,31 @@ class NodeModel:
             except _Stop:
                 pass
         return found["point"], found["f_out"]
+
+    def natural_point(self, batch: Batch, j: int) -> Tensor | None:
+        """The point of node layer j on ``batch`` for the ``nn.Sequential`` fast path (one forward
+        pass without grad); None otherwise, where :meth:`section` takes it from the prefix."""
+        if not self._sequential:
+            return None
+        with torch.no_grad():
+            self.forward(batch)
+        return self.last_points[self.chain[j]]
+
+    def _sequential_section(self, j: int, point: Tensor, alpha: float, tangent: bool
+                            ) -> tuple[Tensor, Tensor]:
+        """Fast path for ``nn.Sequential`` cut at its children: run only the section's modules."""
+        src, dst = self.chain[j], self.chain[j + 1]
+        start = self._child_index[src] + int(src in self.heads)
+        stop = len(self.model) if dst == OUTPUT else self._child_index[dst]
+        leaf = point.detach().clone().requires_grad_(True)
+        part = self.model[start:stop]
+        names = set(part._modules)
+        params = {k: v for k, v in self.params_scaled(alpha, tangent).items() if k.split(".", 1)[0] in names}
+        with torch.enable_grad(), _eval_mode(self.model):
+            out = functional_call(part, params, (leaf.clone(),)) if len(part) else leaf.clone()
+            if dst == OUTPUT:
+                out = self.output_fn(out)
+        return leaf, out
 
     def bias_tangent(self, batch: Batch, j: int, point: Tensor | None = None, alpha: float = 1.0
                      ) -> Tensor:

@@ -117,9 +117,12 @@ def partition_cost(graph: InteractionGraph, membership: Any, epsilon: float) -> 
 
 def _quality(objective: str, labels: np.ndarray, src: np.ndarray, dst: np.ndarray,
              w_hat: np.ndarray, resolution: float) -> float:
-    """CPM: Σ_within ŵ − γ Σ_c n_c(n_c−1)/2; modularity: Σ_c [W_c/m − γ (K_c/2m)²]."""
+    """CPM: Σ_within ŵ − γ Σ_c n_c(n_c−1)/2; modularity: Σ_c [W_c/m − γ (K_c/2m)²].
+
+    labels: module of every node (−1: not partitioned); src, dst, w_hat: the active edges.
+    """
     within = labels[src] == labels[dst]
-    sizes = np.bincount(labels)
+    sizes = np.bincount(labels[labels >= 0])
     if objective == "cpm":
         return float(w_hat[within].sum() - resolution * (sizes * (sizes - 1) / 2).sum())
     m = w_hat.sum()
@@ -131,13 +134,14 @@ def _quality(objective: str, labels: np.ndarray, src: np.ndarray, dst: np.ndarra
     return float((W / m - resolution * (K / (2 * m)) ** 2).sum())
 
 
-def _leiden(g: ig.Graph, objective: str, resolution: float, seed: int,
+def _leiden(g: ig.Graph, weights: np.ndarray, objective: str, resolution: float, seed: int,
             fixed: np.ndarray | None, initial: np.ndarray | None) -> np.ndarray:
+    """Leiden labels of every node of g (edges of weight 0 carry nothing)."""
     if fixed is not None:
         import leidenalg as la
 
         cls = la.CPMVertexPartition if objective == "cpm" else la.RBConfigurationVertexPartition
-        part = cls(g, weights="weight", resolution_parameter=resolution,
+        part = cls(g, weights=weights.tolist(), resolution_parameter=resolution,
                    initial_membership=None if initial is None else initial.tolist())
         opt = la.Optimiser()
         opt.set_rng_seed(seed)
@@ -147,7 +151,7 @@ def _leiden(g: ig.Graph, objective: str, resolution: float, seed: int,
         ig.set_random_number_generator(random.Random(seed))
         try:
             cl = g.community_leiden(objective_function="CPM" if objective == "cpm" else "modularity",
-                                    weights="weight", resolution=resolution, beta=0.01,
+                                    weights=weights, resolution=resolution, beta=0.01,
                                     n_iterations=-1,
                                     initial_membership=None if initial is None else initial.tolist())
         finally:
@@ -186,42 +190,52 @@ def find_modules(graph: InteractionGraph, epsilon: float = 1e-4, *, objective: s
     keep = (w_hat > 0) & ~excluded[graph.src] & ~excluded[graph.dst]
     active = np.zeros(graph.n_nodes, dtype=bool)
     active[graph.src[keep]] = active[graph.dst[keep]] = True
-    ids = np.flatnonzero(active)
-    local = -np.ones(graph.n_nodes, dtype=np.int64)
-    local[ids] = np.arange(len(ids))
-    src, dst, wk = local[graph.src[keep]], local[graph.dst[keep]], w_hat[keep]
-    g = ig.Graph(n=len(ids), edges=np.stack([src, dst], 1).tolist())
-    g.es["weight"] = wk.tolist()
+    weights = np.where(keep, w_hat, 0.0)            # one igraph per graph, weights per call
+    src, dst, wk = graph.src[keep], graph.dst[keep], w_hat[keep]
+    g = _igraph(graph)
     fixed_mask = initial = None
     if fixed:
-        fixed_mask = np.zeros(len(ids), dtype=bool)
-        initial = np.arange(len(ids))
-        top = len(ids)
+        fixed_mask = np.zeros(graph.n_nodes, dtype=bool)
+        initial = np.arange(graph.n_nodes)
         for node, label in fixed.items():
-            if not active[node]:
-                raise ValueError(f"fixed node {node} is not active at this epsilon")
-            fixed_mask[local[node]] = True
-            initial[local[node]] = top + label
+            if not (0 <= node < graph.n_nodes and active[node]):
+                raise ValueError(f"fixed node {node} is not an active node at this epsilon")
+            fixed_mask[node] = True
+            initial[node] = graph.n_nodes + label
         initial = _canonical(initial)
 
     def run(gamma: float, seeds: range) -> tuple[np.ndarray, float]:
-        best, best_q = None, -math.inf
+        """Best labels of the active nodes (−1 elsewhere) over ``seeds``, and their quality."""
+        best, best_q = -np.ones(graph.n_nodes, dtype=np.int64), 0.0
+        if not active.any():
+            return best, best_q
+        best_q = -math.inf
         for sd in seeds:
-            labels = _leiden(g, objective, gamma, sd, fixed_mask, initial) if len(ids) else np.zeros(0, np.int64)
-            q = _quality(objective, labels, src, dst, wk, gamma) if len(ids) else 0.0
+            labels = -np.ones(graph.n_nodes, dtype=np.int64)
+            labels[active] = _canonical(_leiden(g, weights, objective, gamma, sd, fixed_mask, initial)[active])
+            q = _quality(objective, labels, src, dst, wk, gamma)
             if q > best_q + 1e-12:
                 best, best_q = labels, q
         return best, best_q
 
     if n_modules is not None:
-        resolution = _bisect_resolution(run, n_modules, len(ids), float(wk.max()) if len(wk) else 1.0, seed)
-    labels, quality = run(resolution, range(seed, seed + n_restarts))
-    membership = -np.ones(graph.n_nodes, dtype=np.int64)
-    membership[ids] = _canonical(labels) if len(ids) else labels
+        resolution = _bisect_resolution(run, n_modules, int(active.sum()), float(wk.max()) if len(wk) else 1.0, seed)
+    membership, quality = run(resolution, range(seed, seed + n_restarts))
     score = partition_cost(graph, membership, epsilon)
     return Partition(membership, _modules(graph, membership, w_hat), score.cost, score.cost_units,
                      quality, float(epsilon), objective, float(resolution), seed,
                      inactive=np.flatnonzero(~active & ~excluded).tolist())
+
+
+def _igraph(graph: InteractionGraph) -> ig.Graph:
+    """The graph's edges as an igraph.Graph, built once per InteractionGraph (weights are not
+    stored on it, so concurrent searches on one graph do not interfere)."""
+    cached = graph.__dict__.get("_igraph")
+    if cached is None:
+        cached = ig.Graph(n=graph.n_nodes)
+        cached.add_edges(np.stack([graph.src, graph.dst], 1))
+        graph.__dict__["_igraph"] = cached
+    return cached
 
 
 def _bisect_resolution(run, k: int, n_active: int, w_max: float, seed: int) -> float:
@@ -231,7 +245,7 @@ def _bisect_resolution(run, k: int, n_active: int, w_max: float, seed: int) -> f
 
     def count(gamma: float) -> int:
         labels, _ = run(gamma, range(seed, seed + 1))
-        return len(np.unique(labels))
+        return len(np.unique(labels[labels >= 0]))
 
     lo, hi = 1e-9, max(w_max, 1.0)
     while count(hi) < k and hi < 1e12:
@@ -254,18 +268,26 @@ def _bisect_resolution(run, k: int, n_active: int, w_max: float, seed: int) -> f
 
 
 def _modules(graph: InteractionGraph, membership: np.ndarray, w_hat: np.ndarray) -> list[Module]:
+    """The module table, vectorised over edges (bincount), not a loop over modules × edges."""
+    n_mod = int(membership.max()) + 1 if membership.size else 0
+    if n_mod == 0:
+        return []
     a, b = membership[graph.src], membership[graph.dst]
     both = (a >= 0) & (b >= 0)
-    out = []
-    layer_names = np.array([n.layer for n in graph.nodes], dtype=object)
-    for mod in range(membership.max() + 1 if membership.size else 0):
-        nodes = np.flatnonzero(membership == mod)
-        inside = both & (a == mod) & (b == mod)
-        leaving = both & ((a == mod) ^ (b == mod))
-        sizes = {layer: int((layer_names[nodes] == layer).sum()) for layer in graph.layers}
-        out.append(Module(mod, nodes.tolist(), len(nodes), sizes, float(w_hat[inside].sum()),
-                          float(w_hat[leaving].sum())))
-    return out
+    same = both & (a == b)
+    internal = np.bincount(a[same], weights=w_hat[same], minlength=n_mod)
+    cross = both & (a != b)
+    cut = (np.bincount(a[cross], weights=w_hat[cross], minlength=n_mod)
+           + np.bincount(b[cross], weights=w_hat[cross], minlength=n_mod))
+    labelled = np.flatnonzero(membership >= 0)
+    layer_idx = graph.layer_index
+    per_layer = np.zeros((n_mod, len(graph.layers)), dtype=np.int64)
+    np.add.at(per_layer, (membership[labelled], layer_idx[labelled]), 1)
+    order = labelled[np.argsort(membership[labelled], kind="stable")]
+    groups = np.split(order, np.cumsum(np.bincount(membership[labelled], minlength=n_mod))[:-1])
+    return [Module(m, groups[m].tolist(), len(groups[m]),
+                   dict(zip(graph.layers, per_layer[m].tolist())), float(internal[m]), float(cut[m]))
+            for m in range(n_mod)]
 
 
 def compare_partitions(a: Any, b: Any) -> dict[str, float]:

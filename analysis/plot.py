@@ -46,13 +46,17 @@ def plot_graph(graph: InteractionGraph, partition: Partition | None = None,
     sel = shown[graph.src] & shown[graph.dst] & (w_hat > 0)
     height = max(4.0, min(14.0, 0.12 * max(graph.layer_sizes.values(), default=1)))
     fig, ax = plt.subplots(figsize=(2.2 * len(graph.layers) + 2, height))
+    cmap = plt.get_cmap("tab20")
     if sel.any():
         seg = np.stack([pos[graph.src[sel]], pos[graph.dst[sel]]], 1)
         wn = w_hat[sel] / w_hat[sel].max()
+        a, b = membership[graph.src[sel]], membership[graph.dst[sel]]
+        # inside a module: its colour; cut between modules: red; touching unpartitioned: grey
+        base = np.array([cmap(m % 20) if m == n and m >= 0 else (0.85, 0.1, 0.1, 1.0) if m >= 0 and n >= 0
+                         else (0.5, 0.5, 0.5, 1.0) for m, n in zip(a, b)])
+        base[:, 3] = 0.15 + 0.6 * wn
         order = np.argsort(wn)
-        ax.add_collection(LineCollection(seg[order], linewidths=0.2 + 3.0 * wn[order],
-                                         colors=[(0.2, 0.3, 0.6, 0.15 + 0.6 * v) for v in wn[order]]))
-    cmap = plt.get_cmap("tab20")
+        ax.add_collection(LineCollection(seg[order], linewidths=0.2 + 3.0 * wn[order], colors=base[order]))
     colours = np.array([(0.0, 0.0, 0.0, 1.0) if graph.nodes[i].is_bias else
                         (0.75, 0.75, 0.75, 1.0) if membership[i] < 0 else cmap(membership[i] % 20)
                         for i in range(graph.n_nodes)])

@@ -6,6 +6,7 @@ callback propagates and aborts the computation (this is how a service cancels a 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
@@ -19,11 +20,13 @@ class Progress:
     def __init__(self, enabled: bool = True, callback: Callback | None = None):
         self.enabled = enabled
         self.callback = callback
+        self.timings: dict[str, float] = {}   # seconds spent in each stage
 
     def track(self, items: Iterable[T], stage: str, total: int | None) -> Iterator[T]:
         """Iterate ``items`` reporting ``stage`` progress (total may be unknown: 0)."""
         bar = tqdm(total=total, desc=stage, leave=False, disable=not self.enabled)
         done = 0
+        start = time.perf_counter()
         try:
             for item in items:
                 yield item
@@ -33,3 +36,4 @@ class Progress:
                     self.callback(stage, done, total or 0)
         finally:
             bar.close()
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start

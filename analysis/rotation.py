@@ -37,6 +37,14 @@ def eigh_desc(A: Tensor) -> tuple[Tensor, Tensor]:
     return vals.flip(0), vecs.flip(1)
 
 
+def _svd_eig(F: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvalues (descending) and eigenvectors of Fᵀ F from the SVD of F (r, k)."""
+    if F.shape[1] == 0:
+        return F.new_zeros(0), F.new_zeros(0, 0)
+    _, sv, Vh = torch.linalg.svd(F, full_matrices=False)
+    return sv ** 2, Vh.T
+
+
 def _keep(vals: Tensor, tol: float) -> Tensor:
     top = vals.max() if vals.numel() else torch.tensor(0.0)
     return vals > tol * top if top > 0 else torch.zeros_like(vals, dtype=torch.bool)
@@ -57,7 +65,7 @@ def _fix_signs(C: Tensor, Cinv: Tensor, n_data: int) -> tuple[Tensor, Tensor]:
     """Make each column's largest-magnitude data entry of C positive (deterministic signs)."""
     rows = C[:n_data] if n_data else C
     pick = rows.abs().argmax(0)
-    sign = torch.sign(rows[pick, torch.arange(C.shape[1])])
+    sign = torch.sign(rows[pick, torch.arange(C.shape[1], device=C.device)])
     sign = torch.where((rows.abs().max(0).values > 0) & (sign != 0), sign, torch.ones_like(sign))
     return C * sign, Cinv * sign
 
@@ -79,9 +87,22 @@ def _activation_eig(G: Tensor, center: bool, include_bias: bool, tol_G: float
     return U[:, keep], D[keep], D[keep], False
 
 
-def rotate(G: Tensor, M: Tensor | None, mean: Tensor, *, center: bool, include_bias: bool,
+def gram_factor(M: Tensor, P: Tensor | None = None) -> Tensor:
+    """F with Pᵀ M P = Fᵀ F, from the eigendecomposition of the PSD matrix M (r, r); P: (r, d)."""
+    vals, vecs = torch.linalg.eigh((M + M.T) / 2)
+    keep = vals > 0
+    F = vals[keep].sqrt()[:, None] * vecs[:, keep].T
+    return F if P is None else F @ P
+
+
+def rotate(G: Tensor, F: Tensor | None, mean: Tensor, *, center: bool, include_bias: bool,
            tol_G: float, tol_M: float, scaling: str = "sqrt", kind: str = "interaction") -> Rotation:
-    """Rotation of one node layer. G, M: (d_aug, d_aug) float64; mean: (d,).
+    """Rotation of one node layer. G: (d_aug, d_aug) float64; mean: (d,); F: (r, d_aug), a
+    factor of the Jacobian Gram M = Fᵀ F (from :func:`gram_factor`).
+
+    M̃ = (F C⁻¹_W)ᵀ (F C⁻¹_W) is diagonalised by the SVD of F C⁻¹_W (r × k_G), which is cheaper
+    than an eigendecomposition when the Jacobians have low rank (a Linear head makes r = d_out+1)
+    and avoids squaring the condition number.
 
     kind="interaction": the interaction basis above. kind="pca": C = Yᵀ U, Λ = D (activation
     PCA, no Jacobians). kind="neuron": C = Yᵀ (the neurons, centred when ``center``), Λ = diag G.
@@ -101,22 +122,22 @@ def rotate(G: Tensor, M: Tensor | None, mean: Tensor, *, center: bool, include_b
         raise ValueError(f"kind must be 'interaction', 'pca' or 'neuron', got {kind!r}")
     W_inv = Yinv @ U * D.sqrt()                       # (d_aug, k_G): f_aug = W_inv f̃
     W = (U / D.sqrt()).T @ Y                          # (k_G, d_aug): f̃ = W f_aug
-    Mt = W_inv.T @ M @ W_inv
+    Ft = F @ W_inv                                    # M̃ = Ftᵀ Ft
     if bias_dir:
-        lam, V = eigh_desc(Mt[1:, 1:])
+        lam, V = _svd_eig(Ft[:, 1:])
         keep = _keep(lam, tol_M)
         lam, V = lam[keep], V[:, keep]
-        lam0 = Mt[0, 0]
+        lam0 = (Ft[:, 0] ** 2).sum()
         top = lam.max() if lam.numel() else lam0
         bias_dir = bool(lam0 > tol_M * top) and bool(lam0 > 0)
-        Vfull = torch.zeros(Mt.shape[0], V.shape[1] + int(bias_dir), dtype=G.dtype, device=G.device)
+        Vfull = torch.zeros(Ft.shape[1], V.shape[1] + int(bias_dir), dtype=G.dtype, device=G.device)
         if bias_dir:
             Vfull[0, 0] = 1.0
         Vfull[1:, int(bias_dir):] = V
         lam = torch.cat([lam0.reshape(1), lam]) if bias_dir else lam
         V = Vfull
     else:
-        lam, V = eigh_desc(Mt)
+        lam, V = _svd_eig(Ft)
         keep = _keep(lam, tol_M)
         lam, V = lam[keep], V[:, keep]
     if scaling not in ("sqrt", "inverse"):

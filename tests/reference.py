@@ -29,21 +29,33 @@ def rotation(G, M, mean, center, include_bias, tol=1e-10):
     """Interaction basis by the book: returns C, Cinv, Lambda (slot direction first when centred)."""
     d = len(mean)
     if center and include_bias:
-        Y = np.eye(d + 1); Y[:d, d] = -mean
-        Dd, Ud = eig_desc(G[:d, :d]); keep = Dd > tol * Dd.max()
-        U = np.zeros((d + 1, keep.sum() + 1)); U[d, 0] = 1; U[:d, 1:] = Ud[:, keep]
+        Y = np.eye(d + 1)
+        Y[:d, d] = -mean
+        Dd, Ud = eig_desc(G[:d, :d])
+        keep = Dd > tol * Dd.max()
+        U = np.zeros((d + 1, keep.sum() + 1))
+        U[d, 0] = 1
+        U[:d, 1:] = Ud[:, keep]
         D = np.concatenate([[1.0], Dd[keep]])
     else:
         Y = np.eye(G.shape[0])
-        D, U = eig_desc(G); keep = D > tol * D.max(); D, U = D[keep], U[:, keep]
+        D, U = eig_desc(G)
+        keep = D > tol * D.max()
+        D, U = D[keep], U[:, keep]
     Yinv = np.linalg.inv(Y)
     Mt = np.diag(D ** 0.5) @ U.T @ Yinv.T @ M @ Yinv @ U @ np.diag(D ** 0.5)
     if center and include_bias:
-        lam, V = eig_desc(Mt[1:, 1:]); keep = lam > tol * lam.max(); lam, V = lam[keep], V[:, keep]
-        Vf = np.zeros((Mt.shape[0], V.shape[1] + 1)); Vf[0, 0] = 1; Vf[1:, 1:] = V
-        lam = np.concatenate([[Mt[0, 0]], lam]); V = Vf
+        lam, V = eig_desc(Mt[1:, 1:])
+        keep = lam > tol * lam.max()
+        lam, V = lam[keep], V[:, keep]
+        Vf = np.zeros((Mt.shape[0], V.shape[1] + 1))
+        Vf[0, 0] = 1
+        Vf[1:, 1:] = V
+        lam, V = np.concatenate([[Mt[0, 0]], lam]), Vf
     else:
-        lam, V = eig_desc(Mt); keep = lam > tol * lam.max(); lam, V = lam[keep], V[:, keep]
+        lam, V = eig_desc(Mt)
+        keep = lam > tol * lam.max()
+        lam, V = lam[keep], V[:, keep]
     C = Y.T @ U @ np.diag(D ** -0.5) @ V @ np.diag(lam ** 0.5)
     Cinv = Yinv @ U @ np.diag(D ** 0.5) @ V @ np.diag(lam ** -0.5)
     return C, Cinv, lam

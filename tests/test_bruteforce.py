@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from intermod import analysis as ia
-from reference import aug_section, align_signs, gauss_legendre, rotation
+from reference import align_signs, aug_section, gauss_legendre, rotation
+from torch import nn
 
 torch.set_default_dtype(torch.float64)
 
@@ -144,3 +143,31 @@ def test_integrated_differs_from_gradient_on_a_curved_section():
     g2 = ia.build_graph(model, X, basis, edge_method="integrated", n_alpha=6, progress=False)
     diff = np.abs(g1.edge_matrix("2", "4") - g2.edge_matrix("2", "4")).max()
     assert diff > 1e-3 * g1.edge_matrix("2", "4").max()
+
+
+class Wrapped(nn.Module):
+    """The same MLP behind a custom forward: exercises the generic (hook) path, not the
+    nn.Sequential fast path."""
+
+    def __init__(self, seq):
+        super().__init__()
+        self.net = seq
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("target", ["output", "next_layer"])
+@pytest.mark.parametrize("center,include_bias", CASES)
+def test_generic_path_equals_the_sequential_path(center, include_bias, target):
+    model = tiny_mlp()
+    X = torch.randn(30, 6)
+    kw = dict(jacobian_target=target, center=center, include_bias=include_bias, batch_size=8, progress=False)
+    a = ia.compute_basis(model, X, ["0", "2", "4", "output"], **kw)
+    b = ia.compute_basis(Wrapped(model), X, ["net.0", "net.2", "net.4", "output"], **kw)
+    for n, m in zip(a.layers, b.layers):
+        np.testing.assert_allclose(b[m].M, a[n].M, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(b[m].Lambda, a[n].Lambda, rtol=1e-10, atol=1e-14)
+    ga = ia.build_graph(model, X, a, edge_method="integrated", n_alpha=3, batch_size=8, progress=False)
+    gb = ia.build_graph(Wrapped(model), X, b, edge_method="integrated", n_alpha=3, batch_size=8, progress=False)
+    np.testing.assert_allclose(gb.w, ga.w, rtol=1e-9)

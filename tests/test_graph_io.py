@@ -5,9 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from intermod import analysis as ia
+from torch import nn
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from intermod import analysis as ia
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-
-from intermod import analysis as ia
 
 
 @pytest.fixture
@@ -111,3 +110,19 @@ def test_inverse_scaling_gives_small_important_directions(model):
     np.testing.assert_allclose(bi["2"].Lambda, b["2"].Lambda)
     # f̂ = Λ^{-1/2} Vᵀ … instead of Λ^{1/2} Vᵀ …: column j of C shrinks by 1/Λ_j
     np.testing.assert_allclose(bi["2"].C, b["2"].C / b["2"].Lambda, rtol=1e-10, atol=1e-14)
+
+
+def test_in_place_activations_do_not_corrupt_the_recorded_activations():
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    inplace = nn.Sequential(nn.Linear(4, 5), nn.ReLU(inplace=True), nn.Linear(5, 3)).double()
+    inplace.load_state_dict(plain.state_dict())
+    X = torch.randn(60, 4, dtype=torch.float64)
+    for target in ("output", "next_layer"):
+        a = ia.compute_basis(plain, X, ["1", "2", "output"], jacobian_target=target, progress=False)
+        b = ia.compute_basis(inplace, X, ["1", "2", "output"], jacobian_target=target, progress=False)
+        for name in a:
+            np.testing.assert_allclose(b[name].G, a[name].G, rtol=1e-12)
+            np.testing.assert_allclose(b[name].Lambda, a[name].Lambda, rtol=1e-10)
+        ga, gb = (ia.build_graph(m, X, basis, progress=False) for m, basis in ((plain, a), (inplace, b)))
+        np.testing.assert_allclose(gb.w, ga.w, rtol=1e-10)

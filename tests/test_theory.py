@@ -4,10 +4,9 @@ planted modules, the probe estimator."""
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from intermod import analysis as ia
 from intermod.analysis.examples import deep_linear, planted
+from torch import nn
 
 torch.set_default_dtype(torch.float64)
 

@@ -63,12 +63,13 @@ def build(n_modules: int = 2, widths: tuple[int, int, int, int] = (5, 8, 8, 3), 
         nn.Linear(n_modules * h1, n_modules * h2), nn.ReLU(),
         nn.Linear(n_modules * h2, n_modules * h2, bias=False),
         nn.Linear(n_modules * h2, n_modules * d_out)).double()
+    weights = {0: (W[0], b[0]), 2: (R1, None), 3: (W[1] @ torch.linalg.inv(R1), b[1]),
+               5: (R2, None), 6: (W[2] @ torch.linalg.inv(R2), b[2])}
     with torch.no_grad():
-        model[0].weight.copy_(W[0]); model[0].bias.copy_(b[0])
-        model[2].weight.copy_(R1)
-        model[3].weight.copy_(W[1] @ torch.linalg.inv(R1)); model[3].bias.copy_(b[1])
-        model[5].weight.copy_(R2)
-        model[6].weight.copy_(W[2] @ torch.linalg.inv(R2)); model[6].bias.copy_(b[2])
+        for i, (weight, bias) in weights.items():
+            model[i].weight.copy_(weight)
+            if bias is not None:
+                model[i].bias.copy_(bias)
     if iid_samples is None:
         per = [torch.randn(n_per_module, d_in, generator=gen, dtype=torch.float64) for _ in range(n_modules)]
         X = torch.stack([torch.cat(combo) for combo in itertools.product(*per)])
