@@ -338,18 +338,21 @@ def plot_eps(results, path: Path) -> None:
 
 
 def plot_robustness(rows: list[RobustRow], path: Path) -> None:
-    """Cross-module ŵ share, impurity and best ARI against n (i.i.d.), with the product level."""
+    """Cross-module ŵ share, impurity, best ARI and its coverage against n (i.i.d.), for each
+    remedy, with the product-data level."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
     metrics = [("share of ŵ crossing the true partition", lambda r: r.cross),
                ("mean impurity of directions", lambda r: r.impurity["mean"]),
-               ("best ARI over γ", lambda r: r.best.ari if r.best else np.nan)]
+               ("best ARI over γ", lambda r: r.best.ari if r.best else np.nan),
+               ("coverage at the best γ", lambda r: r.best.coverage if r.best else np.nan)]
     for ax, (title, f) in zip(axes, metrics):
-        for variant, style in (("as computed", "o-"), ("re-rotated", "s--")):
+        for variant, style in (("as computed", "o-"), ("re-rotated", "s--"),
+                               ("ε from bootstrap noise", "^:")):
             sel = [r for r in rows if r.setting == "i.i.d." and r.variant == variant]
             ax.plot([r.n for r in sel], [f(r) for r in sel], style, label=f"i.i.d., {variant}")
         prod = [r for r in rows if r.setting == "product" and r.variant == "as computed"]
