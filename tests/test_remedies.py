@@ -7,14 +7,18 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from intermod import analysis as ia
 from intermod.analysis import examples
 from intermod.analysis.basis import LayerBasis
-from intermod.analysis.recovery import (SweepRow, cross_share, edge_sparsity, plateau,
-                                        transformed_sequential)
-from intermod.analysis.remedies import (degenerate_groups, energy_dependence, noise_epsilon,
-                                        orthogonal_ica, rerotate_degenerate, rerotate_layer)
+from intermod.analysis.recovery import SweepRow, cross_share, edge_sparsity, plateau, transformed_sequential
+from intermod.analysis.remedies import (
+    degenerate_groups,
+    energy_dependence,
+    noise_epsilon,
+    orthogonal_ica,
+    rerotate_degenerate,
+    rerotate_layer,
+)
 
 
 def _rotation(theta: float) -> np.ndarray:
