@@ -14,12 +14,21 @@ from .basis import Basis, LayerBasis, compute_basis
 from .diagnostics import DegeneracyReport, LayerDiagnostics, diagnose, plot_spectra
 from .edges import build_graph
 from .graph import InteractionGraph, Node
-from .partition import Module, Partition, Score, compare_partitions, cutoff_strength, find_modules, partition_cost
+from .partition import (
+    Comparison,
+    Module,
+    Partition,
+    Score,
+    compare_partitions,
+    cutoff_strength,
+    find_modules,
+    partition_cost,
+)
 from .plot import plot_graph
 
 __all__ = [
     "Basis", "LayerBasis", "compute_basis", "build_graph", "InteractionGraph", "Node", "Module",
-    "Partition", "Score", "compare_partitions", "cutoff_strength", "find_modules",
+    "Partition", "Score", "Comparison", "compare_partitions", "cutoff_strength", "find_modules",
     "partition_cost", "plot_graph",
     "DegeneracyReport", "LayerDiagnostics", "diagnose", "plot_spectra",
 ]

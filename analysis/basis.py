@@ -155,46 +155,48 @@ def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, acts: dict[str
                       n_probes: int | None, sums: list[GramSum]) -> None:
     """Add one batch to M_p^j = Σ ĝ ĝᵀ for y = the output, every node layer at once.
 
-    ĝ = (∂y/∂p^j, slot) per (sample, position, cotangent); the slot entry is
-    Σ_{m ≥ j} ⟨∂y/∂f^{m+1}, β_m⟩ + Σ_{m > j} ⟨∂y/∂z^m, b_m⟩: β_m is the bias tangent of
-    section m at its point, and b_m the bias of a Linear head at layer m (whose own bias at
-    layer j is carried by the pull-back P_j instead).
+    ĝ = (∂y/∂p^j, slot) per (sample, position, cotangent). The slot of layer j scales every
+    bias downstream of its point: its derivative is Σ_{m ≥ j} (∂y/∂s_m + ⟨∂y/∂f^{m+1}, β_m⟩)
+    + Σ_{m > j} ⟨∂y/∂z^m, b_m⟩, with s_m the slot leaf of section m (Linear / LayerNorm biases,
+    per position), β_m the tangent of its other biases and b_m the bias of a Linear head at
+    layer m (whose own bias at layer j is carried by the pull-back P_j instead).
     """
     net = s.net
     T = len(net.chain) - 1
     points = [net.last_points[n] for n in net.chain[:T]]
     inner = [acts[n] for n in net.chain[1:T]]
+    slot_leaves = [sl for sl in net.last_slots] if net.include_bias else []
     y = acts[OUTPUT]
     ys, yw = as_samples(y, mask)
     B = ys.shape[0]
     betas = []
     if net.include_bias:
         _check_positions({n: as_samples(a, mask)[0].shape[1] for n, a in acts.items()})
-        betas = [as_samples(net.bias_tangent(batch, m, point=points[m].detach()), mask)[0]
-                 for m in range(T)]
+        if net.needs_tangent:
+            betas = [as_samples(net.bias_tangent(batch, m, point=points[m].detach()), mask)[0] for m in range(T)]
     weights = [as_samples(acts[n], mask)[1] for n in net.chain[:T]]
     per_item = sum(t.numel() for t in points + inner) + y.numel()
     for R in joint_cotangents(yw, ys.shape[-1], n_probes, s.generator, s.dtype, per_item):
         K = R.shape[0]
-        grads = vjp(y, points + inner, R.reshape((K,) + y.shape))
+        grads = vjp(y, points + inner + slot_leaves, R.reshape((K,) + y.shape))
         g_points = [g.reshape(K, B, -1, g.shape[-1]) for g in grads[:T]]
-        slot = None
         if net.include_bias:
+            g_slots = [g.reshape(K, B, -1) for g in grads[2 * T - 1:]]
             slots = [None] * T
-            cum = (R * betas[T - 1]).sum(-1)
-            slots[T - 1] = cum
-            for m in range(T - 2, -1, -1):
-                gf = grads[T + m].reshape(K, B, -1, grads[T + m].shape[-1])
-                cum = cum + (gf * betas[m]).sum(-1)
-                head_bias = net.head_bias(net.chain[m + 1])
-                if head_bias is not None:
-                    cum = cum + g_points[m + 1] @ head_bias
+            cum = 0.0
+            for m in range(T - 1, -1, -1):
+                cum = cum + g_slots[m]
+                if betas:
+                    g_next = R if m == T - 1 else grads[T + m].reshape(K, B, -1, grads[T + m].shape[-1])
+                    cum = cum + (g_next * betas[m]).sum(-1)
                 slots[m] = cum
+                head_bias = net.head_bias(net.chain[m])
+                if head_bias is not None:
+                    cum = cum + g_points[m] @ head_bias
         for j in range(T):
             g = g_points[j]
             if net.include_bias:
-                slot = slots[j]
-                g = torch.cat([g, slot[..., None]], -1)
+                g = torch.cat([g, slots[j][..., None]], -1)
             sums[j].add(g, weights[j])
 
 
@@ -210,8 +212,8 @@ def _next_layer_jacobians(s: _Setup, j: int, C_next: Tensor, n_probes: int | Non
     n = 0.0
     for batch, mask in s.batches(f"jacobians {net.chain[j]}"):
         natural = net.natural_point(batch, j)
-        point, f_out = net.section(batch, j, point=natural)
-        beta = as_samples(net.bias_tangent(batch, j, point=natural), mask)[0] if aug else None
+        point, f_out, slot_leaf = net.section(batch, j, point=natural)
+        beta = as_samples(net.bias_tangent(batch, j, point=natural), mask)[0] if net.needs_tangent else None
         fo, wo = as_samples(f_out.detach(), mask)
         wi = as_samples(point.detach(), mask)[1]
         if aug:
@@ -222,10 +224,12 @@ def _next_layer_jacobians(s: _Setup, j: int, C_next: Tensor, n_probes: int | Non
         for R in joint_cotangents(wo, k, n_probes, s.generator, s.dtype, per_item):
             K = R.shape[0]
             data = R @ C_data.T
-            g = vjp(f_out, [point], data.reshape((K,) + f_out.shape))[0]
-            g = g.reshape(K, B, -1, g.shape[-1])
-            if aug:
-                slot = (data * beta).sum(-1) + R @ c_slot
+            grads = vjp(f_out, [point] + ([slot_leaf] if aug else []), data.reshape((K,) + f_out.shape))
+            g = grads[0].reshape(K, B, -1, grads[0].shape[-1])
+            if aug:   # slot: hooked biases (per position) + other biases + the next slot row
+                slot = grads[1].reshape(K, B, -1) + R @ c_slot
+                if beta is not None:
+                    slot = slot + (data * beta).sum(-1)
                 g = torch.cat([g, slot[..., None]], -1)
             total.add(g, wi)
     return all_reduce_sum(total.total), all_reduce_float(n, s.device)

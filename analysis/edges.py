@@ -138,14 +138,16 @@ def _section_edges(s, batch, mask, j: int, point: Tensor, baseline: Tensor | Non
         g_sum = slot_sum = None
         for alpha, wq in zip(alphas, weights):
             at = alpha * point if baseline is None else baseline + alpha * (point - baseline)
-            p_leaf, f_out = net.section(batch, j, point=at, alpha=alpha)
-            g = vjp(f_out, [p_leaf], data.reshape((K,) + f_out.shape))[0]
-            g = wq * g.reshape(K, B, -1, g.shape[-1])
+            p_leaf, f_out, slot_leaf = net.section(batch, j, point=at, alpha=alpha)
+            grads = vjp(f_out, [p_leaf] + ([slot_leaf] if aug else []), data.reshape((K,) + f_out.shape))
+            g = wq * grads[0].reshape(K, B, -1, grads[0].shape[-1])
             g_sum = g if g_sum is None else g_sum + g
-            if aug:  # slot entry: ⟨cotangent, β⟩ + the next layer's slot row, position-local
-                beta = as_samples(net.bias_tangent(batch, j, point=at, alpha=alpha), mask)[0]
-                slot = wq * pattern * (torch.einsum("bpd,dk->kbp", beta, C_which) + c_slot[which][:, None, None])
-                slot_sum = slot if slot_sum is None else slot_sum + slot
+            if aug:  # slot: hooked biases (per position), other biases (β), the next slot row
+                slot = grads[1].reshape(K, B, -1) + pattern * c_slot[which][:, None, None]
+                if net.needs_tangent:
+                    beta = as_samples(net.bias_tangent(batch, j, point=at, alpha=alpha), mask)[0]
+                    slot = slot + pattern * torch.einsum("bpd,dk->kbp", beta, C_which)
+                slot_sum = wq * slot if slot_sum is None else slot_sum + wq * slot
         J_hat = g_sum @ Q[:g_sum.shape[-1]]                      # (K, B, P_in, k_j)
         if aug:
             J_hat.addcmul_(slot_sum[..., None], Q[-1])

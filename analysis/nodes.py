@@ -112,6 +112,9 @@ class NodeModel:
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
             self.params[name] = t.detach().to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
         self.bias_names = [n for n, _ in model.named_parameters() if _is_bias(n)]
+        self._bias_set = set(self.bias_names)
+        self._slot_modules: dict[nn.Module, str] = {}
+        self._slot_now: Tensor | None = None
         self.layers = self._forward_order(example, layers)
         self.chain = self.layers + ([] if self.layers[-1] == OUTPUT else [OUTPUT])
         self.heads: dict[str, nn.Linear] = {
@@ -122,6 +125,15 @@ class NodeModel:
                             and all(n in children for n in self.modules)) or None
         if self._sequential:
             self._child_index = {n: children.index(n) for n in self.modules}
+        name_of = {id(p): n for n, p in model.named_parameters()}
+        head_ids = {id(m) for m in self.heads.values()}
+        self._slot_modules = {m: name_of[id(m.bias)] for m in model.modules()
+                              if isinstance(m, (nn.Linear, nn.LayerNorm)) and m.bias is not None
+                              and id(m) not in head_ids and id(m.bias) in name_of} if include_bias else {}
+        head_biases = {name_of[id(m.bias)] for m in self.heads.values() if m.bias is not None}
+        slot_biases = set(self._slot_modules.values())
+        self._tangent_biases = [n for n in self.bias_names if n not in slot_biases | head_biases]
+        self.needs_tangent = include_bias and bool(self._tangent_biases)
         acts = self.forward(example)
         self.dims = {name: a.shape[-1] for name, a in acts.items()}
         self.point_dims = {name: (self.heads[name].out_features if name in self.heads else self.dims[name])
@@ -129,14 +141,17 @@ class NodeModel:
 
     # -- running the model -------------------------------------------------------------------
     def params_scaled(self, alpha: float = 1.0, tangent: bool = False) -> dict[str, Tensor]:
-        """Parameters with every bias scaled by ``alpha`` (with ``include_bias``), optionally
-        as dual tensors whose tangent is the bias itself (call inside ``fwAD.dual_level``)."""
+        """Parameters with every bias scaled by ``alpha`` (with ``include_bias``); with ``tangent``
+        the biases that no slot hook covers become dual tensors whose tangent is the bias itself
+        (call inside ``fwAD.dual_level``)."""
         if not self.include_bias or (alpha == 1.0 and not tangent):
             return self.params
         out = dict(self.params)
         for n in self.bias_names:
-            b = self.params[n]
-            out[n] = fwAD.make_dual(b * alpha, b) if tangent else b * alpha
+            out[n] = self.params[n] * alpha
+        if tangent:
+            for n in self._tangent_biases:
+                out[n] = fwAD.make_dual(out[n], self.params[n])
         return out
 
     def _call(self, batch: Batch, params: Mapping[str, Tensor]) -> Any:
@@ -145,15 +160,37 @@ class NodeModel:
         return functional_call(self.model, dict(params), (), dict(batch))
 
     @contextmanager
-    def _hooks(self, pre: Mapping[str, Callable], post: Mapping[str, Callable] | None = None):
-        handles = [self.modules[n].register_forward_pre_hook(h) for n, h in pre.items()]
+    def _hooks(self, pre: Mapping[str, Callable] | None = None, post: Mapping[str, Callable] | None = None):
+        """Node hooks plus the bias-slot hooks, in eval mode; everything removed afterwards."""
+        handles = [self.modules[n].register_forward_pre_hook(h) for n, h in (pre or {}).items()]
         handles += [self.modules[n].register_forward_hook(h) for n, h in (post or {}).items()]
+        handles += [m.register_forward_hook(self._slot_hook(name)) for m, name in self._slot_modules.items()]
         try:
             with _eval_mode(self.model):
                 yield
         finally:
+            self._slot_now = None
             for h in handles:
                 h.remove()
+
+    def _slot_hook(self, bias_name: str) -> Callable:
+        """Forward hook of a Linear / LayerNorm: out + (s − 1) b, with s the active slot leaf
+        (B, P) of ones. Its value is unchanged; ∂/∂s_p is the bias b added at position p. A
+        module whose output is not laid out over the node layer's samples (e.g. BERT's pooler on
+        the [CLS] token, which the residual stream never reads) gets no slot."""
+        def hook(module, args, out):
+            slot = self._slot_now
+            if slot is None or not isinstance(out, Tensor) or out.shape[:-1] != slot.shape:
+                return None
+            return out + (slot - 1)[..., None] * self.params[bias_name]
+        return hook
+
+    def _new_slot(self, like: Tensor) -> Tensor | None:
+        """A leaf of ones over the samples of ``like`` (…, d), made the active slot."""
+        if not self.include_bias:
+            return None
+        self._slot_now = torch.ones(like.shape[:-1], dtype=like.dtype, device=like.device, requires_grad=True)
+        return self._slot_now
 
     def _forward_order(self, example: Batch, layers: list[str]) -> list[str]:
         seen: list[str] = []
@@ -177,11 +214,13 @@ class NodeModel:
         """Natural forward pass: activations at every chain layer (``"output"`` included).
 
         With ``grad``, the activations are part of one autograd graph (the first one made a leaf
-        when nothing upstream requires grad) and ``self.last_points`` holds the tensors that
-        derivatives are taken at (the Linear-head outputs where there is a head).
+        when nothing upstream requires grad), ``self.last_points`` holds the tensors that
+        derivatives are taken at (the Linear-head outputs where there is a head) and
+        ``self.last_slots`` the bias-slot leaves of every section (None without a slot).
         """
         acts: dict[str, Tensor] = {}
         points: dict[str, Tensor] = {}
+        slots: dict[str, Tensor | None] = {}
 
         def make_pre(name: str):
             def hook(module, args):
@@ -191,6 +230,8 @@ class NodeModel:
                 acts[name] = x
                 if name not in self.heads:
                     points[name] = x
+                if grad:   # section `name` starts here: its own bias-slot leaf
+                    slots[name] = self._new_slot(x)
                 return (x.clone(),) + tuple(args[1:])   # an in-place op downstream must not touch x
             return hook
 
@@ -205,17 +246,19 @@ class NodeModel:
             y = self.output_fn(self._call(batch, self.params))
         acts[OUTPUT] = points[OUTPUT] = y
         self.last_points = points
+        self.last_slots = [slots.get(n) for n in self.chain[:-1]]
         return {n: acts[n] for n in self.chain}
 
     def section(self, batch: Batch, j: int, *, point: Tensor | None = None, alpha: float = 1.0,
-                tangent: bool = False) -> tuple[Tensor, Tensor]:
-        """Run section j: returns (point, f_out).
+                tangent: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Run section j: returns (point, f_out, slot).
 
         ``point`` (returned as a fresh leaf that requires grad) is the given value, or the natural
         point of node layer j (its activation, or its Linear head's output); the section's biases
-        are scaled by ``alpha`` and f_out is node layer j+1 as a function of the point. With
-        ``tangent`` (inside ``fwAD.dual_level``) the biases carry tangents, so f_out's tangent is
-        the slot derivative ∂g/∂s at the point held fixed.
+        are scaled by ``alpha`` and f_out is node layer j+1 as a function of the point. ``slot``
+        (a leaf of ones over the point's samples) multiplies the Linear / LayerNorm biases added
+        at each position, so a VJP gives their per-position slot derivative. With ``tangent``
+        (inside ``fwAD.dual_level``) the other biases carry tangents (see :meth:`bias_tangent`).
         """
         src, dst = self.chain[j], self.chain[j + 1]
         if self._sequential and point is not None:
@@ -225,6 +268,8 @@ class NodeModel:
         def cut(x: Tensor) -> Tensor:
             value = _primal(x) if point is None else point.detach()
             found["point"] = p = value.clone().requires_grad_(True)
+            self._arm_biases(alpha, tangent)
+            found["slot"] = self._new_slot(p)
             return p.clone()
 
         def pre_src(module, args):
@@ -243,11 +288,26 @@ class NodeModel:
             pre[dst] = pre_dst
         post = {src: post_src} if src in self.heads else {}
         with torch.enable_grad(), self._hooks(pre, post):
-            try:
-                found["f_out"] = self.output_fn(self._call(batch, self.params_scaled(alpha, tangent)))
+            try:   # the prefix runs with plain biases; the cut arms the scaled / dual ones
+                found["f_out"] = self.output_fn(self._call(batch, self.params))
             except _Stop:
                 pass
-        return found["point"], found["f_out"]
+        return found["point"], found["f_out"], found["slot"]
+
+    def _arm_biases(self, alpha: float, tangent: bool) -> None:
+        """From the cut point on, every bias is scaled by ``alpha`` (and carries tangent b).
+
+        Called inside a functional call, which restores all parameters when it returns. Biases
+        used before the cut keep their plain values, so a residual stream that skips the cut
+        point enters the section as a constant (the section's Jacobian and slot derivative are
+        partial derivatives at that residual).
+        """
+        if not self.include_bias or (alpha == 1.0 and not tangent):
+            return
+        for name, value in self.params_scaled(alpha, tangent).items():
+            if name in self._bias_set:
+                path, leaf = name.rsplit(".", 1) if "." in name else ("", name)
+                self.model.get_submodule(path)._parameters[leaf] = value
 
     def natural_point(self, batch: Batch, j: int) -> Tensor | None:
         """The point of node layer j on ``batch`` for the ``nn.Sequential`` fast path (one forward
@@ -259,7 +319,7 @@ class NodeModel:
         return self.last_points[self.chain[j]]
 
     def _sequential_section(self, j: int, point: Tensor, alpha: float, tangent: bool
-                            ) -> tuple[Tensor, Tensor]:
+                            ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Fast path for ``nn.Sequential`` cut at its children: run only the section's modules."""
         src, dst = self.chain[j], self.chain[j + 1]
         start = self._child_index[src] + int(src in self.heads)
@@ -268,17 +328,20 @@ class NodeModel:
         part = self.model[start:stop]
         names = set(part._modules)
         params = {k: v for k, v in self.params_scaled(alpha, tangent).items() if k.split(".", 1)[0] in names}
-        with torch.enable_grad(), _eval_mode(self.model):
+        with torch.enable_grad(), self._hooks():
+            slot = self._new_slot(leaf)
             out = functional_call(part, params, (leaf.clone(),)) if len(part) else leaf.clone()
             if dst == OUTPUT:
                 out = self.output_fn(out)
-        return leaf, out
+        return leaf, out, slot
 
     def bias_tangent(self, batch: Batch, j: int, point: Tensor | None = None, alpha: float = 1.0
                      ) -> Tensor:
-        """β_j = ∂f^{j+1}/∂s (same shape as f^{j+1}), the point of layer j held fixed."""
+        """β_j = ∂f^{j+1}/∂s through the biases no slot hook covers (not Linear / LayerNorm, e.g.
+        ``nn.MultiheadAttention``'s in_proj_bias), the point of layer j held fixed; same shape as
+        f^{j+1}. Their effect at output position t is attributed to the slot of position t."""
         with fwAD.dual_level():
-            _, f_out = self.section(batch, j, point=point, alpha=alpha, tangent=True)
+            _, f_out, _ = self.section(batch, j, point=point, alpha=alpha, tangent=True)
             primal, tan = fwAD.unpack_dual(f_out)
             return (torch.zeros_like(primal) if tan is None else tan).detach()
 

@@ -25,6 +25,7 @@ import numpy as np
 from .graph import InteractionGraph
 
 OBJECTIVES = ("cpm", "modularity")
+MAX_ROUNDS = 50
 _RNG_LOCK = threading.Lock()
 
 
@@ -51,11 +52,39 @@ class Module:
     cut: float            # Σ ŵ of edges leaving it
 
 
-@dataclass
-class Score:
-    cost: float           # nats
-    cost_units: float     # cost / ln(1/√ε)
+class Score(float):
+    """The cost of a partition in nats; a float, with ``cost_units`` (cost / ln(1/√ε)) and
+    ``n_cut_edges`` (edges with ŵ > 0 between different modules) attached."""
+
+    cost_units: float
     n_cut_edges: int
+
+    def __new__(cls, cost: float, cost_units: float, n_cut_edges: int) -> Score:
+        obj = super().__new__(cls, cost)
+        obj.cost_units, obj.n_cut_edges = float(cost_units), int(n_cut_edges)
+        return obj
+
+    @property
+    def cost(self) -> float:
+        return float(self)
+
+    def __repr__(self) -> str:
+        return f"Score(cost={float(self)!r}, cost_units={self.cost_units!r}, n_cut_edges={self.n_cut_edges})"
+
+
+class Comparison(dict):
+    """{"ari": …, "nmi": …}, also readable as attributes (``.ari``, ``.nmi``)."""
+
+    def __getattr__(self, name: str) -> float:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+OBJECTIVE_ALIASES = {"cpm": "cpm", "modularity": "modularity", "rb": "modularity",
+                     "rbconfiguration": "modularity", "rb_configuration": "modularity",
+                     "rb-configuration": "modularity"}
 
 
 @dataclass
@@ -145,18 +174,28 @@ def _leiden(g: ig.Graph, weights: np.ndarray, objective: str, resolution: float,
                    initial_membership=None if initial is None else initial.tolist())
         opt = la.Optimiser()
         opt.set_rng_seed(seed)
-        opt.optimise_partition(part, n_iterations=-1, is_membership_fixed=fixed.tolist())
+        for _ in range(MAX_ROUNDS):
+            if opt.optimise_partition(part, n_iterations=1, is_membership_fixed=fixed.tolist()) <= 0:
+                break
         return np.asarray(part.membership, dtype=np.int64)
+    # Leiden rounds from the previous membership until the quality stops rising (at most
+    # MAX_ROUNDS): igraph's own "until stable" (n_iterations=-1) can cycle forever on some graphs.
+    membership = None if initial is None else initial.tolist()
+    best = -math.inf
     with _RNG_LOCK:  # igraph draws from a process-wide RNG: seed it, run, restore
         ig.set_random_number_generator(random.Random(seed))
         try:
-            cl = g.community_leiden(objective_function="CPM" if objective == "cpm" else "modularity",
-                                    weights=weights, resolution=resolution, beta=0.01,
-                                    n_iterations=-1,
-                                    initial_membership=None if initial is None else initial.tolist())
+            for _ in range(MAX_ROUNDS):
+                cl = g.community_leiden(objective_function="CPM" if objective == "cpm" else "modularity",
+                                        weights=weights, resolution=resolution, beta=0.01,
+                                        n_iterations=2, initial_membership=membership)
+                membership = cl.membership
+                if cl.quality <= best + 1e-12 * max(1.0, abs(best)):
+                    break
+                best = cl.quality
         finally:
             ig.set_random_number_generator(random)
-    return np.asarray(cl.membership, dtype=np.int64)
+    return np.asarray(membership, dtype=np.int64)
 
 
 def _canonical(labels: np.ndarray) -> np.ndarray:
@@ -179,8 +218,10 @@ def find_modules(graph: InteractionGraph, epsilon: float = 1e-4, *, objective: s
     gives the same answer. ``fixed`` maps node ids to module labels held fixed (leidenalg).
     """
     _check_epsilon(epsilon)
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if not isinstance(objective, str) or objective.lower() not in OBJECTIVE_ALIASES:
+        raise ValueError(f"objective must be one of {OBJECTIVES} (or 'rb' / 'rb_configuration' for "
+                         f"modularity), got {objective!r}")
+    objective = OBJECTIVE_ALIASES[objective.lower()]
     if not (math.isfinite(resolution) and resolution >= 0):
         raise ValueError(f"resolution must be a finite number >= 0, got {resolution!r}")
     if n_restarts < 1:
@@ -290,7 +331,7 @@ def _modules(graph: InteractionGraph, membership: np.ndarray, w_hat: np.ndarray)
             for m in range(n_mod)]
 
 
-def compare_partitions(a: Any, b: Any) -> dict[str, float]:
+def compare_partitions(a: Any, b: Any) -> Comparison:
     """Adjusted Rand index and normalised mutual information of two memberships.
 
     Entries −1 (outside the partition) in either membership are left out of the comparison.
@@ -303,5 +344,5 @@ def compare_partitions(a: Any, b: Any) -> dict[str, float]:
     if keep.sum() < 2:
         raise ValueError("need at least two nodes labelled in both memberships")
     ca, cb = _canonical(ma[keep]).tolist(), _canonical(mb[keep]).tolist()
-    return {"ari": float(ig.compare_communities(ca, cb, method="ari")),
-            "nmi": float(ig.compare_communities(ca, cb, method="nmi"))}
+    return Comparison(ari=float(ig.compare_communities(ca, cb, method="adjusted_rand")),
+                      nmi=float(ig.compare_communities(ca, cb, method="nmi")))

@@ -7,7 +7,14 @@ from intermod import analysis as ia
 from reference import align_signs, aug_section, gauss_legendre, rotation
 from torch import nn
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """float64 by default inside this module's tests only (no global state leaks to others)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def tiny_mlp():

@@ -12,9 +12,11 @@ LAYERS = ["0", "2", "4", "output"]
 
 
 def setup():
+    """The same model and data in every process, whatever the default dtype there."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3)).double()
-    X = torch.randn(70, 5, dtype=torch.float64)   # 9 batches of 8: the two ranks get 5 and 4
+    f64 = {"dtype": torch.float64}
+    model = nn.Sequential(nn.Linear(5, 6, **f64), nn.ReLU(), nn.Linear(6, 4, **f64), nn.Tanh(), nn.Linear(4, 3, **f64))
+    X = torch.randn(70, 5, **f64)   # 9 batches of 8: the two ranks get 5 and 4
     return model, X
 
 

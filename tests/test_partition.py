@@ -31,7 +31,8 @@ def test_cost_of_a_hand_made_partition_matches_a_hand_computation():
     membership = np.array([0, 0, 0, 1, 0, 1])
     # cut edges: a1-b1 (ŵ 1), b0-c1 (ŵ 0.5), b1-c0 (ŵ 0: below the cut-off) -> 1.5 nats
     score = ia.partition_cost(g, membership, eps)
-    assert score.cost == pytest.approx(1.5)
+    assert score == pytest.approx(1.5)              # a float ...
+    assert score.cost == pytest.approx(1.5)         # ... with the details attached
     assert score.cost_units == pytest.approx(1.5 / math.log(100))
     assert score.n_cut_edges == 2
     # nodes outside the partition (−1) do not count: a1 out removes the a1-b1 edge
@@ -81,6 +82,16 @@ def random_graph(seed=0, sizes=(30, 30, 30)):
                                            [np.ones(s) for s in sizes], mats)
 
 
+def test_objective_aliases():
+    g = random_graph()
+    a = ia.find_modules(g, 1e-4, objective="rb_configuration", resolution=0.5)
+    b = ia.find_modules(g, 1e-4, objective="modularity", resolution=0.5)
+    assert a.objective == "modularity"
+    np.testing.assert_array_equal(a.membership, b.membership)
+    with pytest.raises(ValueError, match="objective"):
+        ia.find_modules(g, 1e-4, objective="surprise")
+
+
 @pytest.mark.parametrize("objective", ["cpm", "modularity"])
 def test_same_seed_same_answer(objective):
     g = random_graph()
@@ -116,6 +127,7 @@ def test_fixed_nodes_stay_in_their_modules():
 
 def test_compare_partitions():
     assert ia.compare_partitions([0, 0, 1, 1], [5, 5, 2, 2]) == {"ari": 1.0, "nmi": 1.0}
+    assert ia.compare_partitions([0, 0, 1, 1], [0, 1, 0, 1]).ari == pytest.approx(-0.5)
     r = ia.compare_partitions([0, 0, 1, 1, -1], [0, 1, 0, 1, 3])
     assert r["ari"] < 0 and r["nmi"] == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="equal length"):
