@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from .graph import InteractionGraph
-from .partition import Partition, _canonical, _modules, compare_partitions, cutoff_strength, partition_cost
+from .partition import compare_partitions, cutoff_strength, find_modules
 
 __all__ = [
-    "SweepRow", "cpm_partition", "cross_share", "deep_linear_check", "edge_sparsity", "impurity",
+    "SweepRow", "cross_share", "deep_linear_check", "edge_sparsity", "impurity",
     "plateau", "resolution_sweep", "transformed_sequential",
 ]
 
@@ -70,44 +70,6 @@ def impurity(shares: np.ndarray) -> dict[str, float]:
     return {"mean": float(imp.mean()), "frac_mixed": float((imp > 0.01).mean())}
 
 
-def cpm_partition(graph: InteractionGraph, epsilon: float, resolution: float,
-                  seed: int = 0) -> Partition:
-    """CPM module search as ``find_modules(objective="cpm")`` — same ŵ graph of active data
-    nodes, same quality Σ_within ŵ − γ Σ_c n_c(n_c−1)/2, same outputs — run with leidenalg's
-    optimiser (the backend ``find_modules`` uses for fixed nodes) instead of igraph's
-    ``community_leiden``. Reason: ``community_leiden(n_iterations=-1)`` iterates until the
-    membership stops changing, which on some graphs never happens (the validation's digits
-    graph at ε ≈ 9.7e-5, γ ≈ 3.16 runs forever), whereas leidenalg only accepts strictly
-    improving moves and so always terminates.
-    """
-    import igraph as ig
-    import leidenalg as la
-
-    w_hat = cutoff_strength(graph.w, epsilon)
-    keep = (w_hat > 0) & _data_edges(graph)
-    active = np.zeros(graph.n_nodes, dtype=bool)
-    active[graph.src[keep]] = active[graph.dst[keep]] = True
-    ids = np.flatnonzero(active)
-    local = -np.ones(graph.n_nodes, dtype=np.int64)
-    local[ids] = np.arange(len(ids))
-    membership = -np.ones(graph.n_nodes, dtype=np.int64)
-    quality = 0.0
-    if len(ids):
-        g = ig.Graph(n=len(ids), edges=np.stack([local[graph.src[keep]],
-                                                 local[graph.dst[keep]]], 1).tolist())
-        part = la.CPMVertexPartition(g, weights=w_hat[keep].tolist(),
-                                     resolution_parameter=resolution)
-        opt = la.Optimiser()
-        opt.set_rng_seed(seed)
-        opt.optimise_partition(part, n_iterations=-1)
-        membership[ids] = _canonical(np.asarray(part.membership, dtype=np.int64))
-        quality = float(part.quality())
-    score = partition_cost(graph, membership, epsilon)
-    return Partition(membership, _modules(graph, membership, w_hat), score.cost,
-                     score.cost_units, quality, float(epsilon), "cpm", float(resolution), seed,
-                     inactive=np.flatnonzero(~active & ~graph.is_bias).tolist())
-
-
 @dataclass
 class SweepRow:
     """One resolution of a CPM sweep: γ, modules found, cost (units cut), recovery."""
@@ -123,8 +85,8 @@ class SweepRow:
 
 def resolution_sweep(graph: InteractionGraph, epsilon: float, resolutions: Sequence[float],
                      labels: np.ndarray | None = None, seed: int = 0) -> list[SweepRow]:
-    """CPM module search (:func:`cpm_partition`) at every resolution; recovery against
-    ``labels`` when given.
+    """CPM module search (``find_modules``) at every resolution; recovery against ``labels``
+    when given.
 
     ARI/NMI are computed by ``compare_partitions`` over nodes that are labelled *and* active
     (inactive nodes, with no edge above √ε, are outside the partition); ``coverage`` says how
@@ -132,7 +94,7 @@ def resolution_sweep(graph: InteractionGraph, epsilon: float, resolutions: Seque
     """
     rows = []
     for gamma in resolutions:
-        p = cpm_partition(graph, epsilon, float(gamma), seed=seed)
+        p = find_modules(graph, epsilon=epsilon, resolution=float(gamma), seed=seed)
         n_active = int((p.membership >= 0).sum())
         row = SweepRow(float(gamma), p.n_modules, n_active, p.cost_units)
         if labels is not None and (labels >= 0).any():

@@ -24,14 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import build_graph, compute_basis, plot_graph
+from . import build_graph, compute_basis, find_modules, plot_graph
 from .activations import layer_activations
 from .examples import load
 from .examples.truth import ProductTruth
 from .graph import InteractionGraph
 from .recovery import (
     SweepRow,
-    cpm_partition,
     cross_share,
     deep_linear_check,
     edge_sparsity,
@@ -400,11 +399,8 @@ def write_report(path: Path, fig_dir: Path, done: dict[str, Any], timer: Timer,
         "`jacobian_target=\"output\"` and `\"next_layer\"`; otherwise library defaults "
         "(centred, bias slot, float64, gradient edges), except `deep_linear` which uses the "
         "App. A setting (no centring, no bias slot).")
-    add("- Module search: the CPM quality of `find_modules` (Σ_within ŵ − γ Σ_c n_c(n_c−1)/2 on "
-        "the active data directions), optimised by leidenalg (`recovery.cpm_partition`, seed "
-        "0) rather than igraph's `community_leiden`, which `find_modules` calls with "
-        "`n_iterations=-1` and which did not terminate on the digits graph at one (ε, γ) of "
-        "this sweep.")
+    add("- Module search: `find_modules` with the CPM objective (seed 0), the same search for "
+        "every basis.")
     add(f"- Resolutions: ε = {fmt(EPSILON)} unless said otherwise, "
         f"{len(RESOLUTIONS)} log-spaced γ ∈ [{fmt(RESOLUTIONS[0])}, "
         f"{fmt(RESOLUTIONS[-1])}].")
@@ -627,7 +623,7 @@ def plot_modules(results, fig_dir: Path) -> None:
             continue
         r = results[name][1][2]
         gamma = r.chosen.resolution if r.chosen else 0.1
-        part = cpm_partition(r.graph, EPSILON, gamma)
+        part = find_modules(r.graph, epsilon=EPSILON, resolution=gamma)
         plot_graph(r.graph, part, fig_dir / f"modules_{name}.png", epsilon=EPSILON,
                    title=f"{name}: interaction basis (output), ε={EPSILON:g}, γ={gamma:.3g}, "
                          f"{part.n_modules} modules")
@@ -636,7 +632,7 @@ def plot_modules(results, fig_dir: Path) -> None:
             eps = float(ex.extra["train_mse"])
             chosen = plateau(resolution_sweep(r.graph, eps, RESOLUTIONS))
             gamma = chosen.resolution if chosen else 0.1
-            part = cpm_partition(r.graph, eps, gamma)
+            part = find_modules(r.graph, epsilon=eps, resolution=gamma)
             plot_graph(r.graph, part, fig_dir / f"modules_{name}_train_mse.png", epsilon=eps,
                        title=f"{name}: interaction basis (output), ε = training MSE = {eps:.3g}, "
                              f"γ={gamma:.3g}, {part.n_modules} modules")
