@@ -5,12 +5,12 @@ computes the interaction graph as a job with a progress bar, sweeps the resoluti
 modules, prints them with their recovery of the example's ground truth, writes
 ``out/demo/graph.png`` and ``out/demo/result.json``, and stops the server. The noise scale ε
 is the example's training loss when it has one (ε is a behavioural-loss value), else 1e-4.
+``--example planted`` (or any other built-in example) runs another network.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import tempfile
 import time
@@ -19,31 +19,18 @@ from typing import Any
 
 import numpy as np
 from intermod import analysis as ia
+from intermod.analysis import examples
 
 from .client import Client
 from .report import jsonable, partition_table
 from .spawn import running_server
 
-EXAMPLES = ("two_tasks", "planted")  # the first one installed is used
 RESOLUTIONS = (0.01, 0.05, 0.2, 1.0)
-
-
-def load_example(names: tuple[str, ...] = EXAMPLES) -> Any:
-    """The first of `names` that intermod.analysis.examples provides."""
-    from intermod.analysis import examples
-    available = examples.names() if hasattr(examples, "names") else []
-    for name in names:
-        if name in available:
-            return examples.load(name)
-        try:
-            return importlib.import_module(f"intermod.analysis.examples.{name}").build()
-        except ImportError:
-            continue
-    raise RuntimeError(f"none of the examples {list(names)} is installed")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--example", default="two_tasks", choices=examples.names())
     parser.add_argument("--out", default="out/demo", help="output directory")
     parser.add_argument("--epsilon", type=float, help="noise scale (default: the example's "
                                                       "training loss, else 1e-4)")
@@ -52,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    ex = load_example()
+    ex = examples.load(args.example)
     epsilon = args.epsilon or float(getattr(ex, "extra", {}).get("train_mse", 1e-4))
     print(f"example {ex.name}: {ex.description}")
     with tempfile.TemporaryDirectory(prefix="intermod-demo-") as tmp, \

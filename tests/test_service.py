@@ -176,6 +176,8 @@ def test_models_and_graphs_listing(client, graph_id):
     models = client.models()
     registered = [m for m in models if m.source == "spec"]
     assert registered and registered[0].spec["layers"][0]["type"] == "linear"
+    from intermod.analysis import examples
+    assert {m.id for m in models if m.source == "example"} == set(examples.names())
     ids = [g.id for g in client.graphs()]
     assert graph_id in ids
     info = client.graph_info(graph_id)
