@@ -178,6 +178,10 @@ def test_models_and_graphs_listing(client, graph_id):
     assert registered and registered[0].spec["layers"][0]["type"] == "linear"
     from intermod.analysis import examples
     assert {m.id for m in models if m.source == "example"} == set(examples.names())
+    gid = client.compute_graph("planted", progress=False)  # an example on its own inputs
+    assert client.graph_info(gid).layers == examples.load("planted").layers
+    planted = next(m for m in client.models() if m.id == "planted")
+    assert planted.has_inputs and planted.layers and planted.n_parameters > 0
     ids = [g.id for g in client.graphs()]
     assert graph_id in ids
     info = client.graph_info(graph_id)
