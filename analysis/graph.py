@@ -117,11 +117,15 @@ class InteractionGraph:
         return f"InteractionGraph({sizes}; {self.n_edges} edges)"
 
     # -- serialisation -----------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "layers": self.layers,
-                "nodes": [asdict(n) for n in self.nodes],
-                "edges": {"src": self.src.tolist(), "dst": self.dst.tolist(), "w": self.w.tolist()},
-                "metadata": _jsonable(self.metadata)}
+    def to_dict(self, bases: bool = True) -> dict[str, Any]:
+        """Plain JSON-able dict: layers, nodes, edges, metadata and (``bases``) every layer's C."""
+        out = {"format": FORMAT, "layers": self.layers,
+               "nodes": [asdict(n) for n in self.nodes],
+               "edges": {"src": self.src.tolist(), "dst": self.dst.tolist(), "w": self.w.tolist()},
+               "metadata": _jsonable(self.metadata)}
+        if bases and self.bases:
+            out["bases"] = {name: np.asarray(C).tolist() for name, (C, _) in self.bases.items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InteractionGraph:
@@ -144,7 +148,10 @@ class InteractionGraph:
             if np.any(layer_of[dst[sel]] != j + 1):
                 raise ValueError("edges must join adjacent layers")
             mats[j][dst[sel] - starts[j + 1], src[sel] - starts[j]] = w[sel]
-        return cls(layers, nodes, mats, None, data.get("metadata", {}))
+        lams = {name: np.array([n.Lambda for n in nodes if n.layer == name]) for name in layers}
+        bases = {name: (np.asarray(C, dtype=np.float64).reshape(-1, len(lams[name])), lams[name])
+                 for name, C in data.get("bases", {}).items()}
+        return cls(layers, nodes, mats, bases, data.get("metadata", {}))
 
     def to_json(self, path: str | os.PathLike) -> None:
         _atomic_write(path, json.dumps(self.to_dict()).encode())
