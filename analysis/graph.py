@@ -149,7 +149,7 @@ class InteractionGraph:
                 raise ValueError("edges must join adjacent layers")
             mats[j][dst[sel] - starts[j + 1], src[sel] - starts[j]] = w[sel]
         lams = {name: np.array([n.Lambda for n in nodes if n.layer == name]) for name in layers}
-        bases = {name: (np.asarray(C, dtype=np.float64).reshape(-1, len(lams[name])), lams[name])
+        bases = {name: (np.asarray(C, dtype=np.float64), lams[name])
                  for name, C in data.get("bases", {}).items()}
         return cls(layers, nodes, mats, bases, data.get("metadata", {}))
 
