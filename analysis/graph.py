@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .jsonutil import plain
+
 FORMAT = "intermod.graph/1"
 
 
@@ -122,7 +124,7 @@ class InteractionGraph:
         out = {"format": FORMAT, "layers": self.layers,
                "nodes": [asdict(n) for n in self.nodes],
                "edges": {"src": self.src.tolist(), "dst": self.dst.tolist(), "w": self.w.tolist()},
-               "metadata": _jsonable(self.metadata)}
+               "metadata": plain(self.metadata)}
         if bases and self.bases:
             out["bases"] = {name: np.asarray(C).tolist() for name, (C, _) in self.bases.items()}
         return out
@@ -192,7 +194,7 @@ class InteractionGraph:
         meta = {"format": FORMAT, "layers": json.dumps(self.layers),
                 "bias_direction": json.dumps([bool(self.is_bias[self.node_offset[n]]) if self.layer_sizes[n] else False
                                               for n in self.layers]),
-                "metadata": json.dumps(_jsonable(self.metadata))}
+                "metadata": json.dumps(plain(self.metadata))}
         _atomic_write(path, save(tensors, metadata=meta))
 
     @classmethod
@@ -210,18 +212,6 @@ class InteractionGraph:
             bases = {n: (f.get_tensor(f"C/{n}"), lam) for n, lam in zip(layers, lams) if f"C/{n}" in keys}
         return cls.from_arrays(layers, lams, mats, bias_direction=json.loads(meta["bias_direction"]),
                                bases=bases, metadata=json.loads(meta["metadata"]))
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
 
 
 def _atomic_write(path: str | os.PathLike, data: bytes) -> None:

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 from intermod import analysis as ia
 from intermod.analysis import examples
+from intermod.analysis.jsonutil import json_default
 
 from .client import Client
-from .report import jsonable, partition_table
+from .report import partition_table
 from .spawn import running_server
 
 RESOLUTIONS = (0.01, 0.05, 0.2, 1.0)
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         result = {"example": ex.name, "server": server.address, "graph_id": graph_id,
                   "graph": info.summary, "partition": part.to_dict(), "recovery": found,
                   "seconds": {"graph": seconds_graph, "total": time.perf_counter() - start}}
-        (out / "result.json").write_text(json.dumps(result, default=jsonable, indent=2))
+        (out / "result.json").write_text(json.dumps(result, default=json_default, indent=2))
     print(f"wrote {out / 'graph.png'} and {out / 'result.json'} "
           f"({time.perf_counter() - start:.1f} s)")
 

@@ -2,27 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import numpy as np
-
-
-def jsonable(obj: Any) -> Any:
-    """json.dumps default for numpy values."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    if hasattr(obj, "__dataclass_fields__"):
-        return {k: getattr(obj, k) for k in obj.__dataclass_fields__}
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, default=jsonable, indent=2)
+from intermod.analysis import jsonutil
 
 
 def partition_table(partition: Any, layers: list[str]) -> str:
@@ -38,3 +20,8 @@ def partition_table(partition: Any, layers: list[str]) -> str:
                 f"{partition.quality:.4g}, epsilon {partition.epsilon:g}, "
                 f"{len(partition.inactive)} inactive nodes")
     return "\n".join(rows)
+
+
+def dumps(obj: Any) -> str:
+    """Indented JSON for people and scripts (``--json`` output, result files)."""
+    return jsonutil.dumps(obj, indent=2)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 import numpy as np
 from google.protobuf import json_format
+from intermod.analysis.jsonutil import dumps
 from intermod.analysis.partition import OBJECTIVE_ALIASES
 from intermod.v1 import intermod_pb2 as pb
 
@@ -19,19 +19,6 @@ JOB_STATES = {"queued": pb.JOB_STATE_QUEUED, "running": pb.JOB_STATE_RUNNING,
               "cancelled": pb.JOB_STATE_CANCELLED, "interrupted": pb.JOB_STATE_INTERRUPTED}
 
 
-def to_jsonable(obj: Any) -> Any:
-    """json.dumps default: numpy scalars and arrays to Python numbers and lists, else str."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    return str(obj)  # torch dtypes, devices and other metadata values
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, default=to_jsonable)
 
 
 def spec_to_dict(spec: pb.ModelSpec) -> dict:

@@ -11,7 +11,6 @@ No ground truth is known: this is the real-data case, where only truth-free meas
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch
 
 from .base import Example
 from .cache import DATA_DIR, load_or_train, save_weights
-from .training import deterministic, mlp, node_layers
+from .training import deterministic, fit, mlp, node_layers
 
 __all__ = ["CONFIG", "TARGET_ACCURACY", "build", "load_data", "train"]
 
@@ -49,20 +48,10 @@ def train(config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, An
     x, y, x_test, y_test = load_data(config)
     with deterministic(config["seed"]):
         model = mlp(config["widths"])
-        opt = torch.optim.AdamW(model.parameters(), lr=config["lr"],
-                                weight_decay=config["weight_decay"])
-        steps = config["steps"]
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
-        for _ in range(steps):
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            sched.step()
+        loss = fit(model, lambda: torch.nn.functional.cross_entropy(model(x), y), config)
         with torch.no_grad():
             acc = float((model(x_test).argmax(1) == y_test).double().mean())
-    info = {"test_accuracy": acc, "train_loss": float(loss.detach())}
+    info = {"test_accuracy": acc, "train_loss": float(loss)}
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, info
 
 

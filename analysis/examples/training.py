@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,3 +54,18 @@ def mlp(widths: Sequence[int], dtype: torch.dtype = torch.float64) -> nn.Sequent
 def node_layers(model: nn.Sequential) -> list[str]:
     """Inputs of every Linear layer of a Sequential, then ``"output"``."""
     return [name for name, m in model.named_children() if isinstance(m, nn.Linear)] + ["output"]
+
+
+def fit(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], config: dict[str, Any]) -> torch.Tensor:
+    """Full-batch AdamW (``lr``, ``weight_decay``) with a cosine learning-rate decay over
+    ``steps`` steps; ``loss_fn()`` computes the loss of the current model. Returns the last loss."""
+    opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    steps = config["steps"]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return loss.detach()

@@ -20,14 +20,13 @@ variance when the other task's input is held fixed (:class:`~.truth.ProductTruth
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from .base import Example
 from .cache import DATA_DIR, load_or_train, save_weights
-from .training import deterministic, mlp, node_layers
+from .training import deterministic, fit, mlp, node_layers
 from .truth import ProductTruth
 
 __all__ = ["CONFIG", "TARGET_R2", "build", "task_targets", "train"]
@@ -71,21 +70,11 @@ def train(config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, An
         mu, sd = y_raw.mean(0), y_raw.std(0)
         y, y_test = (y_raw - mu) / sd, (task_targets(x_test) - mu) / sd
         model = mlp(config["widths"])
-        opt = torch.optim.AdamW(model.parameters(), lr=config["lr"],
-                                weight_decay=config["weight_decay"])
-        steps = config["steps"]
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
-        for _ in range(steps):
-            opt.zero_grad()
-            loss = ((model(x) - y) ** 2).mean()
-            loss.backward()
-            opt.step()
-            sched.step()
+        loss = fit(model, lambda: ((model(x) - y) ** 2).mean(), config)
         with torch.no_grad():
             resid = ((model(x_test) - y_test) ** 2).mean(0)
             r2 = (1 - resid / y_test.var(0)).tolist()
-    info = {"test_r2": r2, "train_mse": float(loss.detach())}
+    info = {"test_r2": r2, "train_mse": float(loss)}
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, info
 
 
