@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .jsonutil import plain
+
 FORMAT = "intermod.graph/1"
 
 
@@ -117,11 +119,15 @@ class InteractionGraph:
         return f"InteractionGraph({sizes}; {self.n_edges} edges)"
 
     # -- serialisation -----------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "layers": self.layers,
-                "nodes": [asdict(n) for n in self.nodes],
-                "edges": {"src": self.src.tolist(), "dst": self.dst.tolist(), "w": self.w.tolist()},
-                "metadata": _jsonable(self.metadata)}
+    def to_dict(self, bases: bool = True) -> dict[str, Any]:
+        """Plain JSON-able dict: layers, nodes, edges, metadata and (``bases``) every layer's C."""
+        out = {"format": FORMAT, "layers": self.layers,
+               "nodes": [asdict(n) for n in self.nodes],
+               "edges": {"src": self.src.tolist(), "dst": self.dst.tolist(), "w": self.w.tolist()},
+               "metadata": plain(self.metadata)}
+        if bases and self.bases:
+            out["bases"] = {name: np.asarray(C).tolist() for name, (C, _) in self.bases.items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InteractionGraph:
@@ -144,7 +150,10 @@ class InteractionGraph:
             if np.any(layer_of[dst[sel]] != j + 1):
                 raise ValueError("edges must join adjacent layers")
             mats[j][dst[sel] - starts[j + 1], src[sel] - starts[j]] = w[sel]
-        return cls(layers, nodes, mats, None, data.get("metadata", {}))
+        lams = {name: np.array([n.Lambda for n in nodes if n.layer == name]) for name in layers}
+        bases = {name: (np.asarray(C, dtype=np.float64), lams[name])
+                 for name, C in data.get("bases", {}).items()}
+        return cls(layers, nodes, mats, bases, data.get("metadata", {}))
 
     def to_json(self, path: str | os.PathLike) -> None:
         _atomic_write(path, json.dumps(self.to_dict()).encode())
@@ -185,7 +194,7 @@ class InteractionGraph:
         meta = {"format": FORMAT, "layers": json.dumps(self.layers),
                 "bias_direction": json.dumps([bool(self.is_bias[self.node_offset[n]]) if self.layer_sizes[n] else False
                                               for n in self.layers]),
-                "metadata": json.dumps(_jsonable(self.metadata))}
+                "metadata": json.dumps(plain(self.metadata))}
         _atomic_write(path, save(tensors, metadata=meta))
 
     @classmethod
@@ -203,18 +212,6 @@ class InteractionGraph:
             bases = {n: (f.get_tensor(f"C/{n}"), lam) for n, lam in zip(layers, lams) if f"C/{n}" in keys}
         return cls.from_arrays(layers, lams, mats, bias_direction=json.loads(meta["bias_direction"]),
                                bases=bases, metadata=json.loads(meta["metadata"]))
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
 
 
 def _atomic_write(path: str | os.PathLike, data: bytes) -> None:

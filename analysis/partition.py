@@ -25,6 +25,7 @@ import numpy as np
 from .graph import InteractionGraph
 
 OBJECTIVES = ("cpm", "modularity")
+MAX_ROUNDS = 50
 _RNG_LOCK = threading.Lock()
 
 
@@ -173,18 +174,28 @@ def _leiden(g: ig.Graph, weights: np.ndarray, objective: str, resolution: float,
                    initial_membership=None if initial is None else initial.tolist())
         opt = la.Optimiser()
         opt.set_rng_seed(seed)
-        opt.optimise_partition(part, n_iterations=-1, is_membership_fixed=fixed.tolist())
+        for _ in range(MAX_ROUNDS):
+            if opt.optimise_partition(part, n_iterations=1, is_membership_fixed=fixed.tolist()) <= 0:
+                break
         return np.asarray(part.membership, dtype=np.int64)
+    # Leiden rounds from the previous membership until the quality stops rising (at most
+    # MAX_ROUNDS): igraph's own "until stable" (n_iterations=-1) can cycle forever on some graphs.
+    membership = None if initial is None else initial.tolist()
+    best = -math.inf
     with _RNG_LOCK:  # igraph draws from a process-wide RNG: seed it, run, restore
         ig.set_random_number_generator(random.Random(seed))
         try:
-            cl = g.community_leiden(objective_function="CPM" if objective == "cpm" else "modularity",
-                                    weights=weights, resolution=resolution, beta=0.01,
-                                    n_iterations=-1,
-                                    initial_membership=None if initial is None else initial.tolist())
+            for _ in range(MAX_ROUNDS):
+                cl = g.community_leiden(objective_function="CPM" if objective == "cpm" else "modularity",
+                                        weights=weights, resolution=resolution, beta=0.01,
+                                        n_iterations=2, initial_membership=membership)
+                membership = cl.membership
+                if cl.quality <= best + 1e-12 * max(1.0, abs(best)):
+                    break
+                best = cl.quality
         finally:
             ig.set_random_number_generator(random)
-    return np.asarray(cl.membership, dtype=np.int64)
+    return np.asarray(membership, dtype=np.int64)
 
 
 def _canonical(labels: np.ndarray) -> np.ndarray:

@@ -7,14 +7,7 @@ from intermod import analysis as ia
 from reference import align_signs, aug_section, gauss_legendre, rotation
 from torch import nn
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    """float64 by default inside this module's tests only (no global state leaks to others)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def tiny_mlp():

@@ -40,6 +40,7 @@ def test_json_round_trip(graph, tmp_path):
     for a, b in zip(graph.layers, graph.layers[1:]):
         np.testing.assert_array_equal(back.edge_matrix(a, b), graph.edge_matrix(a, b))
     assert json.loads((tmp_path / "g.json").read_text())["format"] == "intermod.graph/1"
+    np.testing.assert_array_equal(back.bases["2"][0], graph.bases["2"][0])   # C travels too
 
 
 def test_safetensors_round_trip(graph, tmp_path):

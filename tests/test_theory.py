@@ -8,14 +8,7 @@ from intermod import analysis as ia
 from intermod.analysis.examples import deep_linear, planted
 from torch import nn
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    """float64 by default inside this module's tests only (no global state leaks to others)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 # -- Appendix A: deep linear network -----------------------------------------------------------

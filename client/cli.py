@@ -1,0 +1,451 @@
+"""The ``intermod`` command line: serve, analyse, search modules, sweep, score, export.
+
+Every command takes ``--json`` for scripts; a failure prints one line to stderr and exits 1.
+Remote commands talk to ``--address`` (``INTERMOD_ADDRESS``, default 127.0.0.1:50051) with
+``--token`` (``INTERMOD_TOKEN``); ``--local`` runs the library in process on files instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .report import dumps, partition_table
+
+OPTION_FLAGS = {  # graph option -> (flag, type, help)
+    "jacobian_target": ("--jacobian-target", str, "output | next_layer"),
+    "tol_G": ("--tol-G", float, "relative cut-off of G's eigenvalues"),
+    "tol_M": ("--tol-M", float, "relative cut-off of M's eigenvalues"),
+    "scaling": ("--scaling", str, "sqrt | inverse"),
+    "kind": ("--kind", str, "interaction | pca | neuron"),
+    "n_probes": ("--n-probes", int, "random +-1 probes for wide outputs"),
+    "edge_method": ("--edge-method", str, "gradient | integrated"),
+    "n_alpha": ("--n-alpha", int, "integration points of edge_method=integrated"),
+    "batch_size": ("--batch-size", int, "samples per batch"),
+    "dtype": ("--dtype", str, "float64 | float32"),
+    "seed": ("--seed", int, "random seed"),
+}
+SEARCH_FLAGS = {
+    "epsilon": ("--epsilon", float, "noise scale epsilon > 0"),
+    "objective": ("--objective", str, "cpm | modularity"),
+    "resolution": ("--resolution", float, "Leiden resolution gamma"),
+    "n_modules": ("--n-modules", int, "target number of modules (bisection on gamma)"),
+    "seed": ("--seed", int, "random seed"),
+    "n_restarts": ("--n-restarts", int, "restarts, best kept"),
+}
+
+
+# helpers
+def _client(args: argparse.Namespace):
+    from .client import Client
+    return Client(args.address, token=args.token or None, tls=args.tls_ca or None)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(dumps(data) if args.json else text)
+
+
+def _graph_options(args: argparse.Namespace) -> dict[str, Any]:
+    opts = {k: getattr(args, k) for k in OPTION_FLAGS if getattr(args, k, None) is not None}
+    for name in ("center", "include_bias"):
+        if getattr(args, name) is not None:
+            opts[name] = getattr(args, name)
+    return opts
+
+
+def _search(args: argparse.Namespace) -> dict[str, Any]:
+    kw = {k: getattr(args, k) for k in SEARCH_FLAGS if getattr(args, k, None) is not None}
+    if args.include_bias_node:
+        kw["include_bias"] = True
+    return kw
+
+
+def _load_data(path: str, tensor: str = "") -> Any:
+    """A .npy (no pickles) or .safetensors file as a torch tensor."""
+    import torch
+    from safetensors.torch import load_file
+    p = Path(path)
+    if p.suffix == ".npy":
+        return torch.from_numpy(np.load(p, allow_pickle=False))
+    tensors = load_file(p)
+    if not tensor:
+        if len(tensors) != 1:
+            raise ValueError(f"{path} holds {sorted(tensors)}; choose one with --data-tensor")
+        tensor = next(iter(tensors))
+    return tensors[tensor]
+
+
+def _local_model(args: argparse.Namespace) -> Any:
+    from intermod.server.model_spec import SpecError, load_model
+    from safetensors.torch import load_file
+    if not (args.spec and args.weights and args.data):
+        raise ValueError("--local needs --spec, --weights and --data files")
+    try:
+        return load_model(json.loads(Path(args.spec).read_text()), load_file(args.weights))
+    except SpecError as exc:
+        raise ValueError(f"{args.spec}: {exc}") from None
+
+
+def _remote_model(args: argparse.Namespace, client: Any) -> str:
+    if args.model:
+        return args.model
+    if not (args.spec and args.weights):
+        raise ValueError("give --model ID, or --spec and --weights")
+    spec = json.loads(Path(args.spec).read_text())
+    return client.register_model(spec, args.weights, name=Path(args.spec).stem).id
+
+
+def _remote_data(args: argparse.Namespace) -> Path | str | None:
+    """The data file to upload, or the id of a tensor set on the server, or None."""
+    if args.data:
+        path = Path(args.data)
+        if not path.is_file():
+            raise FileNotFoundError(f"--data {args.data}: no such file")
+        return path
+    return args.data_id or None
+
+
+def _load_graph(path: str) -> Any:
+    from intermod import analysis as ia
+    return ia.InteractionGraph.from_json(Path(path))
+
+
+def _partition_dict(part: Any) -> dict:
+    return part.to_dict()
+
+
+# commands
+def cmd_serve(args: argparse.Namespace) -> None:
+    from intermod.server import ServerConfig, serve
+    serve(ServerConfig(
+        host=args.host, port=args.port, data_dir=Path(args.data_dir), token=args.token or None,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None, device=args.device,
+        max_upload_bytes=args.max_upload_bytes, max_samples=args.max_samples,
+        max_nodes=args.max_nodes, max_queued_jobs=args.max_queued_jobs,
+        graph_cache_size=args.graph_cache, operator_models=tuple(args.operator_model)),
+        json_output=args.json)
+
+
+def cmd_analyze(args: argparse.Namespace) -> None:
+    options = _graph_options(args)
+    if args.local:
+        from intermod import analysis as ia
+        model, data = _local_model(args), _load_data(args.data, args.data_tensor)
+        if not args.layers:
+            raise ValueError("--local needs --layers")
+        basis_kw = {k: v for k, v in options.items() if k not in ("edge_method", "n_alpha")}
+        graph_kw = {k: v for k, v in options.items()
+                    if k in ("edge_method", "n_alpha", "n_probes", "batch_size")}
+        if "dtype" in options:
+            import torch
+            basis_kw["dtype"] = graph_kw["dtype"] = getattr(torch, options["dtype"])
+        progress = not (args.no_progress or args.json)
+        basis = ia.compute_basis(model, data, args.layers, progress=progress, **basis_kw)
+        graph = ia.build_graph(model, data, basis, progress=progress, **graph_kw)
+        out = Path(args.out or "graph.json")
+        graph.to_json(out)
+        _emit(args, {"path": str(out), **graph.summary()}, str(out))
+        return
+    with _client(args) as client:
+        data = _remote_data(args)
+        job_id = client.submit(_remote_model(args, client), data, args.layers or (),
+                               data_tensor=args.data_tensor, **options)
+        job = client.watch(job_id, progress=not (args.no_progress or args.json))
+        if job.state != "succeeded":
+            raise RuntimeError(f"job {job.id} {job.state}: {job.error}")
+        _emit(args, {"graph_id": job.graph_id, "job_id": job.id,
+                     "elapsed_seconds": job.elapsed}, job.graph_id)
+
+
+def cmd_modules(args: argparse.Namespace) -> None:
+    if args.local:
+        from intermod import analysis as ia
+        graph = _load_graph(args.graph)
+        part, layers = ia.find_modules(graph, **_search(args)), graph.layers
+    else:
+        with _client(args) as client:
+            part = client.find_modules(args.graph, **_search(args))
+            layers = client.graph_info(args.graph).layers
+    if args.out:
+        Path(args.out).write_text(dumps(_partition_dict(part)))
+    _emit(args, _partition_dict(part), partition_table(part, layers))
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    search = {k: v for k, v in _search(args).items() if k not in ("epsilon", "resolution")}
+    if args.local:
+        from intermod import analysis as ia
+        graph = _load_graph(args.graph)
+        grid = [(e, r) for e in args.epsilons for r in (args.resolutions or [None])]
+        parts = (ia.find_modules(graph, epsilon=e, **search,
+                                 **({} if r is None else {"resolution": r})) for e, r in grid)
+        _print_sweep(args, parts)
+        return
+    with _client(args) as client:
+        _print_sweep(args, client.sweep(args.graph, args.epsilons, args.resolutions or (),
+                                        **search))
+
+
+def _print_sweep(args: argparse.Namespace, parts: Any) -> None:
+    rows = []
+    if not args.json:
+        print(f"{'epsilon':>10} {'resolution':>10} {'modules':>7} {'cost':>10} {'cost_units':>10}"
+              f" {'quality':>10}")
+    for p in parts:
+        row = {"epsilon": p.epsilon, "resolution": p.resolution, "n_modules": p.n_modules,
+               "cost": p.cost, "cost_units": p.cost_units, "quality": p.quality,
+               "membership": np.asarray(p.membership).tolist()}
+        rows.append(row)
+        if not args.json:
+            print(f"{p.epsilon:>10.3g} {p.resolution:>10.4g} {p.n_modules:>7} {p.cost:>10.4g} "
+                  f"{p.cost_units:>10.4g} {p.quality:>10.4g}", flush=True)
+    if args.json:
+        print(dumps(rows))
+
+
+def _read_membership(path: str) -> np.ndarray:
+    p = Path(path)
+    if p.suffix == ".npy":
+        return np.load(p, allow_pickle=False).astype(np.int64)
+    data = json.loads(p.read_text())
+    return np.asarray(data["membership"] if isinstance(data, dict) else data, dtype=np.int64)
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    membership = _read_membership(args.membership)
+    if args.local:
+        from intermod import analysis as ia
+        score = ia.partition_cost(_load_graph(args.graph), membership, args.epsilon)
+    else:
+        with _client(args) as client:
+            score = client.score(args.graph, membership, args.epsilon)
+    data = {"cost": float(score.cost), "cost_units": float(score.cost_units),
+            "n_cut_edges": int(score.n_cut_edges)}
+    _emit(args, data, f"cost {data['cost']:.6g} nats ({data['cost_units']:.6g} units), "
+                      f"{data['n_cut_edges']} cut edges")
+
+
+def _export(args: argparse.Namespace, fmt: str, search: dict | None) -> None:
+    out = Path(args.out)
+    if args.local:
+        from intermod import analysis as ia
+        graph = _load_graph(args.graph)
+        if fmt in ("png", "svg"):
+            part = ia.find_modules(graph, **search) if search is not None else None
+            kw = {"top_n": args.top_n} if getattr(args, "top_n", None) else {}
+            ia.plot_graph(graph, partition=part, path=out, **kw)
+        else:
+            {"json": graph.to_json, "graphml": graph.to_graphml,
+             "safetensors": graph.save_safetensors}[fmt](out)
+    else:
+        with _client(args) as client:
+            client.export(args.graph, fmt, out, modules=search,
+                          top_n=getattr(args, "top_n", None))
+    _emit(args, {"path": str(out), "format": fmt, "bytes": out.stat().st_size}, str(out))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    fmt = args.format or Path(args.out).suffix.lstrip(".").lower()
+    if fmt not in ("json", "graphml", "safetensors", "png", "svg"):
+        raise ValueError(f"unknown export format {fmt!r}; use --format "
+                         "json|graphml|safetensors|png|svg")
+    _export(args, fmt, None)
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    fmt = Path(args.out).suffix.lstrip(".").lower()
+    if fmt not in ("png", "svg"):
+        raise ValueError(f"--out must end in .png or .svg, got {args.out!r}")
+    _export(args, fmt, None if args.no_modules else _search(args))
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        models = client.models()
+    text = "\n".join(f"{m.id:<24} {m.source:<9} {m.name:<20} {m.n_parameters:>9} params  "
+                     f"{' '.join(m.layers)}" for m in models) or "(no models)"
+    _emit(args, models, text)
+
+
+def cmd_graphs(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        if args.delete:
+            client.delete_graph(args.delete)
+            _emit(args, {"deleted": args.delete}, f"deleted {args.delete}")
+            return
+        graphs = client.graphs()
+    text = "\n".join(f"{g.id:<20} {g.model_id:<20} {g.n_nodes:>6} nodes {g.n_edges:>8} edges  "
+                     f"{' '.join(g.layers)}" for g in graphs) or "(no graphs)"
+    _emit(args, graphs, text)
+
+
+def cmd_job(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        if args.cancel:
+            job = client.cancel(args.job)
+        elif args.watch:
+            job = client.watch(args.job, progress=not args.json)
+        else:
+            job = client.job(args.job)
+    _emit(args, job, f"{job.id} {job.state} {job.fraction:.0%} {job.stage} "
+                     f"{job.graph_id or job.error}")
+
+
+def cmd_diagnose(args: argparse.Namespace) -> None:
+    if args.local:
+        from intermod import analysis as ia
+        report = ia.diagnose(_local_model(args), _load_data(args.data, args.data_tensor),
+                             args.layers, args.epsilon, progress=not args.json).to_dict()
+    else:
+        with _client(args) as client:
+            report = client.diagnose(_remote_model(args, client), _remote_data(args),
+                                     args.layers or (), args.epsilon,
+                                     data_tensor=args.data_tensor)
+    print(dumps(report))
+
+
+# parser
+def _common(p: argparse.ArgumentParser, remote: bool = True) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    if remote:
+        p.add_argument("--address", default=os.environ.get("INTERMOD_ADDRESS",
+                                                           "127.0.0.1:50051"))
+        p.add_argument("--token", default=os.environ.get("INTERMOD_TOKEN"),
+                       help="bearer token (default $INTERMOD_TOKEN)")
+        p.add_argument("--tls-ca", help="PEM CA certificate: connect with TLS")
+
+
+def _flags(p: argparse.ArgumentParser, table: dict, skip: tuple = ()) -> None:
+    for name, (flag, typ, help_) in table.items():
+        if name not in skip:
+            p.add_argument(flag, dest=name, type=typ, help=help_)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="id of a model registered on the server")
+    p.add_argument("--spec", help="model spec JSON (intermod.v1.ModelSpec)")
+    p.add_argument("--weights", help="safetensors weights of --spec")
+    p.add_argument("--data", help=".npy or .safetensors data file")
+    p.add_argument("--data-id", help="id of a tensor set already on the server")
+    p.add_argument("--data-tensor", default="", help="tensor of a multi-tensor data file")
+    p.add_argument("--layers", nargs="+", help="node layers: module paths or 'output'")
+    p.add_argument("--local", action="store_true", help="run in process, no server")
+
+
+def _search_args(p: argparse.ArgumentParser, skip: tuple = ()) -> None:
+    _flags(p, SEARCH_FLAGS, skip)
+    p.add_argument("--include-bias-node", action="store_true",
+                   help="put the constant direction into the partition too")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="intermod", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, func: Callable, help_: str, remote: bool = True) -> Any:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        _common(p, remote)
+        return p
+
+    p = command("serve", cmd_serve, "run the gRPC server", remote=False)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=50051, help="0 = any free port")
+    p.add_argument("--data-dir", default="intermod-data")
+    p.add_argument("--token", default=os.environ.get("INTERMOD_TOKEN"),
+                   help="require this bearer token (default $INTERMOD_TOKEN)")
+    p.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key)")
+    p.add_argument("--tls-key", help="PEM private key")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:0,cuda:1")
+    p.add_argument("--max-upload-bytes", type=int, default=1 << 30)
+    p.add_argument("--max-samples", type=int, default=1_000_000)
+    p.add_argument("--max-nodes", type=int, default=20_000)
+    p.add_argument("--max-queued-jobs", type=int, default=16)
+    p.add_argument("--graph-cache", type=int, default=8, help="graphs kept in memory")
+    p.add_argument("--operator-model", action="append", default=[],
+                   metavar="[NAME=]MODULE:FUNCTION", help="register an operator model")
+
+    p = command("analyze", cmd_analyze, "compute an interaction graph (prints its id)")
+    _model_args(p)
+    _flags(p, OPTION_FLAGS)
+    for name in ("center", "include_bias"):
+        flag = name.replace("_", "-")
+        p.add_argument(f"--{flag}", dest=name, action="store_true", default=None)
+        p.add_argument(f"--no-{flag}", dest=name, action="store_false")
+    p.add_argument("--out", help="--local: where to write the graph JSON (graph.json)")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = command("modules", cmd_modules, "find the modules of a graph")
+    p.add_argument("graph", help="graph id (or graph JSON file with --local)")
+    _search_args(p)
+    p.add_argument("--out", help="also write the partition JSON here")
+    p.add_argument("--local", action="store_true")
+
+    p = command("sweep", cmd_sweep, "find modules over a grid of epsilon x resolution")
+    p.add_argument("graph")
+    p.add_argument("--epsilons", type=float, nargs="+", required=True)
+    p.add_argument("--resolutions", type=float, nargs="+")
+    _search_args(p, skip=("epsilon", "resolution"))
+    p.add_argument("--local", action="store_true")
+
+    p = command("score", cmd_score, "cost of a given partition")
+    p.add_argument("graph")
+    p.add_argument("--membership", required=True,
+                   help="JSON list, partition JSON or .npy of module ids")
+    p.add_argument("--epsilon", type=float, required=True)
+    p.add_argument("--local", action="store_true")
+
+    p = command("export", cmd_export, "export a graph (json, graphml, safetensors, png, svg)")
+    p.add_argument("graph")
+    p.add_argument("--out", required=True)
+    p.add_argument("--format", help="default: from --out's suffix")
+    p.add_argument("--local", action="store_true")
+
+    p = command("plot", cmd_plot, "draw a graph coloured by its modules (.png or .svg)")
+    p.add_argument("graph")
+    p.add_argument("--out", required=True)
+    p.add_argument("--top-n", type=int, help="strongest nodes drawn per layer")
+    p.add_argument("--no-modules", action="store_true", help="do not colour by modules")
+    _search_args(p)
+    p.add_argument("--local", action="store_true")
+
+    command("models", cmd_models, "list the server's models")
+
+    p = command("graphs", cmd_graphs, "list (or delete) the server's graphs")
+    p.add_argument("--delete", metavar="GRAPH_ID")
+
+    p = command("job", cmd_job, "show, watch or cancel a job")
+    p.add_argument("job")
+    p.add_argument("--watch", action="store_true")
+    p.add_argument("--cancel", action="store_true")
+
+    p = command("diagnose", cmd_diagnose, "degeneracy diagnostics of a model on data")
+    _model_args(p)
+    p.add_argument("--epsilon", type=float, default=1e-4)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("intermod: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line, non-zero exit
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"intermod: error: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

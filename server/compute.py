@@ -1,0 +1,140 @@
+"""Graph computations as the server runs them: request checks, then the library's calls.
+
+The checks catch bad requests before a job is queued (unknown layer, data the model cannot
+run on, too many samples or nodes, unknown option values), so they fail with
+INVALID_ARGUMENT naming the field instead of as a failed job.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from intermod import analysis as ia
+from intermod.v1 import intermod_pb2 as pb
+from torch import nn
+
+from .errors import InvalidArgument
+
+_CHOICES = {"jacobian_target": ("output", "next_layer"), "scaling": ("sqrt", "inverse"),
+            "kind": ("interaction", "pca", "neuron"), "edge_method": ("gradient", "integrated"),
+            "dtype": ("float64", "float32")}
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def graph_options(opts: pb.GraphOptions, max_samples: int) -> tuple[dict, dict]:
+    """Keyword arguments of compute_basis and build_graph for the options that are set."""
+    def field(name: str) -> str:
+        return f"options.{name}"
+
+    basis: dict[str, Any] = {}
+    graph: dict[str, Any] = {}
+    for name, allowed in _CHOICES.items():
+        value = getattr(opts, name)
+        if value and value not in allowed:
+            raise InvalidArgument(field(name), f"must be one of {list(allowed)}, got {value!r}")
+    if opts.jacobian_target:
+        basis["jacobian_target"] = opts.jacobian_target
+    for name in ("scaling", "kind"):
+        if getattr(opts, name):
+            basis[name] = getattr(opts, name)
+    if opts.edge_method:
+        graph["edge_method"] = opts.edge_method
+    if opts.dtype:
+        basis["dtype"] = graph["dtype"] = _DTYPES[opts.dtype]
+    for name in ("center", "include_bias"):
+        if opts.HasField(name):
+            basis[name] = getattr(opts, name)
+    for name, lib in (("tol_g", "tol_G"), ("tol_m", "tol_M")):
+        if opts.HasField(name):
+            value = getattr(opts, name)
+            if not (math.isfinite(value) and 0 <= value < 1):
+                raise InvalidArgument(field(name), f"must be in [0, 1), got {value}")
+            basis[lib] = value
+    for name, targets in (("n_probes", (basis, graph)), ("n_alpha", (graph,)),
+                          ("batch_size", (basis, graph))):
+        if opts.HasField(name):
+            value = getattr(opts, name)
+            if value <= 0:
+                raise InvalidArgument(field(name), f"must be positive, got {value}")
+            if name == "batch_size" and value > max_samples:
+                raise InvalidArgument(field(name), f"exceeds the sample limit {max_samples}")
+            for target in targets:
+                target[name] = value
+    if opts.HasField("seed"):
+        basis["seed"] = graph["seed"] = opts.seed
+    return basis, graph
+
+
+def resolve_layers(model: nn.Module, layers: list[str]) -> list[str]:
+    """Check that every node layer is a module path of `model` or "output"."""
+    if not layers:
+        raise InvalidArgument("layers", "required: name the node layers (module paths or "
+                                        "'output')")
+    names = {n for n, _ in model.named_modules() if n}
+    for i, layer in enumerate(layers):
+        if layer != "output" and layer not in names:
+            raise InvalidArgument(f"layers[{i}]", f"unknown layer {layer!r}; the model has "
+                                                  f"{sorted(names)[:50]} and 'output'")
+    if len(set(layers)) != len(layers):
+        raise InvalidArgument("layers", "a layer is named twice")
+    return layers
+
+
+def n_samples(inputs: Any) -> int | None:
+    """Number of samples of a tensor or a mapping of tensors; None for other inputs."""
+    if isinstance(inputs, torch.Tensor):
+        return int(inputs.shape[0]) if inputs.dim() else 0
+    if isinstance(inputs, dict) and inputs:
+        first = next(iter(inputs.values()))
+        return int(first.shape[0]) if isinstance(first, torch.Tensor) else None
+    return None
+
+
+def probe(model: nn.Module, inputs: Any, layers: list[str], max_nodes: int,
+          field: str = "data_tensor_set_id") -> None:
+    """Run the model on two samples: the data must fit it, and the node count the limit."""
+    if not isinstance(inputs, torch.Tensor):
+        return
+    modules = dict(model.named_modules())
+    widths: dict[str, int] = {}
+
+    def record(name: str) -> Callable:
+        def hook(_module: nn.Module, args: tuple) -> None:
+            widths.setdefault(name, int(args[0].shape[-1]))
+        return hook
+
+    hooks = [modules[name].register_forward_pre_hook(record(name))
+             for name in layers if name != "output"]
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    sample = inputs[:2]
+    if sample.is_floating_point() and params:
+        sample = sample.to(params[0].dtype)
+    try:
+        with torch.no_grad():
+            out = model(sample)
+    except Exception as exc:  # noqa: BLE001 - any failure means the data do not fit
+        raise InvalidArgument(field, f"the model cannot run on data of shape "
+                                     f"{tuple(inputs.shape)} and dtype {inputs.dtype}: "
+                                     f"{exc}") from None
+    finally:
+        for h in hooks:
+            h.remove()
+    if "output" in layers and isinstance(out, torch.Tensor):
+        widths["output"] = int(out.shape[-1])
+    nodes = sum(w + 1 for w in widths.values())
+    if nodes > max_nodes:
+        raise InvalidArgument("layers", f"{nodes} nodes exceed the server's limit of "
+                                        f"{max_nodes}; choose fewer or narrower layers")
+
+
+def compute_graph(model: nn.Module, inputs: Any, layers: list[str], basis_kw: dict,
+                  graph_kw: dict, device: str,
+                  progress: Callable[[str, int, int], None]) -> ia.InteractionGraph:
+    """Basis then graph, reporting progress as "basis/<stage>" and "graph/<stage>"."""
+    basis = ia.compute_basis(model, inputs, layers, device=device, progress=False,
+                             callback=lambda s, d, t: progress(f"basis/{s}", d, t), **basis_kw)
+    return ia.build_graph(model, inputs, basis, device=device, progress=False,
+                          callback=lambda s, d, t: progress(f"graph/{s}", d, t), **graph_kw)

@@ -1,0 +1,188 @@
+"""Declarative models: a list of layer specs <-> ``nn.Sequential`` (used by server and client).
+
+A spec is ``{"layers": [{"type": "linear", "in_features": 4, "out_features": 8}, {"type":
+"relu"}, ...]}`` (the JSON form of ``intermod.v1.ModelSpec``); weights follow the Sequential's
+state_dict names (``"0.weight"``, ``"0.bias"``). New layer types are added with
+:func:`register_layer`. Building a model never runs code from the client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+Spec = dict[str, Any]
+
+
+class SpecError(ValueError):
+    """A spec or its weights are invalid; `field` names the offending part."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class LayerType:
+    """How to build one layer type from its spec and recognise it in an existing model.
+
+    build(layer_spec, width_in) -> (module, width_out); width_in may be None (unknown).
+    describe(module) -> layer spec, or None when the module is not of this type.
+    """
+
+    build: Callable[[Spec, int | None], tuple[nn.Module, int | None]]
+    describe: Callable[[nn.Module], Spec | None]
+
+
+LAYER_TYPES: dict[str, LayerType] = {}
+
+
+def register_layer(name: str, build: Callable[[Spec, int | None], tuple[nn.Module, int | None]],
+                   describe: Callable[[nn.Module], Spec | None]) -> None:
+    """Add (or replace) a layer type of the declarative format."""
+    LAYER_TYPES[name] = LayerType(build, describe)
+
+
+def _positive(spec: Spec, key: str) -> int:
+    value = spec.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise SpecError(key, f"must be a positive integer, got {value!r}")
+    return value
+
+
+def _build_linear(spec: Spec, width: int | None) -> tuple[nn.Module, int | None]:
+    d_in, d_out = _positive(spec, "in_features"), _positive(spec, "out_features")
+    if width is not None and d_in != width:
+        raise SpecError("in_features", f"is {d_in} but the previous layer outputs {width}")
+    return nn.Linear(d_in, d_out, bias=spec.get("bias", True)), d_out
+
+
+def _describe_linear(m: nn.Module) -> Spec | None:
+    if type(m) is not nn.Linear:
+        return None
+    return {"type": "linear", "in_features": m.in_features, "out_features": m.out_features,
+            "bias": m.bias is not None}
+
+
+def _build_layernorm(spec: Spec, width: int | None) -> tuple[nn.Module, int | None]:
+    d = _positive(spec, "in_features")
+    if width is not None and d != width:
+        raise SpecError("in_features", f"is {d} but the previous layer outputs {width}")
+    affine = spec.get("elementwise_affine", True)
+    eps = spec.get("eps", 1e-5)
+    if not eps > 0:
+        raise SpecError("eps", f"must be > 0, got {eps!r}")
+    return nn.LayerNorm(d, eps=eps, elementwise_affine=affine,
+                        bias=spec.get("bias", True) and affine), d
+
+
+def _describe_layernorm(m: nn.Module) -> Spec | None:
+    if type(m) is not nn.LayerNorm or len(m.normalized_shape) != 1:
+        return None
+    return {"type": "layernorm", "in_features": m.normalized_shape[0], "eps": m.eps,
+            "elementwise_affine": m.elementwise_affine, "bias": m.bias is not None}
+
+
+def _build_gelu(spec: Spec, width: int | None) -> tuple[nn.Module, int | None]:
+    approximate = spec.get("approximate") or "none"
+    if approximate not in ("none", "tanh"):
+        raise SpecError("approximate", f"must be 'none' or 'tanh', got {approximate!r}")
+    return nn.GELU(approximate=approximate), width
+
+
+def _describe_gelu(m: nn.Module) -> Spec | None:
+    if type(m) is not nn.GELU:
+        return None
+    return {"type": "gelu", **({"approximate": m.approximate} if m.approximate != "none" else {})}
+
+
+def _elementwise(name: str, cls: type[nn.Module]) -> None:
+    register_layer(name, lambda spec, width: (cls(), width),
+                   lambda m: {"type": name} if type(m) is cls else None)
+
+
+register_layer("linear", _build_linear, _describe_linear)
+register_layer("layernorm", _build_layernorm, _describe_layernorm)
+register_layer("gelu", _build_gelu, _describe_gelu)
+for _name, _cls in {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
+                    "identity": nn.Identity}.items():
+    _elementwise(_name, _cls)
+
+
+def build_model(spec: Spec) -> nn.Sequential:
+    """The ``nn.Sequential`` of `spec` on the meta device: shapes only, no memory, so a spec
+    declaring huge layers costs nothing until its weights (size-limited uploads) match it."""
+    layers = spec.get("layers")
+    if not layers:
+        raise SpecError("spec.layers", "the spec has no layers")
+    modules, width = [], None
+    for i, layer in enumerate(layers):
+        kind = str(layer.get("type", "")).lower()
+        if kind not in LAYER_TYPES:
+            raise SpecError(f"spec.layers[{i}].type",
+                            f"unknown layer type {kind!r}; known: {sorted(LAYER_TYPES)}")
+        try:
+            with torch.device("meta"):
+                module, width = LAYER_TYPES[kind].build(layer, width)
+        except SpecError as exc:
+            raise SpecError(f"spec.layers[{i}].{exc.field}", exc.message) from None
+        modules.append(module)
+    return nn.Sequential(*modules)
+
+
+def load_model(spec: Spec, weights: Mapping[str, torch.Tensor]) -> nn.Sequential:
+    """Build `spec` and load `weights` (strict: names and shapes must match exactly)."""
+    model = build_model(spec)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise SpecError("weights", "spec/weights mismatch: "
+                        + "; ".join(p for p in (f"missing {missing}" if missing else "",
+                                                f"unexpected {unexpected}" if unexpected else "")
+                                    if p))
+    for name, tensor in weights.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise SpecError("weights", f"tensor {name!r} has shape {tuple(tensor.shape)}, the "
+                                       f"spec needs {tuple(expected[name].shape)}")
+        if not tensor.is_floating_point():
+            raise SpecError("weights", f"tensor {name!r} has dtype {tensor.dtype}; weights "
+                                       "must be floating point")
+    dtypes = {t.dtype for t in weights.values()}
+    if len(dtypes) > 1:
+        raise SpecError("weights", f"tensors mix dtypes {sorted(map(str, dtypes))}")
+    model = model.to_empty(device="cpu")
+    if dtypes:
+        model = model.to(dtypes.pop())
+    model.load_state_dict(dict(weights), strict=True)
+    return model.eval()
+
+
+def describe_model(model: nn.Module) -> tuple[Spec, dict[str, torch.Tensor]]:
+    """Spec and weights of an ``nn.Sequential`` built from registered layer types.
+
+    Raises TypeError naming the first module the declarative format cannot express.
+    """
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"only nn.Sequential models can be sent to a server, got "
+                        f"{type(model).__name__}; analyse other models in process with "
+                        "intermod.analysis, or have the server's operator register them")
+    layers = []
+    for i, module in enumerate(model):
+        for layer_type in LAYER_TYPES.values():
+            spec = layer_type.describe(module)
+            if spec is not None:
+                layers.append(spec)
+                break
+        else:
+            raise TypeError(f"layer {i} ({type(module).__name__}) has no declarative form "
+                            f"(supported: {sorted(LAYER_TYPES)}); analyse this model in "
+                            "process with intermod.analysis, or register the layer type with "
+                            "intermod.server.model_spec.register_layer on client and server")
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return {"layers": layers}, weights

@@ -1,0 +1,150 @@
+"""The `intermod` command line against a real server, and in process with --local."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from intermod import analysis as ia
+from intermod.client.cli import main
+from intermod.client.spawn import running_server
+from intermod.server.model_spec import describe_model
+from safetensors.torch import save_file
+from torch import nn
+
+LAYERS = ["0", "2", "output"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("cli") / "data") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """spec.json, weights.safetensors and data.npy of a small MLP."""
+    d = tmp_path_factory.mktemp("files")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2)).double()
+    spec, weights = describe_model(model)
+    (d / "spec.json").write_text(json.dumps(spec))
+    save_file(weights, d / "weights.safetensors")
+    data = np.random.default_rng(0).normal(size=(200, 3))
+    np.save(d / "data.npy", data)
+    return {"dir": d, "model": model, "data": torch.from_numpy(data)}
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys, *argv: str):
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def analyze(capsys, server, files, *extra: str) -> str:
+    d = files["dir"]
+    result = run_json(capsys, "analyze", "--spec", d / "spec.json", "--weights",
+                      d / "weights.safetensors", "--data", d / "data.npy", "--layers", *LAYERS,
+                      "--address", server.address, *extra)
+    return result["graph_id"]
+
+
+def test_analyze_modules_sweep_score_export(capsys, server, files, tmp_path):
+    gid = analyze(capsys, server, files, "--edge-method", "integrated", "--n-alpha", "4")
+    addr = ("--address", server.address)
+    basis = ia.compute_basis(files["model"], files["data"], LAYERS, progress=False)
+    local = ia.build_graph(files["model"], files["data"], basis, edge_method="integrated",
+                           n_alpha=4, progress=False)
+
+    part = run_json(capsys, "modules", gid, "--epsilon", "1e-3", *addr)
+    want = ia.find_modules(local, epsilon=1e-3)
+    assert part["membership"] == want.membership.tolist()
+    code, text, _ = run(capsys, "modules", gid, "--epsilon", "1e-3", *addr)
+    assert code == 0 and "modules, cost" in text
+
+    rows = run_json(capsys, "sweep", gid, "--epsilons", "1e-3", "1e-2", "--resolutions", "0.05",
+                    *addr)
+    assert [(r["epsilon"], r["resolution"]) for r in rows] == [(1e-3, 0.05), (1e-2, 0.05)]
+
+    (tmp_path / "part.json").write_text(json.dumps(part))
+    score = run_json(capsys, "score", gid, "--membership", tmp_path / "part.json",
+                     "--epsilon", "1e-3", *addr)
+    assert score["cost"] == pytest.approx(want.cost)
+
+    out = run_json(capsys, "export", gid, "--out", tmp_path / "g.graphml", *addr)
+    assert out["format"] == "graphml" and (tmp_path / "g.graphml").stat().st_size > 0
+    run_json(capsys, "plot", gid, "--out", tmp_path / "g.png", "--epsilon", "1e-3", *addr)
+    assert (tmp_path / "g.png").read_bytes().startswith(b"\x89PNG")
+
+    assert gid in [g["id"] for g in run_json(capsys, "graphs", *addr)]
+    assert any(m["source"] == "spec" for m in run_json(capsys, "models", *addr))
+    job = run_json(capsys, "job", client_job(server, gid), *addr)
+    assert job["state"] == "succeeded" and job["graph_id"] == gid
+
+
+def client_job(server, gid: str) -> str:
+    from intermod.client import Client
+    with Client(server.address) as c:
+        return c.graph_info(gid).job_id
+
+
+def test_local_mode_matches_server(capsys, server, files, tmp_path):
+    d = files["dir"]
+    gid = analyze(capsys, server, files)
+    out = run_json(capsys, "analyze", "--local", "--spec", d / "spec.json", "--weights",
+                   d / "weights.safetensors", "--data", d / "data.npy", "--layers", *LAYERS,
+                   "--out", tmp_path / "local.json")
+    assert out["n_nodes"] > 0
+    local = run_json(capsys, "modules", tmp_path / "local.json", "--local", "--epsilon", "1e-3")
+    remote = run_json(capsys, "modules", gid, "--epsilon", "1e-3", "--address", server.address)
+    assert local["membership"] == remote["membership"]
+    assert local["cost"] == pytest.approx(remote["cost"])
+    run_json(capsys, "plot", tmp_path / "local.json", "--local", "--out", tmp_path / "l.svg")
+    assert b"<svg" in (tmp_path / "l.svg").read_bytes()[:2000]
+
+
+def test_diagnose_remote_and_local(capsys, server, files):
+    d = files["dir"]
+    common = ["--spec", d / "spec.json", "--weights", d / "weights.safetensors", "--data",
+              d / "data.npy", "--layers", *LAYERS, "--epsilon", "1e-4"]
+    remote = run_json(capsys, "diagnose", *common, "--address", server.address)
+    local = run_json(capsys, "diagnose", *common, "--local")
+    want = ia.diagnose(files["model"], files["data"], LAYERS, 1e-4, progress=False).to_dict()
+    assert remote == local == json.loads(json.dumps(want))
+
+
+def test_errors_exit_nonzero_with_one_line(capsys, server, files):
+    d = files["dir"]
+    code, _, err = run(capsys, "modules", "g_missing", "--address", server.address)
+    assert code == 1 and err.startswith("intermod: error: NOT_FOUND") and err.count("\n") == 1
+    code, _, err = run(capsys, "analyze", "--spec", d / "spec.json", "--weights",
+                       d / "weights.safetensors", "--data", d / "data.npy", "--layers", "0",
+                       "9", "--address", server.address, "--no-progress")
+    assert code == 1 and "INVALID_ARGUMENT: layers[1]: unknown layer '9'" in err
+    assert err.count("\n") == 1
+    code, _, err = run(capsys, "modules", "g_x", "--epsilon", "-1", "--address", server.address)
+    assert code == 1 and "search.epsilon" in err
+
+
+def test_console_script(server):
+    script = Path(sys.executable).with_name("intermod")
+    ok = subprocess.run([script, "graphs", "--json", "--address", server.address], check=False,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and isinstance(json.loads(ok.stdout), list)
+
+
+
+def test_unreachable_server_is_one_line(capsys):
+    code, _, err = run(capsys, "graphs", "--address", "127.0.0.1:1")
+    assert code == 1 and err.startswith("intermod: error: UNAVAILABLE") and err.count("\n") == 1
