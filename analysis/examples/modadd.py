@@ -49,6 +49,7 @@ from ..graph import InteractionGraph
 from ..partition import Partition, find_modules
 from .base import Example
 from .fourier import fourier_labels, frequency_alignment
+from .training import deterministic
 
 __all__ = [
     "DEFAULT_LAYERS",
@@ -69,6 +70,7 @@ __all__ = [
 
 DEFAULT_LAYERS = ("mlp", "mlp.readout", "unembed", "output")
 _DATA = Path(__file__).resolve().parent / "data" / "modadd.safetensors"
+_F32 = torch.float32  # weights are float32 whatever torch's default dtype (reproducible training)
 
 
 @dataclass(frozen=True)
@@ -92,10 +94,10 @@ class _Attention(nn.Module):
     def __init__(self, d_model: int, n_heads: int) -> None:
         super().__init__()
         self.n_heads = n_heads
-        self.q = nn.Linear(d_model, d_model, bias=False)
-        self.k = nn.Linear(d_model, d_model, bias=False)
-        self.v = nn.Linear(d_model, d_model, bias=False)
-        self.o = nn.Linear(d_model, d_model, bias=False)
+        self.q = nn.Linear(d_model, d_model, bias=False, dtype=_F32)
+        self.k = nn.Linear(d_model, d_model, bias=False, dtype=_F32)
+        self.v = nn.Linear(d_model, d_model, bias=False, dtype=_F32)
+        self.o = nn.Linear(d_model, d_model, bias=False, dtype=_F32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, d = x.shape
@@ -114,7 +116,7 @@ class _Readout(nn.Module):
     def __init__(self, d_model: int, d_mlp: int) -> None:
         super().__init__()
         self.d_model = d_model
-        self.out = nn.Linear(d_mlp, d_model)
+        self.out = nn.Linear(d_mlp, d_model, dtype=_F32)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return z[..., : self.d_model] + self.out(z[..., self.d_model :])
@@ -125,7 +127,7 @@ class _MLP(nn.Module):
 
     def __init__(self, d_model: int, d_mlp: int) -> None:
         super().__init__()
-        self.fc_in = nn.Linear(d_model, d_mlp)
+        self.fc_in = nn.Linear(d_model, d_mlp, dtype=_F32)
         self.readout = _Readout(d_model, d_mlp)
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
@@ -133,16 +135,16 @@ class _MLP(nn.Module):
 
 
 class ModAddTransformer(nn.Module):
-    """One-layer transformer for (a + b) mod p: tokens (B, 3) int64 → logits (B, p)."""
+    """One-layer transformer for (a + b) mod p: tokens (B, 3) int64 → logits (B, p), float32."""
 
     def __init__(self, cfg: ModAddConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.p + 1, cfg.d_model)
-        self.pos = nn.Parameter(torch.zeros(3, cfg.d_model))
+        self.embed = nn.Embedding(cfg.p + 1, cfg.d_model, dtype=_F32)
+        self.pos = nn.Parameter(torch.zeros(3, cfg.d_model, dtype=_F32))
         self.attn = _Attention(cfg.d_model, cfg.n_heads)
         self.mlp = _MLP(cfg.d_model, cfg.d_mlp)
-        self.unembed = nn.Linear(cfg.d_model, cfg.p, bias=False)
+        self.unembed = nn.Linear(cfg.d_model, cfg.p, bias=False, dtype=_F32)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens) + self.pos
@@ -180,10 +182,15 @@ def accuracy(model: ModAddTransformer) -> dict[str, float]:
 
 def train(cfg: ModAddConfig = ModAddConfig(), log_every: int = 0) -> ModAddTransformer:
     """Train from scratch, deterministically for a given ``cfg.seed`` (full batch, AdamW
-    with betas (0.9, 0.98), linear warm-up over 10 steps, cross-entropy in float32).
-    The weight decay drives the network from memorising to the Fourier algorithm
+    with betas (0.9, 0.98), linear warm-up over 10 steps, cross-entropy in float32), inside
+    :func:`~intermod.analysis.examples.training.deterministic` (one thread, the caller's RNG
+    untouched). The weight decay drives the network from memorising to the Fourier algorithm
     ("grokking"); ``log_every`` > 0 prints losses and accuracies."""
-    torch.manual_seed(cfg.seed)
+    with deterministic(cfg.seed):
+        return _train(cfg, log_every)
+
+
+def _train(cfg: ModAddConfig, log_every: int) -> ModAddTransformer:
     model = ModAddTransformer(cfg)
     tokens, labels = all_inputs(cfg.p)
     tr, te = _split(cfg)
