@@ -261,6 +261,20 @@ class Client:
                                           spec=json_format.ParseDict(spec, pb.ModelSpec()))
         return _model_info(self._call("RegisterModel", request).model)
 
+    def register_hf(self, config: Mapping | str | Path, weights: Any, name: str = "") -> ModelInfo:
+        """Register a Hugging Face model: its config.json (a mapping or a path) and its weights
+        (a state dict, a .safetensors path or a tensor-set id). The server builds the
+        architecture from the config (no remote code) and checks the weights against it."""
+        if not isinstance(config, Mapping):
+            config = json.loads(Path(config).read_text())
+        if isinstance(weights, str) and not Path(weights).exists():
+            weights_id = weights
+        else:
+            weights_id = self.upload(weights, name=f"{name or 'hf'}-weights").id
+        request = pb.RegisterModelRequest(name=name, weights_tensor_set_id=weights_id,
+                                          hf_config_json=json.dumps(dict(config)))
+        return _model_info(self._call("RegisterModel", request).model)
+
     def models(self) -> list[ModelInfo]:
         return [_model_info(m) for m in self._call("ListModels", pb.ListModelsRequest()).models]
 

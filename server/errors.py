@@ -29,12 +29,17 @@ class ServiceError(Exception):
         return status_pb2.Status(code=self.code.value[0], message=self.message)
 
 
+MAX_DESCRIPTION = 1000
+
+
 class InvalidArgument(ServiceError):
     """INVALID_ARGUMENT naming the offending request field (google.rpc.BadRequest)."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
 
     def __init__(self, field: str, description: str) -> None:
+        if len(description) > MAX_DESCRIPTION:   # status details travel in size-capped metadata
+            description = description[:MAX_DESCRIPTION] + " …"
         super().__init__(f"{field}: {description}")
         self.field = field
         self.description = description

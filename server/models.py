@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from torch import nn
 
 from . import model_spec, tensors
@@ -85,6 +86,10 @@ def _load_example(name: str) -> LoadedModel:
 
 
 def _load_spec(spec: dict, weights_path: Path) -> LoadedModel:
+    """A client model: a declarative spec, or {"hf_config": config.json} (Hugging Face)."""
+    if "hf_config" in spec:
+        from intermod.analysis import hf
+        return LoadedModel(hf.model_from_config(spec["hf_config"], weights_path))
     return LoadedModel(model_spec.load_model(spec, tensors.load_all(weights_path)))
 
 
@@ -119,10 +124,27 @@ class ModelRegistry:
                 name, name, OPERATOR, lambda: _from_example_like(factory()),
                 description=description or (factory.__doc__ or "").strip().split("\n")[0])
 
+    def register_hf(self, name: str, config: dict, weights_path: Path) -> ModelEntry:
+        """Validate a Hugging Face config + safetensors weights (builds the model, no remote
+        code) and record it. Blocking."""
+        from intermod.analysis import hf
+        try:
+            model = hf.model_from_config(config, weights_path)
+        except (ValueError, KeyError, TypeError, RuntimeError, OSError, SafetensorError) as exc:
+            # RuntimeError: weights that do not fit the architecture (size mismatch)
+            raise InvalidArgument("hf_config_json", f"{type(exc).__name__}: {exc}") from None
+        rec = {"id": new_id("m"), "name": name, "spec": {"hf_config": config},
+               "weights_path": str(weights_path),
+               "n_parameters": sum(p.numel() for p in model.parameters()), "created": time.time()}
+        self.store.add_model(rec)
+        return self._add_spec_entry(rec)
+
     def _add_spec_entry(self, rec: dict) -> ModelEntry:
+        hf_config = rec["spec"].get("hf_config")
         entry = ModelEntry(rec["id"], rec["name"], SPEC,
                            lambda: _load_spec(rec["spec"], Path(rec["weights_path"])),
-                           spec=rec["spec"], n_parameters=rec["n_parameters"])
+                           spec=None if hf_config else rec["spec"], n_parameters=rec["n_parameters"],
+                           description=f"Hugging Face {hf_config.get('model_type')} model" if hf_config else "")
         with self._lock:
             self._entries[rec["id"]] = entry
         return entry

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,21 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
     async def RegisterModel(self, request: pb.RegisterModelRequest,
                             context: Any) -> pb.RegisterModelResponse:
         rec = self._tensor_set_record(request.weights_tensor_set_id, "weights_tensor_set_id")
-        spec = convert.spec_to_dict(request.spec)
-        entry = await asyncio.to_thread(self.models.register_spec,
-                                        request.name or "model", spec, Path(rec["path"]))
+        if request.hf_config_json:
+            if request.spec.layers:
+                raise InvalidArgument("spec", "give either a spec or an hf_config_json, not both")
+            try:
+                config = json.loads(request.hf_config_json)
+            except json.JSONDecodeError as exc:
+                raise InvalidArgument("hf_config_json", f"not JSON: {exc}") from None
+            if not isinstance(config, dict):
+                raise InvalidArgument("hf_config_json", "must be a JSON object")
+            entry = await asyncio.to_thread(self.models.register_hf, request.name or "model",
+                                            config, Path(rec["path"]))
+        else:
+            spec = convert.spec_to_dict(request.spec)
+            entry = await asyncio.to_thread(self.models.register_spec,
+                                            request.name or "model", spec, Path(rec["path"]))
         return pb.RegisterModelResponse(model=self._model_info(entry))
 
     @rpc
@@ -101,15 +114,14 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
         if tensor_set_id:
             rec = self._tensor_set_record(tensor_set_id, "data_tensor_set_id")
             names = [t["name"] for t in rec["tensors"]]
-            if not tensor:
-                if len(names) != 1:
-                    raise InvalidArgument("data_tensor", f"required: the tensor set holds "
-                                                         f"{names}")
-                tensor = names[0]
-            elif tensor not in names:
+            if tensor and tensor not in names:
                 raise InvalidArgument("data_tensor", f"no tensor {tensor!r} in the set; it "
                                                      f"holds {names}")
-            inputs = await asyncio.to_thread(tensors.load_tensor, Path(rec["path"]), tensor)
+            if tensor or len(names) == 1:
+                inputs = await asyncio.to_thread(tensors.load_tensor, Path(rec["path"]),
+                                                 tensor or names[0])
+            else:   # several tensors: keyword arguments (input_ids, attention_mask, ...)
+                inputs = await asyncio.to_thread(tensors.load_all, Path(rec["path"]))
         elif loaded.inputs is not None:
             inputs = loaded.inputs
         else:

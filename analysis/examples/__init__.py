@@ -34,6 +34,8 @@ _REGISTRY: dict[str, str] = {
     "two_tasks": "two_tasks",
     "deep_linear": "deep_linear",
     "digits": "digits",
+    "modadd": "modadd",
+    "minilm": "minilm",
 }
 
 

@@ -134,14 +134,16 @@ class ModelSpec(_message.Message):
     def __init__(self, layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ...) -> None: ...
 
 class RegisterModelRequest(_message.Message):
-    __slots__ = ("name", "spec", "weights_tensor_set_id")
+    __slots__ = ("name", "spec", "weights_tensor_set_id", "hf_config_json")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_TENSOR_SET_ID_FIELD_NUMBER: _ClassVar[int]
+    HF_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     name: str
     spec: ModelSpec
     weights_tensor_set_id: str
-    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[ModelSpec, _Mapping]] = ..., weights_tensor_set_id: _Optional[str] = ...) -> None: ...
+    hf_config_json: str
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[ModelSpec, _Mapping]] = ..., weights_tensor_set_id: _Optional[str] = ..., hf_config_json: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("model_id", "name", "source", "spec", "layers", "has_inputs", "n_parameters", "description")
