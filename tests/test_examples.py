@@ -13,13 +13,16 @@ from intermod.analysis.examples import digits, two_tasks
 from intermod.analysis.examples.truth import ProductTruth, group_shares
 
 
-@pytest.fixture(scope="module", params=examples.names())
+MLP_EXAMPLES = ["planted", "two_tasks", "deep_linear", "digits"]  # the transformers: test_modadd, test_hf
+
+
+@pytest.fixture(scope="module", params=MLP_EXAMPLES)
 def example(request) -> examples.Example:
     return examples.load(request.param)
 
 
-def test_registry_lists_the_four_examples():
-    assert set(examples.names()) == {"planted", "two_tasks", "deep_linear", "digits"}
+def test_registry_lists_the_examples():
+    assert set(examples.names()) == {*MLP_EXAMPLES, "modadd", "minilm"}
     with pytest.raises(ValueError, match="unknown example"):
         examples.load("no_such_example")
 
