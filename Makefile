@@ -26,6 +26,7 @@ test: install
 
 bench: install
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/transformer_models.py --out out/bench
 
 validate: install
 	$(BIN)/python -m intermod.analysis.validation
