@@ -44,7 +44,7 @@ def plot_graph(graph: InteractionGraph, partition: Partition | None = None,
         pos[ids, 1] = np.linspace(1, 0, len(ids)) if len(ids) > 1 else 0.5
     w_hat = cutoff_strength(graph.w, eps)
     sel = shown[graph.src] & shown[graph.dst] & (w_hat > 0)
-    height = max(4.0, min(14.0, 0.12 * max(graph.layer_sizes.values(), default=1)))
+    height = max(4.0, min(14.0, 0.12 * min(top_n, max(graph.layer_sizes.values(), default=1))))
     fig, ax = plt.subplots(figsize=(2.2 * len(graph.layers) + 2, height))
     cmap = plt.get_cmap("tab20")
     if sel.any():
