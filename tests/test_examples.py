@@ -12,7 +12,6 @@ from intermod.analysis.activations import layer_activations
 from intermod.analysis.examples import digits, two_tasks
 from intermod.analysis.examples.truth import ProductTruth, group_shares
 
-
 MLP_EXAMPLES = ["planted", "two_tasks", "deep_linear", "digits"]  # the transformers: test_modadd, test_hf
 
 
