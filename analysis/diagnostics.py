@@ -88,7 +88,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -99,6 +98,7 @@ from torch.func import functional_call
 
 from .behavioural import RTOL, BehaviouralResult, behavioural_rank, rank_eps
 from .inputs import Inputs, iter_batches, resolve_device
+from .nodes import _eval_mode
 from .progress import Progress
 from .synchrony import RELU_LIKE, SyncAccumulator, synchronisation
 
@@ -461,17 +461,6 @@ def _relu_block_ranks(P2: np.ndarray, J: np.ndarray, blocks: list[list[int]], ep
 
 
 # ----------------------------------------------------------------------------- entry point
-@contextmanager
-def _eval_mode(model: nn.Module):
-    """Dropout off and BatchNorm on running statistics while we measure (as the core does)."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def diagnose(model: nn.Module, inputs: Inputs, layers: Sequence[str], epsilon: float, *,
              include_bias: bool = True, center: bool = True, jacobian_target: str = "output",
              sync_tol: float | None = None, behavioural_max_params: int = 4096,
