@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..activations import node_activations
 from ..basis import Basis, compute_basis
 from ..edges import build_graph
 from ..graph import InteractionGraph
@@ -63,7 +64,6 @@ __all__ = [
     "graph_fourier_labels",
     "key_frequencies",
     "load_model",
-    "node_activations",
     "save",
     "train",
 ]
@@ -266,28 +266,6 @@ def key_frequencies(model: ModAddTransformer, share: float = 0.05) -> dict[int, 
     per_freq = per_freq / per_freq.sum()
     order = np.argsort(-per_freq)
     return {int(w + 1): float(per_freq[w]) for w in order if per_freq[w] >= share}
-
-
-def node_activations(
-    model: nn.Module, inputs: torch.Tensor, layers: Sequence[str]
-) -> dict[str, torch.Tensor]:
-    """Activations at node layers (inputs of the named modules; ``"output"``: the logits)."""
-    acts: dict[str, torch.Tensor] = {}
-    modules = dict(model.named_modules())
-    handles = [
-        modules[name].register_forward_pre_hook(
-            lambda mod, args, name=name: acts.__setitem__(name, args[0].detach())
-        )
-        for name in layers
-        if name != "output"
-    ]
-    try:
-        with torch.no_grad():
-            acts["output"] = model(inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return {name: acts[name] for name in layers}
 
 
 def graph_fourier_labels(

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..activations import node_activations
 from .base import Example
 
 LAYERS = ["0", "3", "6", "output"]
@@ -79,7 +80,7 @@ def build(n_modules: int = 2, widths: tuple[int, int, int, int] = (5, 8, 8, 3), 
 
     def contributions(layer: str) -> list[np.ndarray]:
         """Per module m: the layer's activations with every other module held at its mean."""
-        acts = _activations(model, X)[layer]
+        acts = node_activations(model, X, LAYERS)[layer]
         d = dims[layer]
         mixer = {"3": R1, "6": R2}.get(layer)
         raw = acts if mixer is None else acts @ torch.linalg.inv(mixer).T  # un-mix: blocks
@@ -110,14 +111,3 @@ def build(n_modules: int = 2, widths: tuple[int, int, int, int] = (5, 8, 8, 3), 
             f"hidden node layers; {'product' if iid_samples is None else 'i.i.d.'} data, n = {len(X)}")
     return Example("planted", model, X, list(LAYERS), desc, truth,
                    extra={"n_modules": n_modules, "widths": widths})
-
-
-def _activations(model: nn.Module, X: torch.Tensor) -> dict[str, torch.Tensor]:
-    acts = {}
-    hooks = [model[int(n)].register_forward_pre_hook(lambda m, a, n=n: acts.__setitem__(n, a[0].detach()))
-             for n in LAYERS[:-1]]
-    with torch.no_grad():
-        acts["output"] = model(X)
-    for h in hooks:
-        h.remove()
-    return acts
