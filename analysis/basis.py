@@ -211,9 +211,8 @@ def _next_layer_jacobians(s: _Setup, j: int, C_next: Tensor, n_probes: int | Non
     total = GramSum(net.point_dims[net.chain[j]] + aug, s.device)
     n = 0.0
     for batch, mask in s.batches(f"jacobians {net.chain[j]}"):
-        natural = net.natural_point(batch, j)
-        point, f_out, slot_leaf = net.section(batch, j, point=natural)
-        beta = as_samples(net.bias_tangent(batch, j, point=natural), mask)[0] if net.needs_tangent else None
+        point, f_out, slot_leaf = net.section(batch, j)
+        beta = as_samples(net.bias_tangent(batch, j), mask)[0] if net.needs_tangent else None
         fo, wo = as_samples(f_out.detach(), mask)
         wi = as_samples(point.detach(), mask)[1]
         if aug:

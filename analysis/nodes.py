@@ -309,15 +309,6 @@ class NodeModel:
                 path, leaf = name.rsplit(".", 1) if "." in name else ("", name)
                 self.model.get_submodule(path)._parameters[leaf] = value
 
-    def natural_point(self, batch: Batch, j: int) -> Tensor | None:
-        """The point of node layer j on ``batch`` for the ``nn.Sequential`` fast path (one forward
-        pass without grad); None otherwise, where :meth:`section` takes it from the prefix."""
-        if not self._sequential:
-            return None
-        with torch.no_grad():
-            self.forward(batch)
-        return self.last_points[self.chain[j]]
-
     def _sequential_section(self, j: int, point: Tensor, alpha: float, tangent: bool
                             ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Fast path for ``nn.Sequential`` cut at its children: run only the section's modules."""
