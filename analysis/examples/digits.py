@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from .base import Example
-from .cache import DATA_DIR, load_or_train, save_weights
-from .training import deterministic, fit, mlp, node_layers
+from .cache import DATA_DIR, save_weights
+from .training import deterministic, fit, mlp, node_layers, trained_mlp
 
 __all__ = ["CONFIG", "TARGET_ACCURACY", "build", "load_data", "train"]
 
@@ -57,14 +57,7 @@ def train(config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, An
 
 def build(retrain: bool = False, **overrides: Any) -> Example:
     """The trained ``digits`` example, analysed on the held-out images (n ≈ 359)."""
-    unknown = set(overrides) - set(CONFIG)
-    if unknown:
-        raise ValueError(f"unknown digits options: {sorted(unknown)}")
-    config = {**CONFIG, **overrides}
-    state, info, source = load_or_train("digits", config, train, retrain=retrain)
-    model = mlp(config["widths"])
-    model.load_state_dict(state)
-    model.eval()
+    model, config, info, source = trained_mlp("digits", CONFIG, overrides, train, retrain)
     _, _, x_test, y_test = load_data(config)
     return Example(
         name="digits",

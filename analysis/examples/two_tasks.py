@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from .base import Example
-from .cache import DATA_DIR, load_or_train, save_weights
-from .training import deterministic, fit, mlp, node_layers
+from .cache import DATA_DIR, save_weights
+from .training import deterministic, fit, mlp, node_layers, trained_mlp
 from .truth import ProductTruth
 
 __all__ = ["CONFIG", "TARGET_R2", "build", "task_targets", "train"]
@@ -92,14 +92,7 @@ def build(n_grid: int = 40, retrain: bool = False, **overrides: Any) -> Example:
     ``overrides`` replace entries of :data:`CONFIG` (e.g. ``weight_decay=0``); weights for a
     non-default configuration are trained once and cached. ``retrain`` ignores the caches.
     """
-    unknown = set(overrides) - set(CONFIG)
-    if unknown:
-        raise ValueError(f"unknown two_tasks options: {sorted(unknown)}")
-    config = {**CONFIG, **overrides}
-    state, info, source = load_or_train("two_tasks", config, train, retrain=retrain)
-    model = mlp(config["widths"])
-    model.load_state_dict(state)
-    model.eval()
+    model, config, info, source = trained_mlp("two_tasks", CONFIG, overrides, train, retrain)
     inputs = product_inputs(n_grid)
     layers = node_layers(model)
     return Example(
