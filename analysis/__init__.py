@@ -7,14 +7,18 @@ Usage::
     graph = ia.build_graph(model, inputs, basis)
     part = ia.find_modules(graph, epsilon=1e-4)
 
-This package never imports gRPC.
+Packages (see docs/architecture.md): :mod:`.core` is the method (nothing in it imports the
+others); :mod:`.diagnostics`, :mod:`.report`, :mod:`.validation`, :mod:`.examples` and
+:mod:`.models` use it. This package never imports gRPC.
 """
 
-from .basis import Basis, LayerBasis, compute_basis
-from .diagnostics import DegeneracyReport, LayerDiagnostics, diagnose, plot_spectra
-from .edges import build_graph
-from .graph import InteractionGraph, Node
-from .partition import (
+import importlib
+from typing import Any
+
+from .core.basis import Basis, LayerBasis, compute_basis
+from .core.edges import build_graph
+from .core.graph import InteractionGraph, Node
+from .core.partition import (
     Comparison,
     Module,
     Partition,
@@ -24,7 +28,8 @@ from .partition import (
     find_modules,
     partition_cost,
 )
-from .plot import plot_graph
+from .diagnostics import DegeneracyReport, LayerDiagnostics, diagnose, plot_spectra
+from .report.plot import plot_graph
 
 __all__ = [
     "Basis", "LayerBasis", "compute_basis", "build_graph", "InteractionGraph", "Node", "Module",
@@ -32,3 +37,14 @@ __all__ = [
     "partition_cost", "plot_graph",
     "DegeneracyReport", "LayerDiagnostics", "diagnose", "plot_spectra",
 ]
+
+# Modules that lived at the top of the package before the layout change, still reachable as
+# attributes (``from intermod.analysis import hf``); imported on first use.
+_MOVED = {"hf": ".models.hf", "remedies": ".validation.remedies", "recovery": ".validation.recovery",
+          "sentences": ".examples.sentences"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return importlib.import_module(_MOVED[name], __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

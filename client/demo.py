@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from intermod import analysis as ia
 from intermod.analysis import examples
-from intermod.analysis.jsonutil import json_default
+from intermod.analysis.core.jsonutil import json_default
 
 from .client import Client
 from .report import partition_table

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from intermod.analysis import jsonutil
+from intermod.analysis.core import jsonutil
 
 
 def partition_table(partition: Any, layers: list[str]) -> str:

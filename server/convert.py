@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 from google.protobuf import json_format
-from intermod.analysis.jsonutil import dumps
-from intermod.analysis.partition import OBJECTIVE_ALIASES
+from intermod.analysis.core.jsonutil import dumps
+from intermod.analysis.core.partition import OBJECTIVE_ALIASES
 from intermod.v1 import intermod_pb2 as pb
 
 from .errors import InvalidArgument

@@ -88,7 +88,7 @@ def _load_example(name: str) -> LoadedModel:
 def _load_spec(spec: dict, weights_path: Path) -> LoadedModel:
     """A client model: a declarative spec, or {"hf_config": config.json} (Hugging Face)."""
     if "hf_config" in spec:
-        from intermod.analysis import hf
+        from intermod.analysis.models import hf
         return LoadedModel(hf.model_from_config(spec["hf_config"], weights_path))
     return LoadedModel(model_spec.load_model(spec, tensors.load_all(weights_path)))
 
@@ -127,7 +127,7 @@ class ModelRegistry:
     def register_hf(self, name: str, config: dict, weights_path: Path) -> ModelEntry:
         """Validate a Hugging Face config + safetensors weights (builds the model, no remote
         code) and record it. Blocking."""
-        from intermod.analysis import hf
+        from intermod.analysis.models import hf
         try:
             model = hf.model_from_config(config, weights_path)
         except (ValueError, KeyError, TypeError, RuntimeError, OSError, SafetensorError) as exc:

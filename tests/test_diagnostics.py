@@ -11,9 +11,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from intermod.analysis.behavioural import behavioural_gradients, behavioural_rank, rank_eps
 from intermod.analysis.diagnostics import DegeneracyReport, diagnose, plot_spectra
-from intermod.analysis.synchrony import (
+from intermod.analysis.diagnostics.behavioural import behavioural_gradients, behavioural_rank, rank_eps
+from intermod.analysis.diagnostics.synchrony import (
     SyncAccumulator,
     approximate_blocks,
     block_measure,

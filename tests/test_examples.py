@@ -8,7 +8,7 @@ import pytest
 import torch
 from intermod import analysis as ia
 from intermod.analysis import examples
-from intermod.analysis.activations import layer_activations
+from intermod.analysis.core.activations import layer_activations
 from intermod.analysis.examples import digits, two_tasks
 from intermod.analysis.examples.truth import ProductTruth, group_shares
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 from intermod import analysis as ia
-from intermod.analysis import hf
-from intermod.analysis.sentences import BY_TOPIC, SENTENCES, TOPICS
+from intermod.analysis.examples.sentences import BY_TOPIC, SENTENCES, TOPICS
+from intermod.analysis.models import hf
 from safetensors.torch import save
 
 transformers = pytest.importorskip("transformers")

@@ -9,9 +9,9 @@ import pytest
 import torch
 from intermod import analysis as ia
 from intermod.analysis import examples
-from intermod.analysis.basis import LayerBasis
-from intermod.analysis.recovery import SweepRow, cross_share, edge_sparsity, plateau, transformed_sequential
-from intermod.analysis.remedies import (
+from intermod.analysis.core.basis import LayerBasis
+from intermod.analysis.validation.recovery import SweepRow, cross_share, edge_sparsity, plateau, transformed_sequential
+from intermod.analysis.validation.remedies import (
     degenerate_groups,
     energy_dependence,
     noise_epsilon,

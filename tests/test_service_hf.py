@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 from intermod import analysis as ia
-from intermod.analysis import hf
+from intermod.analysis.models import hf
 from intermod.client import Client, RemoteError
 from intermod.client.spawn import running_server
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..partition import compare_partitions
+from ..core.partition import compare_partitions
 
 __all__ = ["FourierLabels", "fourier_labels", "frequency_alignment"]
 

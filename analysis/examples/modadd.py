@@ -43,11 +43,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..activations import node_activations
-from ..basis import Basis, compute_basis
-from ..edges import build_graph
-from ..graph import InteractionGraph
-from ..partition import Partition, find_modules
+from ..core.activations import node_activations
+from ..core.basis import Basis, compute_basis
+from ..core.edges import build_graph
+from ..core.graph import InteractionGraph
+from ..core.partition import Partition, find_modules
 from .base import Example
 from .fourier import fourier_labels, frequency_alignment
 from .training import deterministic

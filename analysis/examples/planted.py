@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..activations import node_activations
+from ..core.activations import node_activations
 from .base import Example
 
 LAYERS = ["0", "3", "6", "output"]

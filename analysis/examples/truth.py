@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..activations import layer_activations
+from ..core.activations import layer_activations
 
 if TYPE_CHECKING:
     from intermod.analysis import InteractionGraph

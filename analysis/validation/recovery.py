@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .graph import InteractionGraph
-from .partition import compare_partitions, cutoff_strength, find_modules
+from ..core.graph import InteractionGraph
+from ..core.partition import compare_partitions, cutoff_strength, find_modules
 
 __all__ = [
     "SweepRow", "cross_share", "deep_linear_check", "edge_sparsity", "impurity",

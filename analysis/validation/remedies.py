@@ -29,10 +29,10 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from .activations import layer_activations
-from .basis import Basis, LayerBasis, compute_basis
-from .edges import build_graph
-from .graph import InteractionGraph
+from ..core.activations import layer_activations
+from ..core.basis import Basis, LayerBasis, compute_basis
+from ..core.edges import build_graph
+from ..core.graph import InteractionGraph
 
 __all__ = ["NoiseEstimate", "degenerate_groups", "energy_dependence", "match_directions",
            "noise_epsilon", "orthogonal_ica", "rerotate_degenerate", "rerotate_layer"]

@@ -1,7 +1,7 @@
 """Interaction basis of every node layer: :func:`compute_basis`.
 
 Data flow: batches -> activations at node layers -> G (and, for the output target, M in the
-same pass) -> rotation per layer (:mod:`intermod.analysis.rotation`). With
+same pass) -> rotation per layer (:mod:`intermod.analysis.core.rotation`). With
 ``jacobian_target="next_layer"`` the layers are rotated last first: M^l is the Jacobian Gram
 of f̂^{l+1} = C_{l+1}ᵀ f^{l+1}, one pass over the data per layer.
 """

@@ -67,7 +67,7 @@ network of ``tests/test_diagnostics.py`` it equals n_params − rank H exactly.
 rank_ε (noise scale ε, a behavioural-loss value)
 -------------------------------------------------
 The behavioural loss is L(θ) = (1/N) Σ_x ‖y(x; θ) − y(x; θ*)‖² (see
-:mod:`intermod.analysis.behavioural`). An eigenvalue is compared with ε after converting it to
+:mod:`intermod.analysis.diagnostics.behavioural`). An eigenvalue is compared with ε after converting it to
 loss units by the top eigenvalue of its partner Gram:
 
     rank_ε(G) = #{D_i · λ_max(J) > max(ε, rtol · D_max · λ_max(J))},
@@ -96,10 +96,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..core.inputs import Inputs, iter_batches, resolve_device
+from ..core.nodes import _eval_mode
+from ..core.progress import Progress
 from .behavioural import RTOL, BehaviouralResult, behavioural_rank, rank_eps
-from .inputs import Inputs, iter_batches, resolve_device
-from .nodes import _eval_mode
-from .progress import Progress
 from .synchrony import RELU_LIKE, SyncAccumulator, synchronisation
 
 OUTPUT = "output"
@@ -491,9 +491,11 @@ def diagnose(model: nn.Module, inputs: Inputs, layers: Sequence[str], epsilon: f
 def _diagnose(model, inputs, layers, epsilon, *, include_bias, center, jacobian_target, sync_tol,
               behavioural_max_params, output_fn, n_probes, batch_size, device, dtype, seed,
               progress, callback) -> DegeneracyReport:
-    from . import compute_basis  # the core library: the one place G and M are computed
-    from .basis import default_tol
-    from .nodes import default_output
+    from ..core.basis import (
+        compute_basis,  # the core library: the one place G and M are computed
+        default_tol,
+    )
+    from ..core.nodes import default_output
 
     if epsilon < 0:
         raise ValueError(f"epsilon must be >= 0, got {epsilon}")

@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
-from .graph import InteractionGraph
-from .partition import Partition, cutoff_strength
+from ..core.graph import InteractionGraph
+from ..core.partition import Partition, cutoff_strength
 
 
 def plot_graph(graph: InteractionGraph, partition: Partition | None = None,

@@ -24,11 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import build_graph, compute_basis, find_modules, plot_graph
-from .activations import layer_activations
-from .examples import load
-from .examples.truth import ProductTruth
-from .graph import InteractionGraph
+from ..core.activations import layer_activations
+from ..core.basis import compute_basis
+from ..core.edges import build_graph
+from ..core.graph import InteractionGraph
+from ..core.partition import find_modules
+from ..examples import load
+from ..examples.truth import ProductTruth
+from ..report.plot import plot_graph
 from .recovery import (
     SweepRow,
     cross_share,
@@ -440,7 +443,7 @@ def write_report(path: Path, fig_dir: Path, done: dict[str, Any], timer: Timer,
         add(_example_summary(name, res) + "\n")
 
     add("## ε chosen without the ground truth\n")
-    add(f"`intermod.analysis.remedies.noise_epsilon` ({N_BOOT} bootstrap resamples of the "
+    add(f"`intermod.analysis.validation.remedies.noise_epsilon` ({N_BOOT} bootstrap resamples of the "
         "analysis data, basis and edges recomputed on each, directions matched by "
         "|correlation|): √ε = the largest edge strength within 2 bootstrap deviations of 0. "
         "Interaction basis (output target); the plateau γ at that ε. "
@@ -485,7 +488,7 @@ def write_report(path: Path, fig_dir: Path, done: dict[str, Any], timer: Timer,
         f"product data and on i.i.d. samples of n = {', '.join(str(n) for n in IID_SIZES)}; "
         "edges on the same data. Impurity of a direction = 1 − the largest share of its "
         "variance moved by one module's input (exact, on the product grid); *mixed* = share of "
-        "directions with impurity > 0.01. Remedies (`intermod.analysis.remedies`): *re-rotated* "
+        "directions with impurity > 0.01. Remedies (`intermod.analysis.validation.remedies`): *re-rotated* "
         f"= `rerotate_degenerate` (rel_gap = {REL_GAP}, noise gate 2/√n), new edges; *ε from "
         f"bootstrap noise* = `noise_epsilon` ({N_BOOT} resamples, only up to n = {BOOT_MAX_N}: "
         "each resample is a full basis + graph), same edges at that ε. *moved*: directions "
@@ -641,7 +644,7 @@ def plot_modules(results, fig_dir: Path) -> None:
 def transformers_check(fig_dir: Path, timer: Timer) -> dict[str, Any]:
     """MiniLM (residual stream, built-in sentences; edges on a subset) and the modular-addition
     transformer (modules against Fourier frequencies): their summaries, and a MiniLM plot."""
-    from .examples import minilm, modadd
+    from ..examples import minilm, modadd
 
     with timer("minilm"):
         mini = minilm.analyse(n_sentences=300, edge_sentences=16, n_probes=8, edge_probes=1)

@@ -2,7 +2,7 @@
 
 A node layer is a module path, whose *input* is the cut point, or ``"output"`` (the model's
 output), as in :func:`intermod.analysis.compute_basis`. Activations come from
-:meth:`NodeModel.forward <intermod.analysis.nodes.NodeModel.forward>` in float64, eval mode.
+:meth:`NodeModel.forward <intermod.analysis.core.nodes.NodeModel.forward>` in float64, eval mode.
 """
 
 from __future__ import annotations

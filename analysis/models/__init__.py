@@ -1,0 +1,1 @@
+"""Adapters for model families: Hugging Face transformers (:mod:`.hf`)."""

@@ -1,0 +1,5 @@
+"""``python -m intermod.analysis.validation``: regenerate docs/validation.md."""
+
+from .study import main
+
+main()
