@@ -105,6 +105,12 @@ class InteractionGraph:
         return int(self.w.shape[0])
 
     @property
+    def nbytes(self) -> int:
+        """Bytes held in arrays: edge matrices, edge lists and bases."""
+        return (sum(m.nbytes for m in self._mats) + self.src.nbytes + self.dst.nbytes + self.w.nbytes
+                + sum(np.asarray(C).nbytes + np.asarray(lam).nbytes for C, lam in self.bases.values()))
+
+    @property
     def Lambda(self) -> np.ndarray:
         return np.array([n.Lambda for n in self.nodes])
 
