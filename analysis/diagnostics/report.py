@@ -99,6 +99,7 @@ from torch.func import functional_call
 from ..core.inputs import Inputs, iter_batches, resolve_device
 from ..core.nodes import _eval_mode
 from ..core.progress import Progress
+from ..core.reprs import summary_repr
 from .behavioural import RTOL, BehaviouralResult, behavioural_rank, rank_eps
 from .synchrony import RELU_LIKE, SyncAccumulator, synchronisation
 
@@ -159,6 +160,8 @@ class LayerDiagnostics:
     n_free: int = 0
     notes: list[str] = field(default_factory=list)
 
+    __repr__ = summary_repr
+
 
 @dataclass
 class DegeneracyReport:
@@ -177,6 +180,8 @@ class DegeneracyReport:
     behavioural_reason: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     loss_normalisation: str = LOSS_NORMALISATION
+
+    __repr__ = summary_repr
 
     @property
     def n_eff_upper_bound(self) -> int:
