@@ -201,11 +201,24 @@ def _print_sweep(args: argparse.Namespace, parts: Any) -> None:
 
 
 def _read_membership(path: str) -> np.ndarray:
+    """Module ids from a .npy, a JSON list or a partition JSON ({"membership": [...]})."""
     p = Path(path)
     if p.suffix == ".npy":
         return np.load(p, allow_pickle=False).astype(np.int64)
-    data = json.loads(p.read_text())
-    return np.asarray(data["membership"] if isinstance(data, dict) else data, dtype=np.int64)
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--membership {path}: not JSON ({exc})") from None
+    if isinstance(data, dict):
+        if "membership" not in data:
+            raise ValueError(f"--membership {path}: a JSON object needs a 'membership' list (a "
+                             f"partition JSON); this one has keys {sorted(data)[:10]}")
+        data = data["membership"]
+    if not (isinstance(data, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                           for v in data)):
+        raise ValueError(f"--membership {path}: expected a list of integer module ids, got "
+                         f"{str(data)[:80]}")
+    return np.asarray(data, dtype=np.int64)
 
 
 def cmd_score(args: argparse.Namespace) -> None:
@@ -298,7 +311,8 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
             report = client.diagnose(_remote_model(args, client), _remote_data(args),
                                      args.layers or (), args.epsilon,
                                      data_tensor=args.data_tensor)
-    print(dumps(report))
+    from intermod.analysis import DegeneracyReport
+    _emit(args, report, DegeneracyReport.from_dict(report).summary())
 
 
 # parser
@@ -411,6 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:   # `intermod models --json | head`: the reader left, not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())   # so the interpreter's final flush is silent
+        return 0
     except KeyboardInterrupt:
         print("intermod: interrupted", file=sys.stderr)
         return 130
