@@ -301,7 +301,7 @@ class Fuzzer:
             self.call(method, self.random_request(method))
             if i % health_every == 0:
                 self.time_health()
-        self.report.seconds = time.perf_counter() - start
+        self.report.seconds += time.perf_counter() - start
         return self.report
 
 
@@ -370,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--address", help="fuzz this server (default: start one)")
     parser.add_argument("--data-dir", default="out/fuzz-data")
+    parser.add_argument("--rss-every", type=int, default=2000, help="print RSS every N requests")
     args = parser.parse_args(argv)
     from .spawn import running_server
 
@@ -377,7 +378,16 @@ def main(argv: list[str] | None = None) -> int:
         ids = seed_server(address)
         before = rss_mb(pid) if pid else math.nan
         with grpc.insecure_channel(address) as channel:
-            report = Fuzzer(channel, ids, seed=args.seed).run(args.requests)
+            fuzzer = Fuzzer(channel, ids, seed=args.seed)
+            done = 0
+            while done < args.requests:   # in rounds, to show how RSS evolves
+                n = min(args.rss_every, args.requests - done)
+                fuzzer.run(n, abuses=done == 0)
+                done += n
+                if pid:
+                    print(f"after {fuzzer.report.n_requests:>6} requests: server RSS "
+                          f"{rss_mb(pid):.0f} MB", flush=True)
+            report = fuzzer.report
         after = rss_mb(pid) if pid else math.nan
         print(report.table())
         print(f"\n{report.n_requests} requests in {report.seconds:.0f} s; UNKNOWN/INTERNAL: "

@@ -152,3 +152,8 @@ def test_in_place_activations_do_not_corrupt_the_recorded_activations():
             np.testing.assert_allclose(b[name].Lambda, a[name].Lambda, rtol=1e-10)
         ga, gb = (ia.build_graph(m, X, basis, progress=False) for m, basis in ((plain, a), (inplace, b)))
         np.testing.assert_allclose(gb.w, ga.w, rtol=1e-10)
+
+
+def test_diagnose_of_the_output_alone_is_refused_clearly(model):
+    with pytest.raises(ValueError, match="node layer inside the model"):
+        ia.diagnose(model, torch.randn(8, 4, dtype=torch.float64), ["output"], 1e-3, progress=False)

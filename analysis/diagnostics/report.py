@@ -485,6 +485,9 @@ def diagnose(model: nn.Module, inputs: Inputs, layers: Sequence[str], epsilon: f
     Returns a :class:`DegeneracyReport`; every formula is in the module docstring. The model is
     evaluated in eval mode and never modified.
     """
+    if not isinstance(layers, str) and layers and all(name == "output" for name in layers):
+        raise ValueError("layers: diagnose needs a node layer inside the model (a module path), "
+                         "not only 'output': the counts compare each layer with the next")
     with _eval_mode(model):
         return _diagnose(model, inputs, layers, epsilon, include_bias=include_bias, center=center,
                          jacobian_target=jacobian_target, sync_tol=sync_tol,
