@@ -379,7 +379,10 @@ def test_operator_model_restart_and_interrupted_jobs(tmp_path):
             gid = c.compute_graph("op_planted", progress=False)
             ex = planted.build()
             want = local_graph(ex.model, ex.inputs, ex.layers)
-            np.testing.assert_allclose(c.graph(gid).w, want.w, rtol=1e-12, atol=1e-15)
+            got = c.graph(gid)
+            for a, b in zip(ex.layers, ex.layers[1:]):   # dense: round-off may differ
+                np.testing.assert_allclose(got.edge_matrix(a, b), want.edge_matrix(a, b),
+                                           rtol=1e-9, atol=1e-12 * want.w.max())
             before = c.find_modules(gid, epsilon=1e-3)
             running = slow_job(c)
             wait_running(c, running)
