@@ -198,16 +198,10 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
     async def GetGraph(self, request: pb.GetGraphRequest, context: Any) -> pb.GetGraphResponse:
         rec = self.graphs.record(request.graph_id)
         response = pb.GetGraphResponse(graph=convert.graph_info(rec))
-        if request.include_nodes or request.include_edges:
+        if request.include_nodes or request.include_edges:   # large: built off the event loop
             graph = await asyncio.to_thread(self.graphs.get, request.graph_id)
-            if request.include_nodes:
-                response.nodes.extend(pb.Node(layer=n.layer, index=int(n.index),
-                                              is_bias=bool(n.is_bias), **{"lambda": n.Lambda})
-                                      for n in graph.nodes)
-            if request.include_edges:
-                response.src.extend(np.asarray(graph.src, dtype=np.int64).tolist())
-                response.dst.extend(np.asarray(graph.dst, dtype=np.int64).tolist())
-                response.w.extend(np.asarray(graph.w, dtype=np.float64).tolist())
+            await asyncio.to_thread(convert.add_nodes_and_edges, response, graph,
+                                    request.include_nodes, request.include_edges)
         return response
 
     @rpc
