@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from intermod.analysis.validation.formatting import Timer, fmt, table
 from intermod.analysis.validation.recovery import SweepRow, best_row
-from intermod.analysis.validation.report import SECTIONS, render_report, run_sections
+from intermod.analysis.validation.report import SECTIONS, render_report, run_sections, select
 from intermod.analysis.validation.section import Context, Section
 
 
@@ -54,6 +55,19 @@ def test_sections_run_in_order_and_read_earlier_results(tmp_path):
     assert "- first is 2" in text and "![fig](validation/x.png) 20" in text
 
 
-def test_registered_sections_have_unique_keys():
+def test_registered_sections_have_unique_keys_and_need_only_earlier_ones():
     keys = [s.key for s in SECTIONS]
     assert len(keys) == len(set(keys)) and keys[0] == "examples"
+    for i, s in enumerate(SECTIONS):
+        assert set(s.needs) <= set(keys[:i]), s.key
+
+
+def test_select_adds_what_a_section_needs_in_report_order():
+    a = Section("a", lambda ctx: 1, lambda r, ctx: "")
+    b = Section("b", lambda ctx: 2, lambda r, ctx: "", needs=("a",))
+    c = Section("c", lambda ctx: 3, lambda r, ctx: "", needs=("b",))
+    assert [s.key for s in select(["c"], (a, b, c))] == ["a", "b", "c"]
+    assert [s.key for s in select(["a"], (a, b, c))] == ["a"]
+    assert [s.key for s in select(["noise_eps"])] == ["examples", "noise_eps"]
+    with pytest.raises(ValueError, match="unknown report sections"):
+        select(["nope"], (a, b, c))

@@ -50,4 +50,4 @@ def render(stems: list[str], ctx: Context) -> str:
                       *(f"![{stem}]({ctx.rel}/modules_{stem}.png)\n" for stem in stems)])
 
 
-SECTION = Section("modules_found", plot_modules, render)
+SECTION = Section("modules_found", plot_modules, render, needs=("examples",))

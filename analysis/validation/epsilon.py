@@ -121,5 +121,7 @@ def render_eps_dependence(rows: list[list[str]], ctx: Context) -> str:
         table(["example", "basis", "modules", "ARI"], rows) + "\n"])
 
 
-NOISE_SECTION = Section("noise_eps", noise_eps_check, render_noise_eps, noise_eps_headlines)
-DEPENDENCE_SECTION = Section("eps_dependence", eps_dependence, render_eps_dependence)
+NOISE_SECTION = Section("noise_eps", noise_eps_check, render_noise_eps, noise_eps_headlines,
+                        needs=("examples",))
+DEPENDENCE_SECTION = Section("eps_dependence", eps_dependence, render_eps_dependence,
+                             needs=("examples",))

@@ -14,10 +14,12 @@ re-rotation remedy, and the transformers, then writes ``docs/validation.md`` and
   as ``f"{ctx.rel}/name.png"``;
 - optionally ``headlines(result, ctx) -> list[str]``: bullet lines for "Key results";
 
-and a ``SECTION = Section(key, compute, render[, headlines])`` at its end, appended to
-:data:`SECTIONS` below. Sections run in that order; a later one reads an earlier one's result as
-``ctx.results[key]`` (e.g. ``ctx.results["examples"]``). Shared parameters (ε, the γ grid, the
-bases) are in :mod:`.settings`, number and table formatting in :mod:`.formatting`.
+and a ``SECTION = Section(key, compute, render[, headlines][, needs=(...)])`` at its end,
+appended to :data:`SECTIONS` below. Sections run in that order; a later one reads an earlier
+one's result as ``ctx.results[key]`` (e.g. ``ctx.results["examples"]``) and lists that key in
+``needs``. Shared parameters (ε, the γ grid, the bases) are in :mod:`.settings`, number and table
+formatting in :mod:`.formatting`. To run one section on its own (and what it needs), e.g. while
+writing it: ``python -m intermod.analysis.validation --sections theory --out /tmp/report``.
 """
 
 from __future__ import annotations
@@ -65,6 +67,22 @@ CAVEATS = """## What these numbers do and do not support
 """
 
 
+def select(keys: list[str], sections: tuple[Section, ...] = SECTIONS) -> tuple[Section, ...]:
+    """The sections named in ``keys`` and, recursively, those they need, in report order."""
+    by_key = {s.key: s for s in sections}
+    unknown = [k for k in keys if k not in by_key]
+    if unknown:
+        raise ValueError(f"unknown report sections {unknown}; the sections are {list(by_key)}")
+    wanted: set[str] = set()
+    todo = list(keys)
+    while todo:
+        key = todo.pop()
+        if key not in wanted:
+            wanted.add(key)
+            todo.extend(by_key[key].needs)
+    return tuple(s for s in sections if s.key in wanted)
+
+
 def run_sections(ctx: Context, sections: tuple[Section, ...] = SECTIONS) -> None:
     """``compute`` of every section in order, each result stored in ``ctx.results[key]``."""
     for section in sections:
@@ -95,13 +113,17 @@ def render_report(ctx: Context, total: float, sections: tuple[Section, ...] = SE
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs", help="directory for validation.md and plots")
+    parser.add_argument("--sections", default=None,
+                        help="comma-separated section keys to run (with the sections they need); "
+                             f"default: all of {', '.join(s.key for s in SECTIONS)}")
     args = parser.parse_args(argv)
+    sections = SECTIONS if args.sections is None else select(args.sections.split(","))
     out = Path(args.out)
     ctx = Context(out / "validation")
     ctx.fig_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    run_sections(ctx)
-    (out / "validation.md").write_text(render_report(ctx, time.perf_counter() - start))
+    run_sections(ctx, sections)
+    (out / "validation.md").write_text(render_report(ctx, time.perf_counter() - start, sections))
     print(f"[validate] wrote {out / 'validation.md'} in {time.perf_counter() - start:.1f} s")
 
 

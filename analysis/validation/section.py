@@ -3,7 +3,8 @@
 A section computes its numbers (and draws its figures) in ``compute(ctx)``, then turns the
 result into markdown in ``render(result, ctx)``; ``headlines(result, ctx)`` may add lines to the
 report's "Key results". Sections run in the order of :data:`~.report.SECTIONS`; a section may
-read the result of an earlier one from ``ctx.results[key]``.
+read the result of an earlier one from ``ctx.results[key]`` and then names that key in
+``needs`` (so that ``--sections`` runs it first).
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ def no_headlines(result: Any, ctx: Context) -> list[str]:
 
 @dataclass(frozen=True)
 class Section:
-    """One part of the report: ``key`` names its result in ``Context.results``."""
+    """One part of the report: ``key`` names its result in ``Context.results``; ``needs``: the
+    keys of the earlier sections whose results ``compute`` reads."""
 
     key: str
     compute: Callable[[Context], Any]
     render: Callable[[Any, Context], str]
     headlines: Callable[[Any, Context], list[str]] = no_headlines
+    needs: tuple[str, ...] = ()
