@@ -23,6 +23,7 @@ from .inputs import Inputs, as_samples, batch_to, count_batches, iter_batches, p
 from .jacobians import joint_cotangents, vjp
 from .nodes import OUTPUT, NodeModel, OutputFn
 from .progress import Callback, Progress
+from .reprs import summary_repr
 from .rotation import Rotation, gram_factor, rotate
 
 TARGETS = ("output", "next_layer")
@@ -51,6 +52,8 @@ class LayerBasis:
     bias_direction: bool
     include_bias: bool
     center: bool
+
+    __repr__ = summary_repr
 
     @property
     def k(self) -> int:

@@ -98,9 +98,13 @@ class NodeModel:
         named = dict(model.named_modules())
         for name in layers:
             if name != OUTPUT and name not in named:
-                close = difflib.get_close_matches(name, [n for n in named if n], n=3)
-                hint = f"; did you mean {close}?" if close else "; see model.named_modules()"
-                raise ValueError(f"unknown layer {name!r}: not a module path of the model{hint}")
+                paths = [n for n in named if n]
+                close = difflib.get_close_matches(name, paths, n=3)
+                hint = f"; did you mean {close}?" if close else ""
+                shown = ", ".join(repr(n) for n in paths[:50]) + (f", … ({len(paths)} in all)"
+                                                                  if len(paths) > 50 else "")
+                raise ValueError(f"unknown layer {name!r}: not a module path of the model{hint}; "
+                                 f"valid layers: {shown} and {OUTPUT!r}")
             if name == "":
                 raise ValueError("layer '' is the whole model; use its first submodule or 'output'")
         self.model = model

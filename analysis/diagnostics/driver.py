@@ -60,6 +60,9 @@ def diagnose(model: nn.Module, inputs: Inputs, layers: Sequence[str], epsilon: f
     layers = list(layers)
     if not layers:
         raise ValueError("layers: give at least one node layer")
+    if all(name == OUTPUT for name in layers):
+        raise ValueError("layers: diagnose needs a node layer inside the model (a module path), "
+                         "not only 'output': the counts compare each layer with the next")
     with _eval_mode(model):
         return _diagnose(model, inputs, layers, epsilon, include_bias=include_bias, center=center,
                          jacobian_target=jacobian_target, sync_tol=sync_tol,

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.reprs import summary_repr
+
 LOSS_NORMALISATION = ("L(θ) = (1/N) Σ_x ‖y(x;θ) − y(x;θ*)‖² (sum over output coordinates, mean "
                       "over the N samples); H = ∇²L(θ*) = (2/N) 𝒢𝒢ᵀ; spectra in loss units are "
                       "eigenvalues of H/2")
@@ -70,6 +72,8 @@ class LayerDiagnostics:
     n_free: int = 0
     notes: list[str] = field(default_factory=list)
 
+    __repr__ = summary_repr
+
 
 @dataclass
 class DegeneracyReport:
@@ -88,6 +92,8 @@ class DegeneracyReport:
     behavioural_reason: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     loss_normalisation: str = LOSS_NORMALISATION
+
+    __repr__ = summary_repr
 
     @property
     def n_eff_upper_bound(self) -> int:
