@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .inputs import Batch
+from .inputs import Batch, batch_to
 
 OUTPUT = "output"
 OutputFn = Callable[[Any], Tensor]
@@ -157,6 +157,12 @@ class NodeModel:
             for n in self._tangent_biases:
                 out[n] = fwAD.make_dual(out[n], self.params[n])
         return out
+
+    def run(self, batch: Batch) -> Any:
+        """The model's raw output on ``batch`` (moved to the device, floating tensors cast to the
+        compute dtype) with this object's parameter copies: no cut, no bias slot, no hooks of
+        ours. Call it in eval mode (as every pass here is) when the model has dropout."""
+        return self._call(batch_to(batch, self.device, self.dtype), self.params)
 
     def _call(self, batch: Batch, params: Mapping[str, Tensor]) -> Any:
         if isinstance(batch, Tensor):
