@@ -249,6 +249,20 @@ class NodeModel:
         self.last_slots = [slots.get(n) for n in self.chain[:-1]]
         return {n: acts[n] for n in self.chain}
 
+    def run_replacing(self, batch: Batch, replace: Mapping[str, Callable[[Tensor], Tensor]]) -> Tensor:
+        """The output ``output_fn(model(batch))`` with the activation f of every node layer in
+        ``replace`` swapped for ``replace[layer](f)`` (same shape) on its way in; the
+        ``"output"`` entry, if any, is applied to the output itself. No gradients."""
+        def make(fn: Callable[[Tensor], Tensor]):
+            def hook(module, args):
+                return (fn(args[0]),) + tuple(args[1:])
+            return hook
+
+        pre = {n: make(fn) for n, fn in replace.items() if n != OUTPUT}
+        with torch.no_grad(), self._hooks(pre):
+            y = self.output_fn(self._call(batch, self.params))
+        return replace[OUTPUT](y) if OUTPUT in replace else y
+
     def section(self, batch: Batch, j: int, *, point: Tensor | None = None, alpha: float = 1.0,
                 tangent: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
         """Run section j: returns (point, f_out, slot).
