@@ -15,6 +15,22 @@ others); :mod:`.diagnostics`, :mod:`.report`, :mod:`.validation`, :mod:`.example
 import importlib
 from typing import Any
 
+from . import ablation
+from .ablation import (
+    AblationCurve,
+    AutoModules,
+    EdgeAblation,
+    EpsilonChoice,
+    ModuleCut,
+    ModuleEffects,
+    ablation_curve,
+    ablation_curves,
+    edge_ablation,
+    epsilon_from_ablation,
+    module_cut,
+    module_effects,
+    modules_from_ablation,
+)
 from .core.basis import Basis, LayerBasis, compute_basis
 from .core.edges import build_graph
 from .core.graph import InteractionGraph, Node
@@ -36,6 +52,9 @@ __all__ = [
     "Partition", "Score", "Comparison", "compare_partitions", "cutoff_strength", "find_modules",
     "partition_cost", "plot_graph",
     "DegeneracyReport", "LayerDiagnostics", "diagnose", "plot_spectra",
+    "ablation_curve", "ablation_curves", "edge_ablation", "epsilon_from_ablation", "module_cut",
+    "module_effects", "modules_from_ablation", "AblationCurve", "EdgeAblation", "EpsilonChoice",
+    "ModuleCut", "ModuleEffects", "AutoModules",
 ]
 
 # Modules that lived at the top of the package before the layout change, still reachable as

@@ -183,9 +183,10 @@ def epsilon_from_ablation(model: nn.Module, inputs: Inputs, graph: InteractionGr
             else:
                 hi = mid
         inner = thresholds[(thresholds > lo) & (thresholds < hi)]
-        # no threshold in (lo, hi): every ε in [lo, hi) ablates the same edges as lo
-        eps = lo if inner.size else float(np.nextafter(hi, 0))
-        curve.setdefault(eps, curve[lo])
+        # no threshold in (lo, hi): ε just below hi ablates the same edges as lo (measured)
+        eps = lo if inner.size else max(lo, hi * (1 - 1e-9))
+        if L(eps) > delta:
+            eps = lo
     double = 2 * eps
     at_double = L(double) if double < EPSILON_CAP else None
     exceeds = (at_double > delta) if at_double is not None else (not capped and L(EPSILON_CAP) > delta)

@@ -146,7 +146,8 @@ class AutoModules:
     """The truth-free pipeline: partition (the most modules whose cut loss is ≤ δ over the
     resolution sweep at ε; ties: lower cost), epsilon, cut_loss, tolerance, sweep (one row per
     resolution: resolution, n_modules, cost, cut_loss, within), within_tolerance (False: no
-    partition met δ, the one with the lowest cut loss is returned), choice (the ε bisection)."""
+    partition met δ, the one with the lowest cut loss is returned), choice (the ε bisection),
+    n_directions (non-constant directions of the graph)."""
 
     partition: Partition
     epsilon: float
@@ -155,11 +156,17 @@ class AutoModules:
     within_tolerance: bool
     sweep: list[dict[str, Any]]
     choice: EpsilonChoice
+    n_directions: int
+
+    @property
+    def coverage(self) -> float:
+        """Share of the non-constant directions that are in a module (the rest are inactive)."""
+        return float((self.partition.membership >= 0).sum() / max(self.n_directions, 1))
 
     def to_dict(self) -> dict[str, Any]:
         return dict(partition=self.partition.to_dict(), epsilon=self.epsilon, cut_loss=self.cut_loss,
                     tolerance=self.tolerance, within_tolerance=self.within_tolerance, sweep=self.sweep,
-                    choice=self.choice.to_dict())
+                    choice=self.choice.to_dict(), coverage=self.coverage)
 
 
 def resolution_grid(graph: InteractionGraph, epsilon: float, n: int = 16) -> np.ndarray:
@@ -207,4 +214,5 @@ def modules_from_ablation(model: nn.Module, inputs: Inputs, graph: InteractionGr
         best = min(cut_losses, key=cut_losses.get)
     else:
         raise ValueError(f"no partition of the sweep has between 1 and max_modules={max_modules} modules at ε={eps:g}")
-    return AutoModules(parts[best], eps, float(cut_losses[best]), delta, bool(ok), sweep, choice)
+    return AutoModules(parts[best], eps, float(cut_losses[best]), delta, bool(ok), sweep, choice,
+                       int((~graph.is_bias).sum()))
