@@ -15,7 +15,6 @@ others); :mod:`.diagnostics`, :mod:`.report`, :mod:`.validation`, :mod:`.example
 import importlib
 from typing import Any
 
-from . import ablation
 from .ablation import (
     AblationCurve,
     AutoModules,
@@ -30,6 +29,9 @@ from .ablation import (
     module_cut,
     module_effects,
     modules_from_ablation,
+    plot_ablation_curves,
+    plot_epsilon_choice,
+    plot_module_effects,
 )
 from .core.basis import Basis, LayerBasis, compute_basis
 from .core.edges import build_graph
@@ -54,7 +56,8 @@ __all__ = [
     "DegeneracyReport", "LayerDiagnostics", "diagnose", "plot_spectra",
     "ablation_curve", "ablation_curves", "edge_ablation", "epsilon_from_ablation", "module_cut",
     "module_effects", "modules_from_ablation", "AblationCurve", "EdgeAblation", "EpsilonChoice",
-    "ModuleCut", "ModuleEffects", "AutoModules",
+    "ModuleCut", "ModuleEffects", "AutoModules", "plot_ablation_curves", "plot_epsilon_choice",
+    "plot_module_effects",
 ]
 
 # Modules that lived at the top of the package before the layout change, still reachable as

@@ -254,3 +254,16 @@ def test_bad_arguments_are_named(mlp):
         ia.epsilon_from_ablation(model, x, graph, loss=lambda a, b, batch: (a - b).abs().sum(-1), **Q)
     with pytest.raises(TypeError, match="unexpected keyword"):
         ia.module_cut(model, x, graph, np.zeros(graph.n_nodes, int), n_probes=3)
+
+
+def test_plots_write_png_and_svg(tmp_path, mlp):
+    model, x, basis, graph = mlp
+    curves = ia.ablation_curves(model, x, {"interaction": basis, "graph": graph}, "2", **Q)
+    choice = ia.epsilon_from_ablation(model, x, graph, **Q)
+    fx = ia.module_effects(model, x, graph, _random_membership(graph, 2, seed=0), **Q)
+    written = (ia.plot_ablation_curves(curves, tmp_path / "curves")
+               + ia.plot_epsilon_choice(choice, tmp_path / "eps.png")
+               + ia.plot_module_effects(fx, tmp_path / "fx"))
+    assert sorted(p.rsplit("/", 1)[1] for p in written) == sorted(
+        f"{n}.{e}" for n in ("curves", "eps", "fx") for e in ("png", "svg"))
+    assert all((tmp_path / p.rsplit("/", 1)[1]).stat().st_size > 1000 for p in written)

@@ -12,9 +12,11 @@ from .curves import AblationCurve, ablation_curve, ablation_curves
 from .edges import EdgeAblation, EpsilonChoice, edge_ablation, epsilon_from_ablation
 from .loss import TOLERANCE_SHARE
 from .modules import AutoModules, ModuleCut, ModuleEffects, module_cut, module_effects, modules_from_ablation
+from .plot import plot_ablation_curves, plot_epsilon_choice, plot_module_effects
 
 __all__ = [
     "AblationCurve", "ablation_curve", "ablation_curves", "EdgeAblation", "EpsilonChoice",
     "edge_ablation", "epsilon_from_ablation", "AutoModules", "ModuleCut", "ModuleEffects",
     "module_cut", "module_effects", "modules_from_ablation", "TOLERANCE_SHARE",
+    "plot_ablation_curves", "plot_epsilon_choice", "plot_module_effects",
 ]
