@@ -135,7 +135,7 @@ class EpsilonChoice:
 
 def epsilon_from_ablation(model: nn.Module, inputs: Inputs, graph: InteractionGraph, *,
                           tolerance: float | None = None, loss: str | LossFn = "mse",
-                          ratio: float = 1.1, max_steps: int = 40, **kw: Any) -> EpsilonChoice:
+                          ratio: float = 2.0, max_steps: int = 40, **kw: Any) -> EpsilonChoice:
     """Bisection on log ε for the largest ε whose edge ablation (w ≤ √ε) keeps L ≤ δ.
 
     L(ε) only changes where √ε crosses an edge strength, so every trial ε is snapped to the

@@ -147,6 +147,7 @@ class Ablator:
                        None if lp.src is None else torch.as_tensor(lp.src, device=dev, dtype=torch.long))
                    for n, lp in plan.layers.items()}
         readout = torch.as_tensor(plan.readout, device=dev, dtype=torch.long)
+        first = next(n for n in net.chain if n in plan.layers)   # copies still identical there
         scale = ScaleAccumulator(self.loss)
         sums: _Sums | None = None
         for batch in self._chunks(K, stage):
@@ -154,7 +155,7 @@ class Ablator:
             mask = position_mask(batch)
             with torch.no_grad():
                 y = net.run_replacing(batch, {})
-                ya = net.run_replacing(_repeat(batch, K), {n: self._rewrite(n, *tensors[n], K)
+                ya = net.run_replacing(_repeat(batch, K), {n: self._rewrite(n, *tensors[n], K, n == first)
                                                             for n in plan.layers})
             ys, w = as_samples(y, mask)
             scale.add(ys, w)
@@ -186,14 +187,20 @@ class Ablator:
             rows.append(v.reshape(ys.shape[0], -1).expand(ys.shape[:2]))
         return torch.stack(rows)
 
-    def _rewrite(self, name: str, mask: Tensor, src: Tensor | None, K: int):
+    def _rewrite(self, name: str, mask: Tensor, src: Tensor | None, K: int, identical: bool):
+        """The pre-hook of layer ``name``; with ``identical`` (no layer before it is rewritten)
+        all K copies hold the same activation, so f̂ is computed once."""
         tm = self.torch_maps[name]
 
         def fn(x: Tensor) -> Tensor:
             xs = tm.samples(x)                                               # (K·B, P, d)
-            h = tm.coords(xs).reshape(K, -1, xs.shape[1], tm.k)              # (K, B, P, k)
-            if src is not None:
-                h = torch.gather(h, 0, src[:, None, None, :].expand_as(h))
+            if identical:
+                B = xs.shape[0] // K
+                h = tm.coords(xs[:B]).expand(K, B, xs.shape[1], tm.k)       # (K, B, P, k)
+            else:
+                h = tm.coords(xs).reshape(K, -1, xs.shape[1], tm.k)
+                if src is not None:
+                    h = torch.gather(h, 0, src[:, None, None, :].expand_as(h))
             h = h * mask[:, None, None, :]
             return from_samples(tm.back(h).reshape(xs.shape), x)
         return fn
