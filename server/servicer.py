@@ -19,9 +19,9 @@ from intermod import analysis as ia
 from intermod.v1 import intermod_pb2 as pb
 from intermod.v1 import intermod_pb2_grpc as pb_grpc
 
-from . import compute, convert, tensors, uploads
+from . import ablate, compute, convert, tensors, uploads
 from .config import CHUNK_BYTES, ServerConfig
-from .errors import InvalidArgument, NotFound, rpc
+from .errors import FailedPrecondition, InvalidArgument, NotFound, rpc
 from .graphs import GraphStore
 from .jobs import JobManager, Progress
 from .models import EXAMPLE, OPERATOR, SPEC, ModelEntry, ModelRegistry
@@ -296,3 +296,38 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
                                        progress=False))
         return pb.DiagnoseResponse(report_json=convert.dumps(report.to_dict()))
 
+
+    # ablations
+    @rpc
+    async def Ablate(self, request: pb.AblateRequest, context: Any) -> pb.AblateResponse:
+        rec = self.graphs.record(request.graph_id)
+        graph = await asyncio.to_thread(self.graphs.get, request.graph_id)
+        kind, kw = ablate.request_kwargs(request, graph, self.config.max_samples)
+        if kind == "curve":
+            kw["layer"] = request.layer
+        partition = (await asyncio.to_thread(ablate.partition_of, request, graph)
+                     if kind in ("cut", "effects") else None)
+        if request.data_tensor_set_id:
+            model_id, data_id, tensor = rec["model_id"], request.data_tensor_set_id, request.data_tensor
+        else:
+            model_id, data_id, tensor = ablate.graph_source(self.store, rec)
+        entry, model, inputs, _ = await self._model_and_data(model_id, data_id, tensor, list(graph.layers))
+        job_id = new_id("j")
+
+        def work(device: str, progress: Progress) -> str:
+            result = ablate.run(kind, model, inputs, graph, kw, partition, device, progress)
+            ablate.save(self.store, job_id, kind, result)
+            return request.graph_id
+
+        self.jobs.submit(job_id, entry.id, json_format.MessageToJson(request), work)
+        return pb.AblateResponse(job_id=job_id)
+
+    @rpc
+    async def GetAblation(self, request: pb.GetAblationRequest, context: Any) -> pb.GetAblationResponse:
+        status = self.jobs.get(request.job_id)
+        if status.state != "succeeded":
+            raise FailedPrecondition(f"job {request.job_id!r} is {status.state}"
+                                     + (f": {status.error}" if status.error else "")
+                                     + "; wait for it with WatchJob")
+        kind, result = await asyncio.to_thread(ablate.load, self.store, request.job_id)
+        return ablate.to_proto(kind, result, convert.job_to_proto(status))

@@ -57,6 +57,11 @@ class AblationCurve:
         d["n_kept"], d["loss"] = self.n_kept.tolist(), self.loss.tolist()
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AblationCurve:
+        return cls(**dict(d, n_kept=np.asarray(d["n_kept"], dtype=np.int64),
+                          loss=np.asarray(d["loss"], dtype=np.float64)))
+
 
 def schedule_points(k: int, schedule: str | Sequence[int], exp_base: float = 2.0) -> np.ndarray:
     """Numbers of kept directions: "all" (0 … k), "exponential" (0, 1, base, base², …, k), or

@@ -45,6 +45,10 @@ class EdgeAblation:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EdgeAblation:
+        return cls(**d)
+
 
 def keep_matrices(graph: InteractionGraph, *, epsilon: float | None = None,
                   keep: int | None = None) -> list[np.ndarray]:
@@ -131,6 +135,10 @@ class EpsilonChoice:
         d = asdict(self)
         d["curve"] = [list(c) for c in self.curve]
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EpsilonChoice:
+        return cls(**dict(d, curve=[(float(e), float(v), int(n)) for e, v, n in d["curve"]]))
 
 
 def epsilon_from_ablation(model: nn.Module, inputs: Inputs, graph: InteractionGraph, *,

@@ -63,6 +63,10 @@ class ModuleCut:
     def to_dict(self) -> dict[str, Any]:
         return dict(asdict(self), relative=self.relative)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModuleCut:
+        return cls(**{k: v for k, v in d.items() if k != "relative"})
+
 
 def _cut(ab: Ablator, graph: InteractionGraph, mem: np.ndarray, n_baseline: int, seed: int) -> ModuleCut:
     rng = np.random.default_rng(seed)
@@ -91,6 +95,9 @@ def module_cut(model: nn.Module, inputs: Inputs, graph: InteractionGraph,
     return _cut(ab, graph, mem, n_baseline, seed)
 
 
+_ARRAYS = ("loss", "loss_increase", "reconstruction_by_group", "counts")
+
+
 @dataclass
 class ModuleEffects:
     """What each module computes: L per output group with the module ablated at every layer.
@@ -115,9 +122,14 @@ class ModuleEffects:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for key in ("loss", "loss_increase", "reconstruction_by_group", "counts"):
+        for key in _ARRAYS:
             d[key] = np.where(np.isnan(d[key]), None, d[key]).tolist()
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModuleEffects:
+        arrays = {k: np.array(d[k], dtype=np.float64) for k in _ARRAYS}   # None -> NaN
+        return cls(**dict(d, **arrays))
 
 
 def module_effects(model: nn.Module, inputs: Inputs, graph: InteractionGraph,
@@ -166,7 +178,13 @@ class AutoModules:
     def to_dict(self) -> dict[str, Any]:
         return dict(partition=self.partition.to_dict(), epsilon=self.epsilon, cut_loss=self.cut_loss,
                     tolerance=self.tolerance, within_tolerance=self.within_tolerance, sweep=self.sweep,
-                    choice=self.choice.to_dict(), coverage=self.coverage)
+                    choice=self.choice.to_dict(), n_directions=self.n_directions, coverage=self.coverage)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AutoModules:
+        d = {k: v for k, v in d.items() if k != "coverage"}
+        return cls(**dict(d, partition=Partition.from_dict(d["partition"]),
+                          choice=EpsilonChoice.from_dict(d["choice"])))
 
 
 def resolution_grid(graph: InteractionGraph, epsilon: float, n: int = 16) -> np.ndarray:
