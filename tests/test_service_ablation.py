@@ -105,3 +105,25 @@ def test_cancel_a_running_ablation(setup):
     with pytest.raises(RemoteError) as err:
         client.ablation_result(job_id)
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_cli_ablate_and_modules_auto(setup, capsys, tmp_path):
+    import json
+
+    from intermod.client.cli import main
+
+    client, gid, model, data, graph = setup
+    addr = ["--address", client.address, "--no-progress"]
+    assert main(["ablate", gid, "cut", "--epsilon", "1e-3", "--n-modules", "2", "--n-baseline", "2", *addr, "--json"]) == 0
+    cut = json.loads(capsys.readouterr().out)
+    part = ia.find_modules(graph, epsilon=1e-3, n_modules=2)
+    assert cut["loss"] == pytest.approx(ia.module_cut(model, data, graph, part, n_baseline=0, **Q).loss, rel=1e-8)
+    assert main(["ablate", gid, "effects", "--epsilon", "1e-3", "--n-modules", "2", *addr]) == 0
+    assert "increase per coordinate" in capsys.readouterr().out
+    assert main(["ablate", gid, "curve", "--layer", "2", "--plot", str(tmp_path / "c"), *addr]) == 0
+    assert "reconstruction loss" in capsys.readouterr().out and (tmp_path / "c.svg").exists()
+    assert main(["modules", gid, "--auto", "--tolerance", "1e-3", *addr, "--json"]) == 0
+    auto = json.loads(capsys.readouterr().out)
+    assert auto["tolerance"] == 1e-3 and auto["cut_loss"] <= 1e-3 or not auto["within_tolerance"]
+    assert main(["ablate", gid, "edges", *addr]) == 1
+    assert "epsilon" in capsys.readouterr().err
