@@ -19,7 +19,8 @@ from intermod import analysis as ia
 from intermod.v1 import intermod_pb2 as pb
 
 from . import convert
-from .errors import FailedPrecondition, InvalidArgument, NotFound
+from .config import ServerConfig
+from .errors import FailedPrecondition, InvalidArgument, NotFound, echo
 from .storage import Store, atomic_write
 
 KINDS = {pb.ABLATION_KIND_CURVE: "curve", pb.ABLATION_KIND_EDGES: "edges", pb.ABLATION_KIND_CUT: "cut",
@@ -40,16 +41,16 @@ def _positive_int(value: int, field: str, limit: int) -> int:
     return int(value)
 
 
-def request_kwargs(req: pb.AblateRequest, graph: ia.InteractionGraph, max_samples: int) -> tuple[str, dict]:
+def request_kwargs(req: pb.AblateRequest, graph: ia.InteractionGraph, config: ServerConfig) -> tuple[str, dict]:
     """(kind, keyword arguments of the library function) for a valid request."""
     kind = KINDS.get(req.kind)
     if kind is None:
         raise InvalidArgument("kind", f"must be one of {sorted(KIND_IDS)} (ABLATION_KIND_*)")
     if req.loss not in ("", "mse", "kl"):
-        raise InvalidArgument("loss", f"must be 'mse' or 'kl', got {req.loss!r}")
+        raise InvalidArgument("loss", f"must be 'mse' or 'kl', got {echo(req.loss)}")
     kw: dict[str, Any] = {"loss": req.loss or "mse"}
     if req.HasField("batch_size"):
-        kw["batch_size"] = _positive_int(req.batch_size, "batch_size", max(max_samples, 4096))
+        kw["batch_size"] = _positive_int(req.batch_size, "batch_size", config.max_batch_size)
     if req.HasField("tolerance"):
         if not (math.isfinite(req.tolerance) and req.tolerance >= 0):
             raise InvalidArgument("tolerance", f"must be finite and >= 0, got {req.tolerance}")
@@ -57,17 +58,18 @@ def request_kwargs(req: pb.AblateRequest, graph: ia.InteractionGraph, max_sample
             kw["tolerance"] = req.tolerance
     if kind == "curve":
         if req.layer not in graph.layers:
-            raise InvalidArgument("layer", f"must be a layer of the graph {graph.layers}, got {req.layer!r}")
+            raise InvalidArgument("layer", f"must be a layer of the graph {graph.layers[:20]}, got {echo(req.layer)}")
         if req.schedule_points:
             if req.schedule:
                 raise InvalidArgument("schedule", "give schedule or schedule_points, not both")
-            k = int(graph.layer_sizes[req.layer])
+            start = graph.node_offset[req.layer]
+            k = int((~graph.is_bias[start:start + graph.layer_sizes[req.layer]]).sum())
             if len(req.schedule_points) > MAX_SCHEDULE or not all(0 <= m <= k for m in req.schedule_points):
                 raise InvalidArgument("schedule_points", f"at most {MAX_SCHEDULE} numbers in 0..{k}")
             kw["schedule"] = [int(m) for m in req.schedule_points]
         elif req.schedule:
             if req.schedule not in ("exponential", "all"):
-                raise InvalidArgument("schedule", f"must be 'exponential' or 'all', got {req.schedule!r}")
+                raise InvalidArgument("schedule", f"must be 'exponential' or 'all', got {echo(req.schedule)}")
             kw["schedule"] = req.schedule
     elif kind == "edges":
         if req.HasField("epsilon") == req.HasField("keep"):
@@ -86,7 +88,7 @@ def request_kwargs(req: pb.AblateRequest, graph: ia.InteractionGraph, max_sample
             kw["n_baseline"] = int(req.n_baseline)
         if req.group and kind == "effects":
             if req.group not in ("coordinate", "class", "position"):
-                raise InvalidArgument("group", f"must be 'coordinate', 'class' or 'position', got {req.group!r}")
+                raise InvalidArgument("group", f"must be 'coordinate', 'class' or 'position', got {echo(req.group)}")
             if req.group == "coordinate" and kw["loss"] != "mse":
                 raise InvalidArgument("group", "'coordinate' needs loss 'mse'")
             kw["group"] = req.group
@@ -105,14 +107,14 @@ def request_kwargs(req: pb.AblateRequest, graph: ia.InteractionGraph, max_sample
     return kind, kw
 
 
-def partition_of(req: pb.AblateRequest, graph: ia.InteractionGraph) -> Any:
+def partition_of(req: pb.AblateRequest, graph: ia.InteractionGraph, max_restarts: int) -> Any:
     """The membership of a cut / effects request: given, or found with ``search``."""
     if req.membership:
         return convert.check_membership(req.membership, graph.n_nodes, "membership")
     if not req.HasField("search"):
         raise InvalidArgument("membership", "required: give membership or search")
     try:
-        return ia.find_modules(graph, **convert.search_kwargs(req.search, "search"))
+        return ia.find_modules(graph, **convert.search_kwargs(req.search, max_restarts, "search"))
     except ValueError as exc:
         raise InvalidArgument("search", str(exc)) from None
 
