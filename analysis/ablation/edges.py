@@ -143,18 +143,19 @@ class EpsilonChoice:
 
 def epsilon_from_ablation(model: nn.Module, inputs: Inputs, graph: InteractionGraph, *,
                           tolerance: float | None = None, loss: str | LossFn = "mse",
-                          ratio: float = 2.0, max_steps: int = 40, **kw: Any) -> EpsilonChoice:
+                          ratio: float = 1.0, max_steps: int = 60, **kw: Any) -> EpsilonChoice:
     """Bisection on log ε for the largest ε whose edge ablation (w ≤ √ε) keeps L ≤ δ.
 
     L(ε) only changes where √ε crosses an edge strength, so every trial ε is snapped to the
     threshold w² nearest (in log) to the bracket's geometric midpoint; the search ends when
     no threshold lies strictly inside the bracket (then ε is just below the first threshold
-    that breaks δ) or the bracket is narrower than ``ratio``. δ = ``tolerance``, or 1 % of the
-    output's scale (see :mod:`.loss`). Then L(2ε) is measured. Keyword options: output_fn,
-    batch_size, device, dtype, progress, callback.
+    that breaks δ: the largest ε, exactly, for a loss that grows with ε), or earlier once the
+    bracket is narrower than a factor ``ratio`` > 1 (ε is then its lower end). δ =
+    ``tolerance``, or 1 % of the output's scale (see :mod:`.loss`). Then L(2ε) is measured.
+    Keyword options: output_fn, batch_size, device, dtype, progress, callback.
     """
-    if not ratio > 1:
-        raise ValueError(f"ratio must be > 1, got {ratio}")
+    if not ratio >= 1:
+        raise ValueError(f"ratio must be >= 1 (1: exact), got {ratio}")
     ab = graph_ablator(model, inputs, graph, loss=loss, **options(kw))
     w = graph.w[graph.w > 0]
     if w.size == 0:
@@ -183,7 +184,7 @@ def epsilon_from_ablation(model: nn.Module, inputs: Inputs, graph: InteractionGr
     elif feasible:
         for _ in range(max_steps):
             inner = thresholds[(thresholds > lo) & (thresholds < hi)]
-            if inner.size == 0 or hi / lo <= ratio:
+            if inner.size == 0 or (ratio > 1 and hi / lo <= ratio):
                 break
             mid = float(inner[np.argmin(np.abs(np.log(inner) - 0.5 * (math.log(lo) + math.log(hi))))])
             if L(mid) <= delta:
