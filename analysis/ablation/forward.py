@@ -124,6 +124,9 @@ class Ablator:
                                  f"the basis was built for {lm.dim}")
         self.maps = dict(maps)
         self.torch_maps = {n: TorchMap(lm, self.s.device, dtype) for n, lm in maps.items()}
+        for n in self.torch_maps:    # the input of a Linear: write back at its output
+            if isinstance(net.modules.get(n), nn.Linear):
+                self.torch_maps[n].fold_head(net.params[f"{n}.weight"], net.params.get(f"{n}.bias"))
         self.batch_size = batch_size
         first = batch_to(next(iter_batches(inputs, batch_size)), self.s.device, dtype)
         y = net.run_replacing(first, {})
@@ -155,8 +158,10 @@ class Ablator:
             mask = position_mask(batch)
             with torch.no_grad():
                 y = net.run_replacing(batch, {})
-                ya = net.run_replacing(_repeat(batch, K), {n: self._rewrite(n, *tensors[n], K, n == first)
-                                                            for n in plan.layers})
+                pre, post = {}, {}
+                for n in plan.layers:
+                    self._hook(pre, post, n, *tensors[n], K, n == first)
+                ya = net.run_replacing(_repeat(batch, K), pre, post)
             ys, w = as_samples(y, mask)
             scale.add(ys, w)
             ya = ya.reshape((K, B) + ya.shape[1:])[readout]                 # (R, B, …)
@@ -187,12 +192,16 @@ class Ablator:
             rows.append(v.reshape(ys.shape[0], -1).expand(ys.shape[:2]))
         return torch.stack(rows)
 
-    def _rewrite(self, name: str, mask: Tensor, src: Tensor | None, K: int, identical: bool):
-        """The pre-hook of layer ``name``; with ``identical`` (no layer before it is rewritten)
-        all K copies hold the same activation, so f̂ is computed once."""
+    def _hook(self, pre: dict, post: dict, name: str, mask: Tensor, src: Tensor | None, K: int,
+              identical: bool) -> None:
+        """The rewrite of layer ``name``: f′ = b + C⁻¹ (mask ⊙ f̂[src]) on the way in; when the
+        layer is the input of an ``nn.Linear`` the module runs on one copy only and its output
+        is computed from the masked f̂ (:meth:`TorchMap.fold_head`). With ``identical`` (no layer before it is rewritten)
+        the K copies hold the same activation, so f̂ is computed once."""
         tm = self.torch_maps[name]
+        stash: dict[str, Tensor] = {}
 
-        def fn(x: Tensor) -> Tensor:
+        def masked_coords(x: Tensor) -> tuple[Tensor, Tensor]:
             xs = tm.samples(x)                                               # (K·B, P, d)
             if identical:
                 B = xs.shape[0] // K
@@ -201,9 +210,22 @@ class Ablator:
                 h = tm.coords(xs).reshape(K, -1, xs.shape[1], tm.k)
                 if src is not None:
                     h = torch.gather(h, 0, src[:, None, None, :].expand_as(h))
-            h = h * mask[:, None, None, :]
+            return xs, h * mask[:, None, None, :]
+
+        if hasattr(tm, "WB"):
+            def head_in(x: Tensor) -> Tensor:
+                _, stash["h"] = masked_coords(x)
+                return x[:x.shape[0] // K]
+
+            def head_out(z: Tensor) -> Tensor:
+                return tm.head_out(stash.pop("h")).reshape((K * z.shape[0],) + z.shape[1:])
+            pre[name], post[name] = head_in, head_out
+            return
+
+        def rewrite(x: Tensor) -> Tensor:
+            xs, h = masked_coords(x)
             return from_samples(tm.back(h).reshape(xs.shape), x)
-        return fn
+        pre[name] = rewrite
 
 
 def _accumulate(sums: _Sums | None, per: Tensor, yas: Tensor, ys: Tensor, w: Tensor,

@@ -105,6 +105,18 @@ class TorchMap:
         self.B = torch.as_tensor(lm.Cinv[:d].T, device=device).to(dtype)   # (k, d)
         self.b = b[:d].to(dtype)
 
+    def fold_head(self, W: Tensor, bias: Tensor | None) -> None:
+        """For a node layer that is the input of a Linear z = W f + bias: z of the written-back
+        f is ``head_out(h) = z0 + h @ WB`` with z0 = W b + bias and WB = (W C⁻¹)ᵀ (k, d_out):
+        one matmul instead of two, and the copies never materialise f (same numbers,
+        reassociated)."""
+        W = W.to(self.B.dtype)
+        self.WB = self.B @ W.T
+        self.z0 = W @ self.b + (0 if bias is None else bias.to(self.B.dtype))
+
+    def head_out(self, h: Tensor) -> Tensor:
+        return h @ self.WB + self.z0
+
     def coords(self, f: Tensor) -> Tensor:
         return f @ self.A + self.shift
 
