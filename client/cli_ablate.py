@@ -86,7 +86,8 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, kind: str, search: dict[str, Any], membership: Any) -> None:
     """Submit, follow and print one ablation job (``args``: the CLI's common flags)."""
-    from .cli import _client, _emit, _remote_data
+    from .cli import _client, _emit
+    from .cli_inputs import remote_data
 
     fields = _fields(args)
     if kind == "edges" and search.get("epsilon") is not None:
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace, kind: str, search: dict[str, Any], membership:
             fields["search"] = search
     with _client(args) as client:
         result = client.ablate(args.graph, kind, progress=not (args.no_progress or args.json),
-                               data=_remote_data(args), data_tensor=args.data_tensor or None, **fields)
+                               data=remote_data(args), data_tensor=args.data_tensor or None, **fields)
         layers = client.graph_info(args.graph).layers
     if getattr(args, "plot", None):
         _plot(kind, result, args.plot)
@@ -147,8 +148,9 @@ def add_parser(command: Any, search_args: Any) -> None:
 
 
 def cmd_ablate(args: argparse.Namespace) -> None:
-    from .cli import _read_membership, _search
-    membership = _read_membership(args.membership) if args.membership else None
+    from .cli import _search
+    from .cli_inputs import read_membership
+    membership = read_membership(args.membership) if args.membership else None
     run(args, args.kind, _search(args), membership)
 
 
