@@ -148,9 +148,10 @@ def epsilon_from_ablation(model: nn.Module, inputs: Inputs, graph: InteractionGr
 
     L(ε) only changes where √ε crosses an edge strength, so every trial ε is snapped to the
     threshold w² nearest (in log) to the bracket's geometric midpoint; the search ends when
-    no threshold lies strictly inside the bracket (then ε is just below the first threshold
-    that breaks δ: the largest ε, exactly, for a loss that grows with ε), or earlier once the
-    bracket is narrower than a factor ``ratio`` > 1 (ε is then its lower end). δ =
+    no threshold lies strictly inside the bracket: then [lo, hi) is the last interval of ε that
+    ablates one set of edges within δ (hi: the first threshold that breaks it, exact for a loss
+    that grows with ε), and ε is its geometric middle, so every edge's ŵ = ln(w/√ε) is clearly
+    above or below 0. With ``ratio`` > 1 the search stops once hi/lo ≤ ratio (ε = lo). δ =
     ``tolerance``, or 1 % of the output's scale (see :mod:`.loss`). Then L(2ε) is measured.
     Keyword options: output_fn, batch_size, device, dtype, progress, callback.
     """
@@ -192,8 +193,9 @@ def epsilon_from_ablation(model: nn.Module, inputs: Inputs, graph: InteractionGr
             else:
                 hi = mid
         inner = thresholds[(thresholds > lo) & (thresholds < hi)]
-        # no threshold in (lo, hi): ε just below hi ablates the same edges as lo (measured)
-        eps = lo if inner.size else max(lo, hi * (1 - 1e-9))
+        # no threshold in (lo, hi): every ε in it ablates the same edges as lo; take the middle
+        # (log scale), so that no kept edge sits at ŵ ≈ 0 and no ablated one just below it
+        eps = lo if inner.size else math.sqrt(lo * hi)
         if L(eps) > delta:
             eps = lo
     double = 2 * eps

@@ -156,8 +156,9 @@ def module_effects(model: nn.Module, inputs: Inputs, graph: InteractionGraph,
 @dataclass
 class AutoModules:
     """The truth-free pipeline: partition (the most modules whose cut loss is ≤ δ over the
-    resolution sweep at ε; ties: lower cost), epsilon, cut_loss, tolerance, sweep (one row per
-    resolution: resolution, n_modules, cost, cut_loss, within), within_tolerance (False: no
+    resolution sweep at ε, counting modules with an internal interaction; ties: lower cost),
+    epsilon, cut_loss, tolerance, sweep (one row per resolution: resolution, n_modules,
+    n_counted, cost, cut_loss, within), within_tolerance (False: no
     partition met δ, the one with the lowest cut loss is returned), choice (the ε bisection),
     n_directions (non-constant directions of the graph)."""
 
@@ -195,6 +196,12 @@ def resolution_grid(graph: InteractionGraph, epsilon: float, n: int = 16) -> np.
     return top * np.logspace(-4, 0, n)
 
 
+def _counted(p: Partition) -> int:
+    """Modules that hold an interaction (internal ŵ > 0): a module of one direction, or of
+    directions with no edge above √ε between them, computes nothing of its own."""
+    return sum(1 for m in p.modules if m.internal > 0)
+
+
 def modules_from_ablation(model: nn.Module, inputs: Inputs, graph: InteractionGraph, *,
                           tolerance: float | None = None, loss: str | LossFn = "mse",
                           resolutions: Sequence[float] | None = None, objective: str = "cpm",
@@ -203,7 +210,9 @@ def modules_from_ablation(model: nn.Module, inputs: Inputs, graph: InteractionGr
     """ε by :func:`epsilon_from_ablation`, then the partitions of a resolution sweep at that ε
     (``find_modules``); every distinct one with at most ``max_modules`` modules gets its cut loss
     (all in one pass), and the one with the most modules whose cut loss is ≤ δ wins (ties: lower
-    cost). Keyword options: output_fn, batch_size, device, dtype, progress, callback."""
+    cost). Only modules that hold an interaction are counted (internal ŵ > 0): splitting off a
+    lone weak direction is cheap to cut but is no module of the computation. Keyword options:
+    output_fn, batch_size, device, dtype, progress, callback."""
     opt = options(kw)
     choice = epsilon_from_ablation(model, inputs, graph, tolerance=tolerance, loss=loss, **opt)
     eps, delta = choice.epsilon, choice.tolerance
@@ -222,12 +231,13 @@ def modules_from_ablation(model: nn.Module, inputs: Inputs, graph: InteractionGr
     if todo:
         ev = ab.evaluate(concat([cut_plan(graph, parts[i].membership) for i in todo]), stage="cut sweep")
         cut_losses = dict(zip(todo, ev.loss.tolist()))
-    sweep = [dict(resolution=float(gamma), n_modules=parts[i].n_modules, cost=parts[i].cost,
-                  cut_loss=cut_losses.get(i), within=i in cut_losses and cut_losses[i] <= delta)
+    sweep = [dict(resolution=float(gamma), n_modules=parts[i].n_modules, n_counted=_counted(parts[i]),
+                  cost=parts[i].cost, cut_loss=cut_losses.get(i),
+                  within=i in cut_losses and cut_losses[i] <= delta)
              for gamma, i in zip(grid, row_of)]
     ok = [i for i in cut_losses if cut_losses[i] <= delta]
     if ok:
-        best = max(ok, key=lambda i: (parts[i].n_modules, -parts[i].cost))
+        best = max(ok, key=lambda i: (_counted(parts[i]), -parts[i].cost))
     elif cut_losses:
         best = min(cut_losses, key=cut_losses.get)
     else:
