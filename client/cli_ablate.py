@@ -120,7 +120,8 @@ def _plot(kind: str, result: Any, path: str) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ablation flags (shared by ``ablate`` and ``modules --auto``)."""
-    p.add_argument("--loss", choices=("mse", "kl"), help="behavioural loss (default mse)")
+    p.add_argument("--loss", choices=("mse", "kl", "disagreement"),
+                   help="behavioural loss (default mse)")
     p.add_argument("--tolerance", type=float, help="δ; default 1%% of the output's scale")
     p.add_argument("--max-modules", type=int, help="auto: largest partition cut-tested")
     p.add_argument("--data", help="other data to ablate on (.npy / .safetensors)")

@@ -46,8 +46,8 @@ def request_kwargs(req: pb.AblateRequest, graph: ia.InteractionGraph, config: Se
     kind = KINDS.get(req.kind)
     if kind is None:
         raise InvalidArgument("kind", f"must be one of {sorted(KIND_IDS)} (ABLATION_KIND_*)")
-    if req.loss not in ("", "mse", "kl"):
-        raise InvalidArgument("loss", f"must be 'mse' or 'kl', got {echo(req.loss)}")
+    if req.loss not in ("", "mse", "kl", "disagreement"):
+        raise InvalidArgument("loss", f"must be 'mse', 'kl' or 'disagreement', got {echo(req.loss)}")
     kw: dict[str, Any] = {"loss": req.loss or "mse"}
     if req.HasField("batch_size"):
         kw["batch_size"] = _positive_int(req.batch_size, "batch_size", config.max_batch_size)

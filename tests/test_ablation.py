@@ -267,3 +267,15 @@ def test_plots_write_png_and_svg(tmp_path, mlp):
     assert sorted(p.rsplit("/", 1)[1] for p in written) == sorted(
         f"{n}.{e}" for n in ("curves", "eps", "fx") for e in ("png", "svg"))
     assert all((tmp_path / p.rsplit("/", 1)[1]).stat().st_size > 1000 for p in written)
+
+
+def test_disagreement_loss_counts_changed_predictions(mlp):
+    model, x, _, graph = mlp
+    mem = _random_membership(graph, 2, seed=6)
+    y = ref.call(model, x).detach().numpy()
+    ya = ref.edge_ablated_output(model, x, graph, ref.cut_keep(graph, mem), nodes=mem >= 0)
+    cut = ia.module_cut(model, x, graph, mem, loss="disagreement", n_baseline=0, **Q)
+    assert cut.loss == pytest.approx(float((ya.argmax(-1) != y.argmax(-1)).mean()), abs=1e-12)
+    assert cut.scale == pytest.approx(1 - np.bincount(y.argmax(-1)).max() / len(y))
+    fx = ia.module_effects(model, x, graph, mem, loss="disagreement", **Q)
+    assert fx.group == "class"

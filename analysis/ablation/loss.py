@@ -5,14 +5,17 @@ A sample is an (input, position) pair, as everywhere in intermod (padded positio
 
 - ``"mse"``: per sample ‖y′ − y‖² / d, so L = (1/n) Σ ‖y′ − y‖² / (number of output coordinates).
 - ``"kl"``: per sample KL(softmax y ‖ softmax y′) (logits in, nats out).
+- ``"disagreement"``: per sample 1[argmax y′ ≠ argmax y] (classifiers: L = 1 − the ablated
+  network's accuracy against the clean network's predictions).
 - a callable ``(y_ablated, y_clean, batch) -> per-sample loss`` ((B,) or (B, P)).
 
 Default tolerance. δ = ``TOLERANCE_SHARE`` (1 %) of the *scale* of the output, the loss of the
 best constant output: for MSE that is the output's variance averaged over coordinates,
 (1/d) Σ_k Var(y_k) (replace y by its mean); for KL it is E_x KL(p(x) ‖ p̄), p̄ = E_x p(x) (replace
 every prediction by the average prediction: the information the output carries about the
-input). The same rule for every model and data set; a callable loss has no scale, so it needs
-an explicit tolerance.
+input); for disagreement it is 1 − the largest class share of the clean predictions (always
+predict the most common class). The same rule for every model and data set; a callable loss
+has no scale, so it needs an explicit tolerance.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 from torch import Tensor
 
 LossFn = Callable[[Tensor, Tensor, Any], Tensor]
-LOSSES = ("mse", "kl")
+LOSSES = ("mse", "kl", "disagreement")
 GROUPS = ("coordinate", "class", "position")
 TOLERANCE_SHARE = 0.01
 
@@ -59,6 +62,8 @@ class Loss:
         if self.name == "kl":
             logp = torch.log_softmax(y, -1)
             return (logp.exp() * (logp - torch.log_softmax(ya, -1))).sum(-1)
+        if self.name == "disagreement":
+            return (ya.argmax(-1) != y.argmax(-1)).to(y.dtype)
         raise AssertionError("callable losses are evaluated by the Ablator")
 
     def check_group(self, group: str, has_positions: bool) -> None:
@@ -86,6 +91,7 @@ class ScaleAccumulator:
         self.n = 0.0
         self.s1: Tensor | float = 0.0    # Σ w y (MSE) or Σ w p (KL)
         self.s2: Tensor | float = 0.0    # Σ w y² (MSE) or Σ w Σ_k p log p (KL)
+        # disagreement: s1 = Σ w one_hot(argmax y)
 
     def add(self, y: Tensor, w: Tensor) -> None:
         y, w = y.to(torch.float64), w.to(torch.float64)
@@ -93,6 +99,9 @@ class ScaleAccumulator:
         if self.loss.name == "mse":
             self.s1 = self.s1 + torch.einsum("bp,bpd->d", w, y)
             self.s2 = self.s2 + torch.einsum("bp,bpd->d", w, y.square())
+        elif self.loss.name == "disagreement":
+            one_hot = torch.nn.functional.one_hot(y.argmax(-1), y.shape[-1]).to(w.dtype)
+            self.s1 = self.s1 + torch.einsum("bp,bpd->d", w, one_hot)
         elif self.loss.name == "kl":
             logp = torch.log_softmax(y, -1)
             p = logp.exp()
@@ -105,6 +114,8 @@ class ScaleAccumulator:
         if self.loss.name == "mse":
             mean = self.s1 / self.n
             return float((self.s2 / self.n - mean.square()).clamp_min(0).mean())
+        if self.loss.name == "disagreement":
+            return float(1.0 - self.s1.max() / self.n)
         pbar = self.s1 / self.n
         ent = torch.where(pbar > 0, pbar * pbar.log(), torch.zeros_like(pbar)).sum()
         return max(0.0, float(self.s2 / self.n - ent))
