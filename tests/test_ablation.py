@@ -69,6 +69,13 @@ def test_planted_true_cut_is_exact_and_random_cuts_are_not(planted):
     assert cut.baseline > 1e6 * max(cut.loss, 1e-300 * cut.scale)
 
 
+def test_planted_truth_free_pipeline_finds_the_planted_modules(planted):
+    ex, _, graph = planted
+    auto = ia.modules_from_ablation(ex.model, ex.inputs, graph, **Q)
+    assert auto.within_tolerance and auto.choice.exceeds_at_double
+    assert ia.compare_partitions(auto.partition, ex.truth(graph)).ari > 0.99
+
+
 def test_full_curve_point_is_reconstruction_loss(planted):
     ex, basis, _ = planted
     curve = ia.ablation_curve(ex.model, ex.inputs, basis, "3", schedule="all", **Q)
