@@ -104,7 +104,8 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
     return InteractionGraph.from_arrays(
         layers, [basis[n].Lambda for n in layers], mats,
         bias_direction=[basis[n].bias_direction for n in layers],
-        bases={n: (basis[n].C, basis[n].Lambda) for n in layers}, metadata=metadata)
+        bases={n: (basis[n].C, basis[n].Lambda) for n in layers}, metadata=metadata,
+        inverses={n: basis[n].Cinv for n in layers}, means={n: basis[n].mean for n in layers})
 
 
 def _baseline(net, name: str, mean: np.ndarray, center: bool) -> Tensor | None:

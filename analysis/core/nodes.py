@@ -259,6 +259,28 @@ class NodeModel:
         self.last_slots = [slots.get(n) for n in self.chain[:-1]]
         return {n: acts[n] for n in self.chain}
 
+    def run_replacing(self, batch: Batch, replace: Mapping[str, Callable[[Tensor], Tensor]],
+                      replace_out: Mapping[str, Callable[[Tensor], Tensor]] | None = None) -> Tensor:
+        """The output ``output_fn(model(batch))`` with the activation f of every node layer in
+        ``replace`` swapped for ``replace[layer](f)`` on its way in (the ``"output"`` entry, if
+        any, maps the output itself) and, for layers in ``replace_out``, the module's output z
+        swapped for ``replace_out[layer](z)``. No gradients."""
+        def make_pre(fn: Callable[[Tensor], Tensor]):
+            def hook(module, args):
+                return (fn(args[0]),) + tuple(args[1:])
+            return hook
+
+        def make_post(fn: Callable[[Tensor], Tensor]):
+            def hook(module, args, out):
+                return fn(out)
+            return hook
+
+        pre = {n: make_pre(fn) for n, fn in replace.items() if n != OUTPUT}
+        post = {n: make_post(fn) for n, fn in (replace_out or {}).items()}
+        with torch.no_grad(), self._hooks(pre, post):
+            y = self.output_fn(self._call(batch, self.params))
+        return replace[OUTPUT](y) if OUTPUT in replace else y
+
     def section(self, batch: Batch, j: int, *, point: Tensor | None = None, alpha: float = 1.0,
                 tangent: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
         """Run section j: returns (point, f_out, slot).

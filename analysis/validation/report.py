@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from . import bases, drawings, epsilon, robustness, theory, transformers
+from . import ablation, bases, drawings, epsilon, robustness, theory, transformers
 from .formatting import fmt, table
 from .section import Context, Section
 
@@ -43,6 +43,8 @@ SECTIONS: tuple[Section, ...] = (
     theory.SECTION,              # App. A and §6.2 invariance
     epsilon.DEPENDENCE_SECTION,  # Dependence on ε
     robustness.SECTION,          # Finite-sample robustness (planted)
+    ablation.SECTION,            # Ablations: truth-free pipeline, cut vs random, curves, effects
+    ablation.FINITE_SECTION,     # Finite-sample study, truth-free
     drawings.SECTION,            # Modules found
     transformers.SECTION,        # MiniLM and modular addition
 )
