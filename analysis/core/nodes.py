@@ -6,11 +6,22 @@ Everything runs through :func:`torch.func.functional_call` with our own copies o
 parameters (cast to the compute dtype, biases optionally scaled), so the user's model is never
 modified; hooks replace the activation at a cut point and stop the forward pass at the next.
 
+Layout. Each node layer's tensor is read as (B, P, d) samples by its
+:class:`~intermod.analysis.core.layout.Layout` (``self.layouts``), chosen by the rules of
+:mod:`~intermod.analysis.core.layout` from the modules that read or produce it, or given by
+``layout=``.
+
 Bias slot. With ``include_bias`` every node activation f gets a constant slot s = 1 appended,
 and a section is g(f, s) with *every bias parameter* scaled by s ("folding"), for any module.
 The slot derivative ∂g/∂s is the forward-mode tangent of the section output when each bias b
-gets tangent b (the activation at the cut is held fixed). With positions, the slot of position
-s carries the bias terms added at position s (exact for position-wise sections).
+gets tangent b (the activation at the cut is held fixed). With positions, each sample (input,
+position) has its own slot; a bias added at the positions of the section's input (a Linear or
+LayerNorm on features-last samples, a Conv or BatchNorm on a channels-first map of the same
+positions) is attributed to its own position, and any other bias (added after the positions
+changed: pooling, strided conv, flatten, a pooled classifier head) to the mean slot of the
+input's valid positions (see :func:`~intermod.analysis.core.layout.spread_slot`). Biases of
+modules that are not called as modules (e.g. ``nn.MultiheadAttention``'s ``out_proj``) carry
+forward-mode tangents instead.
 
 Linear heads. When the module at a cut point is ``nn.Linear`` with d_out < d_in, derivatives
 are taken with respect to its output z = W f + b s (the *point*) and pulled back exactly through
@@ -20,6 +31,7 @@ the augmented weight P = [[W, b], [0, 1]]: per-sample work then scales with d_ou
 from __future__ import annotations
 
 import difflib
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -30,10 +42,11 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .inputs import Batch
+from .inputs import Batch, batch_size_of, position_mask
+from .layout import CHANNELS_FIRST, Layout, LayoutSpec, module_layout, requested_layouts, resolve_layout
 
 OUTPUT = "output"
-OutputFn = Callable[[Any], Tensor]
+OutputFn = Callable[[Any], Tensor] | str
 
 
 class _Stop(Exception):
@@ -52,9 +65,55 @@ def default_output(out: Any) -> Tensor:
     raise TypeError(f"cannot find an output tensor in a {type(out).__name__}; pass output_fn=")
 
 
+def output_getter(output_fn: OutputFn | None) -> Callable[[Any], Tensor]:
+    """The behavioural output as a function of the model's output: ``output_fn`` itself, the
+    attribute or key it names (``"logits"``, ``"last_hidden_state"``), or :func:`default_output`."""
+    if output_fn is None:
+        return default_output
+    if isinstance(output_fn, str):
+        key = output_fn
+
+        def get(out: Any) -> Tensor:
+            if isinstance(out, Mapping) and key in out:
+                value = out[key]
+            elif not isinstance(out, (Tensor, Mapping)) and hasattr(out, key):
+                value = getattr(out, key)
+            else:
+                have = list(out.keys()) if isinstance(out, Mapping) else type(out).__name__
+                raise ValueError(f"output_fn={key!r}: the model's output has no field {key!r} ({have})")
+            if not isinstance(value, Tensor):
+                raise TypeError(f"output_fn={key!r}: the field is a {type(value).__name__}, not a tensor")
+            return value
+        return get
+    if not callable(output_fn):
+        raise TypeError(f"output_fn must be a callable or the name of an output field, got {type(output_fn).__name__}")
+    return output_fn
+
+
 def _is_bias(name: str) -> bool:
     leaf = name.rsplit(".", 1)[-1]
     return leaf == "bias" or leaf.endswith("_bias")
+
+
+def _channels_bias(module: nn.Module) -> bool:
+    """Whether the module adds its bias along dim 1 of a channels-first map (else: last dim)."""
+    return isinstance(module, CHANNELS_FIRST)
+
+
+def _slot_candidate(module: nn.Module) -> bool:
+    """Modules whose bias a forward hook can scale by the slot: a 1-d bias on a known axis."""
+    if isinstance(module, nn.LayerNorm):
+        return len(module.normalized_shape) == 1 and module.bias is not None
+    if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)):
+        return getattr(module, "bias", None) is not None
+    return False
+
+
+def _same(t: Any, x: Tensor) -> bool:
+    """``t`` is ``x`` or a view of the same base."""
+    if not isinstance(t, Tensor):
+        return False
+    return t is x or (t._base is not None and t._base is x) or (x._base is not None and t._base is x._base)
 
 
 def _primal(x: Tensor) -> Tensor:
@@ -83,13 +142,13 @@ class NodeModel:
 
     Attributes: ``layers`` (the user's node layers in forward order), ``chain`` (``layers``
     with ``"output"`` appended when absent: the terminal every Jacobian target ends at),
-    ``dims[layer]`` (feature size d_l), ``point_dims[layer]`` (size of the point derivatives
-    are taken at), ``include_bias``.
+    ``layouts[layer]`` (how its tensor is read as samples), ``dims[layer]`` (feature size d_l),
+    ``point_dims[layer]`` (size of the point derivatives are taken at), ``include_bias``.
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], example: Batch, *,
                  output_fn: OutputFn | None, include_bias: bool, dtype: torch.dtype,
-                 device: torch.device):
+                 device: torch.device, layout: LayoutSpec = None):
         if isinstance(layers, str) or not layers:
             raise ValueError("layers must be a non-empty list of module paths (or 'output')")
         layers = list(layers)
@@ -104,7 +163,7 @@ class NodeModel:
             if name == "":
                 raise ValueError("layer '' is the whole model; use its first submodule or 'output'")
         self.model = model
-        self.output_fn = output_fn or default_output
+        self.output_fn = output_getter(output_fn)
         self.include_bias = include_bias
         self.dtype, self.device = dtype, device
         self.modules = {name: named[name] for name in layers if name != OUTPUT}
@@ -115,11 +174,19 @@ class NodeModel:
         self._bias_set = set(self.bias_names)
         self._slot_modules: dict[nn.Module, str] = {}
         self._slot_now: Tensor | None = None
-        self.layers = self._forward_order(example, layers)
+        self._slot_share: Tensor | None = None
+        order, shapes, evidence, called = self._forward_order(example, layers)
+        self.layers = order
         self.chain = self.layers + ([] if self.layers[-1] == OUTPUT else [OUTPUT])
+        requested = requested_layouts(layout, self.chain)
+        has_channels = any(isinstance(m, CHANNELS_FIRST) for m in model.modules())
+        self.layouts: dict[str, Layout] = {
+            n: resolve_layout(n, shapes[n], requested[n], evidence=evidence.get(n),
+                              model_has_channels=has_channels) for n in self.chain}
         self.heads: dict[str, nn.Linear] = {
             name: m for name, m in self.modules.items()
-            if isinstance(m, nn.Linear) and m.out_features < m.in_features}
+            if isinstance(m, nn.Linear) and m.out_features < m.in_features
+            and self.layouts[name].kind in ("features", "tokens")}
         children = [n for n, _ in model.named_children()]
         self._sequential = (isinstance(model, nn.Sequential)
                             and all(n in children for n in self.modules)) or None
@@ -128,14 +195,13 @@ class NodeModel:
         name_of = {id(p): n for n, p in model.named_parameters()}
         head_ids = {id(m) for m in self.heads.values()}
         self._slot_modules = {m: name_of[id(m.bias)] for m in model.modules()
-                              if isinstance(m, (nn.Linear, nn.LayerNorm)) and m.bias is not None
+                              if _slot_candidate(m) and called.get(m, False)
                               and id(m) not in head_ids and id(m.bias) in name_of} if include_bias else {}
         head_biases = {name_of[id(m.bias)] for m in self.heads.values() if m.bias is not None}
         slot_biases = set(self._slot_modules.values())
         self._tangent_biases = [n for n in self.bias_names if n not in slot_biases | head_biases]
         self.needs_tangent = include_bias and bool(self._tangent_biases)
-        acts = self.forward(example)
-        self.dims = {name: a.shape[-1] for name, a in acts.items()}
+        self.dims = {n: self.layouts[n].n_features(shapes[n]) for n in self.chain}
         self.point_dims = {name: (self.heads[name].out_features if name in self.heads else self.dims[name])
                            for name in self.chain}
 
@@ -174,26 +240,57 @@ class NodeModel:
                 h.remove()
 
     def _slot_hook(self, bias_name: str) -> Callable:
-        """Forward hook of a Linear / LayerNorm: out + (s − 1) b, with s the active slot leaf
-        (B, P) of ones. Its value is unchanged; ∂/∂s_p is the bias b added at position p. A
-        module whose output is not laid out over the node layer's samples (e.g. BERT's pooler on
-        the [CLS] token, which the residual stream never reads) gets no slot."""
+        """Forward hook of a Linear / LayerNorm (bias on the last axis) or Conv / BatchNorm (bias
+        on axis 1): out + (s − 1) b with s the active slot leaf (B, *positions) of ones, so the
+        value is unchanged and ∂/∂s_p is the bias b added at position p. Where the module's
+        positions are not the slot's (after pooling, flatten, ...), s is the mean slot
+        s̄ = Σ_p ŵ_p s_p over the valid positions (ŵ: ``_slot_share``)."""
         def hook(module, args, out):
             slot = self._slot_now
-            if slot is None or not isinstance(out, Tensor) or out.shape[:-1] != slot.shape:
+            if slot is None or not isinstance(out, Tensor):
                 return None
-            return out + (slot - 1)[..., None] * self.params[bias_name]
+            channels = _channels_bias(module)
+            pos = (out.shape[:1] + out.shape[2:]) if channels else out.shape[:-1]
+            s = slot if pos == slot.shape else (
+                (slot * self._slot_share).flatten(1).sum(1).reshape((-1,) + (1,) * (len(pos) - 1)))
+            b = self.params[bias_name]
+            if channels:
+                return out + (s - 1)[:, None] * b.reshape((-1,) + (1,) * (out.ndim - 2))
+            return out + (s - 1)[..., None] * b
         return hook
 
-    def _new_slot(self, like: Tensor) -> Tensor | None:
-        """A leaf of ones over the samples of ``like`` (…, d), made the active slot."""
+    def _new_slot(self, like: Tensor, name: str, batch: Batch) -> Tensor | None:
+        """A leaf of ones over the samples of ``like`` (node layer ``name``'s point, (B, …)),
+        made the active slot, with the share ŵ_p = w_p / Σ w of each valid position."""
         if not self.include_bias:
             return None
-        self._slot_now = torch.ones(like.shape[:-1], dtype=like.dtype, device=like.device, requires_grad=True)
+        layout = self.layouts[name]
+        w = layout.weights(like.shape, position_mask(batch), like.dtype, like.device)
+        shape = layout.slot_shape(like.shape)
+        self._slot_share = (w / w.sum(-1, keepdim=True).clamp_min(1.0)).reshape(shape)
+        self._slot_now = torch.ones(shape, dtype=like.dtype, device=like.device, requires_grad=True)
         return self._slot_now
 
-    def _forward_order(self, example: Batch, layers: list[str]) -> list[str]:
+    def _forward_order(self, example: Batch, layers: list[str]
+                       ) -> tuple[list[str], dict[str, tuple[int, ...]], dict[str, str], dict[nn.Module, bool]]:
+        """One plain forward pass of ``example``. Returns the node layers in the order they run,
+        their shapes, the layout evidence of each (:func:`module_layout` of the first module that
+        reads the tensor, else of the module that produced it) and, for every slot-candidate
+        module, whether it is called on batch-first tensors."""
         seen: list[str] = []
+        shapes: dict[str, tuple[int, ...]] = {}
+        cuts: dict[str, Tensor] = {}
+        readers: dict[str, str] = {}
+        producers: dict[str, str] = {}
+        produced: list[tuple[weakref.ref, str]] = []
+        called: dict[nn.Module, bool] = {}
+        B = batch_size_of(example)
+
+        def producer_of(x: Tensor) -> str | None:
+            for ref, kind in reversed(produced):
+                if _same(ref(), x):
+                    return kind
+            return None
 
         def make(name: str):
             def hook(module, args):
@@ -201,14 +298,41 @@ class NodeModel:
                     raise ValueError(f"layer {name!r} runs more than once in a forward pass; "
                                      "choose a cut point that is called once")
                 seen.append(name)
+                cuts[name], shapes[name] = args[0], tuple(args[0].shape)
+                if (kind := producer_of(args[0])) is not None:
+                    producers[name] = kind
             return hook
 
+        def read(module, args):
+            kind = module_layout(module)
+            for name, x in cuts.items():
+                if name not in readers and args and _same(args[0], x):
+                    readers[name] = kind
+
+        def wrote(module, args, out):
+            if (kind := module_layout(module)) is not None and isinstance(out, Tensor):
+                produced.append((weakref.ref(out), kind))
+            if _slot_candidate(module):
+                ok = isinstance(out, Tensor) and out.ndim > 0 and out.shape[0] == B
+                called[module] = called.get(module, True) and ok
+
+        watched = [m for m in self.model.modules() if module_layout(m) is not None or _slot_candidate(m)]
         with torch.no_grad(), self._hooks({n: make(n) for n in self.modules}):
-            self._call(example, self.params)
+            handles = [m.register_forward_pre_hook(read) for m in watched if module_layout(m) is not None]
+            handles += [m.register_forward_hook(wrote) for m in watched]
+            try:
+                y = self.output_fn(self._call(example, self.params))
+            finally:
+                for h in handles:
+                    h.remove()
         missing = [n for n in self.modules if n not in seen]
         if missing:
             raise ValueError(f"layers {missing} are never called in the forward pass")
-        return seen + ([OUTPUT] if OUTPUT in layers else [])
+        shapes[OUTPUT] = tuple(y.shape)
+        evidence = producers | readers
+        if (kind := producer_of(y)) is not None:
+            evidence[OUTPUT] = kind
+        return seen + ([OUTPUT] if OUTPUT in layers else []), shapes, evidence, called
 
     def forward(self, batch: Batch, *, grad: bool = False) -> dict[str, Tensor]:
         """Natural forward pass: activations at every chain layer (``"output"`` included).
@@ -231,7 +355,7 @@ class NodeModel:
                 if name not in self.heads:
                     points[name] = x
                 if grad:   # section `name` starts here: its own bias-slot leaf
-                    slots[name] = self._new_slot(x)
+                    slots[name] = self._new_slot(x, name, batch)
                 return (x.clone(),) + tuple(args[1:])   # an in-place op downstream must not touch x
             return hook
 
@@ -262,14 +386,14 @@ class NodeModel:
         """
         src, dst = self.chain[j], self.chain[j + 1]
         if self._sequential and point is not None:
-            return self._sequential_section(j, point, alpha, tangent)
+            return self._sequential_section(batch, j, point, alpha, tangent)
         found: dict[str, Tensor] = {}
 
         def cut(x: Tensor) -> Tensor:
             value = _primal(x) if point is None else point.detach()
             found["point"] = p = value.clone().requires_grad_(True)
             self._arm_biases(alpha, tangent)
-            found["slot"] = self._new_slot(p)
+            found["slot"] = self._new_slot(p, src, batch)
             return p.clone()
 
         def pre_src(module, args):
@@ -309,7 +433,7 @@ class NodeModel:
                 path, leaf = name.rsplit(".", 1) if "." in name else ("", name)
                 self.model.get_submodule(path)._parameters[leaf] = value
 
-    def _sequential_section(self, j: int, point: Tensor, alpha: float, tangent: bool
+    def _sequential_section(self, batch: Batch, j: int, point: Tensor, alpha: float, tangent: bool
                             ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Fast path for ``nn.Sequential`` cut at its children: run only the section's modules."""
         src, dst = self.chain[j], self.chain[j + 1]
@@ -320,7 +444,7 @@ class NodeModel:
         names = set(part._modules)
         params = {k: v for k, v in self.params_scaled(alpha, tangent).items() if k.split(".", 1)[0] in names}
         with torch.enable_grad(), self._hooks():
-            slot = self._new_slot(leaf)
+            slot = self._new_slot(leaf, src, batch)
             out = functional_call(part, params, (leaf.clone(),)) if len(part) else leaf.clone()
             if dst == OUTPUT:
                 out = self.output_fn(out)
@@ -330,7 +454,8 @@ class NodeModel:
                      ) -> Tensor:
         """β_j = ∂f^{j+1}/∂s through the biases no slot hook covers (not Linear / LayerNorm, e.g.
         ``nn.MultiheadAttention``'s in_proj_bias), the point of layer j held fixed; same shape as
-        f^{j+1}. Their effect at output position t is attributed to the slot of position t."""
+        f^{j+1}. Their effect at output position t is attributed to the slot of position t when
+        the section keeps the positions, else spread over the input's (:func:`spread_slot`)."""
         with fwAD.dual_level():
             _, f_out, _ = self.section(batch, j, point=point, alpha=alpha, tangent=True)
             primal, tan = fwAD.unpack_dual(f_out)
