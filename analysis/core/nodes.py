@@ -91,8 +91,10 @@ def output_getter(output_fn: OutputFn | None) -> Callable[[Any], Tensor]:
 
 
 def _is_bias(name: str) -> bool:
+    """A bias parameter by its name: ``bias``, ``*_bias`` (``in_proj_bias``), or TransformerLens's
+    ``b`` / ``b_*`` (``b_Q``, ``b_in``, ``b_U``, ...)."""
     leaf = name.rsplit(".", 1)[-1]
-    return leaf == "bias" or leaf.endswith("_bias")
+    return leaf in ("bias", "b") or leaf.endswith("_bias") or leaf.startswith("b_")
 
 
 def _channels_bias(module: nn.Module) -> bool:
