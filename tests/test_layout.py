@@ -194,3 +194,32 @@ def test_digits_cnn_example_trains_to_target_and_cuts_across_pooling():
     assert [basis[n].dim for n in ex.layers] == [8, 8, 16, 64, 32, 10]
     graph = ia.build_graph(ex.model, x, basis, **QUIET)
     assert all(graph.edge_matrix(a, b).max() > 0 for a, b in zip(ex.layers, ex.layers[1:]))
+
+
+def test_biases_of_modules_not_called_as_modules_are_folded():
+    """nn.MultiheadAttention reads ``out_proj``'s bias without calling it: the bias still counts.
+    With zero query/key biases, ∂y_t/∂s = W_o b_v + b_o at every position t (softmax rows sum to
+    1), so the slot entry of M is ‖W_o b_v + b_o‖² exactly."""
+    torch.manual_seed(3)
+    d = 4
+
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pre = nn.Identity()
+            self.mha = nn.MultiheadAttention(d, 2, batch_first=True, dtype=F64)
+
+        def forward(self, x):
+            x = self.pre(x)
+            return self.mha(x, x, x, need_weights=False)[0]
+
+    model = Attn().eval()
+    with torch.no_grad():
+        model.mha.in_proj_bias[:2 * d] = 0.0
+        model.mha.in_proj_bias[2 * d:].normal_()
+        model.mha.out_proj.bias.normal_()
+    x = torch.randn(5, 3, d, generator=torch.Generator().manual_seed(4), dtype=F64)
+    basis = ia.compute_basis(model, x, ["pre", "output"], **QUIET)
+    W_o, b_o = model.mha.out_proj.weight, model.mha.out_proj.bias
+    want = float(((W_o @ model.mha.in_proj_bias[2 * d:] + b_o) ** 2).sum())
+    np.testing.assert_allclose(basis["pre"].M[-1, -1], want, rtol=1e-10)
