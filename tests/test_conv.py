@@ -102,31 +102,26 @@ def _ones_slot(f: torch.Tensor) -> torch.Tensor:
     return torch.ones(f.shape[1:] if f.ndim == 3 else (), dtype=F64)
 
 
-def _reference_M_output(model, acts, l: int) -> np.ndarray:
-    """M^l = (1/n_l) Σ_{x, p, k} ĝ ĝᵀ, ĝ = ∂y_k/∂(f_p, s_p)."""
+def _reference_M(model, acts, basis, l: int, target: str) -> np.ndarray:
+    """M^l = (1/n_l) Σ_{x, p, k} ĝ ĝᵀ, ĝ = ∂y_k/∂(f_p, s_p) with y the output (all later
+    sections) or f̂^{l+1} = C_{l+1}ᵀ (f^{l+1}, s^{l+1}) at every position (``"next_layer"``)."""
     secs = _sections(model)
-    total, count = 0.0, 0
-    for f in acts[l]:
-        def y_of(fv, sv):
-            for sec in secs[l:]:
-                fv, sv = sec(fv, sv)
-            return fv
-        Jf, Js = jacobian(y_of, (f, _ones_slot(f)))
-        g = torch.stack([_aug(Jf[k], Js[k]) for k in range(Jf.shape[0])])   # (K, P, d+1)
-        g = g.reshape(-1, g.shape[-1])
-        total = total + g.T @ g
-        count += _aug(f, _ones_slot(f)).shape[0]
-    return (total / count).numpy()
-
-
-def _reference_M_next(model, acts, basis, l: int) -> np.ndarray:
-    """M^l = (1/n_l) Σ_{x, p, t, i} ĝ ĝᵀ, ĝ = ∂f̂^{l+1}_{t,i}/∂(f_p, s_p)."""
-    sec = _sections(model)[l]
     C_next = torch.as_tensor(basis[LAYERS[l + 1]].C)
+
+    def y_of(fv, sv):
+        if target == "next_layer":
+            return _aug(*secs[l](fv, sv)) @ C_next          # (P', k')
+        for sec in secs[l:]:
+            fv, sv = sec(fv, sv)
+        return fv                                           # (k,)
+
     total, count = 0.0, 0
     for f in acts[l]:
-        Jf, Js = jacobian(lambda fv, sv: _aug(*sec(fv, sv)) @ C_next, (f, _ones_slot(f)))
-        g = torch.stack([_aug(Jf[t, i], Js[t, i]) for t in range(Jf.shape[0]) for i in range(Jf.shape[1])])
+        Jf, Js = jacobian(y_of, (f, _ones_slot(f)))
+        lead = Jf.shape[:Jf.ndim - f.ndim]
+        Jf, Js = Jf.reshape((-1,) + f.shape), Js.reshape((-1,) + _ones_slot(f).shape)
+        g = torch.stack([_aug(Jf[k], Js[k]) for k in range(Jf.shape[0])])   # (K, P, d+1)
+        assert g.shape[0] == int(np.prod(lead))
         g = g.reshape(-1, g.shape[-1])
         total = total + g.T @ g
         count += _aug(f, _ones_slot(f)).shape[0]
@@ -187,9 +182,7 @@ def test_conv_G_M_and_edges_match_brute_force(cnn_case, target):
         np.testing.assert_allclose(basis[name].G[:-1, :-1], cov, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(basis[name].mean, s.mean(0).numpy(), rtol=1e-9, atol=1e-12)
     for l in range(len(LAYERS) - 1):
-        want = (_reference_M_output(model, acts, l) if target == "output"
-                else _reference_M_next(model, acts, basis, l))
-        np.testing.assert_allclose(basis[LAYERS[l]].M, want, rtol=1e-8, atol=1e-11, err_msg=LAYERS[l])
+        np.testing.assert_allclose(basis[LAYERS[l]].M, _reference_M(model, acts, basis, l, target), rtol=1e-8, atol=1e-11, err_msg=LAYERS[l])
     graph = ia.build_graph(model, x, basis, **QUIET)
     for l in range(len(LAYERS) - 1):
         np.testing.assert_allclose(graph.edge_matrix(LAYERS[l], LAYERS[l + 1]),

@@ -73,28 +73,15 @@ def build(retrain: bool = False, **overrides: Any) -> Example:
     model, config, info, source = trained_model("digits_cnn", CONFIG, overrides, train, cnn, retrain)
     _, _, x_test, y_test = load_data(config)
     c1, c2 = config["channels"]
-    return Example(
-        name="digits_cnn",
-        model=model,
-        inputs=images(x_test),
-        layers=list(LAYERS),
-        description=(
-            f"CNN conv(1→{c1})-ReLU-maxpool-conv({c1}→{c2})-ReLU-maxpool-flatten-"
-            f"{4 * c2}→{config['hidden']}→10 trained (AdamW) on scikit-learn's 8×8 digits; "
-            f"analysed on the {len(y_test)} held-out images (test accuracy "
-            f"{info['test_accuracy']:.3f}), conv maps read as channels at image positions. "
-            "No ground truth."
-        ),
-        truth=None,
-        extra={"config": config, "weights": source, "labels": y_test, **info},
-    )
+    description = (
+        f"CNN conv(1→{c1})-ReLU-maxpool-conv({c1}→{c2})-ReLU-maxpool-flatten-"
+        f"{4 * c2}→{config['hidden']}→10 trained (AdamW) on scikit-learn's 8×8 digits; analysed on "
+        f"the {len(y_test)} held-out images (test accuracy {info['test_accuracy']:.3f}), conv "
+        "maps read as channels at image positions. No ground truth.")
+    extra = {"config": config, "weights": source, "labels": y_test, **info}
+    return Example("digits_cnn", model, images(x_test), list(LAYERS), description, None, extra)
 
 
-def ship() -> None:
-    """Train the default configuration and write the shipped weights file."""
-    state, info = train(CONFIG)
-    save_weights(DATA_DIR / "digits_cnn.safetensors", state, CONFIG, info)
-
-
-if __name__ == "__main__":
-    ship()
+if __name__ == "__main__":   # retrain the default configuration and rewrite the shipped weights
+    weights, training = train(CONFIG)
+    save_weights(DATA_DIR / "digits_cnn.safetensors", weights, CONFIG, training)
