@@ -184,6 +184,7 @@ def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, draw: ProbeDra
     weights = [L[n].samples(acts[n], mask)[1] for n in net.chain[:T]]
     per_item = sum(t.numel() for t in points + inner) + y.numel()
     for R in joint_cotangents(yw, L[OUTPUT].n_features(y.shape), n_probes, draw, s.dtype, per_item):
+        s.progress.heartbeat()
         K = R.shape[0]
         grads = vjp(y, points + inner + slot_leaves, L[OUTPUT].from_samples(R, y.shape))
         g_points = [L[n].to_samples(g, p.ndim) for n, g, p in zip(net.chain, grads[:T], points)]
@@ -226,6 +227,7 @@ def _next_layer_jacobians(s: _Setup, j: int, C_next: Tensor, n_probes: int | Non
         B = wi.shape[0]
         per_item = point.numel() + f_out.numel() * 2
         for R in joint_cotangents(wo, k, n_probes, draw, s.dtype, per_item):
+            s.progress.heartbeat()
             K = R.shape[0]
             data = R @ C_data.T
             grads = vjp(f_out, [point] + ([slot_leaf] if aug else []), dst.from_samples(data, f_out.shape))
