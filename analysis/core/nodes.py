@@ -31,7 +31,6 @@ the augmented weight P = [[W, b], [0, 1]]: per-sample work then scales with d_ou
 from __future__ import annotations
 
 import difflib
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -42,80 +41,17 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .folding import add_slot_bias, is_bias, slot_candidate
 from .inputs import Batch, batch_size_of, position_mask
-from .layout import CHANNELS_FIRST, Layout, LayoutSpec, module_layout, requested_layouts, resolve_layout
+from .layout import CHANNELS_FIRST, Layout, LayoutSpec, requested_layouts, resolve_layout
+from .outputs import OutputFn, default_output, output_getter
+from .survey import OUTPUT, Survey, survey
 
-OUTPUT = "output"
-OutputFn = Callable[[Any], Tensor] | str
+__all__ = ["OUTPUT", "NodeModel", "OutputFn", "default_output"]
 
 
 class _Stop(Exception):
     """Raised by a hook to end the forward pass once the next node layer is reached."""
-
-
-def default_output(out: Any) -> Tensor:
-    """The model's output if it is a tensor, else its first tensor (e.g. ``last_hidden_state``)."""
-    if isinstance(out, Tensor):
-        return out
-    values = out.values() if isinstance(out, Mapping) else out
-    if isinstance(values, (tuple, list)) or isinstance(out, Mapping):
-        for v in values:
-            if isinstance(v, Tensor):
-                return v
-    raise TypeError(f"cannot find an output tensor in a {type(out).__name__}; pass output_fn=")
-
-
-def output_getter(output_fn: OutputFn | None) -> Callable[[Any], Tensor]:
-    """The behavioural output as a function of the model's output: ``output_fn`` itself, the
-    attribute or key it names (``"logits"``, ``"last_hidden_state"``), or :func:`default_output`."""
-    if output_fn is None:
-        return default_output
-    if isinstance(output_fn, str):
-        key = output_fn
-
-        def get(out: Any) -> Tensor:
-            if isinstance(out, Mapping) and key in out:
-                value = out[key]
-            elif not isinstance(out, (Tensor, Mapping)) and hasattr(out, key):
-                value = getattr(out, key)
-            else:
-                have = list(out.keys()) if isinstance(out, Mapping) else type(out).__name__
-                raise ValueError(f"output_fn={key!r}: the model's output has no field {key!r} ({have})")
-            if not isinstance(value, Tensor):
-                raise TypeError(f"output_fn={key!r}: the field is a {type(value).__name__}, not a tensor")
-            return value
-        return get
-    if not callable(output_fn):
-        raise TypeError(f"output_fn must be a callable or the name of an output field, got {type(output_fn).__name__}")
-    return output_fn
-
-
-def _is_bias(name: str) -> bool:
-    """A bias parameter by its name: ``bias``, ``*_bias`` (``in_proj_bias``), or TransformerLens's
-    ``b`` / ``b_*`` (``b_Q``, ``b_in``, ``b_U``, ...)."""
-    leaf = name.rsplit(".", 1)[-1]
-    return leaf in ("bias", "b") or leaf.endswith("_bias") or leaf.startswith("b_")
-
-
-def _channels_bias(module: nn.Module) -> bool:
-    """Whether the module adds its bias along dim 1 of a channels-first map (else: last dim)."""
-    return isinstance(module, CHANNELS_FIRST)
-
-
-def _slot_candidate(module: nn.Module) -> bool:
-    """Modules whose bias a forward hook can scale by the slot: a 1-d bias on a known axis."""
-    if isinstance(module, nn.LayerNorm):
-        return len(module.normalized_shape) == 1 and module.bias is not None
-    if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)):
-        return getattr(module, "bias", None) is not None
-    return False
-
-
-def _same(t: Any, x: Tensor) -> bool:
-    """``t`` is ``x`` or a view of the same base."""
-    if not isinstance(t, Tensor):
-        return False
-    return t is x or (t._base is not None and t._base is x) or (x._base is not None and t._base is x._base)
 
 
 def _primal(x: Tensor) -> Tensor:
@@ -172,18 +108,19 @@ class NodeModel:
         self.params: dict[str, Tensor] = {}
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
             self.params[name] = t.detach().to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
-        self.bias_names = [n for n, _ in model.named_parameters() if _is_bias(n)]
+        self.bias_names = [n for n, _ in model.named_parameters() if is_bias(n)]
         self._bias_set = set(self.bias_names)
         self._slot_modules: dict[nn.Module, str] = {}
         self._slot_now: Tensor | None = None
         self._slot_share: Tensor | None = None
-        order, shapes, evidence, called = self._forward_order(example, layers)
-        self.layers = order
+        found = self._forward_order(example, layers)
+        shapes, called = found.shapes, found.called
+        self.layers = found.order
         self.chain = self.layers + ([] if self.layers[-1] == OUTPUT else [OUTPUT])
         requested = requested_layouts(layout, self.chain)
         has_channels = any(isinstance(m, CHANNELS_FIRST) for m in model.modules())
         self.layouts: dict[str, Layout] = {
-            n: resolve_layout(n, shapes[n], requested[n], evidence=evidence.get(n),
+            n: resolve_layout(n, shapes[n], requested[n], evidence=found.evidence.get(n),
                               model_has_channels=has_channels) for n in self.chain}
         self.heads: dict[str, nn.Linear] = {
             name: m for name, m in self.modules.items()
@@ -197,7 +134,7 @@ class NodeModel:
         name_of = {id(p): n for n, p in model.named_parameters()}
         head_ids = {id(m) for m in self.heads.values()}
         self._slot_modules = {m: name_of[id(m.bias)] for m in model.modules()
-                              if _slot_candidate(m) and called.get(m, False)
+                              if slot_candidate(m) and called.get(m, False)
                               and id(m) not in head_ids and id(m.bias) in name_of} if include_bias else {}
         head_biases = {name_of[id(m.bias)] for m in self.heads.values() if m.bias is not None}
         slot_biases = set(self._slot_modules.values())
@@ -248,17 +185,9 @@ class NodeModel:
         positions are not the slot's (after pooling, flatten, ...), s is the mean slot
         s̄ = Σ_p ŵ_p s_p over the valid positions (ŵ: ``_slot_share``)."""
         def hook(module, args, out):
-            slot = self._slot_now
-            if slot is None or not isinstance(out, Tensor):
+            if self._slot_now is None or not isinstance(out, Tensor):
                 return None
-            channels = _channels_bias(module)
-            pos = (out.shape[:1] + out.shape[2:]) if channels else out.shape[:-1]
-            s = slot if pos == slot.shape else (
-                (slot * self._slot_share).flatten(1).sum(1).reshape((-1,) + (1,) * (len(pos) - 1)))
-            b = self.params[bias_name]
-            if channels:
-                return out + (s - 1)[:, None] * b.reshape((-1,) + (1,) * (out.ndim - 2))
-            return out + (s - 1)[..., None] * b
+            return add_slot_bias(module, out, self.params[bias_name], self._slot_now, self._slot_share)
         return hook
 
     def _new_slot(self, like: Tensor, name: str, batch: Batch) -> Tensor | None:
@@ -273,68 +202,16 @@ class NodeModel:
         self._slot_now = torch.ones(shape, dtype=like.dtype, device=like.device, requires_grad=True)
         return self._slot_now
 
-    def _forward_order(self, example: Batch, layers: list[str]
-                       ) -> tuple[list[str], dict[str, tuple[int, ...]], dict[str, str], dict[nn.Module, bool]]:
-        """One plain forward pass of ``example``. Returns the node layers in the order they run,
-        their shapes, the layout evidence of each (:func:`module_layout` of the first module that
-        reads the tensor, else of the module that produced it) and, for every slot-candidate
-        module, whether it is called on batch-first tensors."""
-        seen: list[str] = []
-        shapes: dict[str, tuple[int, ...]] = {}
-        cuts: dict[str, Tensor] = {}
-        readers: dict[str, str] = {}
-        producers: dict[str, str] = {}
-        produced: list[tuple[weakref.ref, str]] = []
-        called: dict[nn.Module, bool] = {}
-        B = batch_size_of(example)
-
-        def producer_of(x: Tensor) -> str | None:
-            for ref, kind in reversed(produced):
-                if _same(ref(), x):
-                    return kind
-            return None
-
-        def make(name: str):
-            def hook(module, args):
-                if name in seen:
-                    raise ValueError(f"layer {name!r} runs more than once in a forward pass; "
-                                     "choose a cut point that is called once")
-                seen.append(name)
-                cuts[name], shapes[name] = args[0], tuple(args[0].shape)
-                if (kind := producer_of(args[0])) is not None:
-                    producers[name] = kind
-            return hook
-
-        def read(module, args):
-            kind = module_layout(module)
-            for name, x in cuts.items():
-                if name not in readers and args and _same(args[0], x):
-                    readers[name] = kind
-
-        def wrote(module, args, out):
-            if (kind := module_layout(module)) is not None and isinstance(out, Tensor):
-                produced.append((weakref.ref(out), kind))
-            if _slot_candidate(module):
-                ok = isinstance(out, Tensor) and out.ndim > 0 and out.shape[0] == B
-                called[module] = called.get(module, True) and ok
-
-        watched = [m for m in self.model.modules() if module_layout(m) is not None or _slot_candidate(m)]
-        with torch.no_grad(), self._hooks({n: make(n) for n in self.modules}):
-            handles = [m.register_forward_pre_hook(read) for m in watched if module_layout(m) is not None]
-            handles += [m.register_forward_hook(wrote) for m in watched]
-            try:
-                y = self.output_fn(self._call(example, self.params))
-            finally:
-                for h in handles:
-                    h.remove()
-        missing = [n for n in self.modules if n not in seen]
+    def _forward_order(self, example: Batch, layers: list[str]) -> Survey:
+        """One plain forward pass of ``example`` that surveys the cut points (:func:`survey`)."""
+        with torch.no_grad(), self._hooks():
+            found = survey(self.modules, self.model.modules(),
+                           lambda: self.output_fn(self._call(example, self.params)), batch_size_of(example))
+        missing = [n for n in self.modules if n not in found.order]
         if missing:
             raise ValueError(f"layers {missing} are never called in the forward pass")
-        shapes[OUTPUT] = tuple(y.shape)
-        evidence = producers | readers
-        if (kind := producer_of(y)) is not None:
-            evidence[OUTPUT] = kind
-        return seen + ([OUTPUT] if OUTPUT in layers else []), shapes, evidence, called
+        found.order += [OUTPUT] if OUTPUT in layers else []
+        return found
 
     def forward(self, batch: Batch, *, grad: bool = False) -> dict[str, Tensor]:
         """Natural forward pass: activations at every chain layer (``"output"`` included).

@@ -495,7 +495,7 @@ def _diagnose(model, inputs, layers, epsilon, *, include_bias, center, jacobian_
         compute_basis,  # the core library: the one place G and M are computed
         default_tol,
     )
-    from ..core.nodes import default_output
+    from ..core.outputs import default_output
 
     if epsilon < 0:
         raise ValueError(f"epsilon must be >= 0, got {epsilon}")
