@@ -1,7 +1,7 @@
 """Convolutional networks: G, M and edges of a small CNN against a per-sample brute force.
 
 The reference re-implements the CNN functionally, section by section, from the maths of
-DESIGN.md §1 and the bias attribution of docs/models.md, independent of intermod's code:
+docs/design.md §1 and the bias attribution of docs/models.md, independent of intermod's code:
 a conv map (C, H, W) is C features at H·W positions, every bias added at the positions of
 the section's input is multiplied by that position's slot, and where the positions change
 (max-pooling, flatten) the next layer's slot and every bias after the change are the mean

@@ -24,6 +24,7 @@ from .jacobians import ProbeDraw, joint_cotangents, vjp
 from .layout import LayoutSpec, spread_slot
 from .nodes import OUTPUT, NodeModel, OutputFn
 from .progress import Callback, Progress
+from .reprs import summary_repr
 from .rotation import Rotation, gram_factor, rotate
 
 TARGETS = ("output", "next_layer")
@@ -55,6 +56,8 @@ class LayerBasis:
     include_bias: bool
     center: bool
     layout: str = "features"
+
+    __repr__ = summary_repr
 
     @property
     def k(self) -> int:
@@ -258,7 +261,7 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
                   batch_size: int = 512, device: str | torch.device = "auto", seed: int = 0,
                   progress: bool = True, callback: Callback | None = None,
                   layout: LayoutSpec = None) -> Basis:
-    """Rotate every node layer into the interaction basis (DESIGN.md §1).
+    """Rotate every node layer into the interaction basis (docs/design.md §1).
 
     G^l = (1/n) Σ (Y f)(Y f)ᵀ over all (input, position) samples; M^l = (1/n) Σ Σ_k
     (∂y_k/∂f_aug)(∂y_k/∂f_aug)ᵀ with y the output (``"output"``; one backward pass per output

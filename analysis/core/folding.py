@@ -1,7 +1,7 @@
 """Bias folding: which parameters are biases and how a forward hook scales one by the slot.
 
 With ``include_bias`` every bias b of a section is scaled by the bias slot s of its input
-(DESIGN.md §1). A hook adds (s − 1)·b to a module's output, which leaves the value unchanged
+(docs/design.md §1). A hook adds (s − 1)·b to a module's output, which leaves the value unchanged
 and makes ∂/∂s the bias; see :class:`~intermod.analysis.core.nodes.NodeModel` for the
 attribution rule and :func:`~intermod.analysis.core.layout.spread_slot`.
 """

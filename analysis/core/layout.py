@@ -1,6 +1,6 @@
 """Activation layout: how a node layer's tensor is read as samples × features, and back.
 
-Every (input, position) pair of a node layer is a sample of G and M (DESIGN.md §1). A layout
+Every (input, position) pair of a node layer is a sample of G and M (docs/design.md §1). A layout
 says which axes of the activation are positions and which one holds the features:
 
 ====================  ====================  ============================================
