@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from . import bases, drawings, epsilon, robustness, theory, transformers
+from . import bases, cnn, drawings, epsilon, robustness, theory, transformers
 from .formatting import fmt, table
 from .section import Context, Section
 
@@ -44,6 +44,7 @@ SECTIONS: tuple[Section, ...] = (
     epsilon.DEPENDENCE_SECTION,  # Dependence on ε
     robustness.SECTION,          # Finite-sample robustness (planted)
     drawings.SECTION,            # Modules found
+    cnn.SECTION,                 # digits_cnn next to the digits MLP
     transformers.SECTION,        # MiniLM and modular addition
 )
 
