@@ -223,3 +223,24 @@ def test_biases_of_modules_not_called_as_modules_are_folded():
     W_o, b_o = model.mha.out_proj.weight, model.mha.out_proj.bias
     want = float(((W_o @ model.mha.in_proj_bias[2 * d:] + b_o) ** 2).sum())
     np.testing.assert_allclose(basis["pre"].M[-1, -1], want, rtol=1e-10)
+
+
+def test_a_transposed_conv_output_is_not_read_as_channels():
+    """(B, C, L) from a Conv1d, transposed to (B, L, C) and read by a Linear: the Linear decides
+    (tokens: C features at L positions); without a reader the transposed view is no evidence,
+    and the 3-d tensor is ambiguous."""
+    class ConvThenTokens(nn.Module):
+        def __init__(self, head: bool):
+            super().__init__()
+            self.conv = nn.Conv1d(3, 4, 1, dtype=F64)
+            self.mid = nn.Identity()
+            self.head = nn.Linear(4, 2, dtype=F64) if head else nn.Identity()
+
+        def forward(self, x):
+            return self.head(self.mid(self.conv(x).transpose(1, 2))).sum(1)
+
+    x = _seq_data()
+    basis = ia.compute_basis(ConvThenTokens(True), x, ["head", "output"], **QUIET)
+    assert basis.options["layout"]["head"] == "tokens" and basis["head"].dim == 4
+    with pytest.raises(ValueError, match="cannot tell the layout"):
+        ia.compute_basis(ConvThenTokens(False), x, ["mid", "output"], **QUIET)

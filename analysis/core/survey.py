@@ -37,10 +37,15 @@ class Survey:
 
 
 def same_tensor(t: Any, x: Tensor) -> bool:
-    """``t`` is ``x`` or a view sharing its base."""
+    """``t`` is ``x``, or a view of the same memory with the same shape and strides (a reshape
+    or transpose is not: its axes mean something else)."""
     if not isinstance(t, Tensor):
         return False
-    return t is x or (t._base is not None and t._base is x) or (x._base is not None and t._base is x._base)
+    if t is x:
+        return True
+    shared = (t._base is not None and t._base is x) or (x._base is not None and x._base is t) or (
+        x._base is not None and t._base is x._base)
+    return shared and t.shape == x.shape and t.stride() == x.stride()
 
 
 def survey(cuts: Mapping[str, nn.Module], modules: Iterable[nn.Module], run: Callable[[], Tensor],
