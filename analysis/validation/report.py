@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from . import ablation, bases, drawings, epsilon, robustness, theory, transformers
+from . import ablation, bases, cnn, drawings, epsilon, robustness, theory, transformers
 from .formatting import fmt, table
 from .section import Context, Section
 
@@ -46,6 +46,7 @@ SECTIONS: tuple[Section, ...] = (
     ablation.SECTION,            # Ablations: truth-free pipeline, cut vs random, curves, effects
     ablation.FINITE_SECTION,     # Finite-sample study, truth-free
     drawings.SECTION,            # Modules found
+    cnn.SECTION,                 # digits_cnn next to the digits MLP
     transformers.SECTION,        # MiniLM and modular addition
 )
 
