@@ -20,10 +20,11 @@ from torch import Tensor, nn
 from .distributed import all_reduce_float, all_reduce_sum, rank_world, shard
 from .gram import GramSum, MomentAccumulator, augmented_gram
 from .inputs import Inputs, as_samples, batch_to, count_batches, iter_batches, position_mask, resolve_device
-from .jacobians import joint_cotangents, vjp
+from .jacobians import DEFAULT_MAX_MEMORY, joint_cotangents, rotated_cotangents, vjp
 from .nodes import OUTPUT, NodeModel, OutputFn
 from .progress import Callback, Progress
 from .rotation import Rotation, gram_factor, rotate
+from .structured import ActivationMoments, AffineSection, accumulate_moments, affine_section, next_layer_gram
 
 TARGETS = ("output", "next_layer")
 KINDS = ("interaction", "pca", "neuron")
@@ -117,6 +118,8 @@ class _Setup:
     generator: torch.Generator
     n_batches: int | None
     inputs: Inputs = field(repr=False)
+    structured: bool = True            # closed forms where a section allows (core/structured.py)
+    max_memory: int = DEFAULT_MAX_MEMORY   # bytes of temporaries per chunk
 
     def batches(self, stage: str) -> Iterator[tuple[Any, Tensor | None]]:
         """This process's batches (all of them without a process group), on the device."""
@@ -129,10 +132,13 @@ class _Setup:
 
 def prepare(model: nn.Module, inputs: Inputs, layers: Sequence[str], *, output_fn: OutputFn | None,
             include_bias: bool, dtype: torch.dtype, batch_size: int, device: str | torch.device,
-            seed: int, progress: bool, callback: Callback | None) -> _Setup:
+            seed: int, progress: bool, callback: Callback | None, structured: bool = True,
+            max_memory: int = DEFAULT_MAX_MEMORY) -> _Setup:
     """Resolve the device, cut the model at ``layers`` and set up batching and progress."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory < 1:
+        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
     dev = resolve_device(device)
     first = next(iter_batches(inputs, batch_size), None)
     if first is None:
@@ -141,7 +147,7 @@ def prepare(model: nn.Module, inputs: Inputs, layers: Sequence[str], *, output_f
                     include_bias=include_bias, dtype=dtype, device=dev)
     gen = torch.Generator().manual_seed(seed + rank_world()[0])
     return _Setup(net, dev, dtype, batch_size, Progress(progress, callback), gen,
-                  count_batches(inputs, batch_size), inputs)
+                  count_batches(inputs, batch_size), inputs, bool(structured), max_memory)
 
 
 def _check_positions(sizes: dict[str, int]) -> None:
@@ -176,7 +182,7 @@ def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, acts: dict[str
             betas = [as_samples(net.bias_tangent(batch, m, point=points[m].detach()), mask)[0] for m in range(T)]
     weights = [as_samples(acts[n], mask)[1] for n in net.chain[:T]]
     per_item = sum(t.numel() for t in points + inner) + y.numel()
-    for R in joint_cotangents(yw, ys.shape[-1], n_probes, s.generator, s.dtype, per_item):
+    for R in joint_cotangents(yw, ys.shape[-1], n_probes, s.generator, s.dtype, per_item, s.max_memory):
         K = R.shape[0]
         grads = vjp(y, points + inner + slot_leaves, R.reshape((K,) + y.shape))
         g_points = [g.reshape(K, B, -1, g.shape[-1]) for g in grads[:T]]
@@ -201,13 +207,14 @@ def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, acts: dict[str
 
 
 def _next_layer_jacobians(s: _Setup, j: int, C_next: Tensor, n_probes: int | None) -> tuple[Tensor, float]:
-    """M_p^j = Σ ĝ ĝᵀ for y = f̂^{j+1} = C_{j+1}ᵀ f^{j+1}_aug (one pass over the data)."""
+    """M_p^j = Σ ĝ ĝᵀ for y = f̂^{j+1} = C_{j+1}ᵀ f^{j+1}_aug (one pass over the data): the closed
+    form of :mod:`~intermod.analysis.core.structured` where the section has one (exact sums
+    only), else batched VJPs of the rows of C_{j+1}ᵀ."""
+    sec = affine_section(s.net, j) if s.structured and n_probes is None else None
+    if sec is not None:
+        return _structured_jacobians(s, j, sec, C_next)
     net = s.net
     aug = int(net.include_bias)
-    d_next = net.dims[net.chain[j + 1]]
-    C_data = C_next[:d_next].to(s.dtype)
-    c_slot = C_next[d_next].to(s.dtype) if aug else None
-    k = C_next.shape[1]
     total = GramSum(net.point_dims[net.chain[j]] + aug, s.device)
     n = 0.0
     for batch, mask in s.batches(f"jacobians {net.chain[j]}"):
@@ -220,18 +227,31 @@ def _next_layer_jacobians(s: _Setup, j: int, C_next: Tensor, n_probes: int | Non
         n += float(wi.sum())
         B = fo.shape[0]
         per_item = point.numel() + f_out.numel() * 2
-        for R in joint_cotangents(wo, k, n_probes, s.generator, s.dtype, per_item):
-            K = R.shape[0]
-            data = R @ C_data.T
+        for data, slot_part in rotated_cotangents(wo, C_next, n_probes, s.generator, s.dtype, per_item,
+                                                  bool(aug), s.max_memory):
+            K = data.shape[0]
             grads = vjp(f_out, [point] + ([slot_leaf] if aug else []), data.reshape((K,) + f_out.shape))
             g = grads[0].reshape(K, B, -1, grads[0].shape[-1])
             if aug:   # slot: hooked biases (per position) + other biases + the next slot row
-                slot = grads[1].reshape(K, B, -1) + R @ c_slot
+                slot = grads[1].reshape(K, B, -1) + slot_part
                 if beta is not None:
                     slot = slot + (data * beta).sum(-1)
                 g = torch.cat([g, slot[..., None]], -1)
             total.add(g, wi)
     return all_reduce_sum(total.total), all_reduce_float(n, s.device)
+
+
+def _structured_jacobians(s: _Setup, j: int, sec: AffineSection, C_next: Tensor) -> tuple[Tensor, float]:
+    """M_p^j from the moments S = Σ a aᵀ, σ̄ = Σ a of the section's σ′ (one GEMM per batch)."""
+    net = s.net
+    moments = ActivationMoments(sec.width(net.point_dims[net.chain[j]]), s.device)
+    for batch, mask in s.batches(f"jacobians {net.chain[j]}"):
+        with torch.no_grad():
+            net.forward(batch)
+            point, w = as_samples(net.last_points[net.chain[j]], mask)
+            accumulate_moments(sec, point, w, moments)
+    M = next_layer_gram(sec, moments, C_next, net.include_bias, net.point_dims[net.chain[j]])
+    return all_reduce_sum(M), all_reduce_float(moments.n, s.device)
 
 
 def _terminal_M(d: int, include_bias: bool, device: torch.device) -> Tensor:
@@ -248,13 +268,17 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
                   kind: str = "interaction", n_probes: int | None = None,
                   output_fn: OutputFn | None = None, dtype: torch.dtype = torch.float64,
                   batch_size: int = 512, device: str | torch.device = "auto", seed: int = 0,
-                  progress: bool = True, callback: Callback | None = None) -> Basis:
+                  progress: bool = True, callback: Callback | None = None, structured: bool = True,
+                  max_memory: int = DEFAULT_MAX_MEMORY) -> Basis:
     """Rotate every node layer into the interaction basis (DESIGN.md §1).
 
     G^l = (1/n) Σ (Y f)(Y f)ᵀ over all (input, position) samples; M^l = (1/n) Σ Σ_k
     (∂y_k/∂f_aug)(∂y_k/∂f_aug)ᵀ with y the output (``"output"``; one backward pass per output
     coordinate, or ``n_probes`` random ±1 probes, serves every layer) or y = f̂^{l+1}
     (``"next_layer"``, last layer first). The final node layer has M = I (PCA of the outputs).
+    ``structured`` uses the exact closed form of sections made of Linear maps and one elementwise
+    activation (:mod:`~intermod.analysis.core.structured`; False: batched VJPs everywhere);
+    ``max_memory`` bounds the bytes of the temporaries of one chunk of cotangents.
     Returns a :class:`Basis` (layer -> C (d[+1], k), Lambda (k,), …).
     """
     if jacobian_target not in TARGETS:
@@ -268,7 +292,8 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     tol_G = default_tol(dtype) if tol_G is None else tol_G
     tol_M = default_tol(dtype) if tol_M is None else tol_M
     s = prepare(model, inputs, layers, output_fn=output_fn, include_bias=include_bias, dtype=dtype,
-                batch_size=batch_size, device=device, seed=seed, progress=progress, callback=callback)
+                batch_size=batch_size, device=device, seed=seed, progress=progress, callback=callback,
+                structured=structured, max_memory=max_memory)
     net, aug = s.net, int(include_bias)
     chain, T = net.chain, len(net.chain) - 1
     moments = {n: MomentAccumulator() for n in chain}
