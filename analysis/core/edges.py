@@ -29,7 +29,7 @@ from .inputs import Inputs, as_samples
 from .jacobians import DEFAULT_MAX_MEMORY, per_direction_cotangents, vjp
 from .nodes import OutputFn
 from .progress import Callback
-from .structured import affine_section, edge_sums
+from .structured import Workspace, affine_section, edge_sums
 
 EDGE_METHODS = ("gradient", "integrated")
 
@@ -86,6 +86,7 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
     baselines = [_baseline(net, layers[j], basis[layers[j]].mean, basis[layers[j]].center)
                  for j in range(len(E))]
     closed = [affine_section(net, j) if structured and n_probes is None else None for j in range(len(E))]
+    workspace = Workspace()
     for batch, mask in s.batches("edges"):
         with torch.no_grad():
             acts = net.forward(batch)
@@ -103,7 +104,7 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
             counts[j] += float(w_out.sum())
             if closed[j] is not None:
                 edge_sums(closed[j], as_samples(points[src], mask)[0], baselines[j], f_hat, w_out,
-                          as_t[dst][0], Q[j], alphas, weights, bool(aug), E[j], s.max_memory)
+                          as_t[dst][0], Q[j], alphas, weights, bool(aug), E[j], s.max_memory, workspace)
                 continue
             _section_edges(s, batch, mask, j, points[src], baselines[j], f_hat, w_out, as_t[dst][0],
                            Q[j], alphas, weights, n_probes, E[j])

@@ -32,9 +32,9 @@ z_q = z₀ + α_q (z − z₀) ("integrated": Ĵ is affine in a and Σ_q w_q = 1
 slot, which scales p and every bias by α; z₀ = W₁ p₀ + b₁ at the baseline point p₀ without
 it). Then A_ij(x) = Ĵ_ij(x) f̂_j(x) and
 
-    E_ij += Σ_x w_x (Ĵ_ij(x) f̂_j(x))² ,   Ĵ(x) f̂ = L · (ā ⊙ R ⊙ f̂) + u (v ⊙ f̂)ᵀ
+    E_ij += Σ_x w_x (Ĵ_ij(x) f̂_j(x))² ,   Ĵ(x) = [L, u] · [ā(x) ⊙ R; vᵀ]
 
-is one GEMM of L (k', h) against the stacked (h, B·k) matrices ā ⊙ R ⊙ f̂ of a chunk of
+is one GEMM of [L, u] (k', h+1) against the stacked (h+1, N·k) matrices of a chunk of N
 samples: n·k'·h·k multiply-adds, the floor for exact per-sample edges, at matmul speed.
 Samples with positions are independent here (every module acts position-wise), so every
 (input, position) pair is one sample. Products run in the compute dtype; sums over samples
@@ -43,8 +43,9 @@ are accumulated in float64.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -143,6 +144,22 @@ def affine_section(net: NodeModel, j: int) -> AffineSection | None:
                          param(second, "weight"), param(second, "bias"))
 
 
+@dataclass
+class Workspace:
+    """Scratch buffers reused across batches and sections: a large temporary allocated anew for
+    every chunk is page-faulted in (and zeroed by the OS) each time."""
+
+    buffers: dict[str, Tensor] = field(default_factory=dict)
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialised tensor of ``shape``, backed by the buffer ``name`` (grown as needed)."""
+        n = math.prod(shape)
+        buf = self.buffers.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != device:
+            buf = self.buffers[name] = torch.empty(n, dtype=dtype, device=device)
+        return buf[:n].view(shape)
+
+
 def samples_per_chunk(bytes_per_sample: int, max_memory: int) -> int:
     """How many samples fit in ``max_memory`` bytes of temporaries."""
     return max(1, max_memory // max(bytes_per_sample, 1))
@@ -187,7 +204,7 @@ def accumulate_moments(sec: AffineSection, point: Tensor, w: Tensor, moments: Ac
 
 def edge_sums(sec: AffineSection, point: Tensor, baseline: Tensor | None, f_hat: Tensor, w_out: Tensor,
               C_next: Tensor, Q: Tensor, alphas: Sequence[float], weights: Sequence[float],
-              include_bias: bool, E: Tensor, max_memory: int) -> None:
+              include_bias: bool, E: Tensor, max_memory: int, workspace: Workspace | None = None) -> None:
     """Add Σ_x w (Ĵ(x) f̂(x))² of a batch to E (k', k) (module docstring).
 
     point: (…, d_p) natural points; f_hat: (…, k) basis coordinates (zero at masked samples);
@@ -207,16 +224,22 @@ def edge_sums(sec: AffineSection, point: Tensor, baseline: Tensor | None, f_hat:
     z = sec.preactivation(p)
     z0 = 0.0 if baseline is None else sec.preactivation(baseline.to(dtype))
     a_bar = sum(wq * sec.derivative(z0 + alpha * (z - z0)) for alpha, wq in zip(alphas, weights))
-    if not torch.is_tensor(a_bar):
-        a_bar = torch.full_like(z, float(a_bar))
+    if u is not None:   # the slot term u vᵀ as one more column of L and row of X
+        L = torch.cat([L, u[:, None]], 1)
     h, k = R.shape
-    k_next = L.shape[0]
-    step = samples_per_chunk(dtype.itemsize * (h * k + k_next * k), max_memory)
+    k_next, rows = L.shape
+    step = samples_per_chunk(dtype.itemsize * (rows * k + k_next * k), max_memory)
+    ws = workspace or Workspace()
+    a_t = a_bar.T.contiguous()                                       # (h, n)
     for start in range(0, p.shape[0], step):
         sl = slice(start, start + step)
         f_w = fh[sl] * wo[sl, None]                                  # (N, k)
-        X = a_bar[sl].T[:, :, None] * R[:, None, :] * f_w[None]      # (h, N, k)
-        A = (L @ X.reshape(h, -1)).reshape(k_next, -1, k)           # (k', N, k)
+        N = f_w.shape[0]
+        X = ws.get("X", (rows, N, k), dtype, p.device)               # [ā ⊙ R; v] per sample
+        torch.mul(a_t[:, sl, None], R[:, None, :], out=X[:h])
         if u is not None:
-            A += u[:, None, None] * (v * f_w)[None]
+            X[h].copy_(v.expand(N, k))
+        A = ws.get("A", (k_next, N, k), dtype, p.device)             # Ĵ(x), (k', N, k)
+        torch.matmul(L, X.view(rows, N * k), out=A.view(k_next, N * k))
+        A.mul_(f_w[None])                                            # A_ij = Ĵ_ij f̂_j
         E += A.square_().sum(1).to(torch.float64)
