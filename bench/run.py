@@ -49,6 +49,11 @@ def mlp(width: int = 100, d_in: int = 784, d_out: int = 10, seed: int = 0) -> nn
                          nn.Linear(width, d_out)).double()
 
 
+def inputs(n: int, seed: int = 1) -> torch.Tensor:
+    """The benchmark's inputs (n, 784), float64 (shared with bench/reference.py)."""
+    return torch.randn(n, 784, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
 def matmul_gflops(n: int = 1500, repeats: int = 5) -> float:
     a, b = torch.randn(n, n, dtype=torch.float64), torch.randn(n, n, dtype=torch.float64)
     a @ b
@@ -87,7 +92,7 @@ def counted_flops(model, data, target: str) -> float:
 def reference(device: str) -> dict:
     torch.set_num_threads(torch.get_num_threads())
     model = mlp()
-    X = torch.randn(2000, 784, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    X = inputs(2000)
     pipeline(model, X[:200], "output", device)         # warm-up (vmap, allocator)
     peak = matmul_gflops()
     out = {"matmul_gflops": round(peak, 1)}
