@@ -183,6 +183,7 @@ def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, acts: dict[str
     weights = [as_samples(acts[n], mask)[1] for n in net.chain[:T]]
     per_item = sum(t.numel() for t in points + inner) + y.numel()
     for R in joint_cotangents(yw, ys.shape[-1], n_probes, s.generator, s.dtype, per_item, s.max_memory):
+        s.progress.heartbeat()
         K = R.shape[0]
         grads = vjp(y, points + inner + slot_leaves, R.reshape((K,) + y.shape))
         g_points = [g.reshape(K, B, -1, g.shape[-1]) for g in grads[:T]]
@@ -229,6 +230,7 @@ def _next_layer_jacobians(s: _Setup, j: int, C_next: Tensor, n_probes: int | Non
         per_item = point.numel() + f_out.numel() * 2
         for data, slot_part in rotated_cotangents(wo, C_next, n_probes, s.generator, s.dtype, per_item,
                                                   bool(aug), s.max_memory):
+            s.progress.heartbeat()
             K = data.shape[0]
             grads = vjp(f_out, [point] + ([slot_leaf] if aug else []), data.reshape((K,) + f_out.shape))
             g = grads[0].reshape(K, B, -1, grads[0].shape[-1])

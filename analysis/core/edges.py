@@ -104,7 +104,8 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
             counts[j] += float(w_out.sum())
             if closed[j] is not None:
                 edge_sums(closed[j], as_samples(points[src], mask)[0], baselines[j], f_hat, w_out,
-                          as_t[dst][0], Q[j], alphas, weights, bool(aug), E[j], s.max_memory, workspace)
+                          as_t[dst][0], Q[j], alphas, weights, bool(aug), E[j], s.max_memory, workspace,
+                          s.progress.heartbeat)
                 continue
             _section_edges(s, batch, mask, j, points[src], baselines[j], f_hat, w_out, as_t[dst][0],
                            Q[j], alphas, weights, n_probes, E[j])
@@ -151,6 +152,7 @@ def _section_edges(s, batch, mask, j: int, point: Tensor, baseline: Tensor | Non
         data = pattern[..., None] * C_which.T[:, None, None, :]  # (K, B, P, d_{j+1})
         g_sum = slot_sum = None
         for alpha, wq in zip(alphas, weights):
+            s.progress.heartbeat()                               # cancellation inside the quadrature
             at = alpha * point if baseline is None else baseline + alpha * (point - baseline)
             p_leaf, f_out, slot_leaf = net.section(batch, j, point=at, alpha=alpha)
             grads = vjp(f_out, [p_leaf] + ([slot_leaf] if aug else []), data.reshape((K,) + f_out.shape))

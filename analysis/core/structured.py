@@ -44,7 +44,7 @@ are accumulated in float64.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -204,12 +204,14 @@ def accumulate_moments(sec: AffineSection, point: Tensor, w: Tensor, moments: Ac
 
 def edge_sums(sec: AffineSection, point: Tensor, baseline: Tensor | None, f_hat: Tensor, w_out: Tensor,
               C_next: Tensor, Q: Tensor, alphas: Sequence[float], weights: Sequence[float],
-              include_bias: bool, E: Tensor, max_memory: int, workspace: Workspace | None = None) -> None:
+              include_bias: bool, E: Tensor, max_memory: int, workspace: Workspace | None = None,
+              heartbeat: Callable[[], None] | None = None) -> None:
     """Add Σ_x w (Ĵ(x) f̂(x))² of a batch to E (k', k) (module docstring).
 
     point: (…, d_p) natural points; f_hat: (…, k) basis coordinates (zero at masked samples);
     w_out: (…) output weights; C_next: (d+1, k'); Q: (d_p+1, k) in the compute dtype;
-    baseline: (d_p,) the path's start without the slot (None with it).
+    baseline: (d_p,) the path's start without the slot (None with it); ``heartbeat`` is called
+    once per chunk (cancellation).
     """
     dtype = f_hat.dtype
     p = point.reshape(-1, point.shape[-1]).to(dtype)
@@ -232,6 +234,8 @@ def edge_sums(sec: AffineSection, point: Tensor, baseline: Tensor | None, f_hat:
     ws = workspace or Workspace()
     a_t = a_bar.T.contiguous()                                       # (h, n)
     for start in range(0, p.shape[0], step):
+        if heartbeat is not None:
+            heartbeat()
         sl = slice(start, start + step)
         f_w = fh[sl] * wo[sl, None]                                  # (N, k)
         N = f_w.shape[0]
