@@ -11,6 +11,7 @@ import pytest
 import torch
 from intermod import analysis as ia
 from intermod.analysis.core.basis import prepare
+from intermod.analysis.core.nodes import head_pays
 from intermod.analysis.core.structured import affine_section
 from torch import nn
 
@@ -24,8 +25,8 @@ def model_and_layers(kind: str):
     if kind == "relu-heads":      # "0" and "4" are Linear heads (6 -> 4, 5 -> 3)
         m = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
         return m, ["0", "2", "4", "output"]
-    if kind == "gelu-widening":   # no heads: every section is W₂ σ(W₁ p) with W₁ in the section
-        m = nn.Sequential(nn.Linear(4, 7), nn.GELU(), nn.Dropout(0.5), nn.Linear(7, 6), nn.Sigmoid(), nn.Linear(6, 3))
+    if kind == "gelu-widening":   # "0" widens 4 -> 9: no head there, W₁ is part of the section
+        m = nn.Sequential(nn.Linear(4, 9), nn.GELU(), nn.Dropout(0.5), nn.Linear(9, 6), nn.Sigmoid(), nn.Linear(6, 3))
         return m, ["0", "3", "5", "output"]
     if kind == "two-linears":     # section "0" -> "3" is Linear, SiLU, Linear; no bias in the first
         m = nn.Sequential(nn.Linear(5, 6, bias=False), nn.SiLU(), nn.Linear(6, 5), nn.LeakyReLU(0.1), nn.Linear(5, 2))
@@ -64,6 +65,11 @@ def test_closed_form_equals_batched_vjps(kind, target, center, include_bias):
         for src, dst in zip(layers[:-1], layers[1:]):
             Ea, Eb = ga.edge_matrix(src, dst) ** 2, gb.edge_matrix(src, dst) ** 2
             np.testing.assert_allclose(Ea, Eb, rtol=1e-10, atol=1e-12 * Eb.max())
+
+
+def test_linear_heads_are_chosen_by_cost():
+    assert head_pays(nn.Linear(784, 800)) and head_pays(nn.Linear(10, 13))   # widening, still cheaper at z
+    assert not head_pays(nn.Linear(4, 9)) and not head_pays(nn.Linear(100, 400))
 
 
 def test_every_section_of_these_models_has_a_closed_form():

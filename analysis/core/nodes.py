@@ -12,9 +12,10 @@ The slot derivative ∂g/∂s is the forward-mode tangent of the section output 
 gets tangent b (the activation at the cut is held fixed). With positions, the slot of position
 s carries the bias terms added at position s (exact for position-wise sections).
 
-Linear heads. When the module at a cut point is ``nn.Linear`` with d_out < d_in, derivatives
-are taken with respect to its output z = W f + b s (the *point*) and pulled back exactly through
-the augmented weight P = [[W, b], [0, 1]]: per-sample work then scales with d_out, not d_in.
+Linear heads. When the module at a cut point is ``nn.Linear`` and it pays (:func:`head_pays`),
+derivatives are taken with respect to its output z = W f + b s (the *point*) and pulled back
+exactly through the augmented weight P = [[W, b], [0, 1]]: per-sample work then scales with
+d_out, not d_in.
 """
 
 from __future__ import annotations
@@ -50,6 +51,17 @@ def default_output(out: Any) -> Tensor:
             if isinstance(v, Tensor):
                 return v
     raise TypeError(f"cannot find an output tensor in a {type(out).__name__}; pass output_fn=")
+
+
+def head_pays(linear: nn.Linear) -> bool:
+    """Whether derivatives at z = W f + b (h = d_out) cost less than at f (d = d_in).
+
+    Per sample and cotangent, at z: the Gram (h+1)² and the rotation into the basis h·(d+1);
+    at f: the backward through W (h·d), the Gram (d+1)² and the rotation d·(d+1) (k ≤ d+1
+    basis directions): about h² + hd against hd + 2d², so z pays unless the layer widens by √2 or more.
+    """
+    h, d = linear.out_features, linear.in_features
+    return (h + 1) ** 2 + h * (d + 1) < h * d + (d + 1) ** 2 + d * (d + 1)
 
 
 def _is_bias(name: str) -> bool:
@@ -119,7 +131,7 @@ class NodeModel:
         self.chain = self.layers + ([] if self.layers[-1] == OUTPUT else [OUTPUT])
         self.heads: dict[str, nn.Linear] = {
             name: m for name, m in self.modules.items()
-            if isinstance(m, nn.Linear) and m.out_features < m.in_features}
+            if isinstance(m, nn.Linear) and head_pays(m)}
         children = [n for n, _ in model.named_children()]
         self._sequential = (isinstance(model, nn.Sequential)
                             and all(n in children for n in self.modules)) or None
