@@ -208,12 +208,8 @@ def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, acts: dict[str
 
 
 def _next_layer_jacobians(s: _Setup, j: int, C_next: Tensor, n_probes: int | None) -> tuple[Tensor, float]:
-    """M_p^j = Σ ĝ ĝᵀ for y = f̂^{j+1} = C_{j+1}ᵀ f^{j+1}_aug (one pass over the data): the closed
-    form of :mod:`~intermod.analysis.core.structured` where the section has one (exact sums
-    only), else batched VJPs of the rows of C_{j+1}ᵀ."""
-    sec = affine_section(s.net, j) if s.structured and n_probes is None else None
-    if sec is not None:
-        return _structured_jacobians(s, j, sec, C_next)
+    """M_p^j = Σ ĝ ĝᵀ for y = f̂^{j+1} = C_{j+1}ᵀ f^{j+1}_aug (one pass over the data), by
+    batched VJPs of the rows of C_{j+1}ᵀ."""
     net = s.net
     aug = int(net.include_bias)
     total = GramSum(net.point_dims[net.chain[j]] + aug, s.device)
@@ -243,17 +239,15 @@ def _next_layer_jacobians(s: _Setup, j: int, C_next: Tensor, n_probes: int | Non
     return all_reduce_sum(total.total), all_reduce_float(n, s.device)
 
 
-def _structured_jacobians(s: _Setup, j: int, sec: AffineSection, C_next: Tensor) -> tuple[Tensor, float]:
-    """M_p^j from the moments S = Σ a aᵀ, σ̄ = Σ a of the section's σ′ (one GEMM per batch)."""
+def _closed_forms(s: _Setup, n_probes: int | None) -> dict[int, tuple[AffineSection, ActivationMoments]]:
+    """Sections with a closed form (:mod:`~intermod.analysis.core.structured`; exact sums only),
+    each with the accumulator of its σ′ moments: their next-layer Grams need no pass of their own."""
+    if not s.structured or n_probes is not None:
+        return {}
     net = s.net
-    moments = ActivationMoments(sec.width(net.point_dims[net.chain[j]]), s.device)
-    for batch, mask in s.batches(f"jacobians {net.chain[j]}"):
-        with torch.no_grad():
-            net.forward(batch)
-            point, w = as_samples(net.last_points[net.chain[j]], mask)
-            accumulate_moments(sec, point, w, moments)
-    M = next_layer_gram(sec, moments, C_next, net.include_bias, net.point_dims[net.chain[j]])
-    return all_reduce_sum(M), all_reduce_float(moments.n, s.device)
+    forms = {j: affine_section(net, j) for j in range(len(net.chain) - 1)}
+    return {j: (sec, ActivationMoments(sec.width(net.point_dims[net.chain[j]]), s.device))
+            for j, sec in forms.items() if sec is not None}
 
 
 def _terminal_M(d: int, include_bias: bool, device: torch.device) -> Tensor:
@@ -301,6 +295,7 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     moments = {n: MomentAccumulator() for n in chain}
     jac_now = kind == "interaction" and jacobian_target == "output"
     sums = [GramSum(net.point_dims[n] + aug, s.device) for n in chain[:T]] if jac_now else []
+    closed = _closed_forms(s, n_probes) if kind == "interaction" and jacobian_target == "next_layer" else {}
     for batch, mask in s.batches("activations + jacobians" if jac_now else "activations"):
         if jac_now:
             acts = net.forward(batch, grad=True)
@@ -308,6 +303,8 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
         else:
             with torch.no_grad():
                 acts = net.forward(batch)
+        for j, (sec, sigma) in closed.items():   # σ′ moments of closed-form sections, same pass
+            accumulate_moments(sec, *as_samples(net.last_points[chain[j]].detach(), mask), sigma)
         for n, a in acts.items():
             x, w = as_samples(a.detach(), mask)
             try:
@@ -335,7 +332,13 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     if kind == "interaction" and jacobian_target == "next_layer":
         rots[OUTPUT] = rot(OUTPUT)
         for j in range(T - 1, -1, -1):
-            total, n = _next_layer_jacobians(s, j, rots[chain[j + 1]].C, n_probes)
+            if j in closed:
+                sec, sigma = closed[j]
+                total = all_reduce_sum(next_layer_gram(sec, sigma, rots[chain[j + 1]].C, net.include_bias,
+                                                       net.point_dims[chain[j]]))
+                n = all_reduce_float(sigma.n, s.device)
+            else:
+                total, n = _next_layer_jacobians(s, j, rots[chain[j + 1]].C, n_probes)
             t0 = time.perf_counter()
             F[chain[j]] = gram_factor(total / n, net.pullback(chain[j]))
             rots[chain[j]] = rot(chain[j])
