@@ -1,12 +1,17 @@
 """intermod benchmarks: `make bench` (writes bench/results.md and bench/results.json).
 
-1. The reference pipeline: MLP 784-100-100-10 (random weights), 2000 inputs, float64, full
-   basis + edges, both Jacobian targets: seconds per stage, achieved GFLOP/s (counted with
-   torch.utils.flop_counter) against a plain float64 matmul timed in the same run.
-2. Scaling with n (1e3 … 1e5 samples, streamed batches): time and peak memory (RSS).
-3. Scaling with width (hidden 100 … 800).
+1. MLP 784-w-w-10 (random weights), n = 2000 inputs, float64, basis + edges, both Jacobian
+   targets, w = 100, 400, 800: seconds per stage beside a plain float64 matmul timed just before
+   each run; GFLOP counted from the floor of exact edges, 2·n·Σ_l k_{l+1}·h_l·k_l (h_l: the
+   width of section l), its rate and share of the matmul rate; the basis stage's share of the
+   total. With ``--rib PYTHON CHECKOUT`` the reference implementation (ApolloResearch/rib, basis
+   "jacobian", edges "squared") runs on the same weights and inputs, each width in its own
+   process (bench/reference.py), and the ratios are printed.
+2. float32 compute (float64 accumulation) against float64 at w = 400: speed-up and the
+   relative error of Λ and of the edges with w > 1e-3·max.
+3. Scaling with n (1e3 … 1e5 samples, streamed batches) and with depth (2 … 8 hidden layers):
+   time and peak RSS, each point in a fresh subprocess so peak RSS is its own.
 4. Leiden on layered graphs of 1e4 … 1e6 edges: find_modules against raw igraph.
-Each configuration of 2 and 3 runs in a fresh subprocess so peak RSS is its own.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ import torch
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
-LAYERS = ["0", "2", "4", "output"]
 
 
 class Batches:
@@ -43,13 +47,28 @@ class Batches:
             yield torch.randn(min(self.batch, self.n - start), self.d, generator=gen, dtype=self.dtype)
 
 
-def mlp(width: int = 100, d_in: int = 784, d_out: int = 10, seed: int = 0) -> nn.Module:
+def mlp(width: int = 100, d_in: int = 784, d_out: int = 10, seed: int = 0, hidden: int = 2) -> nn.Sequential:
+    """d_in -> width (``hidden`` ReLU layers) -> d_out, float64."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(d_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
-                         nn.Linear(width, d_out)).double()
+    sizes = [d_in] + [width] * hidden
+    parts: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        parts += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*parts, nn.Linear(width, d_out)).double()
+
+
+def cut_points(model: nn.Sequential) -> list[str]:
+    """The input of every Linear, and the output."""
+    return [str(i) for i, m in enumerate(model) if isinstance(m, nn.Linear)] + ["output"]
+
+
+def inputs(n: int, seed: int = 1) -> torch.Tensor:
+    """The benchmark's inputs (n, 784), float64 (shared with bench/reference.py)."""
+    return torch.randn(n, 784, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 def matmul_gflops(n: int = 1500, repeats: int = 5) -> float:
+    """A plain float64 matmul's rate on this machine now."""
     a, b = torch.randn(n, n, dtype=torch.float64), torch.randn(n, n, dtype=torch.float64)
     a @ b
     t = time.perf_counter()
@@ -58,55 +77,104 @@ def matmul_gflops(n: int = 1500, repeats: int = 5) -> float:
     return 2 * n ** 3 * repeats / (time.perf_counter() - t) / 1e9
 
 
-def pipeline(model, data, target: str, device: str = "cpu", edge_method: str = "gradient") -> dict:
+def pipeline(model, data, target: str, device: str = "cpu", dtype=torch.float64, modules: bool = True) -> dict:
+    """Basis + edges (+ modules): seconds per stage; ``_basis`` and ``_graph`` hold the results."""
     from intermod import analysis as ia
 
+    layers = cut_points(model)
     t0 = time.perf_counter()
-    basis = ia.compute_basis(model, data, LAYERS, jacobian_target=target, progress=False, device=device)
+    basis = ia.compute_basis(model, data, layers, jacobian_target=target, progress=False, device=device, dtype=dtype)
     t1 = time.perf_counter()
-    graph = ia.build_graph(model, data, basis, edge_method=edge_method, progress=False, device=device)
+    graph = ia.build_graph(model, data, basis, progress=False, device=device, dtype=dtype)
     t2 = time.perf_counter()
-    part = ia.find_modules(graph, epsilon=1e-4)
+    part = ia.find_modules(graph, epsilon=1e-4) if modules else None
     t3 = time.perf_counter()
-    return {"basis_s": t1 - t0, "edges_s": t2 - t1, "modules_s": t3 - t2, "total_s": t3 - t0,
+    return {"basis_s": t1 - t0, "edges_s": t2 - t1, "modules_s": t3 - t2, "total_s": t2 - t0,
             "stages": {k: round(v, 3) for k, v in basis.timings.items()},
-            "k": [basis[n].k for n in LAYERS], "n_edges": graph.n_edges, "n_modules": part.n_modules}
+            "k": [basis[n].k for n in layers], "n_edges": graph.n_edges,
+            "n_modules": None if part is None else part.n_modules, "_basis": basis, "_graph": graph}
 
 
-def counted_flops(model, data, target: str) -> float:
-    """Floating-point operations of the pipeline, counted by torch's flop counter (matmul-like
-    ops only). Its per-module tracker is left out: its backward hooks break autograd.grad."""
-    from torch.utils import flop_counter
-
-    counter = flop_counter.FlopCounterMode(display=False)
-    with flop_counter._FlopCounterMode(counter):
-        pipeline(model, data, target)
-    return counter.get_total_flops()
+def public(r: dict) -> dict:
+    return {k: v for k, v in r.items() if not k.startswith("_")}
 
 
-def reference(device: str) -> dict:
-    torch.set_num_threads(torch.get_num_threads())
-    model = mlp()
-    X = torch.randn(2000, 784, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    pipeline(model, X[:200], "output", device)         # warm-up (vmap, allocator)
-    peak = matmul_gflops()
-    out = {"matmul_gflops": round(peak, 1)}
+def floor_gflop(model: nn.Sequential, k: list[int], n: int) -> float:
+    """2·n·Σ_l k_{l+1}·h_l·k_l / 1e9: every per-sample Jacobian entry in basis coordinates,
+    h_l = the width of section l (the output size of its Linear)."""
+    h = [m.out_features for m in model if isinstance(m, nn.Linear)]
+    return 2 * n * sum(k[j + 1] * h[j] * k[j] for j in range(len(h))) / 1e9
+
+
+def mlp_row(width: int, target: str, X: torch.Tensor, device: str, repeats: int) -> dict:
+    """Best of ``repeats`` runs at one width and target, the matmul timed just before each."""
+    model = mlp(width)
+    best = None
+    for _ in range(repeats):
+        peak = matmul_gflops()
+        r = pipeline(model, X, target, device, modules=False)
+        r["matmul_gflops"] = peak
+        if best is None or r["total_s"] < best["total_s"]:
+            best = r
+    gflop = floor_gflop(model, best["k"], X.shape[0])
+    best.update(width=width, target=target, n=X.shape[0], floor_gflop=round(gflop, 1),
+                edge_gflops=round(gflop / best["edges_s"], 1),
+                edge_share=round(gflop / best["edges_s"] / best["matmul_gflops"], 3),
+                basis_share=round(best["basis_s"] / best["total_s"], 3),
+                matmul_gflops=round(best["matmul_gflops"], 1))
+    return public(best)
+
+
+def _rel_err(a: np.ndarray, b: np.ndarray, top: float | None = None, rtol: float = 1e-3) -> float:
+    """max |a − b| / b over the entries of b above rtol·top (top: max(b) by default), on the
+    leading block both share: directions are sorted by Λ, and float32's larger default cut-off
+    may drop a few trailing near-null ones."""
+    block = tuple(slice(0, min(x, y)) for x, y in zip(a.shape, b.shape))
+    a, b = a[block], b[block]
+    big = b > rtol * (b.max() if top is None else top)
+    return float(np.max(np.abs(a[big] - b[big]) / b[big])) if big.any() else 0.0
+
+
+def float32_row(width: int, X: torch.Tensor, device: str) -> dict:
+    """float32 compute against float64 on one model: speed-up, relative error of Λ and E."""
+    model = mlp(width)
+    out: dict = {"width": width}
     for target in ("output", "next_layer"):
-        runs = [pipeline(model, X, target, device) for _ in range(3)]
-        best = min(runs, key=lambda r: r["total_s"])
-        flops = counted_flops(model, X, target) if device == "cpu" else float("nan")
-        best["gflop"] = round(flops / 1e9, 2)
-        best["gflops_per_s"] = round(flops / 1e9 / (best["basis_s"] + best["edges_s"]), 1)
-        out[target] = best
+        r64, r32 = (pipeline(model, X, target, device, dtype=dt, modules=False) for dt in (torch.float64, torch.float32))
+        b64, b32 = r64["_basis"], r32["_basis"]
+        top = max(float(r64["_graph"].w.max()) ** 2, 1e-300)
+        out[target] = {"float64_s": round(r64["total_s"], 2), "float32_s": round(r32["total_s"], 2),
+                       "speedup": round(r64["total_s"] / r32["total_s"], 2),
+                       "lambda_rel_err": max(_rel_err(b32[n].Lambda, b64[n].Lambda) for n in b64.layers),
+                       # E = w²: w > 1e-3·max(w) is E > 1e-6·max(E)
+                       "edge_rel_err": max(_rel_err(r32["_graph"].edge_matrix(a, b) ** 2,
+                                                    r64["_graph"].edge_matrix(a, b) ** 2, top, 1e-6)
+                                           for a, b in zip(b64.layers[:-1], b64.layers[1:])),
+                       "same_k": r32["k"] == r64["k"]}
     return out
 
 
-def one(n: int, width: int, target: str, device: str) -> dict:
+def rib_rows(python: str, checkout: str, widths: list[int], n: int) -> list[dict]:
+    """The reference implementation at each width, in its own process (bench/reference.py)."""
+    rows = []
+    for w in widths:
+        peak = matmul_gflops()
+        done = subprocess.run([python, str(HERE / "reference.py"), "--width", str(w), "--n", str(n),
+                               "--rib", checkout], capture_output=True, text=True)
+        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+        if done.returncode != 0 or not lines:
+            print(f"reference at w {w} failed: {done.stderr[-800:]}", file=sys.stderr)
+            continue
+        rows.append(dict(json.loads(lines[-1]), matmul_gflops=round(peak, 1)))
+    return rows
+
+
+def one(n: int, width: int, target: str, device: str, hidden: int) -> dict:
     """One scaling point (run in a subprocess): time and peak RSS."""
-    model = mlp(width)
+    model = mlp(width, hidden=hidden)
     pipeline(model, Batches(200, 784), target, device)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    r = pipeline(model, Batches(n, 784), target, device)
+    r = public(pipeline(model, Batches(n, 784), target, device))
     r["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     r["rss_before_mb"] = round(before / 1024, 1)
     if device.startswith("cuda"):
@@ -114,8 +182,8 @@ def one(n: int, width: int, target: str, device: str) -> dict:
     return r
 
 
-def sub(n: int, width: int, target: str, device: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", str(n), str(width), target, device],
+def sub(n: int, width: int, target: str, device: str, hidden: int = 2) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", str(n), str(width), target, device, str(hidden)],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -164,25 +232,44 @@ def machine() -> str:
 
 
 def markdown(res: dict) -> str:
-    ref = res["reference"]
     lines = [f"Machine: {res['machine']}; device: {res['device']}.", "",
-             "**MLP 784-100-100-10, 2000 inputs, float64, basis + edges + modules** "
-             f"(plain float64 matmul in the same run: {ref['matmul_gflops']} GFLOP/s)", "",
-             "| target | basis s | edges s | modules s | total s | GFLOP | GFLOP/s | stages (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "**MLP 784-w-w-10, n = 2000, float64, basis + edges** (best of "
+             f"{res['repeats']}; matmul: a plain float64 matmul timed just before each run; GFLOP: the "
+             "floor 2·n·Σ k_{l+1}·h_l·k_l of exact edges)", "",
+             "| w | target | basis s | edges s | total s | matmul GFLOP/s | GFLOP | edges GFLOP/s | "
+             "edges / matmul | basis share | k |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["mlp"]:
+        lines.append(f"| {r['width']} | {r['target']} | {r['basis_s']:.2f} | {r['edges_s']:.2f} | "
+                     f"{r['total_s']:.2f} | {r['matmul_gflops']} | {r['floor_gflop']} | {r['edge_gflops']} | "
+                     f"{r['edge_share']:.0%} | {r['basis_share']:.0%} | {r['k']} |")
+    if res.get("rib"):
+        lines += ["", "**Against the reference implementation** (rib, basis jacobian, edges squared, "
+                  "same weights and inputs, its own process; ratio = rib total / intermod total)", "",
+                  "| w | n | rib basis s | rib edges s | rib total s | matmul GFLOP/s | × next_layer | × output |",
+                  "|---|---|---|---|---|---|---|---|"]
+        ours = {(r["width"], r["target"]): r["total_s"] for r in res["mlp"]}
+        for r in res["rib"]:
+            ratio = {t: r["total_s"] / ours[(r["width"], t)] for t in ("next_layer", "output") if (r["width"], t) in ours}
+            lines.append(f"| {r['width']} | {r['n']} | {r['basis_s']:.2f} | {r['edges_s']:.2f} | {r['total_s']:.2f} | "
+                         f"{r['matmul_gflops']} | {ratio.get('next_layer', float('nan')):.1f}× | "
+                         f"{ratio.get('output', float('nan')):.1f}× |")
+    f = res["float32"]
+    lines += ["", f"**float32 compute, float64 accumulation** (w = {f['width']}, n = 2000; relative errors "
+              "against float64 on the Λ and E above 1e-3 of their maximum)", "",
+              "| target | float64 s | float32 s | speed-up | max rel. err Λ | max rel. err E | same k (else: leading block) |",
+              "|---|---|---|---|---|---|---|"]
     for t in ("output", "next_layer"):
-        r = ref[t]
-        lines.append(f"| {t} | {r['basis_s']:.2f} | {r['edges_s']:.2f} | {r['modules_s']:.3f} | "
-                     f"{r['total_s']:.2f} | {r['gflop']} | {r['gflops_per_s']} | "
-                     + ", ".join(f"{k} {v}" for k, v in r["stages"].items()) + " |")
-    lines += ["", "**Scaling with n** (output target, width 100, streamed batches of 512)", "",
+        r = f[t]
+        lines.append(f"| {t} | {r['float64_s']} | {r['float32_s']} | {r['speedup']}× | {r['lambda_rel_err']:.1e} | "
+                     f"{r['edge_rel_err']:.1e} | {r['same_k']} |")
+    lines += ["", "**Scaling with n** (next_layer target, w = 100, streamed batches of 512)", "",
               "| n | basis s | edges s | total s | peak RSS MB |", "|---|---|---|---|---|"]
     for r in res["n_scaling"]:
         lines.append(f"| {r['n']} | {r['basis_s']:.2f} | {r['edges_s']:.2f} | {r['total_s']:.2f} | {r['peak_rss_mb']} |")
-    lines += ["", "**Scaling with width** (output target, n = 2000)", "",
-              "| hidden width | k per layer | total s | peak RSS MB |", "|---|---|---|---|"]
-    for r in res["width_scaling"]:
-        lines.append(f"| {r['width']} | {r['k']} | {r['total_s']:.2f} | {r['peak_rss_mb']} |")
+    lines += ["", "**Scaling with depth** (next_layer target, w = 100, n = 2000)", "",
+              "| hidden layers | total s | s per section | peak RSS MB |", "|---|---|---|---|"]
+    for r in res["depth_scaling"]:
+        lines.append(f"| {r['hidden']} | {r['total_s']:.2f} | {r['total_s'] / (r['hidden'] + 1):.3f} | {r['peak_rss_mb']} |")
     lines += ["", "**Leiden** (CPM, layered graph of 4 layers)", "",
               "| edges | nodes | find_modules s | raw igraph community_leiden s |", "|---|---|---|---|"]
     for r in res["leiden"]:
@@ -192,21 +279,33 @@ def markdown(res: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--one", nargs=4, metavar=("N", "WIDTH", "TARGET", "DEVICE"), help=argparse.SUPPRESS)
+    ap.add_argument("--one", nargs=5, metavar=("N", "WIDTH", "TARGET", "DEVICE", "HIDDEN"), help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--quick", action="store_true", help="smaller scaling sweeps")
+    ap.add_argument("--quick", action="store_true", help="small widths and sweeps (a smoke test)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--rib", nargs=2, metavar=("PYTHON", "CHECKOUT"),
+                    help="time the reference implementation with this interpreter and rib checkout")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
     if args.one:
-        n, width, target, device = int(args.one[0]), int(args.one[1]), args.one[2], args.one[3]
-        print(json.dumps(one(n, width, target, device)))
+        n, width, target, device, hidden = args.one
+        print(json.dumps(one(int(n), int(width), target, device, int(hidden))))
         return
+    widths = [50, 100] if args.quick else [100, 400, 800]
+    X = inputs(400 if args.quick else 2000)
+    pipeline(mlp(50), X[:200], "next_layer", args.device)    # warm-up (allocator, first calls)
+    res = {"machine": machine(), "device": args.device, "repeats": args.repeats}
+    res["mlp"] = [mlp_row(w, t, X, args.device, args.repeats) for w in widths for t in ("next_layer", "output")]
+    print(json.dumps(res["mlp"], indent=1), flush=True)
+    if args.rib:
+        res["rib"] = rib_rows(args.rib[0], args.rib[1], widths, X.shape[0])
+        print(json.dumps(res["rib"], indent=1), flush=True)
+    res["float32"] = float32_row(100 if args.quick else 400, X, args.device)
+    print(json.dumps(res["float32"], indent=1), flush=True)
     ns = [1000, 10000] if args.quick else [1000, 10000, 100000]
-    widths = [100, 200] if args.quick else [100, 200, 400, 800]
-    res = {"machine": machine(), "device": args.device, "reference": reference(args.device)}
-    print(json.dumps(res["reference"], indent=1), flush=True)
-    res["n_scaling"] = [dict(n=n, **sub(n, 100, "output", args.device)) for n in ns]
-    res["width_scaling"] = [dict(width=w, **sub(2000, w, "output", args.device)) for w in widths]
+    res["n_scaling"] = [dict(n=n, **sub(n, 100, "next_layer", args.device)) for n in ns]
+    depths = [2, 4] if args.quick else [2, 4, 8]
+    res["depth_scaling"] = [dict(hidden=h, **sub(X.shape[0], 100, "next_layer", args.device, h)) for h in depths]
     res["leiden"] = [leiden(e) for e in ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])]
     Path(args.out + ".json").write_text(json.dumps(res, indent=1))
     Path(args.out + ".md").write_text(markdown(res))

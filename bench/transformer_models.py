@@ -1,6 +1,6 @@
 """Transformer benchmarks: MiniLM on the built-in sentences, and the modular-addition model.
 
-    python bench/transformer_models.py [--out bench] [--sentences 300] [--edge-sentences 64]
+    python bench/transformer_models.py [--out bench] [--sentences 300] [--edge-sentences 300]
 
 1. MiniLM (all-MiniLM-L6-v2, offline): interaction basis of the residual stream
    (encoder.layer.0 … 5 and last_hidden_state) on the sentences with random probes,
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE)
     parser.add_argument("--sentences", type=int, default=300)
-    parser.add_argument("--edge-sentences", type=int, default=64)
+    parser.add_argument("--edge-sentences", type=int, default=300)
     parser.add_argument("--probes", type=int, default=8)
     parser.add_argument("--part", choices=["minilm", "modadd"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -20,12 +20,13 @@ from torch import Tensor, nn
 from .distributed import all_reduce_float, all_reduce_sum, rank_world, shard
 from .gram import GramSum, MomentAccumulator, augmented_gram
 from .inputs import Inputs, batch_size_of, batch_to, count_batches, iter_batches, position_mask, resolve_device
-from .jacobians import ProbeDraw, joint_cotangents, vjp
+from .jacobians import DEFAULT_MAX_MEMORY, ProbeDraw, joint_cotangents, rotated_cotangents, vjp
 from .layout import LayoutSpec, spread_slot
 from .nodes import OUTPUT, NodeModel, OutputFn
 from .progress import Callback, Progress
 from .reprs import summary_repr
 from .rotation import Rotation, gram_factor, rotate
+from .structured import ActivationMoments, AffineSection, accumulate_moments, affine_section, next_layer_gram
 
 TARGETS = ("output", "next_layer")
 KINDS = ("interaction", "pca", "neuron")
@@ -124,6 +125,8 @@ class _Setup:
     seed: int
     n_batches: int | None
     inputs: Inputs = field(repr=False)
+    structured: bool = True            # closed forms where a section allows (core/structured.py)
+    max_memory: int = DEFAULT_MAX_MEMORY   # bytes of temporaries per chunk
 
     def batches(self, stage: str, stream: int = 0) -> Iterator[tuple[Any, Tensor | None, ProbeDraw]]:
         """This process's batches (all of them without a process group), on the device, with the
@@ -146,11 +149,14 @@ def _numbered(batches: Iterator[Any]) -> Iterator[tuple[int, Any]]:
 
 def prepare(model: nn.Module, inputs: Inputs, layers: Sequence[str], *, output_fn: OutputFn | None,
             include_bias: bool, dtype: torch.dtype, batch_size: int, device: str | torch.device,
-            seed: int, progress: bool, callback: Callback | None, layout: LayoutSpec = None) -> _Setup:
+            seed: int, progress: bool, callback: Callback | None, layout: LayoutSpec = None,
+            structured: bool = True, max_memory: int = DEFAULT_MAX_MEMORY) -> _Setup:
     """Resolve the device, cut the model at ``layers`` (read with ``layout``) and set up
     batching and progress."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory < 1:
+        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
     dev = resolve_device(device)
     first = next(iter_batches(inputs, batch_size), None)
     if first is None:
@@ -158,7 +164,7 @@ def prepare(model: nn.Module, inputs: Inputs, layers: Sequence[str], *, output_f
     net = NodeModel(model, layers, batch_to(first, dev, dtype), output_fn=output_fn,
                     include_bias=include_bias, dtype=dtype, device=dev, layout=layout)
     return _Setup(net, dev, dtype, batch_size, Progress(progress, callback), seed,
-                  count_batches(inputs, batch_size), inputs)
+                  count_batches(inputs, batch_size), inputs, bool(structured), max_memory)
 
 
 def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, draw: ProbeDraw,
@@ -186,7 +192,8 @@ def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, draw: ProbeDra
                  for m in range(T)]
     weights = [L[n].samples(acts[n], mask)[1] for n in net.chain[:T]]
     per_item = sum(t.numel() for t in points + inner) + y.numel()
-    for R in joint_cotangents(yw, L[OUTPUT].n_features(y.shape), n_probes, draw, s.dtype, per_item):
+    for R in joint_cotangents(yw, L[OUTPUT].n_features(y.shape), n_probes, draw, s.dtype, per_item,
+                              s.max_memory):
         s.progress.heartbeat()
         K = R.shape[0]
         grads = vjp(y, points + inner + slot_leaves, L[OUTPUT].from_samples(R, y.shape))
@@ -211,14 +218,11 @@ def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, draw: ProbeDra
 
 
 def _next_layer_jacobians(s: _Setup, j: int, C_next: Tensor, n_probes: int | None) -> tuple[Tensor, float]:
-    """M_p^j = Σ ĝ ĝᵀ for y = f̂^{j+1} = C_{j+1}ᵀ f^{j+1}_aug (one pass over the data)."""
+    """M_p^j = Σ ĝ ĝᵀ for y = f̂^{j+1} = C_{j+1}ᵀ f^{j+1}_aug (one pass over the data), by
+    batched VJPs of the rows of C_{j+1}ᵀ."""
     net = s.net
     aug = int(net.include_bias)
     src, dst = net.layouts[net.chain[j]], net.layouts[net.chain[j + 1]]
-    d_next = net.dims[net.chain[j + 1]]
-    C_data = C_next[:d_next].to(s.dtype)
-    c_slot = C_next[d_next].to(s.dtype) if aug else None
-    k = C_next.shape[1]
     total = GramSum(net.point_dims[net.chain[j]] + aug, s.device)
     n = 0.0
     for batch, mask, draw in s.batches(f"jacobians {net.chain[j]}", stream=j + 1):
@@ -229,20 +233,30 @@ def _next_layer_jacobians(s: _Setup, j: int, C_next: Tensor, n_probes: int | Non
         n += float(wi.sum())
         B = wi.shape[0]
         per_item = point.numel() + f_out.numel() * 2
-        for R in joint_cotangents(wo, k, n_probes, draw, s.dtype, per_item):
+        for data, down in rotated_cotangents(wo, C_next, n_probes, draw, s.dtype, per_item, bool(aug),
+                                             s.max_memory):
             s.progress.heartbeat()
-            K = R.shape[0]
-            data = R @ C_data.T
+            K = data.shape[0]
             grads = vjp(f_out, [point] + ([slot_leaf] if aug else []), dst.from_samples(data, f_out.shape))
             g = src.to_samples(grads[0], point.ndim)
             if aug:   # slot: hooked biases (per position) + other biases + the next slot row
-                down = R @ c_slot
                 if beta is not None:
                     down = down + (data * beta).sum(-1)
                 slot = grads[1].reshape(K, B, -1) + spread_slot(down, wi)
                 g = torch.cat([g, slot[..., None]], -1)
             total.add(g, wi)
     return all_reduce_sum(total.total), all_reduce_float(n, s.device)
+
+
+def _closed_forms(s: _Setup, n_probes: int | None) -> dict[int, tuple[AffineSection, ActivationMoments]]:
+    """Sections with a closed form (:mod:`~intermod.analysis.core.structured`; exact sums only),
+    each with the accumulator of its σ′ moments: their next-layer Grams need no pass of their own."""
+    if not s.structured or n_probes is not None:
+        return {}
+    net = s.net
+    forms = {j: affine_section(net, j) for j in range(len(net.chain) - 1)}
+    return {j: (sec, ActivationMoments(sec.width(net.point_dims[net.chain[j]]), s.device))
+            for j, sec in forms.items() if sec is not None}
 
 
 def _terminal_M(d: int, include_bias: bool, device: torch.device) -> Tensor:
@@ -260,7 +274,8 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
                   output_fn: OutputFn | None = None, dtype: torch.dtype = torch.float64,
                   batch_size: int = 512, device: str | torch.device = "auto", seed: int = 0,
                   progress: bool = True, callback: Callback | None = None,
-                  layout: LayoutSpec = None) -> Basis:
+                  layout: LayoutSpec = None, structured: bool = True,
+                  max_memory: int = DEFAULT_MAX_MEMORY) -> Basis:
     """Rotate every node layer into the interaction basis (docs/design.md §1).
 
     G^l = (1/n) Σ (Y f)(Y f)ᵀ over all (input, position) samples; M^l = (1/n) Σ Σ_k
@@ -270,6 +285,9 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     ``layout`` (one name, or layer -> name; see :mod:`~intermod.analysis.core.layout`) says how
     a layer's tensor splits into samples × features where the default rules do not, e.g.
     ``{"fc": "flatten"}``; ``output_fn`` may name a field of the model's output (``"logits"``).
+    ``structured`` uses the exact closed form of sections made of Linear maps and one elementwise
+    activation (:mod:`~intermod.analysis.core.structured`; False: batched VJPs everywhere);
+    ``max_memory`` bounds the bytes of the temporaries of one chunk of cotangents.
     Returns a :class:`Basis` (layer -> C (d[+1], k), Lambda (k,), …).
     """
     if jacobian_target not in TARGETS:
@@ -284,12 +302,13 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     tol_M = default_tol(dtype) if tol_M is None else tol_M
     s = prepare(model, inputs, layers, output_fn=output_fn, include_bias=include_bias, dtype=dtype,
                 batch_size=batch_size, device=device, seed=seed, progress=progress, callback=callback,
-                layout=layout)
+                layout=layout, structured=structured, max_memory=max_memory)
     net, aug = s.net, int(include_bias)
     chain, T = net.chain, len(net.chain) - 1
     moments = {n: MomentAccumulator() for n in chain}
     jac_now = kind == "interaction" and jacobian_target == "output"
     sums = [GramSum(net.point_dims[n] + aug, s.device) for n in chain[:T]] if jac_now else []
+    closed = _closed_forms(s, n_probes) if kind == "interaction" and jacobian_target == "next_layer" else {}
     for batch, mask, draw in s.batches("activations + jacobians" if jac_now else "activations"):
         if jac_now:
             acts = net.forward(batch, grad=True)
@@ -297,6 +316,9 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
         else:
             with torch.no_grad():
                 acts = net.forward(batch)
+        for j, (sec, sigma) in closed.items():   # σ′ moments of closed-form sections, same pass
+            point = net.last_points[chain[j]].detach()
+            accumulate_moments(sec, *net.layouts[chain[j]].samples(point, mask), sigma)
         for n, a in acts.items():
             x, w = net.layouts[n].samples(a.detach(), mask)
             try:
@@ -324,7 +346,13 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     if kind == "interaction" and jacobian_target == "next_layer":
         rots[OUTPUT] = rot(OUTPUT)
         for j in range(T - 1, -1, -1):
-            total, n = _next_layer_jacobians(s, j, rots[chain[j + 1]].C, n_probes)
+            if j in closed:
+                sec, sigma = closed[j]
+                total = all_reduce_sum(next_layer_gram(sec, sigma, rots[chain[j + 1]].C, net.include_bias,
+                                                       net.point_dims[chain[j]]))
+                n = all_reduce_float(sigma.n, s.device)
+            else:
+                total, n = _next_layer_jacobians(s, j, rots[chain[j + 1]].C, n_probes)
             t0 = time.perf_counter()
             F[chain[j]] = gram_factor(total / n, net.pullback(chain[j]))
             rots[chain[j]] = rot(chain[j])

@@ -27,10 +27,11 @@ from .basis import Basis, prepare
 from .distributed import all_reduce_float, all_reduce_sum
 from .graph import InteractionGraph
 from .inputs import Inputs
-from .jacobians import ProbeDraw, per_direction_cotangents, vjp
+from .jacobians import DEFAULT_MAX_MEMORY, ProbeDraw, per_direction_cotangents, vjp
 from .layout import spread_slot
 from .nodes import OutputFn
 from .progress import Callback
+from .structured import Workspace, affine_section, edge_sums
 
 EDGE_METHODS = ("gradient", "integrated")
 
@@ -49,11 +50,16 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
                 n_alpha: int = 8, n_probes: int | None = None, output_fn: OutputFn | None = None,
                 batch_size: int = 512, device: str | torch.device = "auto",
                 dtype: torch.dtype = torch.float64, seed: int = 0, progress: bool = True,
-                callback: Callback | None = None) -> InteractionGraph:
+                callback: Callback | None = None, structured: bool = True,
+                max_memory: int = DEFAULT_MAX_MEMORY) -> InteractionGraph:
     """Interaction graph of ``basis``: nodes = basis directions, edges between adjacent layers.
 
     Returns an :class:`InteractionGraph` whose ``edge_matrix(l, l+1)`` is w (k_{l+1}, k_l).
     ``n_probes`` replaces the exact sum over output positions by random ±1 probes (sequences).
+    ``structured``: sections of Linear maps and one elementwise activation use the closed form
+    Ĵ(x) = L diag(σ′) R + u vᵀ as GEMMs over samples (:mod:`~intermod.analysis.core.structured`;
+    exact sums only); False: batched VJPs everywhere. ``max_memory``: bytes of temporaries per
+    chunk. ``dtype`` is the compute dtype; E is accumulated in float64 either way.
     """
     if edge_method not in EDGE_METHODS:
         raise ValueError(f"edge_method must be one of {EDGE_METHODS}, got {edge_method!r}")
@@ -64,7 +70,8 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
     t0 = time.perf_counter()
     s = prepare(model, inputs, basis.layers, output_fn=output_fn or basis.output_fn,
                 include_bias=include_bias, dtype=dtype, batch_size=batch_size, device=device,
-                seed=seed, progress=progress, callback=callback, layout=basis.options.get("layout"))
+                seed=seed, progress=progress, callback=callback, layout=basis.options.get("layout"),
+                structured=structured, max_memory=max_memory)
     net, aug = s.net, int(include_bias)
     if net.layers != basis.layers:
         raise ValueError(f"the model runs layers in the order {net.layers}, the basis has {basis.layers}")
@@ -80,6 +87,8 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
     counts = [0.0] * len(E)
     baselines = [_baseline(net, layers[j], basis[layers[j]].mean, basis[layers[j]].center)
                  for j in range(len(E))]
+    closed = [affine_section(net, j) if structured and n_probes is None else None for j in range(len(E))]
+    workspace = Workspace()
     for batch, mask, draw in s.batches("edges"):
         with torch.no_grad():
             acts = net.forward(batch)
@@ -93,6 +102,11 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
             f_hat = f_hat * w_in[..., None]
             w_out = net.layouts[dst].weights(acts[dst].shape, mask, s.dtype, s.device)
             counts[j] += float(w_out.sum())
+            if closed[j] is not None:
+                edge_sums(closed[j], net.layouts[src].samples(points[src], mask)[0], baselines[j], f_hat,
+                          w_out, as_t[dst][0], Q[j], alphas, weights, bool(aug), E[j], s.max_memory,
+                          workspace, s.progress.heartbeat)
+                continue
             _section_edges(s, batch, mask, draw, j, points[src], baselines[j], f_hat, w_in, w_out,
                            as_t[dst][0], Q[j], alphas, weights, n_probes, E[j])
     counts = [all_reduce_float(c, s.device) for c in counts]
@@ -133,7 +147,8 @@ def _section_edges(s, batch, mask, draw: ProbeDraw, j: int, point: Tensor, basel
     k_next = C_next.shape[1]
     B = f_hat.shape[0]
     per_item = point.numel() * (2 + len(alphas)) + f_hat.numel() + w_out.numel() * d_next * 2
-    for pattern, which in per_direction_cotangents(w_out, k_next, n_probes, draw, s.dtype, per_item):
+    for pattern, which in per_direction_cotangents(w_out, k_next, n_probes, draw, s.dtype, per_item,
+                                                   s.max_memory):
         K = pattern.shape[0]                                     # cotangent = e_i ⊗ pattern
         C_which = C_data[:, which]                               # (d_{j+1}, K)
         data = pattern[..., None] * C_which.T[:, None, None, :]  # (K, B, P, d_{j+1})

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-MAX_ELEMENTS = 1 << 25  # elements of one cotangent chunk and its results (256 MiB in float64)
+DEFAULT_MAX_MEMORY = 1 << 29  # bytes of one chunk of cotangents and their results (512 MiB)
 _BATCHED_OK = {"value": True}
 
 
@@ -88,13 +88,22 @@ def vjp(output: Tensor, inputs: Sequence[Tensor], cotangents: Tensor) -> list[Te
     return [torch.stack(col) for col in zip(*rows)]
 
 
-def chunk_size(total: int, per_item: int) -> int:
-    """How many cotangents fit in one chunk when each costs ``per_item`` elements."""
-    return max(1, min(total, MAX_ELEMENTS // max(per_item, 1)))
+def chunk_size(total: int, per_item: int, dtype: torch.dtype, max_memory: int) -> int:
+    """How many cotangents fit in ``max_memory`` bytes when each costs ``per_item`` elements."""
+    return max(1, min(total, max_memory // max(per_item * dtype.itemsize, 1)))
+
+
+def _probes(mask: Tensor, k: int, probes: range, n_probes: int, draw: ProbeDraw | None,
+            dtype: torch.dtype) -> Tensor:
+    """Random ±1/√n_probes cotangents (len(probes), B, P, k) (:func:`probe_signs`), zero at
+    masked positions."""
+    R = probe_signs(draw, mask, probes, k).to(dtype) / math.sqrt(n_probes)
+    return R * mask.to(dtype)[None, :, :, None]
 
 
 def joint_cotangents(mask: Tensor, k: int, n_probes: int | None, draw: ProbeDraw | None,
-                     dtype: torch.dtype, per_item: int) -> Iterator[Tensor]:
+                     dtype: torch.dtype, per_item: int, max_memory: int = DEFAULT_MAX_MEMORY
+                     ) -> Iterator[Tensor]:
     """Cotangents R (K, B, P, k) with Σ_R Rᵀ-weighted outer products equal to the identity.
 
     Exact (``n_probes=None``): one unit vector per (position t, coordinate i), masked at padded
@@ -105,23 +114,62 @@ def joint_cotangents(mask: Tensor, k: int, n_probes: int | None, draw: ProbeDraw
     m = mask.to(dtype)
     if n_probes is None:
         total = P * k
-        step = chunk_size(total, per_item)
+        step = chunk_size(total, per_item, dtype, max_memory)
         for start in range(0, total, step):
             idx = torch.arange(start, min(start + step, total), device=mask.device)
             R = torch.zeros(len(idx), B, P, k, dtype=dtype, device=mask.device)
             R[torch.arange(len(idx), device=mask.device), :, idx // k, idx % k] = m[:, idx // k].T
             yield R
     else:
-        step = chunk_size(n_probes, per_item)
+        step = chunk_size(n_probes, per_item, dtype, max_memory)
         for start in range(0, n_probes, step):
-            n = min(step, n_probes - start)
-            R = probe_signs(draw, mask, range(start, start + n), k).to(dtype) / math.sqrt(n_probes)
-            yield R * m[None, :, :, None]
+            yield _probes(mask, k, range(start, min(start + step, n_probes)), n_probes, draw, dtype)
+
+
+def rotated_cotangents(mask: Tensor, C: Tensor, n_probes: int | None, draw: ProbeDraw | None,
+                       dtype: torch.dtype, per_item: int, include_bias: bool,
+                       max_memory: int = DEFAULT_MAX_MEMORY) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """Cotangents of y = Cᵀ f_aug (C: (d [+1], k)) pulled onto f: for the cotangents R (K, B, P, k)
+    of :func:`joint_cotangents`, (R C_dataᵀ (K, B, P, d), R c_slot (K, B, P) or None).
+
+    Exact: cotangent (t, i) is row i of C_dataᵀ at position t only, written by indexing (no
+    product with a one-hot R). Probes: the dense products.
+    """
+    B, P = mask.shape
+    m = mask.to(dtype)
+    d = C.shape[0] - int(include_bias)
+    Ct = C[:d].T.to(dtype)                                # (k, d)
+    c_slot = C[d].to(dtype) if include_bias else None
+    k = C.shape[1]
+    if n_probes is not None:
+        step = chunk_size(n_probes, per_item, dtype, max_memory)
+        for start in range(0, n_probes, step):
+            R = _probes(mask, k, range(start, min(start + step, n_probes)), n_probes, draw, dtype)
+            yield R @ Ct, (None if c_slot is None else R @ c_slot)
+        return
+    total = P * k
+    step = chunk_size(total, per_item, dtype, max_memory)
+    for start in range(0, total, step):
+        idx = torch.arange(start, min(start + step, total), device=mask.device)
+        t, i = idx // k, idx % k
+        mt = m[:, t].T                                    # (K, B): the mask at each cotangent's position
+        if P == 1:
+            data = (mt[:, :, None] * Ct[i][:, None, :])[:, :, None, :]
+            slot = None if c_slot is None else (mt * c_slot[i][:, None])[:, :, None]
+        else:
+            rows = torch.arange(len(idx), device=mask.device)
+            data = torch.zeros(len(idx), B, P, d, dtype=dtype, device=mask.device)
+            data[rows, :, t] = mt[:, :, None] * Ct[i][:, None, :]
+            slot = None
+            if c_slot is not None:
+                slot = torch.zeros(len(idx), B, P, dtype=dtype, device=mask.device)
+                slot[rows, :, t] = mt * c_slot[i][:, None]
+        yield data, slot
 
 
 def per_direction_cotangents(mask: Tensor, k: int, n_probes: int | None,
-                             draw: ProbeDraw | None, dtype: torch.dtype, per_item: int
-                             ) -> Iterator[tuple[Tensor, Tensor]]:
+                             draw: ProbeDraw | None, dtype: torch.dtype, per_item: int,
+                             max_memory: int = DEFAULT_MAX_MEMORY) -> Iterator[tuple[Tensor, Tensor]]:
     """Cotangents that keep the output direction i apart, as (pattern (K, B, P), which_i (K,)):
     cotangent K is e_{which_i} ⊗ pattern.
 
@@ -139,7 +187,7 @@ def per_direction_cotangents(mask: Tensor, k: int, n_probes: int | None,
         patterns = signs * m / math.sqrt(n_probes)
     n_pat = patterns.shape[0]
     total = n_pat * k
-    step = chunk_size(total, per_item)
+    step = chunk_size(total, per_item, dtype, max_memory)
     for start in range(0, total, step):
         idx = torch.arange(start, min(start + step, total), device=mask.device)
         yield patterns[idx // k], idx % k

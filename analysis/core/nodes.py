@@ -23,9 +23,10 @@ input's valid positions (see :func:`~intermod.analysis.core.layout.spread_slot`)
 modules that are not called as modules (e.g. ``nn.MultiheadAttention``'s ``out_proj``) carry
 forward-mode tangents instead.
 
-Linear heads. When the module at a cut point is ``nn.Linear`` with d_out < d_in, derivatives
-are taken with respect to its output z = W f + b s (the *point*) and pulled back exactly through
-the augmented weight P = [[W, b], [0, 1]]: per-sample work then scales with d_out, not d_in.
+Linear heads. When the module at a cut point is ``nn.Linear`` and it pays (:func:`head_pays`),
+derivatives are taken with respect to its output z = W f + b s (the *point*) and pulled back
+exactly through the augmented weight P = [[W, b], [0, 1]]: per-sample work then scales with
+d_out, not d_in.
 """
 
 from __future__ import annotations
@@ -52,6 +53,17 @@ __all__ = ["OUTPUT", "NodeModel", "OutputFn", "default_output"]
 
 class _Stop(Exception):
     """Raised by a hook to end the forward pass once the next node layer is reached."""
+
+
+def head_pays(linear: nn.Linear) -> bool:
+    """Whether derivatives at z = W f + b (h = d_out) cost less than at f (d = d_in).
+
+    Per sample and cotangent, at z: the Gram (h+1)² and the rotation into the basis h·(d+1);
+    at f: the backward through W (h·d), the Gram (d+1)² and the rotation d·(d+1) (k ≤ d+1
+    basis directions): about h² + hd against hd + 2d², so z pays unless the layer widens by √2 or more.
+    """
+    h, d = linear.out_features, linear.in_features
+    return (h + 1) ** 2 + h * (d + 1) < h * d + (d + 1) ** 2 + d * (d + 1)
 
 
 def _primal(x: Tensor) -> Tensor:
@@ -128,7 +140,7 @@ class NodeModel:
                               model_has_channels=has_channels) for n in self.chain}
         self.heads: dict[str, nn.Linear] = {
             name: m for name, m in self.modules.items()
-            if isinstance(m, nn.Linear) and m.out_features < m.in_features
+            if isinstance(m, nn.Linear) and head_pays(m)
             and self.layouts[name].kind in ("features", "tokens")}
         children = [n for n, _ in model.named_children()]
         self._sequential = (isinstance(model, nn.Sequential)

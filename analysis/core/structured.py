@@ -1,0 +1,249 @@
+"""Closed forms for sections made of linear maps and one elementwise activation.
+
+A section of an ``nn.Sequential`` whose modules are ``[Linear] [activation] [Linear]`` (each
+optional; Identity and Dropout are skipped, the model runs in eval mode) maps the point p
+(d_p,) of node layer l, with the bias slot s, to
+
+    f = W₂ σ(z) + b₂ s,   z = W₁ p + b₁ s   (h,)
+
+(a missing Linear is the identity, a missing σ is the identity). In augmented coordinates
+p_aug = (p, s), f_aug = (f, s) its Jacobian is exactly
+
+    J(x) = W₂' diag(a(x)) W₁' + K₀,   a = σ′(z) (h,)
+    W₁' = [W₁, b₁] (h, d_p+1),  W₂' = [W₂; 0] (d+1, h),  K₀ = [[0, b₂], [0, 1]]
+
+(without the slot: J = W₂ diag(a) W₁). For y = f̂^{l+1} = Cᵀ f_aug (C: (d+1, k')), write
+L = C_dataᵀ W₂ (k', h) and u = C_dataᵀ b₂ + c_slot (k'), so Cᵀ J(x) = L diag(a) W₁' + u e_sᵀ.
+
+**Next-layer Jacobian Gram** (summed over samples x with weights w_x ∈ {0, 1}):
+
+    Σ_x Jᵀ C Cᵀ J = W₁'ᵀ [(LᵀL) ⊙ S] W₁' + W₁'ᵀ (σ̄ ⊙ Lᵀu) e_sᵀ + e_s (σ̄ ⊙ Lᵀu)ᵀ W₁' + n |u|² e_s e_sᵀ
+    S = Σ_x w_x a aᵀ (h, h),  σ̄ = Σ_x w_x a (h,),  n = Σ_x w_x
+
+one GEMM over samples (n·h²) instead of one backward pass per basis direction of layer l+1.
+
+**Edges.** With Q = P_l C⁻¹_l (d_p+1, k) (P_l: the Linear-head pull-back), R = W₁' Q (h, k)
+and v = e_sᵀ Q (k,) (the slot row of Q), the Jacobian in basis coordinates is
+
+    Ĵ(x) = ∂f̂^{l+1}/∂f̂^l = L diag(ā(x)) R + u vᵀ   (k', k)
+
+with ā = σ′(z) ("gradient") or its quadrature average Σ_q w_q σ′(z_q) along the path
+z_q = z₀ + α_q (z − z₀) ("integrated": Ĵ is affine in a and Σ_q w_q = 1; z₀ = 0 with the
+slot, which scales p and every bias by α; z₀ = W₁ p₀ + b₁ at the baseline point p₀ without
+it). Then A_ij(x) = Ĵ_ij(x) f̂_j(x) and
+
+    E_ij += Σ_x w_x (Ĵ_ij(x) f̂_j(x))² ,   Ĵ(x) = [L, u] · [ā(x) ⊙ R; vᵀ]
+
+is one GEMM of [L, u] (k', h+1) against the stacked (h+1, N·k) matrices of a chunk of N
+samples: n·k'·h·k multiply-adds, the floor for exact per-sample edges, at matmul speed.
+Samples with positions are independent here (every module acts position-wise), so every
+(input, position) pair is one sample. Products run in the compute dtype; sums over samples
+are accumulated in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .nodes import OUTPUT, NodeModel, default_output
+
+ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.ELU, nn.Softplus,
+               nn.Hardtanh, nn.Mish)
+_SKIPPED = (nn.Identity, nn.Dropout)
+
+
+@dataclass(frozen=True)
+class AffineSection:
+    """f = W₂ σ(W₁ p + b₁ s) + b₂ s. W1: (h, d_p) or None (identity), b1: (h,) or None,
+    act: an elementwise module or None (identity), W2: (d, h) or None, b2: (d,) or None;
+    tensors in the compute dtype."""
+
+    W1: Tensor | None
+    b1: Tensor | None
+    act: nn.Module | None
+    W2: Tensor | None
+    b2: Tensor | None
+
+    def preactivation(self, p: Tensor) -> Tensor:
+        """z = W₁ p + b₁ for points p (…, d_p)."""
+        z = p if self.W1 is None else p @ self.W1.T
+        return z if self.b1 is None else z + self.b1
+
+    def derivative(self, z: Tensor) -> Tensor:
+        """a = σ′(z), elementwise (forward-mode derivative of the activation module)."""
+        if self.act is None:
+            return torch.ones_like(z)
+        return torch.func.jvp(self.act, (z,), (torch.ones_like(z),))[1]
+
+    def first(self, include_bias: bool, d_p: int) -> Tensor:
+        """W₁' = [W₁, b₁] (h, d_p + 1) with the slot, W₁ (h, d_p) without; float64."""
+        W = torch.eye(d_p, dtype=torch.float64) if self.W1 is None else self.W1.to(torch.float64)
+        W = W.to(self.device)
+        if not include_bias:
+            return W
+        b = torch.zeros(W.shape[0], dtype=torch.float64, device=W.device) if self.b1 is None else self.b1.to(torch.float64)
+        return torch.cat([W, b[:, None]], 1)
+
+    def readout(self, C_next: Tensor, include_bias: bool) -> tuple[Tensor, Tensor | None]:
+        """(L = C_dataᵀ W₂ (k', h), u = C_dataᵀ b₂ + c_slot (k',) or None without the slot)."""
+        d = C_next.shape[0] - int(include_bias)
+        C_data = C_next[:d]
+        L = C_data.T if self.W2 is None else C_data.T @ self.W2.to(C_next.dtype)
+        if not include_bias:
+            return L, None
+        u = C_next[d].clone()
+        if self.b2 is not None:
+            u = u + C_data.T @ self.b2.to(C_next.dtype)
+        return L, u
+
+    def width(self, d_p: int) -> int:
+        """h, the size of z."""
+        return d_p if self.W1 is None else self.W1.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        for t in (self.W1, self.W2, self.b1, self.b2):
+            if t is not None:
+                return t.device
+        return torch.device("cpu")
+
+
+def affine_section(net: NodeModel, j: int) -> AffineSection | None:
+    """The closed form of section j of ``net`` when it has one, else None (batched VJPs then)."""
+    if not net._sequential:
+        return None
+    src, dst = net.chain[j], net.chain[j + 1]
+    if dst == OUTPUT and net.output_fn is not default_output:
+        return None
+    start = net._child_index[src] + int(src in net.heads)
+    stop = len(net.model) if dst == OUTPUT else net._child_index[dst]
+    mods = [m for m in list(net.model)[start:stop] if not isinstance(m, _SKIPPED)]
+    first = second = act = None
+    if mods and isinstance(mods[0], nn.Linear):
+        first = mods.pop(0)
+    if mods and isinstance(mods[0], ELEMENTWISE):
+        act = mods.pop(0)
+    if mods and isinstance(mods[0], nn.Linear):
+        second = mods.pop(0)
+    if mods:
+        return None
+    if act is None and first is not None and second is None:
+        first, second = None, first      # a lone Linear: W₂ = W, no σ
+
+    def param(m: nn.Linear | None, leaf: str) -> Tensor | None:
+        if m is None or getattr(m, leaf) is None:
+            return None
+        return net.params[net._param_name(m, leaf)]
+
+    return AffineSection(param(first, "weight"), param(first, "bias"), act,
+                         param(second, "weight"), param(second, "bias"))
+
+
+@dataclass
+class Workspace:
+    """Scratch buffers reused across batches and sections: a large temporary allocated anew for
+    every chunk is page-faulted in (and zeroed by the OS) each time."""
+
+    buffers: dict[str, Tensor] = field(default_factory=dict)
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialised tensor of ``shape``, backed by the buffer ``name`` (grown as needed)."""
+        n = math.prod(shape)
+        buf = self.buffers.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != device:
+            buf = self.buffers[name] = torch.empty(n, dtype=dtype, device=device)
+        return buf[:n].view(shape)
+
+
+def samples_per_chunk(bytes_per_sample: int, max_memory: int) -> int:
+    """How many samples fit in ``max_memory`` bytes of temporaries."""
+    return max(1, max_memory // max(bytes_per_sample, 1))
+
+
+class ActivationMoments:
+    """S = Σ_x w a aᵀ (h, h), σ̄ = Σ_x w a (h,), n = Σ_x w in float64, a = σ′(z(x))."""
+
+    def __init__(self, h: int, device: torch.device):
+        self.S = torch.zeros(h, h, dtype=torch.float64, device=device)
+        self.sigma = torch.zeros(h, dtype=torch.float64, device=device)
+        self.n = 0.0
+
+    def add(self, a: Tensor, w: Tensor) -> None:
+        """a: (N, h) derivatives, w: (N,) weights in {0, 1}."""
+        aw = a * w[:, None]
+        self.S += (aw.T @ aw).to(torch.float64)
+        self.sigma += aw.sum(0).to(torch.float64)
+        self.n += float(w.sum())
+
+
+def next_layer_gram(sec: AffineSection, moments: ActivationMoments, C_next: Tensor,
+                    include_bias: bool, d_p: int) -> Tensor:
+    """Σ_x Jᵀ C Cᵀ J in point coordinates (d_p [+1], d_p [+1]), float64 (module docstring)."""
+    C_next = C_next.to(torch.float64)
+    W = sec.first(include_bias, d_p)
+    L, u = sec.readout(C_next, include_bias)
+    M = W.T @ ((L.T @ L) * moments.S) @ W
+    if include_bias:
+        cross = W.T @ (moments.sigma * (L.T @ u))
+        M[:, -1] += cross
+        M[-1, :] += cross
+        M[-1, -1] += moments.n * (u @ u)
+    return M
+
+
+def accumulate_moments(sec: AffineSection, point: Tensor, w: Tensor, moments: ActivationMoments) -> None:
+    """Add a batch of points (…, d_p) with weights (…) to ``moments``."""
+    p = point.reshape(-1, point.shape[-1])
+    moments.add(sec.derivative(sec.preactivation(p)), w.reshape(-1).to(p.dtype))
+
+
+def edge_sums(sec: AffineSection, point: Tensor, baseline: Tensor | None, f_hat: Tensor, w_out: Tensor,
+              C_next: Tensor, Q: Tensor, alphas: Sequence[float], weights: Sequence[float],
+              include_bias: bool, E: Tensor, max_memory: int, workspace: Workspace | None = None,
+              heartbeat: Callable[[], None] | None = None) -> None:
+    """Add Σ_x w (Ĵ(x) f̂(x))² of a batch to E (k', k) (module docstring).
+
+    point: (…, d_p) natural points; f_hat: (…, k) basis coordinates (zero at masked samples);
+    w_out: (…) output weights; C_next: (d+1, k'); Q: (d_p+1, k) in the compute dtype;
+    baseline: (d_p,) the path's start without the slot (None with it); ``heartbeat`` is called
+    once per chunk (cancellation).
+    """
+    dtype = f_hat.dtype
+    p = point.reshape(-1, point.shape[-1]).to(dtype)
+    fh = f_hat.reshape(-1, f_hat.shape[-1])
+    wo = w_out.reshape(-1).to(dtype)
+    W = sec.first(include_bias, p.shape[-1]).to(dtype)
+    L64, u64 = sec.readout(C_next.to(torch.float64), include_bias)
+    L = L64.to(dtype)
+    R = W @ Q                                             # (h, k)
+    v = Q[-1] if include_bias else None
+    u = None if u64 is None else u64.to(dtype)
+    z = sec.preactivation(p)
+    z0 = 0.0 if baseline is None else sec.preactivation(baseline.to(dtype))
+    a_bar = sum(wq * sec.derivative(z0 + alpha * (z - z0)) for alpha, wq in zip(alphas, weights))
+    if u is not None:   # the slot term u vᵀ as one more column of L and row of X
+        L = torch.cat([L, u[:, None]], 1)
+    h, k = R.shape
+    k_next, rows = L.shape
+    step = samples_per_chunk(dtype.itemsize * (rows * k + k_next * k), max_memory)
+    ws = workspace or Workspace()
+    a_t = a_bar.T.contiguous()                                       # (h, n)
+    for start in range(0, p.shape[0], step):
+        if heartbeat is not None:
+            heartbeat()
+        sl = slice(start, start + step)
+        f_w = fh[sl] * wo[sl, None]                                  # (N, k)
+        N = f_w.shape[0]
+        X = ws.get("X", (rows, N, k), dtype, p.device)               # [ā ⊙ R; v] per sample
+        torch.mul(a_t[:, sl, None], R[:, None, :], out=X[:h])
+        if u is not None:
+            X[h].copy_(v.expand(N, k))
+        A = ws.get("A", (k_next, N, k), dtype, p.device)             # Ĵ(x), (k', N, k)
+        torch.matmul(L, X.view(rows, N * k), out=A.view(k_next, N * k))
+        A.mul_(f_w[None])                                            # A_ij = Ĵ_ij f̂_j
+        E += A.square_().sum(1).to(torch.float64)

@@ -1,0 +1,147 @@
+"""The closed forms of core/structured.py equal the batched-VJP path (float64, 1e-10).
+
+Every case computes the basis and the edges twice on the same nn.Sequential: once with the
+closed form (``structured=True``, the default) and once with batched VJPs (``structured=False``),
+for both Jacobian targets, with and without the bias slot and centring, gradient and integrated
+edges. The VJP path is itself pinned to a per-sample loop in test_bruteforce.py.
+"""
+
+import numpy as np
+import pytest
+import torch
+from intermod import analysis as ia
+from intermod.analysis.core.basis import prepare
+from intermod.analysis.core.nodes import head_pays
+from intermod.analysis.core.structured import affine_section
+from torch import nn
+
+pytestmark = pytest.mark.usefixtures("float64_default")
+
+CASES = [(True, True), (False, True), (False, False), (True, False)]
+
+
+def model_and_layers(kind: str):
+    torch.manual_seed(3)
+    if kind == "relu-heads":      # "0" and "4" are Linear heads (6 -> 4, 5 -> 3)
+        m = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+        return m, ["0", "2", "4", "output"]
+    if kind == "gelu-widening":   # "0" widens 4 -> 9: no head there, W₁ is part of the section
+        m = nn.Sequential(nn.Linear(4, 9), nn.GELU(), nn.Dropout(0.5), nn.Linear(9, 6), nn.Sigmoid(), nn.Linear(6, 3))
+        return m, ["0", "3", "5", "output"]
+    if kind == "two-linears":     # section "0" -> "3" is Linear, SiLU, Linear; no bias in the first
+        m = nn.Sequential(nn.Linear(5, 6, bias=False), nn.SiLU(), nn.Linear(6, 5), nn.LeakyReLU(0.1), nn.Linear(5, 2))
+        return m, ["0", "3", "output"]
+    raise KeyError(kind)
+
+
+def both(model, X, layers, target, center, include_bias, **kw):
+    opts = dict(jacobian_target=target, center=center, include_bias=include_bias, batch_size=16,
+                progress=False)
+    return [ia.compute_basis(model.double(), X, layers, structured=s, **opts, **kw) for s in (True, False)]
+
+
+def assert_same_basis(a, b):
+    for n in a.layers:
+        np.testing.assert_allclose(a[n].G, b[n].G, rtol=1e-10, atol=1e-13)
+        if b[n].M is not None:
+            scale = np.abs(b[n].M).max()
+            np.testing.assert_allclose(a[n].M, b[n].M, rtol=1e-10, atol=1e-12 * scale)
+        np.testing.assert_allclose(a[n].Lambda, b[n].Lambda, rtol=1e-10, atol=1e-13 * b[n].Lambda.max())
+        np.testing.assert_allclose(a[n].C, b[n].C, rtol=1e-7, atol=1e-10)
+        np.testing.assert_allclose(a[n].Cinv, b[n].Cinv, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["relu-heads", "gelu-widening", "two-linears"])
+@pytest.mark.parametrize("target", ["output", "next_layer"])
+@pytest.mark.parametrize("center,include_bias", CASES)
+def test_closed_form_equals_batched_vjps(kind, target, center, include_bias):
+    model, layers = model_and_layers(kind)
+    X = 1.5 * torch.randn(37, model[0].in_features)
+    a, b = both(model, X, layers, target, center, include_bias)
+    assert_same_basis(a, b)
+    for method, n_alpha in (("gradient", 1), ("integrated", 4)):
+        ga, gb = (ia.build_graph(model, X, a, edge_method=method, n_alpha=n_alpha, batch_size=16,
+                                 progress=False, structured=s) for s in (True, False))
+        for src, dst in zip(layers[:-1], layers[1:]):
+            Ea, Eb = ga.edge_matrix(src, dst) ** 2, gb.edge_matrix(src, dst) ** 2
+            np.testing.assert_allclose(Ea, Eb, rtol=1e-10, atol=1e-12 * Eb.max())
+
+
+def test_linear_heads_are_chosen_by_cost():
+    assert head_pays(nn.Linear(784, 800)) and head_pays(nn.Linear(10, 13))   # widening, still cheaper at z
+    assert not head_pays(nn.Linear(4, 9)) and not head_pays(nn.Linear(100, 400))
+
+
+def test_every_section_of_these_models_has_a_closed_form():
+    for kind in ("relu-heads", "gelu-widening", "two-linears"):
+        model, layers = model_and_layers(kind)
+        s = prepare(model.double(), torch.randn(4, model[0].in_features), layers, output_fn=None,
+                    include_bias=True, dtype=torch.float64, batch_size=4, device="cpu", seed=0,
+                    progress=False, callback=None)
+        assert all(affine_section(s.net, j) is not None for j in range(len(layers) - 1)), kind
+
+
+def test_sections_without_a_closed_form_fall_back():
+    """Two activations in one section, a LayerNorm, or a custom output_fn: batched VJPs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 5), nn.Tanh(), nn.LayerNorm(5), nn.Linear(5, 2)).double()
+    layers = ["0", "2", "5", "output"]
+    X = torch.randn(20, 4)
+    s = prepare(model, X, layers, output_fn=None, include_bias=True, dtype=torch.float64, batch_size=8,
+                device="cpu", seed=0, progress=False, callback=None)
+    assert affine_section(s.net, 0) is not None
+    assert affine_section(s.net, 1) is None          # Linear, Tanh, LayerNorm
+    s2 = prepare(model, X, layers, output_fn=lambda y: 2 * y, include_bias=True, dtype=torch.float64,
+                 batch_size=8, device="cpu", seed=0, progress=False, callback=None)
+    assert affine_section(s2.net, 2) is None         # the output goes through output_fn
+    a, b = both(model, X, layers, "next_layer", True, True)
+    assert_same_basis(a, b)
+
+
+def test_positions_are_independent_samples():
+    """A Sequential on (B, P, d) inputs acts position-wise: the closed form over (x, t) samples
+    equals the VJP path's sums over output positions."""
+    model, layers = model_and_layers("relu-heads")
+    X = torch.randn(9, 3, 6)
+    for target in ("output", "next_layer"):
+        a, b = both(model, X, layers, target, True, True)
+        assert_same_basis(a, b)
+        ga, gb = (ia.build_graph(model, X, a, batch_size=16, progress=False, structured=s) for s in (True, False))
+        np.testing.assert_allclose(ga.w, gb.w, rtol=1e-9, atol=1e-12 * gb.w.max())
+
+
+def test_chunking_by_memory_budget_does_not_change_the_result():
+    model, layers = model_and_layers("gelu-widening")
+    X = torch.randn(30, 4)
+    basis = ia.compute_basis(model.double(), X, layers, jacobian_target="next_layer", progress=False)
+    g1 = ia.build_graph(model, X, basis, progress=False)
+    g2 = ia.build_graph(model, X, basis, progress=False, max_memory=1)   # one sample per chunk
+    g3 = ia.build_graph(model, X, basis, progress=False, structured=False, max_memory=1)
+    np.testing.assert_allclose(g2.w, g1.w, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(g3.w, g1.w, rtol=1e-10, atol=1e-13)
+    with pytest.raises(ValueError, match="max_memory"):
+        ia.build_graph(model, X, basis, progress=False, max_memory=0)
+
+
+def test_float32_compute_is_close_to_float64():
+    """float32 products, float64 sums: Λ and the edges that matter agree to ~1e-5 relative."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 30), nn.ReLU(), nn.Linear(30, 5)).double()
+    layers = ["0", "2", "4", "output"]
+    X = torch.randn(300, 20, dtype=torch.float64)
+    out = {}
+    for dt in (torch.float64, torch.float32):
+        b = ia.compute_basis(model, X, layers, jacobian_target="next_layer", dtype=dt, progress=False)
+        out[dt] = (b, ia.build_graph(model, X, b, dtype=dt, progress=False))
+    (b64, g64), (b32, g32) = out[torch.float64], out[torch.float32]
+    for n in layers:
+        lam = b64[n].Lambda
+        big = lam > 1e-3 * lam.max()
+        assert b32[n].k == b64[n].k
+        np.testing.assert_allclose(b32[n].Lambda[big], lam[big], rtol=2e-5)
+    E32, E64 = ([g.edge_matrix(a, b) ** 2 for a, b in zip(layers[:-1], layers[1:])] for g in (g32, g64))
+    top = max(e.max() for e in E64)
+    for e32, e64 in zip(E32, E64):
+        big = e64 > 1e-6 * top                 # w > 1e-3·max(w)
+        rel = np.abs(e32[big] - e64[big]) / e64[big]
+        assert rel.max() < 1e-4, rel.max()
