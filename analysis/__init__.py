@@ -29,12 +29,13 @@ from .core.partition import (
     partition_cost,
 )
 from .diagnostics import DegeneracyReport, LayerDiagnostics, diagnose, plot_spectra
+from .report import ModuleInfo, ModuleReport, module_report
 from .report.plot import plot_graph
 
 __all__ = [
     "Basis", "LayerBasis", "compute_basis", "build_graph", "InteractionGraph", "Node", "Module",
     "Partition", "Score", "Comparison", "compare_partitions", "cutoff_strength", "find_modules",
-    "partition_cost", "plot_graph",
+    "partition_cost", "plot_graph", "ModuleInfo", "ModuleReport", "module_report",
     "DegeneracyReport", "LayerDiagnostics", "diagnose", "plot_spectra",
 ]
 
