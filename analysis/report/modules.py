@@ -102,8 +102,9 @@ def _keyed(shares: dict) -> dict[str, float]:
 
 
 def _shares(values: np.ndarray, keys: Sequence[Any]) -> dict[Any, float]:
-    """{key: value / Σ values}, largest first; {} when the total is not positive."""
-    values = np.maximum(np.asarray(values, dtype=np.float64), 0.0)
+    """{key: max(0, value) / Σ max(0, values)}, largest first (NaN counts as 0); {} when the total
+    is not positive."""
+    values = np.maximum(np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0), 0.0)
     total = values.sum()
     if not total > 0:
         return {}
