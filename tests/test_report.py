@@ -259,3 +259,32 @@ def test_html_in_a_headless_browser(two_tasks_report, tmp_path):
     out = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
                           f"file://{path}#selftest"], capture_output=True, text=True, timeout=120)
     assert f'data-selftest="ok {len(rep.modules)}"' in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def test_module_colours_distinct_for_the_largest_and_grey_for_singletons():
+    from intermod.analysis.core.partition import Module, Partition
+    from intermod.analysis.report.palette import MAX_COLOURED, OTHER, module_colours
+
+    sizes = [1, 5] + list(range(2, 26))                   # 26 modules, one singleton
+    mods = [Module(i, [], s, {}, 0.0, 0.0) for i, s in enumerate(sizes)]
+    part = Partition(np.zeros(0, dtype=int), mods, 0.0, 0.0, 0.0, 1e-3, "cpm", 0.1, 0)
+    col = module_colours(part)
+    ranked = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
+    coloured = [col[i] for i in ranked[:MAX_COLOURED]]
+    assert len(set(coloured)) == MAX_COLOURED and OTHER not in coloured
+    assert col[0] == OTHER and all(col[i] == OTHER for i in ranked[MAX_COLOURED:])
+
+
+def test_plot_graph_node_and_module_views(small, tmp_path):
+    from intermod.analysis.report.layout import module_boxes
+
+    _, _, _, _, graph = small
+    p = ia.find_modules(graph, epsilon=1e-3, resolution=0.05)
+    for kw in ({}, {"max_nodes": 3}):
+        path = ia.plot_graph(graph, p, tmp_path / f"g{len(kw)}.png", **kw)
+        assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    boxes = module_boxes(graph, p.membership, [m.id for m in p.modules])
+    for a in boxes:   # boxes in one row never overlap
+        for b in boxes:
+            if a.module != b.module and a.row == b.row:
+                assert a.x1 < b.x0 or b.x1 < a.x0
