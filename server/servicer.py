@@ -29,7 +29,7 @@ from .storage import Store, new_id
 
 EXPORTS = {pb.EXPORT_FORMAT_JSON: "json", pb.EXPORT_FORMAT_GRAPHML: "graphml",
            pb.EXPORT_FORMAT_SAFETENSORS: "safetensors", pb.EXPORT_FORMAT_PNG: "png",
-           pb.EXPORT_FORMAT_SVG: "svg"}
+           pb.EXPORT_FORMAT_SVG: "svg", pb.EXPORT_FORMAT_HTML: "html"}
 SOURCES = {SPEC: pb.MODEL_SOURCE_SPEC, OPERATOR: pb.MODEL_SOURCE_OPERATOR,
            EXAMPLE: pb.MODEL_SOURCE_EXAMPLE}
 MAX_SWEEP_POINTS = 10_000
@@ -191,15 +191,17 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
         fmt = EXPORTS.get(request.format)
         if fmt is None:
             raise InvalidArgument("format", f"must be one of {sorted(EXPORTS.values())}")
+        if request.HasField("top_n") and fmt not in ("png", "svg"):
+            raise InvalidArgument("top_n", "only PNG and SVG exports take top_n")
+        if request.HasField("top_n") and request.top_n <= 0:
+            raise InvalidArgument("top_n", f"must be positive, got {request.top_n}")
         partition = None
         if request.HasField("modules"):
-            if fmt not in ("png", "svg"):
-                raise InvalidArgument("modules", "only PNG and SVG exports draw modules")
+            if fmt not in ("png", "svg", "html"):
+                raise InvalidArgument("modules", "only PNG, SVG and HTML exports draw modules")
             kw = convert.search_kwargs(request.modules, "modules")
             graph = await asyncio.to_thread(self.graphs.get, request.graph_id)
             partition = await asyncio.to_thread(ia.find_modules, graph, **kw)
-        if request.HasField("top_n") and request.top_n <= 0:
-            raise InvalidArgument("top_n", f"must be positive, got {request.top_n}")
         path, temporary = await asyncio.to_thread(
             self.graphs.export, request.graph_id, fmt, partition,
             request.top_n if request.HasField("top_n") else None)

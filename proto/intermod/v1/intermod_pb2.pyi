@@ -38,6 +38,7 @@ class ExportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXPORT_FORMAT_SAFETENSORS: _ClassVar[ExportFormat]
     EXPORT_FORMAT_PNG: _ClassVar[ExportFormat]
     EXPORT_FORMAT_SVG: _ClassVar[ExportFormat]
+    EXPORT_FORMAT_HTML: _ClassVar[ExportFormat]
 TENSOR_FORMAT_UNSPECIFIED: TensorFormat
 TENSOR_FORMAT_SAFETENSORS: TensorFormat
 TENSOR_FORMAT_NPY: TensorFormat
@@ -58,6 +59,7 @@ EXPORT_FORMAT_GRAPHML: ExportFormat
 EXPORT_FORMAT_SAFETENSORS: ExportFormat
 EXPORT_FORMAT_PNG: ExportFormat
 EXPORT_FORMAT_SVG: ExportFormat
+EXPORT_FORMAT_HTML: ExportFormat
 
 class UploadHeader(_message.Message):
     __slots__ = ("name", "format", "total_bytes", "sha256")
