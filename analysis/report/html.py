@@ -7,7 +7,7 @@ coloured by module; drawn when the graph has at most ``max_nodes`` nodes), the m
 ``max_boxes`` modules), the module table, and one panel per module (directions, input map,
 output effects, top examples) shown when a module is clicked.
 
-Test hook: loading the page with the fragment ``#selftest`` clicks every module in turn and
+Loading the page with ``#module-<c>`` opens module c's panel. Test hook: loading the page with the fragment ``#selftest`` clicks every module in turn and
 writes ``ok <n>`` (or ``fail: …``) to ``<body data-selftest>`` and ``#selftest-log``, together with
 any script errors, so a headless browser's ``--dump-dom`` shows whether the page works.
 """
@@ -68,6 +68,7 @@ JS = """
   });
   window.intermodShow=show;
   window.addEventListener('load',function(){
+    var open=/^#module-(\d+)$/.exec(location.hash); if(open){show(open[1]);}
     if(location.hash!=='#selftest'){return;}
     var ids=[],seen={},els=document.querySelectorAll('[data-module]'),bad=[];
     for(var i=0;i<els.length;i++){var m=els[i].getAttribute('data-module');
