@@ -49,7 +49,7 @@ img.ex{image-rendering:pixelated;width:48px;border:1px solid #ccc;margin:2px}
 .text-ex{font-family:monospace;font-size:.8em;white-space:pre-wrap;margin:2px 0}
 mark{background:#ffe08a} .note{color:#666;font-size:.85em}
 """
-JS = """
+JS = r"""
 (function(){
   var errors=[]; window.addEventListener('error',function(e){errors.push(String(e.message));});
   function show(c){
