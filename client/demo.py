@@ -3,7 +3,8 @@
 Registers the example's network (spec + safetensors weights) and uploads its inputs,
 computes the interaction graph as a job with a progress bar, sweeps the resolution, finds the
 modules, prints them with their recovery of the example's ground truth, writes
-``out/demo/graph.png`` and ``out/demo/result.json``, and stops the server. The noise scale ε
+``out/demo/graph.png``, ``out/demo/result.json`` and the module report ``out/demo/report.html``,
+and stops the server. The noise scale ε
 is the example's training loss when it has one (ε is a behavioural-loss value), else 1e-4.
 ``--example planted`` (or any other built-in example) runs another network.
 """
@@ -81,7 +82,11 @@ def main(argv: list[str] | None = None) -> None:
                   "graph": info.summary, "partition": part.to_dict(), "recovery": found,
                   "seconds": {"graph": seconds_graph, "total": time.perf_counter() - start}}
         (out / "result.json").write_text(json.dumps(result, default=json_default, indent=2))
-    print(f"wrote {out / 'graph.png'} and {out / 'result.json'} "
+        graph = client.graph(graph_id)
+    report = ia.module_report(ex.model, ex.inputs, graph, part)   # what each module does
+    report.save_html(out / "report.html")
+    print(report)
+    print(f"wrote {out / 'graph.png'}, {out / 'result.json'} and {out / 'report.html'} "
           f"({time.perf_counter() - start:.1f} s)")
 
 
