@@ -28,10 +28,10 @@ from torch import Tensor, nn
 
 from ..core.edges import quadrature
 from ..core.graph import InteractionGraph
-from ..core.inputs import Inputs, as_samples, batch_to, iter_batches, position_mask
+from ..core.inputs import Inputs, as_samples, position_mask
 from ..core.jacobians import per_direction_cotangents, vjp
 from ..core.nodes import NodeModel, OutputFn
-from .coords import LayerCoordinates, layer_coordinates, layer_means
+from .coords import Batches, LayerCoordinates, setup
 
 __all__ = ["DirectionAttribution", "direction_attribution", "token_ids"]
 
@@ -105,27 +105,21 @@ def direction_attribution(model: nn.Module, inputs: Inputs, graph: InteractionGr
         raise ValueError(f"n_alpha must be >= 1, got {n_alpha}")
     if not wanted:
         raise ValueError("directions: no direction selected")
-    cpu, f64 = torch.device("cpu"), torch.float64
-    batches = [batch_to(b, cpu, f64) for b in iter_batches(inputs, batch_size)]
-    if not batches:
-        raise ValueError("inputs: no data")
-    net = NodeModel(model, graph.layers, batches[0], output_fn=output_fn, include_bias=False,
-                    dtype=f64, device=cpu)
-    means = layer_means(net, batches, list(wanted)) if graph.metadata.get("center") else {}
-    coords = {layer: layer_coordinates(graph, layer, net.dims[layer], means.get(layer)) for layer in wanted}
-    tokens = token_ids(batches[0]) is not None
-    run = _TokenRun(net, _embedding_module(model, embedding), batches) if tokens else _TensorRun(net, batches)
+    net, batches, coords = setup(model, inputs, graph, list(wanted), output_fn=output_fn, batch_size=batch_size)
+    first = next(iter(batches))
+    tokens = token_ids(first) is not None
+    run = _TokenRun(net, _embedding_module(model, embedding), batches) if tokens else _TensorRun(net, batches, first)
     alphas, weights = quadrature("integrated", n_alpha)
     gen = torch.Generator().manual_seed(seed)
     exact = {layer: not tokens and run.is_input(layer) for layer in wanted}
-    for b, batch in enumerate(batches):
+    for batch in batches:
         mask = position_mask(batch)
         g_sum: dict[str, Tensor] = {}
         acts = None
         for alpha, wq in zip(alphas, weights):
             if all(exact.values()) and acts is not None:
                 break
-            acts = run.forward(b, alpha)
+            acts = run.forward(batch, alpha)
             for layer, idx in wanted.items():
                 if exact[layer] and layer in g_sum:
                     continue
@@ -156,14 +150,16 @@ class _TensorRun:
 
     kind = "tensor"
 
-    def __init__(self, net: NodeModel, batches: list[Tensor]):
-        if not all(isinstance(b, Tensor) for b in batches):
+    def __init__(self, net: NodeModel, batches: Batches, first: Tensor):
+        if not isinstance(first, Tensor):
             raise TypeError("input attribution needs tensor inputs (or token ids); got a mapping "
                             "without input_ids")
-        self.net, self.batches = net, batches
-        n = sum(b.shape[0] for b in batches)
-        self.baseline = sum(b.sum(0) for b in batches) / n
-        self.shape = tuple(batches[0].shape[1:])
+        self.net, self.first = net, first
+        total, n = 0.0, 0
+        for b in batches:
+            total, n = total + b.sum(0), n + b.shape[0]
+        self.baseline = total / n
+        self.shape = tuple(first.shape[1:])
         self.energy: dict[str, Tensor] = {}
         self.n = 0.0
         self.leaf = torch.zeros(0)
@@ -172,13 +168,12 @@ class _TensorRun:
         """Node layer ``layer`` is the model input itself (its map to f̂ is then linear)."""
         if layer != self.net.layers[0] or layer == "output":
             return False
-        x = self.batches[0]
+        x = self.first
         with torch.no_grad():
             act = self.net.forward(x)[layer]
         return act.ndim == 2 and act.numel() == x.numel() and torch.equal(act.reshape(x.shape), x)
 
-    def forward(self, b: int, alpha: float) -> dict[str, Tensor]:
-        x = self.batches[b]
+    def forward(self, x: Tensor, alpha: float) -> dict[str, Tensor]:
         self.delta = x - self.baseline
         self.leaf = (self.baseline + alpha * self.delta).requires_grad_(True)
         return self.net.forward(self.leaf, grad=True)
@@ -199,10 +194,9 @@ class _TokenRun:
 
     kind = "tokens"
 
-    def __init__(self, net: NodeModel, embedding: nn.Module, batches: list):
-        self.net, self.embedding, self.batches = net, embedding, batches
-        ids = torch.cat([token_ids(b).reshape(-1) for b in batches])
-        self.token_ids = torch.unique(ids)
+    def __init__(self, net: NodeModel, embedding: nn.Module, batches: Batches):
+        self.net, self.embedding = net, embedding
+        self.token_ids = torch.unique(torch.cat([torch.unique(token_ids(b)) for b in batches]))
         self.energy: dict[str, Tensor] = {}
         self.by_position: dict[str, Tensor] = {}
         self.by_token: dict[str, Tensor] = {}
@@ -212,7 +206,7 @@ class _TokenRun:
     def is_input(self, layer: str) -> bool:
         return False
 
-    def forward(self, b: int, alpha: float) -> dict[str, Tensor]:
+    def forward(self, batch, alpha: float) -> dict[str, Tensor]:
         def hook(module, args, out):
             self.e = out.detach()
             self.leaf = (alpha * self.e).requires_grad_(True)
@@ -220,10 +214,10 @@ class _TokenRun:
 
         handle = self.embedding.register_forward_hook(hook)
         try:
-            acts = self.net.forward(self.batches[b], grad=True)
+            acts = self.net.forward(batch, grad=True)
         finally:
             handle.remove()
-        self.ids = token_ids(self.batches[b])
+        self.ids = token_ids(batch)
         return acts
 
     def add(self, layer: str, g: Tensor, k: int, mask: Tensor | None) -> None:

@@ -9,15 +9,18 @@ differentiated and computed batch by batch.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..core.graph import InteractionGraph
+from ..core.inputs import Batch, Inputs, as_samples, batch_to, iter_batches, position_mask
+from ..core.nodes import NodeModel, OutputFn
 
-__all__ = ["LayerCoordinates", "layer_coordinates"]
+__all__ = ["Batches", "LayerCoordinates", "layer_coordinates", "layer_means", "setup"]
 
 
 @dataclass(frozen=True)
@@ -61,14 +64,33 @@ def layer_coordinates(graph: InteractionGraph, layer: str, dim: int,
     return LayerCoordinates(layer, C, slot, offset)
 
 
-def layer_means(net, batches, layers) -> dict[str, np.ndarray]:
-    """Mean activation (d,) of each node layer over all (input, position) samples.
+class Batches:
+    """Re-iterable batches of ``inputs`` in float64 on the CPU (streamed, never all in memory)."""
 
-    net: a :class:`~intermod.analysis.core.nodes.NodeModel`; batches: a re-iterable of batches
-    already on its device and dtype.
-    """
-    from ..core.inputs import as_samples, position_mask
+    def __init__(self, inputs: Inputs, batch_size: int):
+        self.inputs, self.batch_size = inputs, batch_size
 
+    def __iter__(self) -> Iterator[Batch]:
+        for b in iter_batches(self.inputs, self.batch_size):
+            yield batch_to(b, torch.device("cpu"), torch.float64)
+
+
+def setup(model: nn.Module, inputs: Inputs, graph: InteractionGraph, layers: Sequence[str], *,
+          output_fn: OutputFn | None, batch_size: int) -> tuple[NodeModel, Batches, dict[str, LayerCoordinates]]:
+    """The model cut at the graph's node layers (float64, CPU, no bias slot: plain activations),
+    the batches, and the coordinates of ``layers`` (with the data means where the basis needs them)."""
+    batches = Batches(inputs, batch_size)
+    first = next(iter(batches), None)
+    if first is None:
+        raise ValueError("inputs: no data")
+    net = NodeModel(model, graph.layers, first, output_fn=output_fn, include_bias=False,
+                    dtype=torch.float64, device=torch.device("cpu"))
+    means = layer_means(net, batches, layers) if graph.metadata.get("center") else {}
+    return net, batches, {name: layer_coordinates(graph, name, net.dims[name], means.get(name)) for name in layers}
+
+
+def layer_means(net: NodeModel, batches: Iterable[Batch], layers: Sequence[str]) -> dict[str, np.ndarray]:
+    """Mean activation (d,) of each node layer over all (input, position) samples."""
     sums: dict[str, Tensor] = {}
     count: dict[str, float] = {}
     with torch.no_grad():

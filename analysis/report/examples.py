@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from ..core.graph import InteractionGraph
-from ..core.inputs import Inputs, as_samples, batch_to, iter_batches, position_mask
-from ..core.nodes import NodeModel, OutputFn
-from .coords import layer_coordinates, layer_means
+from ..core.inputs import Inputs, as_samples, position_mask
+from ..core.nodes import OutputFn
+from .coords import setup
 
 __all__ = ["Hit", "TopExamples", "decode_image", "decode_text", "top_examples"]
 
@@ -86,15 +86,9 @@ def top_examples(model: nn.Module, inputs: Inputs, graph: InteractionGraph, memb
     membership = np.asarray(membership, dtype=np.int64)
     if membership.shape != (graph.n_nodes,):
         raise ValueError(f"membership must have one entry per graph node ({graph.n_nodes})")
-    cpu, f64 = torch.device("cpu"), torch.float64
-    batches = [batch_to(b, cpu, f64) for b in iter_batches(inputs, batch_size)]
-    if not batches:
-        raise ValueError("inputs: no data")
-    net = NodeModel(model, graph.layers, batches[0], output_fn=output_fn, include_bias=False,
-                    dtype=f64, device=cpu)
+    f64 = torch.float64
     layers = [name for name in graph.layers if (membership[_layer_ids(graph, name)] >= 0).any()]
-    means = layer_means(net, batches, layers) if graph.metadata.get("center") else {}
-    coords = {name: layer_coordinates(graph, name, net.dims[name], means.get(name)) for name in layers}
+    net, batches, coords = setup(model, inputs, graph, layers, output_fn=output_fn, batch_size=batch_size)
     n_mod = int(membership.max()) + 1 if membership.size else 0
     selected = {name: np.flatnonzero(membership[_layer_ids(graph, name)] >= 0) for name in layers}
     onehot = {name: torch.nn.functional.one_hot(torch.as_tensor(membership[_layer_ids(graph, name)][selected[name]]),
