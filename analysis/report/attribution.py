@@ -85,7 +85,7 @@ def _embedding_module(model: nn.Module, embedding: str | None) -> nn.Module:
 
 
 def direction_attribution(model: nn.Module, inputs: Inputs, graph: InteractionGraph,
-                          directions: Mapping[str, Sequence[int]], *, n_alpha: int = 16,
+                          directions: Mapping[str, Sequence[int]], *, n_alpha: int = 8,
                           n_probes: int | None = None, embedding: str | None = None,
                           output_fn: OutputFn | None = None, batch_size: int = 256,
                           seed: int = 0) -> DirectionAttribution:

@@ -187,7 +187,7 @@ def module_graph(graph: InteractionGraph, membership: np.ndarray, epsilon: float
 def module_report(model: nn.Module | None, inputs: Inputs | None, graph: InteractionGraph,
                   partition: Partition, *, effects: Any = None, top_k: int = 10,
                   decode: Decoder | None = None, input_shape: Sequence[int] | None = None,
-                  token_labels: Callable[[int], str] | None = None, n_alpha: int = 16,
+                  token_labels: Callable[[int], str] | None = None, n_alpha: int = 8,
                   n_probes: int | None = None, embedding: str | None = None,
                   output_fn: OutputFn | None = None, batch_size: int = 256, seed: int = 0) -> ModuleReport:
     """Explain every module of ``partition`` (see the module docstring).
