@@ -173,7 +173,8 @@ def test_two_tasks_modules_read_and_move_their_own_task(two_tasks_report):
         assert sum(m.inputs.values()) == pytest.approx(1.0)
         assert sum(m.inputs[a] for a in inputs) >= 0.9
         assert sum(m.outputs.values()) == pytest.approx(1.0)
-        assert sum(m.outputs[f"y{o}"] for o in outputs) >= 0.9
+        assert sum(m.outputs[o] for o in outputs) >= 0.9
+        assert m.output_names[outputs[0]] == f"y{outputs[0]}" and f"y{outputs[0]}" in m.summary()
         assert len(m.top_examples) == 5 and m.summary().startswith(f"module {m.id}:")
 
 

@@ -18,6 +18,7 @@ import base64
 import html
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,12 +208,12 @@ def _table(report: ModuleReport, colours: dict[int, str]) -> str:
     return f"<table id='module-table'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _bars(shares: dict[Any, float], title: str) -> str:
+def _bars(shares: dict[Any, float], title: str, names: Sequence[str] = ()) -> str:
     if not shares:
         return ""
     items = list(shares.items())[:MAX_BARS]
     rest = 1.0 - sum(v for _, v in items)
-    rows = "".join(f"<div class='bar'><b>{html.escape(_label(k))}</b><i style='width:{200 * v:.1f}px'></i>"
+    rows = "".join(f"<div class='bar'><b>{html.escape(_label(k, names))}</b><i style='width:{200 * v:.1f}px'></i>"
                    f"{v:.1%}</div>" for k, v in items)
     more = f"<div class='note'>others: {rest:.1%}</div>" if len(shares) > MAX_BARS else ""
     return f"<div><h3>{html.escape(title)}</h3>{rows}{more}</div>"
@@ -268,7 +269,7 @@ def _panel(report: ModuleReport, m: ModuleInfo, colour: str) -> str:
     if m.outputs is None:
         outputs = "<div><h3>Outputs</h3><p class='note'>No module effects given.</p></div>"
     else:
-        outputs = _bars(m.outputs, "Outputs (share of the loss increase when ablated)") or \
+        outputs = _bars(m.outputs, "Outputs (share of the loss increase when ablated)", m.output_names) or \
             "<div><h3>Outputs</h3><p class='note'>Ablating it does not raise the loss.</p></div>"
         if m.ablation_loss is not None:
             outputs += f"<p class='note'>loss when ablated: {m.ablation_loss:.3g}</p>"

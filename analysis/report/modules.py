@@ -8,8 +8,8 @@ For module c of a partition (membership value c):
   :mod:`.attribution`; the exact linear map when that layer is the model input); for token
   inputs also per token position and per vocabulary item;
 - ``outputs``: from a module-effects table (``ia.module_effects``), the share of each output
-  coordinate, class or position in the loss increase when the module is ablated,
-  max(0, ΔL_o) / Σ_o max(0, ΔL_o);
+  coordinate, class or position o (the column index of the table; ``output_names[o]`` is its
+  label) in the loss increase when the module is ablated, max(0, ΔL_o) / Σ_o max(0, ΔL_o);
 - ``top_examples``: the samples (and positions) with the largest ‖f̂_c‖ (:mod:`.examples`).
 """
 
@@ -52,13 +52,14 @@ class ModuleInfo:
     input_map: np.ndarray | None = None
     input_positions: dict[int, float] = field(default_factory=dict)
     input_tokens: dict[Any, float] = field(default_factory=dict)
-    outputs: dict[str, float] | None = None
-    output_loss: dict[str, float] | None = None
+    outputs: dict[int, float] | None = None
+    output_loss: dict[int, float] | None = None
     ablation_loss: float | None = None
     top_examples: list[Any] = field(default_factory=list)
     hits: list[Hit] = field(default_factory=list)
     direction_examples: dict[str, dict[int, list[Any]]] = field(default_factory=dict)
     decoded: list[Any] = field(default_factory=list)
+    output_names: list[str] = field(default_factory=list, repr=False)
 
     def summary(self, n: int = 3) -> str:
         """One line: size, layers, the top ``n`` inputs and outputs and the top examples."""
@@ -69,7 +70,7 @@ class ModuleInfo:
         if self.input_tokens:
             parts.append("tokens " + _top(self.input_tokens, n))
         if self.outputs:
-            parts.append("ablating it moves " + _top(self.outputs, n))
+            parts.append("ablating it moves " + _top(self.outputs, n, self.output_names))
         elif self.outputs is None:
             parts.append("no module effects given")
         if self.top_examples:
@@ -82,23 +83,28 @@ class ModuleInfo:
             "cut": self.cut, "first_layer": self.first_layer, "inputs": _keyed(self.inputs),
             "input_map": None if self.input_map is None else self.input_map.tolist(),
             "input_positions": _keyed(self.input_positions), "input_tokens": _keyed(self.input_tokens),
-            "outputs": self.outputs, "output_loss": self.output_loss, "ablation_loss": self.ablation_loss,
+            "outputs": _keyed(self.outputs or {}, self.output_names) if self.outputs is not None else None,
+            "output_loss": _keyed(self.output_loss or {}, self.output_names) if self.output_loss is not None else None,
+            "ablation_loss": self.ablation_loss,
             "top_examples": [list(k) if isinstance(k, tuple) else k for k in self.top_examples],
             "top_scores": [h.score for h in self.hits],
             "decoded": [d for d in self.decoded if isinstance(d, str)],
         })
 
 
-def _top(shares: dict, n: int) -> str:
-    return ", ".join(f"{_label(k)} ({v:.0%})" for k, v in list(shares.items())[:n])
+def _top(shares: dict, n: int, names: Sequence[str] = ()) -> str:
+    return ", ".join(f"{_label(k, names)} ({v:.0%})" for k, v in list(shares.items())[:n])
 
 
-def _label(key: Any) -> str:
-    return ",".join(map(str, key)) if isinstance(key, tuple) else str(key)
+def _label(key: Any, names: Sequence[str] = ()) -> str:
+    """Display text of a key: "r,c" for a tuple, ``names[key]`` for an output index."""
+    if isinstance(key, tuple):
+        return ",".join(map(str, key))
+    return names[key] if names and isinstance(key, int) else str(key)
 
 
-def _keyed(shares: dict) -> dict[str, float]:
-    return {_label(k): float(v) for k, v in shares.items()}
+def _keyed(shares: dict, names: Sequence[str] = ()) -> dict[str, float]:
+    return {_label(k, names): float(v) for k, v in shares.items()}
 
 
 def _shares(values: np.ndarray, keys: Sequence[Any]) -> dict[Any, float]:
@@ -137,7 +143,7 @@ class ModuleReport:
         for m in self.modules:
             rows.append([str(m.id), str(m.size),
                          " ".join(str(len(m.directions.get(name, []))) for name in self.graph.layers),
-                         _top(m.inputs, 3) or "–", _top(m.outputs or {}, 3) or "–",
+                         _top(m.inputs, 3) or "–", _top(m.outputs or {}, 3, m.output_names) or "–",
                          ", ".join(map(str, m.top_examples[:3])) or "–"])
         return rows
 
@@ -290,7 +296,8 @@ def _add_effects(rep: ModuleReport, effects: Any) -> None:
         r = row_of.get(m.id)
         if r is None:
             continue
-        m.outputs = _shares(inc[r], labels)
-        m.output_loss = {labels[j]: float(inc[r, j]) for j in np.argsort(-inc[r], kind="stable")}
+        m.output_names = labels
+        m.outputs = _shares(inc[r], list(range(len(labels))))
+        m.output_loss = {int(j): float(inc[r, j]) for j in np.argsort(-inc[r], kind="stable")}
         if loss is not None:
             m.ablation_loss = float(np.asarray(loss)[r])
