@@ -250,7 +250,11 @@ def _examples(m: ModuleInfo) -> str:
             parts.append(f"<div class='text-ex' title='{tip}'>{text}</div>")
         else:
             parts.append(f"<span title='{tip}'>{html.escape(str(key))}</span> ")
-    return "<div><h3>Top examples (largest ‖f̂‖ of the module)</h3>" + "".join(parts) + "</div>"
+    rows = "".join(f"<tr><td>{html.escape(layer)}[{i}]</td><td>{html.escape(', '.join(map(str, keys)))}</td></tr>"
+                   for layer, per in m.direction_examples.items() for i, keys in per.items())
+    per_direction = (f"<details><summary>per direction (largest |f̂_i|)</summary><table>{rows}</table></details>"
+                     if rows else "")
+    return "<div><h3>Top examples (largest ‖f̂‖ of the module)</h3>" + "".join(parts) + per_direction + "</div>"
 
 
 def _panel(report: ModuleReport, m: ModuleInfo, colour: str) -> str:
