@@ -17,7 +17,7 @@ from typing import Any
 
 from .core.basis import Basis, LayerBasis, compute_basis
 from .core.edges import build_graph
-from .core.graph import InteractionGraph, Node
+from .core.graph import EDGE_RTOL, InteractionGraph, Node
 from .core.partition import (
     Comparison,
     Module,
@@ -33,7 +33,7 @@ from .report import ModuleInfo, ModuleReport, module_report
 from .report.plot import plot_graph
 
 __all__ = [
-    "Basis", "LayerBasis", "compute_basis", "build_graph", "InteractionGraph", "Node", "Module",
+    "Basis", "LayerBasis", "compute_basis", "build_graph", "InteractionGraph", "Node", "EDGE_RTOL", "Module",
     "Partition", "Score", "Comparison", "compare_partitions", "cutoff_strength", "find_modules",
     "partition_cost", "plot_graph", "ModuleInfo", "ModuleReport", "module_report",
     "DegeneracyReport", "LayerDiagnostics", "diagnose", "plot_spectra",

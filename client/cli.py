@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .report import dumps, partition_table
+from .serve_cli import cmd_serve, serve_arguments
 
 OPTION_FLAGS = {  # graph option -> (flag, type, help)
     "jacobian_target": ("--jacobian-target", str, "output | next_layer"),
@@ -122,18 +123,6 @@ def _partition_dict(part: Any) -> dict:
 
 
 # commands
-def cmd_serve(args: argparse.Namespace) -> None:
-    from intermod.server import ServerConfig, serve
-    serve(ServerConfig(
-        host=args.host, port=args.port, data_dir=Path(args.data_dir), token=args.token or None,
-        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
-        tls_key=Path(args.tls_key) if args.tls_key else None, device=args.device,
-        max_upload_bytes=args.max_upload_bytes, max_samples=args.max_samples,
-        max_nodes=args.max_nodes, max_queued_jobs=args.max_queued_jobs,
-        graph_cache_size=args.graph_cache, operator_models=tuple(args.operator_model)),
-        json_output=args.json)
-
-
 def cmd_analyze(args: argparse.Namespace) -> None:
     options = _graph_options(args)
     if args.local:
@@ -364,22 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p, remote)
         return p
 
-    p = command("serve", cmd_serve, "run the gRPC server", remote=False)
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    p.add_argument("--port", type=int, default=50051, help="0 = any free port")
-    p.add_argument("--data-dir", default="intermod-data")
-    p.add_argument("--token", default=os.environ.get("INTERMOD_TOKEN"),
-                   help="require this bearer token (default $INTERMOD_TOKEN)")
-    p.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key)")
-    p.add_argument("--tls-key", help="PEM private key")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:0,cuda:1")
-    p.add_argument("--max-upload-bytes", type=int, default=1 << 30)
-    p.add_argument("--max-samples", type=int, default=1_000_000)
-    p.add_argument("--max-nodes", type=int, default=20_000)
-    p.add_argument("--max-queued-jobs", type=int, default=16)
-    p.add_argument("--graph-cache", type=int, default=8, help="graphs kept in memory")
-    p.add_argument("--operator-model", action="append", default=[],
-                   metavar="[NAME=]MODULE:FUNCTION", help="register an operator model")
+    serve_arguments(command("serve", cmd_serve, "run the gRPC server", remote=False))
 
     p = command("analyze", cmd_analyze, "compute an interaction graph (prints its id)")
     _model_args(p)

@@ -6,17 +6,19 @@ import asyncio
 import json
 import logging
 import signal
+import ssl
+from pathlib import Path
 
 import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from intermod.v1 import intermod_pb2 as pb
-from intermod.v1 import intermod_pb2_grpc as pb_grpc
 
 from .auth import TokenAuth
 from .config import MAX_MESSAGE_BYTES, ServerConfig
 from .graphs import GraphStore
+from .handlers import service_handler
 from .jobs import JobManager
 from .models import ModelRegistry
 from .servicer import IntermodServicer
@@ -40,6 +42,20 @@ def resolve_devices(device: str) -> list[str]:
     return [d.strip() for d in device.split(",") if d.strip()]
 
 
+def read_tls_pair(cert: Path, key: Path) -> tuple[bytes, bytes]:
+    """(key, certificate chain) PEM bytes, checked to load as a pair; ValueError naming the
+    files otherwise (grpc itself would only report "Failed to bind to address")."""
+    try:
+        pair = key.read_bytes(), cert.read_bytes()
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            cert, key, password=lambda: b"")   # never prompt for a passphrase
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"TLS: cannot read the certificate {str(cert)!r} or the key "
+                         f"{str(key)!r} as a PEM certificate chain and its private key: "
+                         f"{exc}") from None
+    return pair
+
+
 class IntermodServer:
     """The running service; `start()` then `wait()`, `stop()` to shut down cleanly."""
 
@@ -54,16 +70,17 @@ class IntermodServer:
         n = self.store.interrupt_unfinished_jobs(INTERRUPTED_REASON)
         if n:
             log.warning("marked %d unfinished job(s) of a previous run as interrupted", n)
-        self.jobs = JobManager(self.store, resolve_devices(cfg.device), cfg.max_queued_jobs)
-        self.graphs = GraphStore(self.store, cfg.graph_cache_size)
-        self.models = ModelRegistry(self.store, cfg.operator_models)
+        self.jobs = JobManager(self.store, resolve_devices(cfg.device), cfg.max_queued_jobs,
+                               cfg.max_finished_jobs)
+        self.graphs = GraphStore(self.store, cfg.graph_cache_size, cfg.graph_cache_bytes)
+        self.models = ModelRegistry(self.store, cfg.operator_models, cfg.model_cache_size)
         servicer = IntermodServicer(cfg, self.store, self.models, self.jobs, self.graphs)
 
         options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
         interceptors = [TokenAuth(cfg.token)] if cfg.token else []
         self.server = grpc.aio.server(options=options, interceptors=interceptors)
-        pb_grpc.add_IntermodServiceServicer_to_server(servicer, self.server)
+        self.server.add_generic_rpc_handlers((service_handler(servicer),))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -74,8 +91,7 @@ class IntermodServer:
         if cfg.tls_cert or cfg.tls_key:
             if not (cfg.tls_cert and cfg.tls_key):
                 raise ValueError("TLS needs both --tls-cert and --tls-key")
-            creds = grpc.ssl_server_credentials(
-                [(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())])
+            creds = grpc.ssl_server_credentials([read_tls_pair(cfg.tls_cert, cfg.tls_key)])
             self.port = self.server.add_secure_port(address, creds)
         else:
             self.port = self.server.add_insecure_port(address)

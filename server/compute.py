@@ -16,7 +16,8 @@ from intermod import analysis as ia
 from intermod.v1 import intermod_pb2 as pb
 from torch import nn
 
-from .errors import InvalidArgument
+from .config import ServerConfig
+from .errors import InvalidArgument, echo
 
 _CHOICES = {"jacobian_target": ("output", "next_layer"), "scaling": ("sqrt", "inverse"),
             "kind": ("interaction", "pca", "neuron"), "edge_method": ("gradient", "integrated"),
@@ -24,17 +25,26 @@ _CHOICES = {"jacobian_target": ("output", "next_layer"), "scaling": ("sqrt", "in
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
-def graph_options(opts: pb.GraphOptions, max_samples: int) -> tuple[dict, dict]:
-    """Keyword arguments of compute_basis and build_graph for the options that are set."""
-    def field(name: str) -> str:
-        return f"options.{name}"
+def _bounded_count(opts: pb.GraphOptions, name: str, limit: int, what: str) -> int:
+    value = getattr(opts, name)
+    if value <= 0:
+        raise InvalidArgument(f"options.{name}", f"must be positive, got {value}")
+    if value > limit:
+        raise InvalidArgument(f"options.{name}", f"{value} exceeds the server's limit of "
+                                                 f"{limit} {what}")
+    return value
 
+
+def graph_options(opts: pb.GraphOptions, config: ServerConfig) -> tuple[dict, dict]:
+    """Keyword arguments of compute_basis and build_graph for the options that are set,
+    checked against the server's limits (``config.max_n_alpha`` …)."""
     basis: dict[str, Any] = {}
     graph: dict[str, Any] = {}
     for name, allowed in _CHOICES.items():
         value = getattr(opts, name)
         if value and value not in allowed:
-            raise InvalidArgument(field(name), f"must be one of {list(allowed)}, got {value!r}")
+            raise InvalidArgument(f"options.{name}", f"must be one of {list(allowed)}, got "
+                                                     f"{echo(value)}")
     if opts.jacobian_target:
         basis["jacobian_target"] = opts.jacobian_target
     for name in ("scaling", "kind"):
@@ -51,16 +61,15 @@ def graph_options(opts: pb.GraphOptions, max_samples: int) -> tuple[dict, dict]:
         if opts.HasField(name):
             value = getattr(opts, name)
             if not (math.isfinite(value) and 0 <= value < 1):
-                raise InvalidArgument(field(name), f"must be in [0, 1), got {value}")
+                raise InvalidArgument(f"options.{name}", f"must be in [0, 1), got {value}")
             basis[lib] = value
-    for name, targets in (("n_probes", (basis, graph)), ("n_alpha", (graph,)),
-                          ("batch_size", (basis, graph))):
+    limits = {"n_probes": (config.max_n_probes, "probes", (basis, graph)),
+              "n_alpha": (config.max_n_alpha, "integration points", (graph,)),
+              "batch_size": (min(config.max_batch_size, config.max_samples), "samples per batch",
+                             (basis, graph))}
+    for name, (limit, what, targets) in limits.items():
         if opts.HasField(name):
-            value = getattr(opts, name)
-            if value <= 0:
-                raise InvalidArgument(field(name), f"must be positive, got {value}")
-            if name == "batch_size" and value > max_samples:
-                raise InvalidArgument(field(name), f"exceeds the sample limit {max_samples}")
+            value = _bounded_count(opts, name, limit, what)
             for target in targets:
                 target[name] = value
     if opts.HasField("seed"):
@@ -68,28 +77,46 @@ def graph_options(opts: pb.GraphOptions, max_samples: int) -> tuple[dict, dict]:
     return basis, graph
 
 
-def resolve_layers(model: nn.Module, layers: list[str]) -> list[str]:
+def resolve_layers(model: nn.Module, layers: list[str], max_layers: int) -> list[str]:
     """Check that every node layer is a module path of `model` or "output"."""
     if not layers:
         raise InvalidArgument("layers", "required: name the node layers (module paths or "
                                         "'output')")
+    if len(layers) > max_layers:
+        raise InvalidArgument("layers", f"{len(layers)} node layers exceed the server's limit "
+                                        f"of {max_layers}")
     names = {n for n, _ in model.named_modules() if n}
     for i, layer in enumerate(layers):
         if layer != "output" and layer not in names:
-            raise InvalidArgument(f"layers[{i}]", f"unknown layer {layer!r}; the model has "
+            raise InvalidArgument(f"layers[{i}]", f"unknown layer {echo(layer)}; the model has "
                                                   f"{sorted(names)[:50]} and 'output'")
     if len(set(layers)) != len(layers):
         raise InvalidArgument("layers", "a layer is named twice")
     return layers
 
 
-def n_samples(inputs: Any) -> int | None:
-    """Number of samples of a tensor or a mapping of tensors; None for other inputs."""
+def n_samples(inputs: Any, field: str = "data_tensor_set_id") -> int | None:
+    """Number of samples of a tensor or a mapping of tensors (keyword inputs); None for other
+    inputs. InvalidArgument(field) for a scalar, or tensors of different batch sizes."""
     if isinstance(inputs, torch.Tensor):
-        return int(inputs.shape[0]) if inputs.dim() else 0
+        if inputs.dim() == 0:
+            raise InvalidArgument(field, "the data tensor is a scalar: it needs a batch "
+                                         "dimension (samples first)")
+        return int(inputs.shape[0])
     if isinstance(inputs, dict) and inputs:
-        first = next(iter(inputs.values()))
-        return int(first.shape[0]) if isinstance(first, torch.Tensor) else None
+        sizes = {}
+        for name, tensor in inputs.items():
+            if tensor.dim() == 0:
+                raise InvalidArgument(field, f"tensor {echo(name)} is a scalar; keyword inputs "
+                                             "need a batch dimension each (or choose one "
+                                             "tensor with data_tensor)")
+            sizes[name] = int(tensor.shape[0])
+        if len(set(sizes.values())) > 1:
+            raise InvalidArgument(field, f"the tensors have different batch sizes "
+                                         f"{dict(list(sizes.items())[:10])}; keyword inputs "
+                                         "must share their first dimension (or choose one "
+                                         "tensor with data_tensor)")
+        return next(iter(sizes.values()))
     return None
 
 

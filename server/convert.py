@@ -11,13 +11,12 @@ from intermod.analysis.core.jsonutil import dumps
 from intermod.analysis.core.partition import OBJECTIVE_ALIASES
 from intermod.v1 import intermod_pb2 as pb
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, echo
 from .jobs import JobStatus
 
 JOB_STATES = {"queued": pb.JOB_STATE_QUEUED, "running": pb.JOB_STATE_RUNNING,
               "succeeded": pb.JOB_STATE_SUCCEEDED, "failed": pb.JOB_STATE_FAILED,
               "cancelled": pb.JOB_STATE_CANCELLED, "interrupted": pb.JOB_STATE_INTERRUPTED}
-
 
 
 
@@ -47,8 +46,10 @@ def graph_info(rec: dict) -> pb.GraphInfo:
                         summary_json=dumps(rec["summary"]), job_id=rec["job_id"] or "")
 
 
-def search_kwargs(search: pb.ModuleSearch, field: str = "search") -> dict[str, Any]:
-    """find_modules keyword arguments for the fields that are set (validated)."""
+def search_kwargs(search: pb.ModuleSearch, max_restarts: int,
+                  field: str = "search") -> dict[str, Any]:
+    """find_modules keyword arguments for the fields that are set (validated; at most
+    `max_restarts` restarts)."""
     kw: dict[str, Any] = {}
     if search.HasField("epsilon"):
         check_epsilon(search.epsilon, f"{field}.epsilon")
@@ -56,7 +57,7 @@ def search_kwargs(search: pb.ModuleSearch, field: str = "search") -> dict[str, A
     if search.objective:
         if search.objective.lower() not in OBJECTIVE_ALIASES:
             raise InvalidArgument(f"{field}.objective", f"must be one of "
-                                  f"{sorted(OBJECTIVE_ALIASES)}, got {search.objective!r}")
+                                  f"{sorted(OBJECTIVE_ALIASES)}, got {echo(search.objective)}")
         kw["objective"] = search.objective
     if search.HasField("resolution"):
         if not (math.isfinite(search.resolution) and search.resolution >= 0):
@@ -69,9 +70,9 @@ def search_kwargs(search: pb.ModuleSearch, field: str = "search") -> dict[str, A
                                                         f"{search.n_modules}")
         kw["n_modules"] = search.n_modules
     if search.HasField("n_restarts"):
-        if not 1 <= search.n_restarts <= 1000:
-            raise InvalidArgument(f"{field}.n_restarts", f"must be in 1..1000, got "
-                                                         f"{search.n_restarts}")
+        if not 1 <= search.n_restarts <= max_restarts:
+            raise InvalidArgument(f"{field}.n_restarts", f"must be in 1..{max_restarts} (the "
+                                  f"server's limit), got {search.n_restarts}")
         kw["n_restarts"] = search.n_restarts
     if search.HasField("seed"):
         kw["seed"] = search.seed

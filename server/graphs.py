@@ -17,7 +17,7 @@ from typing import Any
 from intermod import analysis as ia
 
 from .convert import dumps
-from .errors import NotFound
+from .errors import NotFound, echo
 from .storage import Store, atomic_path, new_id
 
 EXPORT_SUFFIX = {"json": ".json", "graphml": ".graphml", "safetensors": ".safetensors",
@@ -28,9 +28,10 @@ _PLOT_LOCK = threading.Lock()  # matplotlib's state is global
 class GraphStore:
     """Graphs by id: saved once, loaded lazily, kept in a small LRU cache."""
 
-    def __init__(self, store: Store, cache_size: int) -> None:
+    def __init__(self, store: Store, cache_size: int, cache_bytes: int = 1 << 30) -> None:
         self.store = store
         self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
         self._cache: OrderedDict[str, ia.InteractionGraph] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -53,7 +54,7 @@ class GraphStore:
     def record(self, graph_id: str) -> dict[str, Any]:
         rec = self.store.graph(graph_id) if graph_id else None
         if rec is None:
-            raise NotFound(f"no graph {graph_id!r}")
+            raise NotFound(f"no graph {echo(graph_id)}")
         return rec
 
     def get(self, graph_id: str) -> ia.InteractionGraph:
@@ -87,8 +88,7 @@ class GraphStore:
             graph.to_graphml(path)
         elif fmt == "html":
             partition = partition or ia.find_modules(graph)   # a report needs modules: defaults
-            with _PLOT_LOCK:   # input maps are drawn with matplotlib
-                ia.module_report(None, None, graph, partition).save_html(path)
+            ia.module_report(None, None, graph, partition).save_html(path)
         else:
             kw = {"top_n": top_n} if top_n else {}
             if partition is not None:
@@ -98,8 +98,11 @@ class GraphStore:
         return path, True
 
     def _remember(self, graph_id: str, graph: ia.InteractionGraph) -> None:
+        """Cache `graph`, dropping the least recently used beyond cache_size graphs or
+        cache_bytes of arrays (the newest graph stays even when it alone is larger)."""
         with self._lock:
             self._cache[graph_id] = graph
             self._cache.move_to_end(graph_id)
-            while len(self._cache) > self.cache_size:
+            while len(self._cache) > 1 and (len(self._cache) > self.cache_size or sum(
+                    g.nbytes for g in self._cache.values()) > self.cache_bytes):
                 self._cache.popitem(last=False)

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from .errors import NotFound, ResourceExhausted
+from .errors import NotFound, ResourceExhausted, echo
 from .storage import Store
 
 log = logging.getLogger("intermod.server")
@@ -87,11 +87,14 @@ class _Job:
 class JobManager:
     """Queues graph jobs and runs them, one at a time per device."""
 
-    def __init__(self, store: Store, devices: list[str], max_queued: int) -> None:
+    def __init__(self, store: Store, devices: list[str], max_queued: int,
+                 max_finished: int = 1000) -> None:
         self.store = store
         self.devices = devices
         self.max_queued = max_queued
-        self._jobs: dict[str, _Job] = {}
+        self.max_finished = max_finished
+        self._jobs: dict[str, _Job] = {}   # live jobs, then the latest max_finished finished
+        self._finished: list[str] = []
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=len(devices),
                                             thread_name_prefix="intermod-job")
@@ -137,7 +140,7 @@ class JobManager:
             return job.snapshot()
         rec = self.store.job(job_id)
         if rec is None:
-            raise NotFound(f"no job {job_id!r}")
+            raise NotFound(f"no job {echo(job_id)}")
         return JobStatus(id=rec["id"], model_id=rec["model_id"], state=rec["state"],
                          created=rec["created"], started=rec["started"],
                          finished=rec["finished"], graph_id=rec["graph_id"] or "",
@@ -184,6 +187,9 @@ class JobManager:
         self.store.update_job(s.id, state=state, error=error, graph_id=graph_id,
                               finished=s.finished)
         self._notify(job)
+        self._finished.append(s.id)   # older finished jobs are answered from the database
+        while len(self._finished) > self.max_finished:
+            self._jobs.pop(self._finished.pop(0), None)
 
     def _progress(self, job: _Job, loop: asyncio.AbstractEventLoop) -> Progress:
         def callback(stage: str, done: int, total: int) -> None:

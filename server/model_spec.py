@@ -131,6 +131,8 @@ def build_model(spec: Spec) -> nn.Sequential:
                 module, width = LAYER_TYPES[kind].build(layer, width)
         except SpecError as exc:
             raise SpecError(f"spec.layers[{i}].{exc.field}", exc.message) from None
+        except (RuntimeError, OverflowError, ValueError, TypeError) as exc:  # e.g. 2^31 x 2^31
+            raise SpecError(f"spec.layers[{i}]", f"cannot be built: {exc}") from None
         modules.append(module)
     return nn.Sequential(*modules)
 

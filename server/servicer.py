@@ -1,7 +1,11 @@
 """IntermodService: a thin translation of RPCs into intermod.analysis calls, jobs and storage.
 
 Blocking work (parsing uploads, loading models and graphs, module searches, plots) runs in
-threads via ``asyncio.to_thread`` so the event loop keeps serving other clients.
+threads via ``asyncio.to_thread`` so the event loop keeps serving other clients; work that can
+run long goes through :func:`.calls.run_blocking`, which stops it when the client cancels the
+call or its deadline passes. Every request is checked against ``ServerConfig``'s limits before
+anything is built: sizes of repeated fields first, then values. The servicer is registered by
+:func:`.handlers.service_handler`, from the service descriptor.
 """
 
 from __future__ import annotations
@@ -9,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sized
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +25,9 @@ from intermod.v1 import intermod_pb2 as pb
 from intermod.v1 import intermod_pb2_grpc as pb_grpc
 
 from . import compute, convert, tensors, uploads
+from .calls import run_blocking
 from .config import CHUNK_BYTES, ServerConfig
-from .errors import InvalidArgument, NotFound, rpc
+from .errors import InvalidArgument, NotFound, echo, rpc
 from .graphs import GraphStore
 from .jobs import JobManager, Progress
 from .models import EXAMPLE, OPERATOR, SPEC, ModelEntry, ModelRegistry
@@ -32,7 +38,23 @@ EXPORTS = {pb.EXPORT_FORMAT_JSON: "json", pb.EXPORT_FORMAT_GRAPHML: "graphml",
            pb.EXPORT_FORMAT_SVG: "svg", pb.EXPORT_FORMAT_HTML: "html"}
 SOURCES = {SPEC: pb.MODEL_SOURCE_SPEC, OPERATOR: pb.MODEL_SOURCE_OPERATOR,
            EXAMPLE: pb.MODEL_SOURCE_EXAMPLE}
-MAX_SWEEP_POINTS = 10_000
+
+
+def check_size(values: Sized, limit: int, field: str, what: str = "entries") -> None:
+    """InvalidArgument(field) when a repeated field holds more than `limit` values."""
+    if len(values) > limit:
+        raise InvalidArgument(field, f"{len(values)} {what} exceed the server's limit of {limit}")
+
+
+@contextmanager
+def library_errors(field: str, fields: tuple[str, ...] = ()) -> Iterator[None]:
+    """The library's ValueError (a request it refuses) as InvalidArgument: `field`, or
+    `field.<name>` for the first of `fields` the message names."""
+    try:
+        yield
+    except ValueError as exc:
+        name = next((f"{field}.{f}" for f in fields if f in str(exc)), field)
+        raise InvalidArgument(name, str(exc)) from None
 
 
 class IntermodServicer(pb_grpc.IntermodServiceServicer):
@@ -65,7 +87,7 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
         if rec is None:
             if not tensor_set_id:
                 raise InvalidArgument(field, "required")
-            raise NotFound(f"no tensor set {tensor_set_id!r} ({field})")
+            raise NotFound(f"no tensor set {echo(tensor_set_id)} ({field})")
         return rec
 
     @rpc
@@ -82,11 +104,12 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
             if not isinstance(config, dict):
                 raise InvalidArgument("hf_config_json", "must be a JSON object")
             entry = await asyncio.to_thread(self.models.register_hf, request.name or "model",
-                                            config, Path(rec["path"]))
+                                            config, rec, self.config.max_parameters)
         else:
+            check_size(request.spec.layers, self.config.max_layers, "spec.layers", "layers")
             spec = convert.spec_to_dict(request.spec)
-            entry = await asyncio.to_thread(self.models.register_spec,
-                                            request.name or "model", spec, Path(rec["path"]))
+            entry = await asyncio.to_thread(self.models.register_spec, request.name or "model",
+                                            spec, rec, self.config.max_parameters)
         return pb.RegisterModelResponse(model=self._model_info(entry))
 
     @rpc
@@ -109,14 +132,15 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
     async def _model_and_data(self, model_id: str, tensor_set_id: str, tensor: str,
                               layers: list[str]) -> tuple[ModelEntry, Any, Any, list[str]]:
         """Resolve and check model, data and layers of a request. Blocking parts in threads."""
+        check_size(layers, self.config.max_layers, "layers", "node layers")
         entry = self.models.get(model_id)
         loaded = await asyncio.to_thread(entry.loaded)
         if tensor_set_id:
             rec = self._tensor_set_record(tensor_set_id, "data_tensor_set_id")
             names = [t["name"] for t in rec["tensors"]]
             if tensor and tensor not in names:
-                raise InvalidArgument("data_tensor", f"no tensor {tensor!r} in the set; it "
-                                                     f"holds {names}")
+                raise InvalidArgument("data_tensor", f"no tensor {echo(tensor)} in the set; it "
+                                                     f"holds {names[:20]}")
             if tensor or len(names) == 1:
                 inputs = await asyncio.to_thread(tensors.load_tensor, Path(rec["path"]),
                                                  tensor or names[0])
@@ -125,15 +149,16 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
         elif loaded.inputs is not None:
             inputs = loaded.inputs
         else:
-            raise InvalidArgument("data_tensor_set_id", f"required: model {model_id!r} has no "
-                                                        "inputs of its own")
+            raise InvalidArgument("data_tensor_set_id", f"required: model {echo(model_id)} has "
+                                                        "no inputs of its own")
         n = compute.n_samples(inputs)
         if n is not None and n > self.config.max_samples:
             raise InvalidArgument("data_tensor_set_id", f"{n} samples exceed the server's "
                                                         f"limit of {self.config.max_samples}")
         if n == 0:
             raise InvalidArgument("data_tensor_set_id", "the data hold no samples")
-        layers = compute.resolve_layers(loaded.model, list(layers) or loaded.layers)
+        layers = compute.resolve_layers(loaded.model, list(layers) or loaded.layers,
+                                        self.config.max_layers)
         await asyncio.to_thread(compute.probe, loaded.model, inputs, layers,
                                 self.config.max_nodes)
         return entry, loaded.model, inputs, layers
@@ -141,7 +166,7 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
     @rpc
     async def ComputeGraph(self, request: pb.ComputeGraphRequest,
                            context: Any) -> pb.ComputeGraphResponse:
-        basis_kw, graph_kw = compute.graph_options(request.options, self.config.max_samples)
+        basis_kw, graph_kw = compute.graph_options(request.options, self.config)
         entry, model, inputs, layers = await self._model_and_data(
             request.model_id, request.data_tensor_set_id, request.data_tensor, request.layers)
         job_id = new_id("j")
@@ -199,12 +224,11 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
         if request.HasField("modules"):
             if fmt not in ("png", "svg", "html"):
                 raise InvalidArgument("modules", "only PNG, SVG and HTML exports draw modules")
-            kw = convert.search_kwargs(request.modules, "modules")
-            graph = await asyncio.to_thread(self.graphs.get, request.graph_id)
-            partition = await asyncio.to_thread(ia.find_modules, graph, **kw)
-        path, temporary = await asyncio.to_thread(
-            self.graphs.export, request.graph_id, fmt, partition,
-            request.top_n if request.HasField("top_n") else None)
+            partition = await self._find_modules(context, request.graph_id, request.modules,
+                                                 "modules")
+        top_n = request.top_n if request.HasField("top_n") else None
+        path, temporary = await run_blocking(
+            context, lambda check: self.graphs.export(request.graph_id, fmt, partition, top_n))
         try:
             data = await asyncio.to_thread(path.read_bytes)
         finally:
@@ -233,36 +257,45 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
     @rpc
     async def FindModules(self, request: pb.FindModulesRequest,
                           context: Any) -> pb.FindModulesResponse:
-        kw = convert.search_kwargs(request.search)
-        graph = await asyncio.to_thread(self.graphs.get, request.graph_id)
-        part = await asyncio.to_thread(ia.find_modules, graph, **kw)
+        part = await self._find_modules(context, request.graph_id, request.search)
         return pb.FindModulesResponse(partition=convert.partition_to_proto(part))
+
+    async def _find_modules(self, context: Any, graph_id: str, search: pb.ModuleSearch,
+                            field: str = "search", **point: Any) -> ia.Partition:
+        """find_modules on a stored graph, stopped when the call is cancelled."""
+        kw = convert.search_kwargs(search, self.config.max_n_restarts, field) | point
+        self.graphs.record(graph_id)
+        graph = await asyncio.to_thread(self.graphs.get, graph_id)
+        with library_errors(field, ("n_modules", "epsilon", "resolution")):
+            return await run_blocking(
+                context, lambda check: ia.find_modules(graph, **kw, callback=check))
 
     @rpc
     async def Sweep(self, request: pb.SweepRequest,
                     context: Any) -> AsyncIterator[pb.SweepResponse]:
+        n_points = len(request.epsilons) * max(1, len(request.resolutions))
+        if n_points > self.config.max_sweep_points:   # before anything is built
+            raise InvalidArgument("epsilons", f"{len(request.epsilons)} epsilons x "
+                                  f"{len(request.resolutions)} resolutions = {n_points} points "
+                                  f"exceed the server's limit of {self.config.max_sweep_points}")
         if not request.epsilons:
             raise InvalidArgument("epsilons", "required: at least one epsilon")
         for i, eps in enumerate(request.epsilons):
             convert.check_epsilon(eps, f"epsilons[{i}]")
-        kw = convert.search_kwargs(request.search)
-        kw.pop("epsilon", None)
-        if request.resolutions and "n_modules" in kw:
-            raise InvalidArgument("resolutions", "give resolutions or search.n_modules, not both")
         for i, res in enumerate(request.resolutions):
             if not (np.isfinite(res) and res >= 0):
                 raise InvalidArgument(f"resolutions[{i}]", f"must be finite and >= 0, got {res}")
-        base_resolution = kw.pop("resolution", None)
-        resolutions = list(request.resolutions) or [base_resolution]
-        grid = [(e, r) for e in request.epsilons for r in resolutions]
-        if len(grid) > MAX_SWEEP_POINTS:
-            raise InvalidArgument("epsilons", f"{len(grid)} grid points exceed "
-                                              f"{MAX_SWEEP_POINTS}")
-        graph = await asyncio.to_thread(self.graphs.get, request.graph_id)
-        for i, (eps, res) in enumerate(grid):
-            point = dict(kw, epsilon=eps, **({} if res is None else {"resolution": res}))
-            part = await asyncio.to_thread(ia.find_modules, graph, **point)
-            yield pb.SweepResponse(index=i, total=len(grid),
+        if request.resolutions and request.search.HasField("n_modules"):
+            raise InvalidArgument("resolutions", "give resolutions or search.n_modules, not both")
+        search = pb.ModuleSearch()
+        search.CopyFrom(request.search)
+        search.ClearField("epsilon")
+        resolutions = list(request.resolutions) or [None]
+        for i in range(n_points):   # the grid, point by point, never materialised
+            eps, res = request.epsilons[i // len(resolutions)], resolutions[i % len(resolutions)]
+            point = {"epsilon": eps} | ({} if res is None else {"resolution": res})
+            part = await self._find_modules(context, request.graph_id, search, **point)
+            yield pb.SweepResponse(index=i, total=n_points,
                                    partition=convert.partition_to_proto(part))
 
     @rpc
@@ -270,6 +303,7 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
                              context: Any) -> pb.ScorePartitionResponse:
         convert.check_epsilon(request.epsilon, "epsilon")
         rec = self.graphs.record(request.graph_id)
+        check_size(request.membership, rec["n_nodes"], "membership", "entries (one per node)")
         membership = convert.check_membership(request.membership, rec["n_nodes"], "membership")
         graph = await asyncio.to_thread(self.graphs.get, request.graph_id)
         score = await asyncio.to_thread(ia.partition_cost, graph, membership, request.epsilon)
@@ -280,12 +314,16 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
     @rpc
     async def ComparePartitions(self, request: pb.ComparePartitionsRequest,
                                 context: Any) -> pb.ComparePartitionsResponse:
-        a = np.asarray(request.membership_a, dtype=np.int64)
-        if a.size == 0:
+        for name in ("membership_a", "membership_b"):
+            check_size(getattr(request, name), self.config.max_nodes, name, "entries (nodes)")
+        if not request.membership_a:
             raise InvalidArgument("membership_a", "required")
+        a = convert.check_membership(request.membership_a, len(request.membership_a),
+                                     "membership_a")
         b = convert.check_membership(request.membership_b, a.size, "membership_b",
                                      against="membership_a has")
-        result = await asyncio.to_thread(ia.compare_partitions, a, b)
+        with library_errors("membership_b"):
+            result = await asyncio.to_thread(ia.compare_partitions, a, b)
         return pb.ComparePartitionsResponse(ari=float(result["ari"]), nmi=float(result["nmi"]))
 
     @rpc
@@ -293,8 +331,10 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
         convert.check_epsilon(request.epsilon, "epsilon")
         _, model, inputs, layers = await self._model_and_data(
             request.model_id, request.data_tensor_set_id, request.data_tensor, request.layers)
-        report = await self.jobs.run_on_device(
-            lambda device: ia.diagnose(model, inputs, layers, request.epsilon, device=device,
-                                       progress=False))
+        with library_errors("data_tensor_set_id"):
+            report = await run_blocking(
+                context, lambda check, device: ia.diagnose(
+                    model, inputs, layers, request.epsilon, device=device, progress=False,
+                    callback=check), runner=self.jobs.run_on_device)
         return pb.DiagnoseResponse(report_json=convert.dumps(report.to_dict()))
 

@@ -65,3 +65,10 @@ def load_all(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a stored tensor set (e.g. model weights)."""
     with safe_open(str(path), framework="pt") as f:
         return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is no dict
+
+
+def numel(path: Path) -> dict[str, int]:
+    """Element count of every tensor of a stored set, from the file header (nothing loaded)."""
+    with safe_open(str(path), framework="pt") as f:
+        return {k: int(np.prod(f.get_slice(k).get_shape(), dtype=np.int64))
+                for k in f.keys()}  # noqa: SIM118 - safe_open is no dict

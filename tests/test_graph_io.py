@@ -78,3 +78,20 @@ def test_plot_graph_writes_files(graph, tmp_path, suffix):
     path = ia.plot_graph(graph, part, tmp_path / f"g.{suffix}", top_n=4)
     data = open(path, "rb").read()
     assert data.startswith(b"\x89PNG") if suffix == "png" else b"<svg" in data[:2000]
+
+
+def test_edges_below_the_relative_threshold_are_dropped_in_list_and_matrix():
+    """The edge list must not depend on round-off: w ≤ EDGE_RTOL · max(w) is 0, above it is kept."""
+    w_max = 3.0
+    tiny, kept = 0.5 * ia.EDGE_RTOL * w_max, 2.0 * ia.EDGE_RTOL * w_max
+    mats = [np.array([[w_max, tiny], [0.0, kept]]), np.array([[tiny], [1.0]]).T]
+    g = ia.InteractionGraph.from_arrays(["a", "b", "c"], [np.ones(2), np.ones(2), np.ones(1)], mats)
+    assert g.n_edges == 3                                   # w_max, kept, 1.0
+    assert sorted(g.w.tolist()) == [kept, 1.0, w_max]
+    np.testing.assert_array_equal(g.edge_matrix("a", "b"), [[w_max, 0.0], [0.0, kept]])
+    np.testing.assert_array_equal(g.edge_matrix("b", "c"), [[0.0, 1.0]])
+    exact = ia.InteractionGraph.from_arrays(["a", "b", "c"], [np.ones(2), np.ones(2), np.ones(1)], mats,
+                                            edge_rtol=0.0)
+    assert exact.n_edges == 5
+    with pytest.raises(ValueError, match="finite"):
+        ia.InteractionGraph.from_arrays(["a", "b"], [np.ones(1), np.ones(1)], [np.array([[np.nan]])])

@@ -177,6 +177,7 @@ def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, acts: dict[str
     weights = [as_samples(acts[n], mask)[1] for n in net.chain[:T]]
     per_item = sum(t.numel() for t in points + inner) + y.numel()
     for R in joint_cotangents(yw, ys.shape[-1], n_probes, s.generator, s.dtype, per_item):
+        s.progress.heartbeat()
         K = R.shape[0]
         grads = vjp(y, points + inner + slot_leaves, R.reshape((K,) + y.shape))
         g_points = [g.reshape(K, B, -1, g.shape[-1]) for g in grads[:T]]
@@ -221,6 +222,7 @@ def _next_layer_jacobians(s: _Setup, j: int, C_next: Tensor, n_probes: int | Non
         B = fo.shape[0]
         per_item = point.numel() + f_out.numel() * 2
         for R in joint_cotangents(wo, k, n_probes, s.generator, s.dtype, per_item):
+            s.progress.heartbeat()
             K = R.shape[0]
             data = R @ C_data.T
             grads = vjp(f_out, [point] + ([slot_leaf] if aug else []), data.reshape((K,) + f_out.shape))

@@ -137,6 +137,7 @@ def _section_edges(s, batch, mask, j: int, point: Tensor, baseline: Tensor | Non
         data = pattern[..., None] * C_which.T[:, None, None, :]  # (K, B, P, d_{j+1})
         g_sum = slot_sum = None
         for alpha, wq in zip(alphas, weights):
+            s.progress.heartbeat()                               # cancellation inside the quadrature
             at = alpha * point if baseline is None else baseline + alpha * (point - baseline)
             p_leaf, f_out, slot_leaf = net.section(batch, j, point=at, alpha=alpha)
             grads = vjp(f_out, [p_leaf] + ([slot_leaf] if aug else []), data.reshape((K,) + f_out.shape))

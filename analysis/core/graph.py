@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -14,6 +15,13 @@ import numpy as np
 from .jsonutil import plain
 
 FORMAT = "intermod.graph/1"
+#: Edges with w ≤ EDGE_RTOL · (the graph's largest w) are not kept (from_arrays sets them to 0).
+#: In float64 an interaction that is exactly zero comes out at ~1e-16 · w_max or at exactly 0,
+#: depending on the order of summation (thread count, processes, BLAS kernels); the threshold
+#: sits six orders above that, so the edge list does not depend on round-off, and far below any
+#: noise scale (an edge this weak has ŵ > 0 only for ε < 1e-20 · w_max²). float32 computations
+#: leave round-off near 1e-7 · w_max: pass a larger ``edge_rtol`` to drop it too.
+EDGE_RTOL = 1e-10
 
 
 @dataclass(frozen=True)
@@ -30,7 +38,8 @@ class InteractionGraph:
     """Layered graph of interaction strengths w = √E (output units).
 
     ``nodes`` fixes the order every membership array follows (layer by layer, index within a
-    layer); ``src``, ``dst``, ``w`` list the edges with w > 0 (src in layer l, dst in l+1).
+    layer); ``src``, ``dst``, ``w`` list the edges with w > 0 (src in layer l, dst in l+1);
+    graphs built by :meth:`from_arrays` keep only w > EDGE_RTOL · max(w).
     """
 
     def __init__(self, layers: list[str], nodes: list[Node], mats: list[np.ndarray],
@@ -67,15 +76,24 @@ class InteractionGraph:
     def from_arrays(cls, layers: Sequence[str], Lambdas: Sequence[np.ndarray],
                     edge_matrices: Sequence[np.ndarray], *, bias_direction: Sequence[bool] | None = None,
                     bases: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-                    metadata: dict[str, Any] | None = None) -> InteractionGraph:
-        """Build from per-layer Λ (k_l,) and edge matrices w (k_{l+1}, k_l), vectorised."""
+                    metadata: dict[str, Any] | None = None,
+                    edge_rtol: float = EDGE_RTOL) -> InteractionGraph:
+        """Build from per-layer Λ (k_l,) and edge matrices w (k_{l+1}, k_l), vectorised.
+
+        Strengths w ≤ edge_rtol · max over all matrices are set to 0 (see ``EDGE_RTOL``).
+        """
         if len(edge_matrices) != len(layers) - 1:
             raise ValueError(f"need {len(layers) - 1} edge matrices for {len(layers)} layers, got {len(edge_matrices)}")
+        if not (math.isfinite(edge_rtol) and 0 <= edge_rtol < 1):
+            raise ValueError(f"edge_rtol must be in [0, 1), got {edge_rtol!r}")
+        mats = [np.asarray(m, dtype=np.float64) for m in edge_matrices]
+        w_max = max((float(m.max()) for m in mats if m.size), default=0.0)
+        mats = [np.where((m >= 0) & (m <= edge_rtol * w_max), 0.0, m) for m in mats]  # NaN stays, to be refused
         bias_direction = bias_direction or [False] * len(layers)
         nodes = [Node(layer, i, float(lam), bool(bias and i == 0))
                  for layer, lams, bias in zip(layers, Lambdas, bias_direction)
                  for i, lam in enumerate(np.asarray(lams, dtype=np.float64))]
-        return cls(list(layers), nodes, list(edge_matrices), bases, metadata)
+        return cls(list(layers), nodes, mats, bases, metadata)
 
     # -- queries -----------------------------------------------------------------------------
     @property
@@ -85,6 +103,12 @@ class InteractionGraph:
     @property
     def n_edges(self) -> int:
         return int(self.w.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in arrays: edge matrices, edge lists and bases."""
+        return (sum(m.nbytes for m in self._mats) + self.src.nbytes + self.dst.nbytes + self.w.nbytes
+                + sum(np.asarray(C).nbytes + np.asarray(lam).nbytes for C, lam in self.bases.values()))
 
     @property
     def Lambda(self) -> np.ndarray:

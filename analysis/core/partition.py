@@ -23,6 +23,7 @@ import igraph as ig
 import numpy as np
 
 from .graph import InteractionGraph
+from .progress import Callback
 
 OBJECTIVES = ("cpm", "modularity")
 MAX_ROUNDS = 50
@@ -208,7 +209,7 @@ def _canonical(labels: np.ndarray) -> np.ndarray:
 def find_modules(graph: InteractionGraph, epsilon: float = 1e-4, *, objective: str = "cpm",
                  resolution: float = 0.05, n_modules: int | None = None, seed: int = 0,
                  n_restarts: int = 1, include_bias: bool = False,
-                 fixed: dict[int, int] | None = None) -> Partition:
+                 fixed: dict[int, int] | None = None, callback: Callback | None = None) -> Partition:
     """Partition the interaction graph into modules (see the module docstring for the maths).
 
     Only *active* nodes (with at least one edge of ŵ > 0) are partitioned; the others are
@@ -216,6 +217,8 @@ def find_modules(graph: InteractionGraph, epsilon: float = 1e-4, *, objective: s
     ``include_bias``. ``n_modules=k`` bisects γ (log scale) until k modules of active nodes are
     found. ``n_restarts`` runs seeds seed … seed+n−1 and keeps the best quality; the same seed
     gives the same answer. ``fixed`` maps node ids to module labels held fixed (leidenalg).
+    ``callback(stage, done, total)`` is called after every Leiden run ("restarts", and
+    "bisection" while ``n_modules`` searches γ); an exception it raises aborts the search.
     """
     _check_epsilon(epsilon)
     if not isinstance(objective, str) or objective.lower() not in OBJECTIVE_ALIASES:
@@ -245,18 +248,20 @@ def find_modules(graph: InteractionGraph, epsilon: float = 1e-4, *, objective: s
             initial[node] = graph.n_nodes + label
         initial = _canonical(initial)
 
-    def run(gamma: float, seeds: range) -> tuple[np.ndarray, float]:
+    def run(gamma: float, seeds: range, stage: str = "restarts") -> tuple[np.ndarray, float]:
         """Best labels of the active nodes (−1 elsewhere) over ``seeds``, and their quality."""
         best, best_q = -np.ones(graph.n_nodes, dtype=np.int64), 0.0
         if not active.any():
             return best, best_q
         best_q = -math.inf
-        for sd in seeds:
+        for done, sd in enumerate(seeds, 1):
             labels = -np.ones(graph.n_nodes, dtype=np.int64)
             labels[active] = _canonical(_leiden(g, weights, objective, gamma, sd, fixed_mask, initial)[active])
             q = _quality(objective, labels, src, dst, wk, gamma)
             if q > best_q + 1e-12:
                 best, best_q = labels, q
+            if callback is not None:
+                callback(stage, done, len(seeds))
         return best, best_q
 
     if n_modules is not None:
@@ -285,7 +290,7 @@ def _bisect_resolution(run, k: int, n_active: int, w_max: float, seed: int) -> f
         raise ValueError(f"n_modules must be between 1 and the number of active nodes ({n_active}), got {k}")
 
     def count(gamma: float) -> int:
-        labels, _ = run(gamma, range(seed, seed + 1))
+        labels, _ = run(gamma, range(seed, seed + 1), "bisection")
         return len(np.unique(labels[labels >= 0]))
 
     lo, hi = 1e-9, max(w_max, 1.0)
