@@ -78,14 +78,21 @@ class Batches:
 def setup(model: nn.Module, inputs: Inputs, graph: InteractionGraph, layers: Sequence[str], *,
           output_fn: OutputFn | None, batch_size: int) -> tuple[NodeModel, Batches, dict[str, LayerCoordinates]]:
     """The model cut at the graph's node layers (float64, CPU, no bias slot: plain activations),
-    the batches, and the coordinates of ``layers`` (with the data means where the basis needs them)."""
+    the batches, and the coordinates of ``layers``. A centred basis without a slot subtracts the
+    basis's mean μ: the graph's stored ``means`` where it has them, else the mean over ``inputs``."""
     batches = Batches(inputs, batch_size)
     first = next(iter(batches), None)
     if first is None:
         raise ValueError("inputs: no data")
     net = NodeModel(model, graph.layers, first, output_fn=output_fn, include_bias=False,
                     dtype=torch.float64, device=torch.device("cpu"))
-    means = layer_means(net, batches, layers) if graph.metadata.get("center") else {}
+    means = {}
+    if graph.metadata.get("center"):
+        stored = getattr(graph, "means", None) or {}
+        missing = [name for name in layers if name not in stored and name in graph.bases
+                   and np.shape(graph.bases[name][0])[0] == net.dims[name]]   # no slot row
+        means = {**{name: stored[name] for name in layers if name in stored},
+                 **(layer_means(net, batches, missing) if missing else {})}
     return net, batches, {name: layer_coordinates(graph, name, net.dims[name], means.get(name)) for name in layers}
 
 
