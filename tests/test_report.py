@@ -96,8 +96,12 @@ def test_token_inputs_known_answer():
     np.testing.assert_allclose(att.by_token["1"], per_tok, rtol=1e-10)
 
 
-def test_top_examples_are_the_largest_module_norms(small):
+@pytest.mark.parametrize("include_bias", [True, False])
+def test_top_examples_are_the_largest_module_norms(small, include_bias):
     model, X, layers, basis, graph = small
+    if not include_bias:   # centred without a slot: f̂ = Cᵀ (f − μ)
+        basis = ia.compute_basis(model, X, layers, include_bias=False, progress=False)
+        graph = ia.build_graph(model, X, basis, progress=False)
     p = ia.find_modules(graph, epsilon=1e-3, resolution=0.05)
     top = top_examples(model, X, graph, p.membership, top_k=4)
     acts = layer_activations(model, X, layers)
@@ -289,3 +293,26 @@ def test_plot_graph_node_and_module_views(small, tmp_path):
         for b in boxes:
             if a.module != b.module and a.row == b.row:
                 assert a.x1 < b.x0 or b.x1 < a.x0
+
+
+def test_sequence_report_positions_tokens_and_text_decoder(tmp_path):
+    """Token inputs: top examples are (sample, position) pairs, the decoder marks the position,
+    token and position shares sum to 1 and the HTML highlights the token."""
+    from intermod.analysis.report import decode_text
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(7, 3), nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    ids = torch.randint(0, 7, (30, 5), generator=torch.Generator().manual_seed(1))
+    basis = ia.compute_basis(model, ids, ["1", "3", "output"], progress=False)
+    graph = ia.build_graph(model, ids, basis, progress=False)
+    part = ia.find_modules(graph, epsilon=1e-3, resolution=0.05)
+    tok = SimpleNamespace(decode=lambda row: " ".join(f"t{i}" for i in row))
+    rep = ia.module_report(model, ids, graph, part, top_k=3, decode=decode_text(tok, ids, window=1),
+                           token_labels=lambda i: f"t{i}")
+    m = rep.modules[0]
+    assert rep.input_kind == "tokens" and all(isinstance(k, tuple) and len(k) == 2 for k in m.top_examples)
+    sample, pos = m.top_examples[0]
+    assert f"⟦t{int(ids[sample, pos])}⟧" in m.decoded[0]
+    assert sum(m.input_tokens.values()) == pytest.approx(1.0) and all(k.startswith("t") for k in m.input_tokens)
+    assert sum(m.input_positions.values()) == pytest.approx(1.0) and set(m.input_positions) <= set(range(5))
+    assert f"<mark>t{int(ids[sample, pos])}</mark>" in open(rep.save_html(tmp_path / "s.html"), encoding="utf-8").read()
