@@ -206,6 +206,13 @@ def test_report_without_effects_or_model(small):
         ia.module_report(model, X, graph, p, top_k=0)
     with pytest.raises(TypeError, match="module_ids"):
         ia.module_report(model, X, graph, p, effects=object())
+    fx = SimpleNamespace(module_ids=[0], loss_increase=np.array([[0.0, 3.0, 1.0]]),
+                         output_labels=["y0", "y1", "y2"])
+    with pytest.raises(ValueError, match="output_names"):
+        ia.module_report(None, None, graph, p, effects=fx, output_names=["a"])
+    named = ia.module_report(None, None, graph, p, effects=fx, output_names=lambda j: f"class {j}")
+    assert list(named.modules[0].outputs.items()) == [(1, 0.75), (2, 0.25), (0, 0.0)]   # largest first
+    assert "class 1 (75%)" in named.modules[0].summary()
 
 
 class _Page(HTMLParser):

@@ -193,7 +193,8 @@ def module_graph(graph: InteractionGraph, membership: np.ndarray, epsilon: float
 def module_report(model: nn.Module | None, inputs: Inputs | None, graph: InteractionGraph,
                   partition: Partition, *, effects: Any = None, top_k: int = 10,
                   decode: Decoder | None = None, input_shape: Sequence[int] | None = None,
-                  token_labels: Callable[[int], str] | None = None, n_alpha: int = 8,
+                  token_labels: Callable[[int], str] | None = None,
+                  output_names: Sequence[str] | Callable[[int], str] | None = None, n_alpha: int = 8,
                   n_probes: int | None = None, embedding: str | None = None,
                   output_fn: OutputFn | None = None, batch_size: int = 256, seed: int = 0) -> ModuleReport:
     """Explain every module of ``partition`` (see the module docstring).
@@ -204,7 +205,10 @@ def module_report(model: nn.Module | None, inputs: Inputs | None, graph: Interac
     ``reconstruction_loss``, ``loss``); without it ``outputs`` is None. decode: (sample,
     position) -> text or image, for the top examples. input_shape: the shape of one input
     sample for heat maps (e.g. (8, 8) for flat 8×8 images). token_labels: id -> text for the
-    per-token input shares. The other options go to :func:`.direction_attribution`.
+    per-token input shares. output_names: names of the effects' columns (a list, or index ->
+    name, e.g. a tokenizer's decode for LM logits, so the tokens whose logits move most are
+    readable); default the effects' own labels. The other options go to
+    :func:`.direction_attribution`.
     """
     if not isinstance(graph, InteractionGraph):
         raise TypeError(f"graph must be an InteractionGraph, got {type(graph).__name__}")
@@ -245,7 +249,7 @@ def module_report(model: nn.Module | None, inputs: Inputs | None, graph: Interac
     else:
         rep.notes.append("graph-only report: no model and inputs, so no input attribution or top examples")
     if effects is not None:
-        _add_effects(rep, effects)
+        _add_effects(rep, effects, output_names)
     else:
         rep.notes.append("no module effects given (ia.module_effects): outputs are not measured")
     return rep
@@ -277,7 +281,8 @@ def _add_inputs(rep: ModuleReport, att: DirectionAttribution, input_shape: Seque
             m.input_tokens = _shares(att.by_token[m.first_layer][rows].sum(0), labels)
 
 
-def _add_effects(rep: ModuleReport, effects: Any) -> None:
+def _add_effects(rep: ModuleReport, effects: Any,
+                 names: Sequence[str] | Callable[[int], str] | None = None) -> None:
     """Output shares per module from a ModuleEffects table (duck-typed)."""
     for name in ("module_ids", "loss_increase", "output_labels"):
         if not hasattr(effects, name):
@@ -287,6 +292,12 @@ def _add_effects(rep: ModuleReport, effects: Any) -> None:
     ids = [int(i) for i in effects.module_ids]
     if inc.shape != (len(ids), len(labels)):
         raise ValueError(f"effects.loss_increase has shape {inc.shape}, expected ({len(ids)}, {len(labels)})")
+    if callable(names):
+        labels = [str(names(j)) for j in range(len(labels))]
+    elif names is not None:
+        if len(names) != len(labels):
+            raise ValueError(f"output_names has {len(names)} entries, the effects {len(labels)} outputs")
+        labels = [str(v) for v in names]
     rep.effects_group = getattr(effects, "group", None)
     rec = getattr(effects, "reconstruction_loss", None)
     rep.reconstruction_loss = None if rec is None else float(rec)
