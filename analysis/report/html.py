@@ -29,7 +29,7 @@ from .layout import module_boxes, node_layout
 from .modules import ModuleInfo, ModuleReport, _label
 from .palette import BIAS, INACTIVE, module_colours
 
-__all__ = ["write_html", "render_html"]
+__all__ = ["png_data_uri", "render_html", "write_html"]
 
 MAX_BARS = 12
 CSS = """
