@@ -8,7 +8,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test bench validate proto serve lint lock clean
+.PHONY: install demo test fuzz bench validate proto serve lint lock clean
 
 install: $(STAMP)
 
@@ -23,6 +23,12 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# >= 10,000 random, raw-byte and abusive requests on every RPC of a fresh server: codes per
+# RPC, UNKNOWN/INTERNAL count (must be 0), p95 health-check latency, server RSS before/after.
+fuzz: install
+	rm -rf out/fuzz-data
+	$(BIN)/python -m intermod.client.fuzz --requests $${FUZZ_REQUESTS:-10000} --seed $${FUZZ_SEED:-0}
 
 bench: install
 	$(BIN)/python bench/run.py

@@ -8,7 +8,6 @@ Remote commands talk to ``--address`` (``INTERMOD_ADDRESS``, default 127.0.0.1:5
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -17,6 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from .cli_inputs import (
+    load_data,
+    load_graph,
+    local_model,
+    read_membership,
+    remote_data,
+    remote_model,
+)
 from .report import dumps, partition_table
 from .serve_cli import cmd_serve, serve_arguments
 
@@ -68,56 +75,6 @@ def _search(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
-def _load_data(path: str, tensor: str = "") -> Any:
-    """A .npy (no pickles) or .safetensors file as a torch tensor."""
-    import torch
-    from safetensors.torch import load_file
-    p = Path(path)
-    if p.suffix == ".npy":
-        return torch.from_numpy(np.load(p, allow_pickle=False))
-    tensors = load_file(p)
-    if not tensor:
-        if len(tensors) != 1:
-            raise ValueError(f"{path} holds {sorted(tensors)}; choose one with --data-tensor")
-        tensor = next(iter(tensors))
-    return tensors[tensor]
-
-
-def _local_model(args: argparse.Namespace) -> Any:
-    from intermod.server.model_spec import SpecError, load_model
-    from safetensors.torch import load_file
-    if not (args.spec and args.weights and args.data):
-        raise ValueError("--local needs --spec, --weights and --data files")
-    try:
-        return load_model(json.loads(Path(args.spec).read_text()), load_file(args.weights))
-    except SpecError as exc:
-        raise ValueError(f"{args.spec}: {exc}") from None
-
-
-def _remote_model(args: argparse.Namespace, client: Any) -> str:
-    if args.model:
-        return args.model
-    if not (args.spec and args.weights):
-        raise ValueError("give --model ID, or --spec and --weights")
-    spec = json.loads(Path(args.spec).read_text())
-    return client.register_model(spec, args.weights, name=Path(args.spec).stem).id
-
-
-def _remote_data(args: argparse.Namespace) -> Path | str | None:
-    """The data file to upload, or the id of a tensor set on the server, or None."""
-    if args.data:
-        path = Path(args.data)
-        if not path.is_file():
-            raise FileNotFoundError(f"--data {args.data}: no such file")
-        return path
-    return args.data_id or None
-
-
-def _load_graph(path: str) -> Any:
-    from intermod import analysis as ia
-    return ia.InteractionGraph.from_json(Path(path))
-
-
 def _partition_dict(part: Any) -> dict:
     return part.to_dict()
 
@@ -127,7 +84,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     options = _graph_options(args)
     if args.local:
         from intermod import analysis as ia
-        model, data = _local_model(args), _load_data(args.data, args.data_tensor)
+        model, data = local_model(args), load_data(args.data, args.data_tensor)
         if not args.layers:
             raise ValueError("--local needs --layers")
         basis_kw = {k: v for k, v in options.items() if k not in ("edge_method", "n_alpha")}
@@ -144,8 +101,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         _emit(args, {"path": str(out), **graph.summary()}, str(out))
         return
     with _client(args) as client:
-        data = _remote_data(args)
-        job_id = client.submit(_remote_model(args, client), data, args.layers or (),
+        data = remote_data(args)
+        job_id = client.submit(remote_model(args, client), data, args.layers or (),
                                data_tensor=args.data_tensor, **options)
         job = client.watch(job_id, progress=not (args.no_progress or args.json))
         if job.state != "succeeded":
@@ -157,7 +114,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 def cmd_modules(args: argparse.Namespace) -> None:
     if args.local:
         from intermod import analysis as ia
-        graph = _load_graph(args.graph)
+        graph = load_graph(args.graph)
         part, layers = ia.find_modules(graph, **_search(args)), graph.layers
     else:
         with _client(args) as client:
@@ -172,7 +129,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     search = {k: v for k, v in _search(args).items() if k not in ("epsilon", "resolution")}
     if args.local:
         from intermod import analysis as ia
-        graph = _load_graph(args.graph)
+        graph = load_graph(args.graph)
         grid = [(e, r) for e in args.epsilons for r in (args.resolutions or [None])]
         parts = (ia.find_modules(graph, epsilon=e, **search,
                                  **({} if r is None else {"resolution": r})) for e, r in grid)
@@ -200,19 +157,11 @@ def _print_sweep(args: argparse.Namespace, parts: Any) -> None:
         print(dumps(rows))
 
 
-def _read_membership(path: str) -> np.ndarray:
-    p = Path(path)
-    if p.suffix == ".npy":
-        return np.load(p, allow_pickle=False).astype(np.int64)
-    data = json.loads(p.read_text())
-    return np.asarray(data["membership"] if isinstance(data, dict) else data, dtype=np.int64)
-
-
 def cmd_score(args: argparse.Namespace) -> None:
-    membership = _read_membership(args.membership)
+    membership = read_membership(args.membership)
     if args.local:
         from intermod import analysis as ia
-        score = ia.partition_cost(_load_graph(args.graph), membership, args.epsilon)
+        score = ia.partition_cost(load_graph(args.graph), membership, args.epsilon)
     else:
         with _client(args) as client:
             score = client.score(args.graph, membership, args.epsilon)
@@ -226,7 +175,7 @@ def _export(args: argparse.Namespace, fmt: str, search: dict | None) -> None:
     out = Path(args.out)
     if args.local:
         from intermod import analysis as ia
-        graph = _load_graph(args.graph)
+        graph = load_graph(args.graph)
         if fmt == "html":
             ia.module_report(None, None, graph, ia.find_modules(graph, **(search or {}))).save_html(out)
         elif fmt in ("png", "svg"):
@@ -299,14 +248,15 @@ def cmd_job(args: argparse.Namespace) -> None:
 def cmd_diagnose(args: argparse.Namespace) -> None:
     if args.local:
         from intermod import analysis as ia
-        report = ia.diagnose(_local_model(args), _load_data(args.data, args.data_tensor),
+        report = ia.diagnose(local_model(args), load_data(args.data, args.data_tensor),
                              args.layers, args.epsilon, progress=not args.json).to_dict()
     else:
         with _client(args) as client:
-            report = client.diagnose(_remote_model(args, client), _remote_data(args),
+            report = client.diagnose(remote_model(args, client), remote_data(args),
                                      args.layers or (), args.epsilon,
                                      data_tensor=args.data_tensor)
-    print(dumps(report))
+    from intermod.analysis import DegeneracyReport
+    _emit(args, report, DegeneracyReport.from_dict(report).summary())
 
 
 # parser
@@ -425,6 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:   # `intermod models --json | head`: the reader left, not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())   # so the interpreter's final flush is silent
+        return 0
     except KeyboardInterrupt:
         print("intermod: interrupted", file=sys.stderr)
         return 130

@@ -16,6 +16,8 @@ and exits 1 on any failure (this is ``make fuzz``).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import math
 import random
@@ -47,13 +49,15 @@ _STRINGS = ("", "0", "2", "output", "cpm", "modularity", "integrated", "float32"
 
 @dataclass
 class Ids:
-    """Ids that exist on the server, offered to string fields by name."""
+    """Ids that exist on the server, offered to string fields by name, and valid requests
+    (``templates``, by RPC name) that the fuzzer mutates to reach past the first checks."""
 
     graphs: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     tensor_sets: list[str] = field(default_factory=list)
     jobs: list[str] = field(default_factory=list)
     layers: list[str] = field(default_factory=lambda: ["0", "1", "2", "output"])
+    templates: dict[str, list[Any]] = field(default_factory=dict)
 
     def for_field(self, name: str) -> list[str]:
         for key, pool in (("graph", self.graphs), ("model", self.models), ("job", self.jobs),
@@ -91,6 +95,30 @@ class MessageFuzzer:
             else:
                 setattr(msg, fd.name, self.scalar(fd))
         return msg
+
+    def mutate(self, msg: Any, n: int) -> Any:
+        """A copy of `msg` with `n` random fields (top level or one level down) redrawn."""
+        out = type(msg)()
+        out.CopyFrom(msg)
+        for _ in range(n):
+            target = out
+            fd = self.rng.choice(target.DESCRIPTOR.fields)
+            if fd.type == F.TYPE_MESSAGE and not fd.is_repeated and self.rng.random() < 0.6:
+                target = getattr(target, fd.name)
+                fd = self.rng.choice(target.DESCRIPTOR.fields)
+            target.ClearField(fd.name)
+            if fd.is_repeated:
+                values = getattr(target, fd.name)
+                for _ in range(self.rng.randint(0, self.max_repeated)):
+                    if fd.type == F.TYPE_MESSAGE:
+                        values.add().CopyFrom(self.message(fd.message_type, 2))
+                    else:
+                        values.append(self.scalar(fd))
+            elif fd.type == F.TYPE_MESSAGE:
+                getattr(target, fd.name).CopyFrom(self.message(fd.message_type, 1))
+            elif self.rng.random() < 0.8:
+                setattr(target, fd.name, self.scalar(fd))
+        return out
 
     def scalar(self, fd: FieldDescriptor) -> Any:
         rng = self.rng
@@ -233,10 +261,20 @@ class Fuzzer:
         return code
 
     def random_request(self, method: MethodDescriptor) -> Any:
+        """Raw bytes (20%), a mutated valid request (40%, when the RPC has templates) or a
+        random message."""
         r = self.rng.random()
         if r < 0.2:   # raw bytes: mostly undecodable, sometimes a valid prefix
             return self.rng.randbytes(self.rng.randint(1, 64))
-        msg = self.messages.message(method.input_type)
+        templates = self.ids.templates.get(method.name)
+        if templates and r < 0.6:
+            template = self.rng.choice(templates)
+            if isinstance(template, list):   # a stream: mutate one of its messages
+                i = self.rng.randrange(len(template))
+                return template[:i] + [self.messages.mutate(template[i], 1)] + template[i + 1:]
+            msg = self.messages.mutate(template, self.rng.randint(0, 2))
+        else:
+            msg = self.messages.message(method.input_type)
         if method.name.startswith("Delete"):   # keep the seeded objects for the other RPCs
             for fd in method.input_type.fields:
                 if fd.type == F.TYPE_STRING and getattr(msg, fd.name) in self.ids.for_field(fd.name):
@@ -263,7 +301,7 @@ class Fuzzer:
             self.call(method, self.random_request(method))
             if i % health_every == 0:
                 self.time_health()
-        self.report.seconds = time.perf_counter() - start
+        self.report.seconds += time.perf_counter() - start
         return self.report
 
 
@@ -284,13 +322,46 @@ def seed_server(address: str) -> Ids:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double()
     data = torch.randn(64, 4, dtype=torch.float64)
+    from google.protobuf import json_format
+    from intermod.server.model_spec import describe_model
+    spec, weights = describe_model(model)
+    layers = ["0", "2", "output"]
     with Client(address) as client:
-        info = client.register_model(model)
+        weights_id = client.upload(weights).id
+        info = client.register_model(spec, weights_id)
         ts = client.upload(data)
         multi = client.upload({"x": np.zeros((3, 4)), "scalar": np.zeros(()), "y": np.zeros((5, 4))})
-        job = client.submit(info.id, ts.id, ["0", "2", "output"])
+        job = client.submit(info.id, ts.id, layers)
         graph_id = client.watch(job, progress=False).graph_id
-    return Ids(graphs=[graph_id], models=[info.id], tensor_sets=[ts.id, multi.id], jobs=[job])
+        n_nodes = client.graph_info(graph_id).n_nodes
+    npy = io.BytesIO()
+    np.save(npy, np.zeros((4, 4)))
+    raw = npy.getvalue()
+    header = pb.UploadHeader(name="x", format=pb.TENSOR_FORMAT_NPY, total_bytes=len(raw),
+                             sha256=hashlib.sha256(raw).hexdigest())
+    search = pb.ModuleSearch(epsilon=1e-3, resolution=0.05)
+    templates = {
+        "UploadTensors": [[pb.UploadTensorsRequest(header=header), pb.UploadTensorsRequest(chunk=raw)]],
+        "RegisterModel": [pb.RegisterModelRequest(name="fuzz", weights_tensor_set_id=weights_id,
+                                                  spec=json_format.ParseDict(spec, pb.ModelSpec()))],
+        "ComputeGraph": [pb.ComputeGraphRequest(model_id=info.id, data_tensor_set_id=ts.id,
+                                                layers=layers, options=pb.GraphOptions(batch_size=32))],
+        "Diagnose": [pb.DiagnoseRequest(model_id=info.id, data_tensor_set_id=ts.id, layers=layers,
+                                        epsilon=1e-3)],
+        "GetGraph": [pb.GetGraphRequest(graph_id=graph_id, include_nodes=True, include_edges=True)],
+        "ExportGraph": [pb.ExportGraphRequest(graph_id=graph_id, format=f, modules=search, top_n=5)
+                        for f in (pb.EXPORT_FORMAT_JSON, pb.EXPORT_FORMAT_PNG)],
+        "FindModules": [pb.FindModulesRequest(graph_id=graph_id, search=search)],
+        "Sweep": [pb.SweepRequest(graph_id=graph_id, epsilons=[1e-3, 1e-2], resolutions=[0.1],
+                                  search=search)],
+        "ScorePartition": [pb.ScorePartitionRequest(graph_id=graph_id, membership=[0] * n_nodes,
+                                                    epsilon=1e-3)],
+        "ComparePartitions": [pb.ComparePartitionsRequest(membership_a=[0, 0, 1, 1],
+                                                          membership_b=[0, 1, 0, 1])],
+        "GetJob": [pb.GetJobRequest(job_id=job)], "WatchJob": [pb.WatchJobRequest(job_id=job)],
+    }
+    return Ids(graphs=[graph_id], models=[info.id], tensor_sets=[ts.id, multi.id, weights_id],
+               jobs=[job], templates=templates)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--address", help="fuzz this server (default: start one)")
     parser.add_argument("--data-dir", default="out/fuzz-data")
+    parser.add_argument("--rss-every", type=int, default=2000, help="print RSS every N requests")
     args = parser.parse_args(argv)
     from .spawn import running_server
 
@@ -306,7 +378,16 @@ def main(argv: list[str] | None = None) -> int:
         ids = seed_server(address)
         before = rss_mb(pid) if pid else math.nan
         with grpc.insecure_channel(address) as channel:
-            report = Fuzzer(channel, ids, seed=args.seed).run(args.requests)
+            fuzzer = Fuzzer(channel, ids, seed=args.seed)
+            done = 0
+            while done < args.requests:   # in rounds, to show how RSS evolves
+                n = min(args.rss_every, args.requests - done)
+                fuzzer.run(n, abuses=done == 0)
+                done += n
+                if pid:
+                    print(f"after {fuzzer.report.n_requests:>6} requests: server RSS "
+                          f"{rss_mb(pid):.0f} MB", flush=True)
+            report = fuzzer.report
         after = rss_mb(pid) if pid else math.nan
         print(report.table())
         print(f"\n{report.n_requests} requests in {report.seconds:.0f} s; UNKNOWN/INTERNAL: "

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from .errors import NotFound, ResourceExhausted, echo
+from .errors import NotFound, ResourceExhausted, bounded, echo
 from .storage import Store
 
 log = logging.getLogger("intermod.server")
@@ -179,6 +179,7 @@ class JobManager:
         job.changed.set()
 
     def _finish(self, job: _Job, state: str, error: str = "", graph_id: str = "") -> None:
+        error = bounded(error)
         with job.lock:
             s = job.status
             s.state, s.error, s.graph_id, s.finished = state, error, graph_id, time.time()

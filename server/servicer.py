@@ -47,13 +47,13 @@ def check_size(values: Sized, limit: int, field: str, what: str = "entries") -> 
 
 
 @contextmanager
-def library_errors(field: str, fields: tuple[str, ...] = ()) -> Iterator[None]:
-    """The library's ValueError (a request it refuses) as InvalidArgument: `field`, or
-    `field.<name>` for the first of `fields` the message names."""
+def library_errors(field: str, named: dict[str, str] | None = None) -> Iterator[None]:
+    """The library's ValueError (a request it refuses) as InvalidArgument: the field of the
+    first key of `named` that its message mentions, else `field`."""
     try:
         yield
     except ValueError as exc:
-        name = next((f"{field}.{f}" for f in fields if f in str(exc)), field)
+        name = next((f for key, f in (named or {}).items() if key in str(exc)), field)
         raise InvalidArgument(name, str(exc)) from None
 
 
@@ -266,7 +266,8 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
         kw = convert.search_kwargs(search, self.config.max_n_restarts, field) | point
         self.graphs.record(graph_id)
         graph = await asyncio.to_thread(self.graphs.get, graph_id)
-        with library_errors(field, ("n_modules", "epsilon", "resolution")):
+        with library_errors(field, {k: f"{field}.{k}" for k in ("n_modules", "epsilon",
+                                                                 "resolution")}):
             return await run_blocking(
                 context, lambda check: ia.find_modules(graph, **kw, callback=check))
 
@@ -331,7 +332,7 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
         convert.check_epsilon(request.epsilon, "epsilon")
         _, model, inputs, layers = await self._model_and_data(
             request.model_id, request.data_tensor_set_id, request.data_tensor, request.layers)
-        with library_errors("data_tensor_set_id"):
+        with library_errors("data_tensor_set_id", {"layers": "layers"}):
             report = await run_blocking(
                 context, lambda check, device: ia.diagnose(
                     model, inputs, layers, request.epsilon, device=device, progress=False,

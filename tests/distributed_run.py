@@ -24,10 +24,10 @@ def run(target):
     seen = []
     basis = ia.compute_basis(model, X, LAYERS, jacobian_target=target, batch_size=8, progress=False)
     graph = ia.build_graph(model, X, basis, edge_method="integrated", n_alpha=3, batch_size=8, progress=False,
-                           callback=lambda stage, done, total: seen.append(done))
+                           callback=lambda stage, done, total: seen.append((stage, done)))
     result = {f"{k}/{n}": getattr(basis[n], k) for n in LAYERS for k in ("G", "M", "Lambda", "C")}
     edges = {f"w/{a}->{b}": graph.edge_matrix(a, b) for a, b in zip(LAYERS, LAYERS[1:])}
-    return result | edges, len(seen)
+    return result | edges, max(done for _, done in seen)   # batches done (heartbeats repeat a count)
 
 
 def worker(rank, world, init, out, target):

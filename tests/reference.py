@@ -1,4 +1,4 @@
-"""A plain, per-sample Python reference of DESIGN.md §1 for small MLPs (tests only).
+"""A plain, per-sample Python reference of docs/design.md §1 for small MLPs (tests only).
 
 Everything here loops over samples and builds full augmented Jacobians with
 torch.autograd.functional.jacobian; nothing is shared with intermod's batched code.

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from compare import assert_same_numbers
 from intermod import analysis as ia
 from intermod.client.cli import main
 from intermod.client.spawn import running_server
@@ -120,8 +121,41 @@ def test_diagnose_remote_and_local(capsys, server, files):
               d / "data.npy", "--layers", *LAYERS, "--epsilon", "1e-4"]
     remote = run_json(capsys, "diagnose", *common, "--address", server.address)
     local = run_json(capsys, "diagnose", *common, "--local")
-    want = ia.diagnose(files["model"], files["data"], LAYERS, 1e-4, progress=False).to_dict()
-    assert remote == local == json.loads(json.dumps(want))
+    want = json.loads(json.dumps(
+        ia.diagnose(files["model"], files["data"], LAYERS, 1e-4, progress=False).to_dict()))
+    assert local == want                      # the same process: the same arithmetic
+    assert_same_numbers(remote, want)         # another process: equal to round-off
+    code, out, _ = run(capsys, "diagnose", *common, "--local")
+    assert code == 0 and "rank_G=" in out and not out.lstrip().startswith("{")   # a table
+    assert out.count("\n") == len(LAYERS) + 1
+
+
+def test_score_explains_a_file_without_membership(capsys, tmp_path):
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"modules": []}))
+    code, _, err = run(capsys, "score", "g_x", "--membership", wrong, "--epsilon", "1e-3")
+    assert code == 1 and "'membership' list" in err and "wrong.json" in err
+    wrong.write_text(json.dumps([[0, 1], [2]]))
+    code, _, err = run(capsys, "score", "g_x", "--membership", wrong, "--epsilon", "1e-3")
+    assert code == 1 and "integer module ids" in err
+
+
+def test_output_into_a_closed_pipe_is_quiet(server):
+    """`intermod models --json | head`: the reader leaving early is no error."""
+    proc = subprocess.Popen([sys.executable, "-m", "intermod.client.cli", "models", "--json",
+                             "--address", server.address], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()   # before the command prints anything
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and err == b"", err
+
+
+def test_analyze_registers_a_spec_once(capsys, server, files):
+    before = run_json(capsys, "models", "--address", server.address)
+    analyze(capsys, server, files)
+    analyze(capsys, server, files)
+    after = run_json(capsys, "models", "--address", server.address)
+    assert len(after) - len(before) <= 1   # the first analyze of the module may register it
 
 
 def test_errors_exit_nonzero_with_one_line(capsys, server, files):

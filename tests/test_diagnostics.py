@@ -76,7 +76,7 @@ def test_duplicated_neuron():
     # the pair is exactly synchronised; its preactivations span 1 dimension (eq. 21)
     assert hid.sync_blocks == [[0, 1]] and hid.sync_blocks_exact == [[0, 1]]
     assert hid.sync_block_s == [1] and hid.sync_block_k == [2]
-    assert hid.n_free_sync_naive == 2      # DESIGN's Σ|S_a|² − d, before the correction
+    assert hid.n_free_sync_naive == 2      # docs/design.md's Σ|S_a|² − d, before the correction
     assert hid.n_free_sync == 0            # already counted by the activation rule
     assert hid.n_free_rescaling == 6
     assert r.layers["0"].n_free == 0 and r.layers["output"].n_free == 0
@@ -111,13 +111,39 @@ def test_dead_neurons():
     assert l0.missing_G == 0 and l0.n_free == 10
     # their activations are 0 -> 2 missing activation directions -> d_out = 3 weights each
     assert hid.missing_G == 2 and hid.n_free_activation == 6
-    # dead neurons share the "off" pattern: an exact block that adds nothing (k_a = 0)
-    assert hid.sync_blocks_exact == [[1, 4]] and hid.sync_block_k == [0]
-    assert hid.n_free_sync == 0 and hid.n_free_sync_naive == 2
+    # dead neurons share the "off" pattern, but they are reported as dead, not as a block
+    assert hid.dead_neurons == [1, 4] and hid.n_dead == 2 and r.layers["0"].n_dead == 0
+    assert hid.sync_blocks_exact == [] and hid.sync_blocks == [] and hid.sync_block_k == []
+    assert hid.n_free_sync == 0 and hid.n_free_sync_naive == 0
     assert hid.n_free_rescaling == 4
     assert r.n_free_lower_bound == 20
     assert r.n_free_by_source == {"activation": 6, "jacobian": 10, "rescaling": 4,
                                   "synchronisation": 0, "overlap": 0}
+    assert_tight(r)
+
+
+def test_many_dead_neurons_are_dead_not_one_synchronised_block():
+    """12 dead neurons next to a duplicated live pair (issue 11): the pair is the only block,
+    the dead ones are found by a direct forward pass, and counts stay exact."""
+    m = mlp(4, 16, 3)
+    dead = list(range(2, 14))
+    with torch.no_grad():
+        m[0].weight[dead] = 0.0
+        m[0].bias[dead] = -1.0
+        m[0].weight[15] = m[0].weight[14]
+        m[0].bias[15] = m[0].bias[14]
+    x = data()
+    with torch.no_grad():
+        silent = (m[1](m[0](x)) == 0).all(0)
+    r = run(m, x, ["0", "2"])
+    hid = r.layers["2"]
+    assert hid.dead_neurons == torch.nonzero(silent).flatten().tolist() == dead
+    assert hid.n_dead == 12 and hid.sync_blocks == [[14, 15]] == hid.sync_blocks_exact
+    assert all(not set(b) & set(dead) for b in hid.sync_blocks)
+    # a huge tolerance merges live neurons into blocks, never a dead one
+    loose = run(m, x, ["0", "2"], sync_tol=1e6).layers["2"]
+    assert loose.dead_neurons == dead and all(not set(b) & set(dead) for b in loose.sync_blocks)
+    assert "dead=12" in r.summary()
     assert_tight(r)
 
 

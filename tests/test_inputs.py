@@ -26,7 +26,33 @@ def test_dataloader_and_tensor_and_batch_size_agree(model):
             np.testing.assert_allclose(other[name].Lambda, ref[name].Lambda, rtol=1e-9)
     g1 = ia.build_graph(model, X, ref, progress=False)
     g2 = ia.build_graph(model, loader, ref, progress=False)
-    np.testing.assert_allclose(g2.w, g1.w, rtol=1e-10)
+    for a, b in (("0", "2"), ("2", "output")):   # dense: batching changes the summation order
+        np.testing.assert_allclose(g2.edge_matrix(a, b), g1.edge_matrix(a, b), rtol=1e-10,
+                                   atol=1e-14 * g1.w.max())
+
+
+def test_numpy_arrays_are_accepted_like_tensors(model):
+    """An array (C or Fortran order) and a list of array batches give the tensor's basis and graph."""
+    X = torch.randn(60, 4, dtype=torch.float64)
+    layers = ["0", "2", "output"]
+    ref = ia.compute_basis(model, X, layers, batch_size=16, progress=False)
+    ref_graph = ia.build_graph(model, X, ref, batch_size=16, progress=False)
+    arr = X.numpy()
+    batches = [arr[i:i + 16] for i in range(0, 60, 16)]
+    for inputs in (arr, np.asfortranarray(arr), batches):   # also a non-C-contiguous array
+        basis = ia.compute_basis(model, inputs, layers, batch_size=16, progress=False)
+        graph = ia.build_graph(model, inputs, basis, batch_size=16, progress=False)
+        for name in layers:
+            np.testing.assert_allclose(basis[name].Lambda, ref[name].Lambda, rtol=1e-10)
+        np.testing.assert_allclose(graph.edge_matrix("0", "2"), ref_graph.edge_matrix("0", "2"),
+                                   rtol=1e-9, atol=1e-13)
+    with pytest.raises(TypeError, match="numeric"):
+        ia.compute_basis(model, np.array([["a"] * 4] * 3), layers, progress=False)
+
+
+def test_unknown_layer_lists_the_valid_names(model):
+    with pytest.raises(ValueError, match=r"unknown layer '3'.*valid layers: '0', '1', '2' and 'output'"):
+        ia.compute_basis(model, torch.randn(5, 4, dtype=torch.float64), ["3"], progress=False)
 
 
 def test_layers_are_sorted_into_forward_order(model):
@@ -126,3 +152,8 @@ def test_in_place_activations_do_not_corrupt_the_recorded_activations():
             np.testing.assert_allclose(b[name].Lambda, a[name].Lambda, rtol=1e-10)
         ga, gb = (ia.build_graph(m, X, basis, progress=False) for m, basis in ((plain, a), (inplace, b)))
         np.testing.assert_allclose(gb.w, ga.w, rtol=1e-10)
+
+
+def test_diagnose_of_the_output_alone_is_refused_clearly(model):
+    with pytest.raises(ValueError, match="node layer inside the model"):
+        ia.diagnose(model, torch.randn(8, 4, dtype=torch.float64), ["output"], 1e-3, progress=False)

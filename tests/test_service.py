@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 import torch
+from compare import assert_same_numbers
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -61,23 +62,6 @@ def client(server):
 @pytest.fixture(scope="module")
 def graph_id(client):
     return client.compute_graph(small_model(), small_data(), LAYERS, progress=False)
-
-
-def assert_same_numbers(got, want, rel: float = 1e-9, path: str = "report") -> None:
-    """Equal structure, equal strings and integers, floats equal to a relative tolerance (the
-    server and this process may sum in different orders: never compare floats bitwise)."""
-    if isinstance(want, dict):
-        assert isinstance(got, dict) and got.keys() == want.keys(), path
-        for k in want:
-            assert_same_numbers(got[k], want[k], rel, f"{path}.{k}")
-    elif isinstance(want, list):
-        assert isinstance(got, list) and len(got) == len(want), path
-        for i, (g, w) in enumerate(zip(got, want)):
-            assert_same_numbers(g, w, rel, f"{path}[{i}]")
-    elif isinstance(want, float) and not isinstance(got, bool):
-        assert got == pytest.approx(want, rel=rel, abs=1e-12), path
-    else:
-        assert got == want, path
 
 
 def slow_job(client: Client) -> str:
@@ -395,7 +379,10 @@ def test_operator_model_restart_and_interrupted_jobs(tmp_path):
             gid = c.compute_graph("op_planted", progress=False)
             ex = planted.build()
             want = local_graph(ex.model, ex.inputs, ex.layers)
-            np.testing.assert_allclose(c.graph(gid).w, want.w, rtol=1e-12, atol=1e-15)
+            got = c.graph(gid)
+            for a, b in zip(ex.layers, ex.layers[1:]):   # dense: round-off may differ
+                np.testing.assert_allclose(got.edge_matrix(a, b), want.edge_matrix(a, b),
+                                           rtol=1e-9, atol=1e-12 * want.w.max())
             before = c.find_modules(gid, epsilon=1e-3)
             running = slow_job(c)
             wait_running(c, running)

@@ -220,3 +220,7 @@ def test_garbage_tls_certificate_names_the_files(tmp_path, capsys):
     assert main(["serve", "--port", "0", "--data-dir", str(tmp_path / "d"), "--tls-cert",
                  str(cert), "--tls-key", str(key)]) == 1
     assert "cannot read the certificate" in capsys.readouterr().err
+
+
+def test_diagnose_of_the_output_alone_is_a_client_error(client, ids):
+    invalid(lambda: client.diagnose(ids["model"], ids["data"], ["output"]), "layers")

@@ -1,4 +1,4 @@
-"""The checks of DESIGN.md §1 that must hold: App. A, §6.2 invariance, exact degeneracy,
+"""The checks of docs/design.md §1 that must hold: App. A, §6.2 invariance, exact degeneracy,
 planted modules, the probe estimator."""
 
 import numpy as np

@@ -1,7 +1,7 @@
 """Transformers: node layers with a position axis, attention, LayerNorm, padding, Hugging Face.
 
 The reference for G, M and E is a per-sample, per-position loop written here from the
-maths of DESIGN.md §1 and docs/transformers.md, independent of intermod's code: a tiny
+maths of docs/design.md §1 and docs/transformers.md, independent of intermod's code: a tiny
 pre-LN transformer (2 positions, d = 4) is re-implemented functionally with every bias
 term added at position s multiplied by that position's bias slot, and Jacobians are taken
 one sample at a time with ``torch.autograd.functional.jacobian``.
@@ -454,15 +454,20 @@ def identity_pair():
     return pairs, [ia.compute_basis(m, inp, LAYERS, **QUIET) for m, inp in pairs]
 
 
+def assert_same_basis(a, b, rtol):
+    """G (atol 1e-12), M and Λ (relative ``rtol``) of every node layer agree."""
+    for name in LAYERS:
+        np.testing.assert_allclose(a[name].G, b[name].G, atol=1e-12)
+        np.testing.assert_allclose(a[name].M, b[name].M, rtol=rtol, atol=1e-12)
+        np.testing.assert_allclose(a[name].Lambda, b[name].Lambda, rtol=rtol)
+
+
 def test_identity_attention_equals_positionwise_mlp_basis(identity_pair):
     """Attention = identity on positions: the same G, M and Λ as an MLP whose samples are
     the (input, position) pairs (and the same sample count, n·P)."""
     _, (bt, bm) = identity_pair
     assert bt.n_samples == bm.n_samples == 20 * P
-    for name in LAYERS:
-        np.testing.assert_allclose(bt[name].G, bm[name].G, atol=1e-12)
-        np.testing.assert_allclose(bt[name].M, bm[name].M, rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(bt[name].Lambda, bm[name].Lambda, rtol=1e-9)
+    assert_same_basis(bt, bm, rtol=1e-9)
 
 
 def test_identity_attention_equals_positionwise_mlp_edges(identity_pair):
@@ -487,10 +492,7 @@ def padded_pair(tiny):
 def test_padding_changes_nothing_basis(padded_pair):
     _, (b0, b1) = padded_pair
     assert b0.n_samples == b1.n_samples == 16 * P
-    for name in LAYERS:
-        np.testing.assert_allclose(b1[name].G, b0[name].G, atol=1e-12)
-        np.testing.assert_allclose(b1[name].M, b0[name].M, rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(b1[name].Lambda, b0[name].Lambda, rtol=1e-10)
+    assert_same_basis(b1, b0, rtol=1e-10)
 
 
 def test_padding_changes_nothing_edges(tiny, padded_pair):

@@ -23,6 +23,7 @@ from .inputs import Inputs, as_samples, batch_to, count_batches, iter_batches, p
 from .jacobians import joint_cotangents, vjp
 from .nodes import OUTPUT, NodeModel, OutputFn
 from .progress import Callback, Progress
+from .reprs import summary_repr
 from .rotation import Rotation, gram_factor, rotate
 
 TARGETS = ("output", "next_layer")
@@ -51,6 +52,8 @@ class LayerBasis:
     bias_direction: bool
     include_bias: bool
     center: bool
+
+    __repr__ = summary_repr
 
     @property
     def k(self) -> int:
@@ -251,7 +254,7 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
                   output_fn: OutputFn | None = None, dtype: torch.dtype = torch.float64,
                   batch_size: int = 512, device: str | torch.device = "auto", seed: int = 0,
                   progress: bool = True, callback: Callback | None = None) -> Basis:
-    """Rotate every node layer into the interaction basis (DESIGN.md §1).
+    """Rotate every node layer into the interaction basis (docs/design.md §1).
 
     G^l = (1/n) Σ (Y f)(Y f)ᵀ over all (input, position) samples; M^l = (1/n) Σ Σ_k
     (∂y_k/∂f_aug)(∂y_k/∂f_aug)ᵀ with y the output (``"output"``; one backward pass per output

@@ -1,7 +1,9 @@
 """Batches of model inputs: tensors, mappings of tensors (keyword arguments) or data loaders.
 
 A *batch* is a tensor (``model(batch)``) or a mapping of tensors (``model(**batch)``). Data
-never has to fit in memory at once: pass a re-iterable of batches (a ``DataLoader``).
+never has to fit in memory at once: pass a re-iterable of batches (a ``DataLoader``). Numpy
+arrays are accepted wherever a tensor is (as scikit-learn accepts array-likes) and become
+tensors sharing their memory.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -30,15 +33,31 @@ def _leading_dim(mapping: Mapping[str, Any]) -> int:
     return dims.pop()
 
 
+def _tensors(value: Any) -> Any:
+    """A numpy array as a tensor (memory shared; a non-writable or non-contiguous array is
+    copied), a mapping with its arrays converted; anything else unchanged."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biuf":
+            raise TypeError(f"inputs: numpy arrays must be numeric, got dtype {value.dtype}")
+        if not (value.flags.writeable and value.flags.c_contiguous):
+            value = np.array(value, order="C")
+        return torch.from_numpy(value)
+    if isinstance(value, Mapping):
+        return {k: _tensors(v) if isinstance(v, np.ndarray) else v for k, v in value.items()}
+    return value
+
+
 def iter_batches(inputs: Inputs, batch_size: int) -> Iterator[Batch]:
     """Yield batches from ``inputs``.
 
-    A tensor (n, ...) or a mapping of tensors (n, ...) is split along dim 0 into chunks of
-    ``batch_size``; any other iterable is taken batch by batch (a tuple/list batch, as a
-    ``DataLoader`` over ``(x, y)`` yields, uses its first element as the model input).
+    A tensor or numpy array (n, ...), or a mapping of them, is split along dim 0 into chunks
+    of ``batch_size``; any other iterable is taken batch by batch (a tuple/list batch, as a
+    ``DataLoader`` over ``(x, y)`` yields, uses its first element as the model input), its
+    numpy batches converted to tensors.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    inputs = _tensors(inputs)
     if isinstance(inputs, Tensor):
         if inputs.ndim == 0:
             raise ValueError("inputs: expected a tensor with a batch dimension, got a scalar")
@@ -55,8 +74,9 @@ def iter_batches(inputs: Inputs, batch_size: int) -> Iterator[Batch]:
         for batch in inputs:
             if isinstance(batch, (tuple, list)):
                 batch = batch[0]
+            batch = _tensors(batch)
             if not isinstance(batch, (Tensor, Mapping)):
-                raise TypeError(f"inputs: a batch must be a tensor or a mapping of tensors, got {type(batch).__name__}")
+                raise TypeError(f"inputs: a batch must be a tensor, a numpy array or a mapping of them, got {type(batch).__name__}")
             yield batch
     else:
         raise TypeError(f"inputs must be a tensor, a mapping of tensors or an iterable of batches, "
@@ -65,10 +85,10 @@ def iter_batches(inputs: Inputs, batch_size: int) -> Iterator[Batch]:
 
 def count_batches(inputs: Inputs, batch_size: int) -> int | None:
     """Number of batches ``iter_batches`` will yield, when known without iterating."""
-    if isinstance(inputs, Tensor):
+    if isinstance(inputs, (Tensor, np.ndarray)):
         return -(-inputs.shape[0] // batch_size)
     if isinstance(inputs, Mapping):
-        return -(-_leading_dim(inputs) // batch_size)
+        return -(-_leading_dim(_tensors(inputs)) // batch_size)
     try:
         return len(inputs)  # type: ignore[arg-type]
     except TypeError:

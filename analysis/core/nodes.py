@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .inputs import Batch
+from .inputs import Batch, batch_to
 
 OUTPUT = "output"
 OutputFn = Callable[[Any], Tensor]
@@ -98,9 +98,13 @@ class NodeModel:
         named = dict(model.named_modules())
         for name in layers:
             if name != OUTPUT and name not in named:
-                close = difflib.get_close_matches(name, [n for n in named if n], n=3)
-                hint = f"; did you mean {close}?" if close else "; see model.named_modules()"
-                raise ValueError(f"unknown layer {name!r}: not a module path of the model{hint}")
+                paths = [n for n in named if n]
+                close = difflib.get_close_matches(name, paths, n=3)
+                hint = f"; did you mean {close}?" if close else ""
+                shown = ", ".join(repr(n) for n in paths[:50]) + (f", … ({len(paths)} in all)"
+                                                                  if len(paths) > 50 else "")
+                raise ValueError(f"unknown layer {name!r}: not a module path of the model{hint}; "
+                                 f"valid layers: {shown} and {OUTPUT!r}")
             if name == "":
                 raise ValueError("layer '' is the whole model; use its first submodule or 'output'")
         self.model = model
@@ -153,6 +157,12 @@ class NodeModel:
             for n in self._tangent_biases:
                 out[n] = fwAD.make_dual(out[n], self.params[n])
         return out
+
+    def run(self, batch: Batch) -> Any:
+        """The model's raw output on ``batch`` (moved to the device, floating tensors cast to the
+        compute dtype) with this object's parameter copies: no cut, no bias slot, no hooks of
+        ours. Call it in eval mode (as every pass here is) when the model has dropout."""
+        return self._call(batch_to(batch, self.device, self.dtype), self.params)
 
     def _call(self, batch: Batch, params: Mapping[str, Tensor]) -> Any:
         if isinstance(batch, Tensor):

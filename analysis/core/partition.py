@@ -24,6 +24,7 @@ import numpy as np
 
 from .graph import InteractionGraph
 from .progress import Callback
+from .reprs import summary_repr
 
 OBJECTIVES = ("cpm", "modularity")
 MAX_ROUNDS = 50
@@ -100,6 +101,8 @@ class Partition:
     resolution: float
     seed: int
     inactive: list[int] = field(default_factory=list)
+
+    __repr__ = summary_repr
 
     @property
     def n_modules(self) -> int:

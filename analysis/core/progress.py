@@ -25,13 +25,14 @@ PLAIN_INTERVAL = 10.0
 
 class PlainLines:
     """tqdm's update/close interface as plain lines ``"<stage>: done/total (s)"``: the first
-    after ``interval`` seconds, then at most one per ``interval``, and a last one at close if
-    any was written."""
+    after ``interval`` seconds (default PLAIN_INTERVAL), then at most one per ``interval``, and
+    a final one at close when lines were written and the count moved since the last."""
 
     def __init__(self, stage: str, total: int | None, stream: TextIO,
-                 interval: float = PLAIN_INTERVAL) -> None:
-        self.stage, self.total, self.stream, self.interval = stage, total, stream, interval
-        self.done = 0
+                 interval: float | None = None) -> None:
+        self.stage, self.total, self.stream = stage, total, stream
+        self.interval = PLAIN_INTERVAL if interval is None else interval
+        self.done = self.written = 0
         self.start = self.last = time.monotonic()
         self.wrote = False
 
@@ -39,7 +40,7 @@ class PlainLines:
         of = f"/{self.total}" if self.total else ""
         print(f"{self.stage}: {self.done}{of} ({now - self.start:.0f} s)", file=self.stream,
               flush=True)
-        self.last, self.wrote = now, True
+        self.last, self.wrote, self.written = now, True, self.done
 
     def update(self, n: int = 1) -> None:
         self.done += n
@@ -48,15 +49,18 @@ class PlainLines:
             self._line(now)
 
     def close(self) -> None:
-        if self.wrote:
+        if self.wrote and self.written != self.done:
             self._line(time.monotonic())
 
 
 def _bar(stage: str, total: int | None, enabled: bool, stream: TextIO | None = None):
+    """A tqdm bar on a terminal or in a notebook (tqdm.auto draws a widget there); plain
+    lines when stderr goes to a file or pipe."""
     stream = stream or sys.stderr
-    if enabled and not (hasattr(stream, "isatty") and stream.isatty()):
+    terminal = hasattr(stream, "isatty") and stream.isatty()
+    if enabled and not terminal and "ipykernel" not in sys.modules:
         return PlainLines(stage, total, stream)
-    return tqdm(total=total, desc=stage, leave=False, disable=not enabled, file=stream)
+    return tqdm(total=total, desc=stage, leave=False, disable=not enabled)
 
 
 class Progress:

@@ -1,4 +1,4 @@
-"""The interaction-basis formula (DESIGN.md §1): from Grams G and M to C, C⁻¹ and Λ.
+"""The interaction-basis formula (docs/design.md §1): from Grams G and M to C, C⁻¹ and Λ.
 
 With f_aug = (f, 1) (``include_bias``) and Y the centring map (Y f_aug = (f − μ, 1); Y = I
 without ``center``):

@@ -22,6 +22,11 @@ pair of blocks whose union has the smallest |r_a|², stop when every union would
 reported block satisfies |r_a|² ≤ τ, and no block lies across two connected components of the
 graph {δ²_ij ≤ τ}.
 
+Dead neurons. A neuron whose output f_i(x) is 0 on every sample (a ReLU that never fires on
+the data) is *dead*: it is reported on its own (``SyncResult.dead``) and placed in no block, exact
+or approximate. Dead neurons share the "off" pattern, but that is no synchronisation: the
+weights into and out of them are free already (missing activation and Jacobian directions).
+
 Everything streams over batches with O(d²) memory: the pairwise matrix is assembled from
 d×d moment matrices (see :class:`SyncAccumulator`).
 """
@@ -58,7 +63,7 @@ class SyncAccumulator:
 
     and n·mismatch_ij = Σ (r_i − r_j)² = c_i + c_j − 2 R_ij with c_i = Σ r_i², R = rᵀr
     (pattern values are 0/1 or slope/1, so exact patterns give mismatch exactly 0 up to
-    float64 rounding of sums of slopes).
+    float64 rounding of sums of slopes). ``nonzero_i`` = #{x : f_i(x) ≠ 0} finds dead neurons.
     """
 
     def __init__(self, d: int, device: torch.device | str = "cpu") -> None:
@@ -70,6 +75,7 @@ class SyncAccumulator:
         self.A = torch.zeros(d, d, **z)
         self.B = torch.zeros(d, d, **z)
         self.R = torch.zeros(d, d, **z)
+        self.nonzero = torch.zeros(d, dtype=torch.int64, device=device)
 
     def add(self, p: Tensor, f: Tensor) -> None:
         """p, f: (..., d) preactivations and activations; leading dims are samples."""
@@ -84,6 +90,11 @@ class SyncAccumulator:
         self.A += r2.T @ q
         self.B += (r * q).T @ r
         self.R += r.T @ r
+        self.nonzero += (f != 0).sum(0).to(self.nonzero.device)
+
+    def dead(self) -> list[int]:
+        """Neurons whose output was 0 on every sample seen (none before the first sample)."""
+        return [] if self.n == 0 else [int(i) for i in torch.nonzero(self.nonzero == 0).flatten()]
 
     def delta2(self) -> np.ndarray:
         """δ²_ij (d, d), eq. 20 per unordered pair, zero diagonal, clipped at 0."""
@@ -190,8 +201,9 @@ def _greedy(blocks: list[list[int]], meas: np.ndarray, cross: np.ndarray, tol: f
 class SyncResult:
     """Synchronisation of one ReLU-like layer of width d.
 
-    ``blocks_exact`` / ``blocks``: blocks of size ≥ 2 (neuron indices) with identical patterns /
-    with eq. 20 measure ≤ ``tol``; ``measures``: |r_a|² of each of ``blocks``;
+    ``blocks_exact`` / ``blocks``: blocks of size ≥ 2 of live neurons (indices) with identical
+    patterns / with eq. 20 measure ≤ ``tol``; ``measures``: |r_a|² of each of ``blocks``;
+    ``dead``: neurons whose output is 0 on every sample (in no block);
     ``delta2``: the (d, d) pairwise eq. 20 matrix; ``n``: number of samples.
     """
 
@@ -202,16 +214,22 @@ class SyncResult:
     measures: list[float]
     delta2: np.ndarray = field(repr=False)
     n: int = 0
+    dead: list[int] = field(default_factory=list)
 
 
 def synchronisation(acc: SyncAccumulator, tol: float) -> SyncResult:
-    """Exact and approximate (|r_a|² ≤ tol) synchronised blocks from accumulated moments."""
+    """Dead neurons, and exact and approximate (|r_a|² ≤ tol) synchronised blocks of the live
+    ones, from accumulated moments."""
     mism = acc.mismatch()
     d2 = acc.delta2()
-    exact = exact_blocks(mism)
-    approx = approximate_blocks(d2, tol, start=exact)
+    dead = acc.dead()
+    live = np.setdiff1d(np.arange(acc.d), dead)
+    sub = np.ix_(live, live)
+    exact = [[int(live[i]) for i in b] for b in exact_blocks(mism[sub])]
+    local = [[int(np.searchsorted(live, i)) for i in b] for b in exact]
+    approx = [[int(live[i]) for i in b] for b in approximate_blocks(d2[sub], tol, start=local)]
     big = [b for b in approx if len(b) >= 2]
     return SyncResult(d=acc.d, tol=float(tol),
                       blocks_exact=[b for b in exact if len(b) >= 2],
                       blocks=big, measures=[block_measure(d2, b) for b in big],
-                      delta2=d2, n=acc.n)
+                      delta2=d2, n=acc.n, dead=dead)

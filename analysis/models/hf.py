@@ -70,23 +70,16 @@ class Family:
     mlp: str
 
 
+def _bert_like(model_class: str) -> Family:
+    """BERT's layout, shared by encoders that copy it (RoBERTa)."""
+    return Family(model_class=model_class, pooler="pooler.", n_layers_key="num_hidden_layers",
+                  block="encoder.layer.{i}", attention="encoder.layer.{i}.attention.output.dense",
+                  mlp="encoder.layer.{i}.output.dense")
+
+
 FAMILIES: dict[str, Family] = {
-    "bert": Family(
-        model_class="BertModel",
-        pooler="pooler.",
-        n_layers_key="num_hidden_layers",
-        block="encoder.layer.{i}",
-        attention="encoder.layer.{i}.attention.output.dense",
-        mlp="encoder.layer.{i}.output.dense",
-    ),
-    "roberta": Family(
-        model_class="RobertaModel",
-        pooler="pooler.",
-        n_layers_key="num_hidden_layers",
-        block="encoder.layer.{i}",
-        attention="encoder.layer.{i}.attention.output.dense",
-        mlp="encoder.layer.{i}.output.dense",
-    ),
+    "bert": _bert_like("BertModel"),
+    "roberta": _bert_like("RobertaModel"),
     "gpt2": Family(
         model_class="GPT2Model",
         pooler=None,

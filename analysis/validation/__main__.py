@@ -1,5 +1,5 @@
 """``python -m intermod.analysis.validation``: regenerate docs/validation.md."""
 
-from .study import main
+from .report import main
 
 main()

@@ -20,7 +20,7 @@ from ..core.graph import InteractionGraph
 from ..core.partition import compare_partitions, cutoff_strength, find_modules
 
 __all__ = [
-    "SweepRow", "cross_share", "deep_linear_check", "edge_sparsity", "impurity",
+    "SweepRow", "best_row", "cross_share", "deep_linear_check", "edge_sparsity", "impurity",
     "plateau", "resolution_sweep", "transformed_sequential",
 ]
 
@@ -125,6 +125,12 @@ def plateau(rows: Sequence[SweepRow]) -> SweepRow | None:
         return None
     best = max(ok, key=lambda r: (len(r), -r[0].n_modules))
     return best[len(best) // 2]
+
+
+def best_row(rows: Sequence[SweepRow]) -> SweepRow | None:
+    """The sweep point with the highest ARI (first one on ties), None without ground truth."""
+    scored = [r for r in rows if not math.isnan(r.ari)]
+    return max(scored, key=lambda r: r.ari) if scored else None
 
 
 def deep_linear_check(graph: InteractionGraph) -> dict[str, float]:
