@@ -3,8 +3,8 @@
 Runs every built-in example through the neuron, PCA and interaction bases (both Jacobian
 targets), measures recovery of the known modules, interaction sparsity, the App. A and §6.2
 checks, the dependence on ε, finite-sample robustness on ``planted`` with and without the
-re-rotation remedy, the transformers and the module reports of two_tasks and digits, then writes ``docs/validation.md`` and the plots under
-``docs/validation/``. Every number in the report is computed here.
+re-rotation remedy, the transformers and the module reports of two_tasks and digits, then
+writes ``docs/validation.md`` and the plots under ``docs/validation/``. Every number in the report is computed here.
 
 **Adding a section.** A section is one module of this package with
 
