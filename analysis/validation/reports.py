@@ -19,8 +19,9 @@ from .recovery import plateau, resolution_sweep
 from .section import Context, Section
 from .settings import EPSILON, RESOLUTIONS
 
-MIN_SIZE = 2      # modules shown in the tables (singletons are listed in the HTML reports)
-MAX_MAPS = 8      # digit modules drawn
+MIN_SIZE = 2      # two_tasks modules in the table (singletons are listed in the HTML report)
+MAX_DIGIT_ROWS = 10   # digits: the largest modules in the table, singletons included
+MAX_MAPS = 8      # digits: the largest modules drawn
 
 
 def _partition(graph, epsilon: float):
@@ -47,27 +48,28 @@ def two_tasks_rows(rep: ModuleReport, ex) -> list[list[Any]]:
     return rows
 
 
+def _largest(rep: ModuleReport, n: int) -> list:
+    return sorted(rep.modules, key=lambda m: (-m.size, m.id))[:n]
+
+
 def digit_rows(rep: ModuleReport) -> list[list[Any]]:
-    """Per module of ≥ MIN_SIZE directions: size, first layer, the three classes with the largest
-    share of the loss increase when it is ablated, and the ablated loss."""
+    """Per module (the MAX_DIGIT_ROWS largest): size, first layer, the three classes with the
+    largest share of the loss increase when it is ablated, and the ablated loss."""
     rows = []
-    for m in rep.modules:
-        if m.size < MIN_SIZE:
-            continue
+    for m in _largest(rep, MAX_DIGIT_ROWS):
         top = ", ".join(f"{m.output_names[c]} ({v:.0%})" for c, v in list((m.outputs or {}).items())[:3])
         rows.append([m.id, m.size, m.first_layer, top or "–", m.ablation_loss])
     return rows
 
 
 def plot_maps(rep: ModuleReport, path) -> int:
-    """Input pixel maps of the largest modules (≥ MIN_SIZE directions, at most MAX_MAPS)."""
+    """Input pixel maps of the MAX_MAPS largest modules."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mods = sorted([m for m in rep.modules if m.size >= MIN_SIZE and m.input_map is not None],
-                  key=lambda m: (-m.size, m.id))[:MAX_MAPS]
+    mods = [m for m in _largest(rep, MAX_MAPS) if m.input_map is not None]
     if not mods:
         return 0
     fig, axes = plt.subplots(1, len(mods), figsize=(1.9 * len(mods), 2.3), squeeze=False)
@@ -114,20 +116,23 @@ def render(res: dict[str, Any], ctx: Context) -> str:
              "`ia.module_report` on the interaction basis (output target) at the plateau γ: input "
              "shares from integrated gradients of each module's first-layer directions (the exact "
              "linear map at the input layer), output shares from `ia.module_effects` (each module "
-             "ablated at every layer). Modules of ≥ 2 directions; the HTML reports list all.\n"]
+             "ablated at every layer). The HTML reports (open them in a browser) show every module.\n"]
     if "two_tasks" in res:
         t = res["two_tasks"]
         lines += [f"**two_tasks** (ε = training MSE = {fmt(t['epsilon'])}, γ = {fmt(t['resolution'])}, "
                   f"{t['n_modules']} modules; [HTML report]({ctx.rel}/report_two_tasks.html)). Task A reads "
                   "inputs 0–2 and writes outputs 0–1, task B inputs 3–5 and outputs 2–3; a module "
-                  "*serves* a task when ≥ 90 % of both its input and its output shares are on it.\n",
+                  "*serves* a task when ≥ 90 % of both its input and its output shares are on it "
+                  f"(modules of ≥ {MIN_SIZE} directions).\n",
                   table(["module", "size", "per layer", "inputs A", "inputs B", "outputs A", "outputs B",
                          "L ablated", "serves"], t["rows"]) + "\n"]
     if "digits" in res:
         d = res["digits"]
         lines += [f"**digits** (ε = {fmt(d['epsilon'])}, γ = {fmt(d['resolution'])}, {d['n_modules']} "
-                  f"modules; [HTML report]({ctx.rel}/report_digits.html)). Classes: share of the KL "
-                  "increase on the images of each clean-predicted class when the module is ablated.\n",
+                  f"modules; [HTML report]({ctx.rel}/report_digits.html)), the {MAX_DIGIT_ROWS} largest "
+                  "modules. Classes: share of the KL increase on the images of each clean-predicted "
+                  "class when the module is ablated. A module that serves every class about equally "
+                  "is a shared computation, not a class detector.\n",
                   table(["module", "size", "first layer", "classes", "L ablated"], d["rows"]) + "\n"]
         if d["maps"]:
             lines.append(f"![digit modules: input pixel maps]({ctx.rel}/report_digits_maps.png)\n")
