@@ -323,3 +323,19 @@ def test_sequence_report_positions_tokens_and_text_decoder(tmp_path):
     assert sum(m.input_tokens.values()) == pytest.approx(1.0) and all(k.startswith("t") for k in m.input_tokens)
     assert sum(m.input_positions.values()) == pytest.approx(1.0) and set(m.input_positions) <= set(range(5))
     assert f"<mark>t{int(ids[sample, pos])}</mark>" in open(rep.save_html(tmp_path / "s.html"), encoding="utf-8").read()
+
+
+def test_two_tasks_with_the_ablation_packages_module_effects(two_tasks_report):
+    """The same claims with the real ia.module_effects (issue 9) instead of the test's stand-in."""
+    if not hasattr(ia, "module_effects"):
+        pytest.skip("the ablation package (ia.module_effects) is not in this tree")
+    ex, rep = two_tasks_report
+    torch.set_default_dtype(torch.float64)
+    try:
+        fx = ia.module_effects(ex.model, ex.inputs, rep.graph, rep.partition, progress=False)
+        real = ia.module_report(None, None, rep.graph, rep.partition, effects=fx)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    for outputs in ex.extra["output_groups"]:
+        m = max((m for m in real.modules if sum(m.outputs.get(o, 0) for o in outputs) > 0.5), key=lambda m: m.size)
+        assert sum(m.outputs[o] for o in outputs) >= 0.9 and m.size >= 4
