@@ -32,6 +32,7 @@ fuzz: install
 
 bench: install
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/ablation.py
 	$(BIN)/python bench/transformer_models.py --out out/bench
 
 validate: install

@@ -15,6 +15,24 @@ others); :mod:`.diagnostics`, :mod:`.report`, :mod:`.validation`, :mod:`.example
 import importlib
 from typing import Any
 
+from .ablation import (
+    AblationCurve,
+    AutoModules,
+    EdgeAblation,
+    EpsilonChoice,
+    ModuleCut,
+    ModuleEffects,
+    ablation_curve,
+    ablation_curves,
+    edge_ablation,
+    epsilon_from_ablation,
+    module_cut,
+    module_effects,
+    modules_from_ablation,
+    plot_ablation_curves,
+    plot_epsilon_choice,
+    plot_module_effects,
+)
 from .core.basis import Basis, LayerBasis, compute_basis
 from .core.edges import build_graph
 from .core.graph import EDGE_RTOL, InteractionGraph, Node
@@ -37,6 +55,10 @@ __all__ = [
     "Partition", "Score", "Comparison", "compare_partitions", "cutoff_strength", "find_modules",
     "partition_cost", "plot_graph", "ModuleInfo", "ModuleReport", "module_report",
     "DegeneracyReport", "LayerDiagnostics", "diagnose", "plot_spectra",
+    "ablation_curve", "ablation_curves", "edge_ablation", "epsilon_from_ablation", "module_cut",
+    "module_effects", "modules_from_ablation", "AblationCurve", "EdgeAblation", "EpsilonChoice",
+    "ModuleCut", "ModuleEffects", "AutoModules", "plot_ablation_curves", "plot_epsilon_choice",
+    "plot_module_effects",
 ]
 
 # Modules that lived at the top of the package before the layout change, still reachable as

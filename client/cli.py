@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from . import cli_ablate
 from .cli_inputs import (
     load_data,
     load_graph,
@@ -112,6 +113,9 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
 
 def cmd_modules(args: argparse.Namespace) -> None:
+    if args.auto:
+        from .cli_ablate import cmd_modules_auto
+        return cmd_modules_auto(args)
     if args.local:
         from intermod import analysis as ia
         graph = load_graph(args.graph)
@@ -320,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     _search_args(p)
     p.add_argument("--out", help="also write the partition JSON here")
     p.add_argument("--local", action="store_true")
+    p.add_argument("--auto", action="store_true",
+                   help="ε and modules from ablation (on the server; see intermod ablate)")
+    cli_ablate.add_arguments(p)
+    cli_ablate.add_parser(command, _search_args)
 
     p = command("sweep", cmd_sweep, "find modules over a grid of epsilon x resolution")
     p.add_argument("graph")

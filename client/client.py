@@ -31,6 +31,7 @@ from intermod.v1 import intermod_pb2_grpc as pb_grpc
 from torch import nn
 from tqdm.auto import tqdm
 
+from .ablation import AblationMixin
 from .errors import JobError, RemoteError
 
 CHUNK_BYTES = 1024 * 1024
@@ -154,7 +155,7 @@ def graph_options(**options: Any) -> pb.GraphOptions:
     return msg
 
 
-class Client:
+class Client(AblationMixin):
     """Synchronous client of an intermod server.
 
     address: "host:port". token: the server's bearer token. tls: None (plain), True (system
@@ -188,6 +189,8 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    _search = staticmethod(_search)
 
     # plumbing
     def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:

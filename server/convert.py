@@ -46,6 +46,18 @@ def graph_info(rec: dict) -> pb.GraphInfo:
                         summary_json=dumps(rec["summary"]), job_id=rec["job_id"] or "")
 
 
+def add_nodes_and_edges(response: pb.GetGraphResponse, graph: Any, nodes: bool,
+                        edges: bool) -> None:
+    """Fill GetGraphResponse's node list and edge arrays from an InteractionGraph."""
+    if nodes:
+        response.nodes.extend(pb.Node(layer=n.layer, index=int(n.index), is_bias=bool(n.is_bias),
+                                      **{"lambda": n.Lambda}) for n in graph.nodes)
+    if edges:
+        response.src.extend(np.asarray(graph.src, dtype=np.int64).tolist())
+        response.dst.extend(np.asarray(graph.dst, dtype=np.int64).tolist())
+        response.w.extend(np.asarray(graph.w, dtype=np.float64).tolist())
+
+
 def search_kwargs(search: pb.ModuleSearch, max_restarts: int,
                   field: str = "search") -> dict[str, Any]:
     """find_modules keyword arguments for the fields that are set (validated; at most

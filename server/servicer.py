@@ -24,10 +24,10 @@ from intermod import analysis as ia
 from intermod.v1 import intermod_pb2 as pb
 from intermod.v1 import intermod_pb2_grpc as pb_grpc
 
-from . import compute, convert, tensors, uploads
+from . import ablate, compute, convert, tensors, uploads
 from .calls import run_blocking
 from .config import CHUNK_BYTES, ServerConfig
-from .errors import InvalidArgument, NotFound, echo, rpc
+from .errors import FailedPrecondition, InvalidArgument, NotFound, echo, rpc
 from .graphs import GraphStore
 from .jobs import JobManager, Progress
 from .models import EXAMPLE, OPERATOR, SPEC, ModelEntry, ModelRegistry
@@ -198,16 +198,10 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
     async def GetGraph(self, request: pb.GetGraphRequest, context: Any) -> pb.GetGraphResponse:
         rec = self.graphs.record(request.graph_id)
         response = pb.GetGraphResponse(graph=convert.graph_info(rec))
-        if request.include_nodes or request.include_edges:
+        if request.include_nodes or request.include_edges:   # large: built off the event loop
             graph = await asyncio.to_thread(self.graphs.get, request.graph_id)
-            if request.include_nodes:
-                response.nodes.extend(pb.Node(layer=n.layer, index=int(n.index),
-                                              is_bias=bool(n.is_bias), **{"lambda": n.Lambda})
-                                      for n in graph.nodes)
-            if request.include_edges:
-                response.src.extend(np.asarray(graph.src, dtype=np.int64).tolist())
-                response.dst.extend(np.asarray(graph.dst, dtype=np.int64).tolist())
-                response.w.extend(np.asarray(graph.w, dtype=np.float64).tolist())
+            await asyncio.to_thread(convert.add_nodes_and_edges, response, graph,
+                                    request.include_nodes, request.include_edges)
         return response
 
     @rpc
@@ -339,3 +333,38 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
                     callback=check), runner=self.jobs.run_on_device)
         return pb.DiagnoseResponse(report_json=convert.dumps(report.to_dict()))
 
+
+    # ablations
+    @rpc
+    async def Ablate(self, request: pb.AblateRequest, context: Any) -> pb.AblateResponse:
+        rec = self.graphs.record(request.graph_id)
+        graph = await asyncio.to_thread(self.graphs.get, request.graph_id)
+        kind, kw = ablate.request_kwargs(request, graph, self.config)
+        if kind == "curve":
+            kw["layer"] = request.layer
+        partition = (await asyncio.to_thread(ablate.partition_of, request, graph, self.config.max_n_restarts)
+                     if kind in ("cut", "effects") else None)
+        if request.data_tensor_set_id:
+            model_id, data_id, tensor = rec["model_id"], request.data_tensor_set_id, request.data_tensor
+        else:
+            model_id, data_id, tensor = ablate.graph_source(self.store, rec)
+        entry, model, inputs, _ = await self._model_and_data(model_id, data_id, tensor, list(graph.layers))
+        job_id = new_id("j")
+
+        def work(device: str, progress: Progress) -> str:
+            result = ablate.run(kind, model, inputs, graph, kw, partition, device, progress)
+            ablate.save(self.store, job_id, kind, result)
+            return request.graph_id
+
+        self.jobs.submit(job_id, entry.id, json_format.MessageToJson(request), work)
+        return pb.AblateResponse(job_id=job_id)
+
+    @rpc
+    async def GetAblation(self, request: pb.GetAblationRequest, context: Any) -> pb.GetAblationResponse:
+        status = self.jobs.get(request.job_id)
+        if status.state != "succeeded":
+            raise FailedPrecondition(f"job {request.job_id!r} is {status.state}"
+                                     + (f": {status.error}" if status.error else "")
+                                     + "; wait for it with WatchJob")
+        kind, result = await asyncio.to_thread(ablate.load, self.store, request.job_id)
+        return ablate.to_proto(kind, result, convert.job_to_proto(status))

@@ -24,10 +24,11 @@ def run(target):
     seen = []
     basis = ia.compute_basis(model, X, LAYERS, jacobian_target=target, batch_size=8, progress=False)
     graph = ia.build_graph(model, X, basis, edge_method="integrated", n_alpha=3, batch_size=8, progress=False,
-                           callback=lambda stage, done, total: seen.append((stage, done)))
+                           callback=lambda stage, done, total: seen.append(done))
+    # batches done = the last count reported (heartbeats inside a batch repeat the last report)
     result = {f"{k}/{n}": getattr(basis[n], k) for n in LAYERS for k in ("G", "M", "Lambda", "C")}
     edges = {f"w/{a}->{b}": graph.edge_matrix(a, b) for a, b in zip(LAYERS, LAYERS[1:])}
-    return result | edges, max(done for _, done in seen)   # batches done (heartbeats repeat a count)
+    return result | edges, max(seen)
 
 
 def worker(rank, world, init, out, target):

@@ -12,7 +12,7 @@ from intermod.analysis.core.activations import layer_activations
 from intermod.analysis.examples import digits, two_tasks
 from intermod.analysis.examples.truth import ProductTruth, group_shares
 
-MLP_EXAMPLES = ["planted", "two_tasks", "deep_linear", "digits"]  # the transformers: test_modadd, test_hf
+MLP_EXAMPLES = ["planted", "two_tasks", "deep_linear", "digits"]  # transformers: test_modadd, test_hf; CNN: test_layout
 
 
 @pytest.fixture(scope="module", params=MLP_EXAMPLES)
@@ -21,7 +21,7 @@ def example(request) -> examples.Example:
 
 
 def test_registry_lists_the_examples():
-    assert set(examples.names()) == {*MLP_EXAMPLES, "modadd", "minilm"}
+    assert set(examples.names()) == {*MLP_EXAMPLES, "digits_cnn", "modadd", "minilm"}
     with pytest.raises(ValueError, match="unknown example"):
         examples.load("no_such_example")
 

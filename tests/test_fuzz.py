@@ -11,7 +11,7 @@ from intermod.client import Client
 from intermod.client.fuzz import SERVICE, Fuzzer, rss_mb, seed_server
 from intermod.client.spawn import running_server
 
-N_REQUESTS = 1500
+N_REQUESTS = 1200
 
 
 def test_fuzz_every_rpc(tmp_path):

@@ -289,3 +289,70 @@ def test_minilm_build_example():
     assert example.name == "minilm" and example.truth is None
     assert example.layers == [f"encoder.layer.{i}" for i in range(6)] + ["output"]
     assert sum(b["input_ids"].shape[0] for b in example.inputs) == 30
+
+
+TINY_ROBERTA = dict(TINY_BERT, model_type="roberta", pad_token_id=1, max_position_embeddings=20)
+HEADS = {
+    "GPT2LMHeadModel": (TINY_GPT2, "transformer.h.{}"),
+    "GPT2ForSequenceClassification": (dict(TINY_GPT2, pad_token_id=0), "transformer.h.{}"),
+    "BertForMaskedLM": (TINY_BERT, "bert.encoder.layer.{}"),
+    "BertForSequenceClassification": (TINY_BERT, "bert.encoder.layer.{}"),
+    "RobertaForMaskedLM": (TINY_ROBERTA, "roberta.encoder.layer.{}"),
+    "RobertaForSequenceClassification": (TINY_ROBERTA, "roberta.encoder.layer.{}"),
+    "RobertaModel": (TINY_ROBERTA, "encoder.layer.{}"),
+}
+
+
+def _head_model(name: str):
+    """A random ``transformers.<name>`` from its tiny config, biases and LayerNorm shifts noised."""
+    torch.manual_seed(0)
+    config, _ = HEADS[name]
+    cls = getattr(transformers, name)
+    model = cls(cls.config_class.from_dict(config, attn_implementation="eager")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_cut_points_of_models_with_heads(name):
+    model = _head_model(name)
+    _, block = HEADS[name]
+    assert hf.cut_points(model) == [block.format(0), block.format(1), "output"]
+    assert hf.cut_points(model, "mlp", blocks=[1], output=False)[0].startswith(block.format(1))
+
+
+@pytest.mark.parametrize("name", ["GPT2LMHeadModel", "BertForMaskedLM"])
+def test_output_fn_by_name_is_the_logits(name):
+    model = _head_model(name)
+    layers = hf.cut_points(model)
+    batch = _ids(n=5, p=6, seed=2)
+    by_name = ia.compute_basis(model, batch, layers, output_fn="logits", **QUIET)
+    by_fn = ia.compute_basis(model, batch, layers, output_fn=lambda out: out.logits, **QUIET)
+    assert by_name["output"].dim == TINY_GPT2["vocab_size"] == TINY_BERT["vocab_size"]
+    for layer in layers:
+        np.testing.assert_allclose(by_name[layer].M, by_fn[layer].M, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="no field 'logit'"):
+        ia.compute_basis(model, batch, layers, output_fn="logit", **QUIET)
+
+
+@pytest.mark.parametrize("name", ["GPT2ForSequenceClassification", "BertForSequenceClassification"])
+def test_sequence_classifier_pooled_output_ignores_padding(name):
+    """The logits (B, labels) have one position, the residual stream P: the bias slot crosses
+    the pooling through the mean slot over valid positions, so extra padding changes nothing
+    (G, M, Λ and edges), with the bias slot on."""
+    model = _head_model(name)
+    layers = hf.cut_points(model)
+    batch = _ids(n=8, p=6, seed=3)
+    runs = [(inputs, ia.compute_basis(model, inputs, layers, output_fn="logits", **QUIET))
+            for inputs in (batch, _repad(batch, 3))]
+    (_, b0), (_, b1) = runs
+    assert b0.options["layout"]["output"] == "features" and b0["output"].dim == 2
+    for layer in layers:
+        np.testing.assert_allclose(b1[layer].G, b0[layer].G, atol=1e-12)
+        np.testing.assert_allclose(b1[layer].M, b0[layer].M, rtol=1e-9, atol=1e-12 * np.abs(b0[layer].M).max())
+        np.testing.assert_allclose(b1[layer].Lambda, b0[layer].Lambda, rtol=1e-9)
+    assert b0[layers[-2]].M[-1, -1] > 0   # the classifier's bias reaches the last slot
+    g0, g1 = (ia.build_graph(model, inputs, b, **QUIET) for inputs, b in runs)
+    np.testing.assert_allclose(g1.w, g0.w, rtol=1e-8, atol=1e-12)

@@ -499,3 +499,35 @@ def test_padding_changes_nothing_edges(tiny, padded_pair):
     pair, bases = padded_pair
     g0, g1 = (ia.build_graph(tiny, inputs, b, **QUIET) for inputs, b in zip(pair, bases))
     np.testing.assert_allclose(g1.w, g0.w, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("target", ["output", "next_layer"])
+def test_padding_changes_no_probe_draw_basis(tiny, padded_pair, target):
+    """Probes are keyed by (seed, sample, valid position): padded and unpadded runs draw the
+    same signs at every valid position, so Λ agrees to round-off, not just in expectation."""
+    pair, _ = padded_pair
+    b0, b1 = (ia.compute_basis(tiny, inputs, LAYERS, n_probes=3, seed=7, jacobian_target=target, **QUIET)
+              for inputs in pair)
+    exact = ia.compute_basis(tiny, pair[0], LAYERS, jacobian_target=target, **QUIET)
+    for name in LAYERS:
+        np.testing.assert_allclose(b1[name].M, b0[name].M, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(b1[name].Lambda, b0[name].Lambda, rtol=1e-10)
+    assert not np.allclose(b0[LAYERS[0]].M, exact[LAYERS[0]].M, rtol=1e-3)   # probes, not exact
+
+
+def test_probe_draws_do_not_depend_on_batching_or_left_padding(tiny, padded_pair):
+    """Batch size 5 vs 16 and padding on the left instead of the right: the same probe draws."""
+    (plain, padded), _ = padded_pair
+    left = {k: v.roll(3, dims=1) for k, v in padded.items()}
+    runs = [ia.compute_basis(tiny, plain, LAYERS, n_probes=2, seed=3, **QUIET),
+            ia.compute_basis(tiny, plain, LAYERS, n_probes=2, seed=3, batch_size=5, **QUIET)]
+    graphs = [ia.build_graph(tiny, inputs, runs[0], n_probes=2, seed=3, **QUIET) for inputs in (plain, padded)]
+    np.testing.assert_allclose(runs[1][LAYERS[0]].M, runs[0][LAYERS[0]].M, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(graphs[1].w, graphs[0].w, rtol=1e-9, atol=1e-12)
+    from intermod.analysis.core.jacobians import ProbeDraw, probe_signs
+    m_right, m_left = padded["attention_mask"].bool(), left["attention_mask"].bool()
+    s_right = probe_signs(ProbeDraw(3, 0, 0), m_right, range(4), 5)
+    s_left = probe_signs(ProbeDraw(3, 0, 0), m_left, range(4), 5)
+    assert torch.equal(s_right[:, m_right], s_left[:, m_left])
+    assert set(s_right.unique().tolist()) == {-1, 1}
+    assert not torch.equal(s_right, probe_signs(ProbeDraw(4, 0, 0), m_right, range(4), 5))

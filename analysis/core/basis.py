@@ -19,8 +19,9 @@ from torch import Tensor, nn
 
 from .distributed import all_reduce_float, all_reduce_sum, rank_world, shard
 from .gram import GramSum, MomentAccumulator, augmented_gram
-from .inputs import Inputs, as_samples, batch_to, count_batches, iter_batches, position_mask, resolve_device
-from .jacobians import joint_cotangents, vjp
+from .inputs import Inputs, batch_size_of, batch_to, count_batches, iter_batches, position_mask, resolve_device
+from .jacobians import ProbeDraw, joint_cotangents, vjp
+from .layout import LayoutSpec, spread_slot
 from .nodes import OUTPUT, NodeModel, OutputFn
 from .progress import Callback, Progress
 from .reprs import summary_repr
@@ -37,7 +38,9 @@ class LayerBasis:
     C, Cinv: (d [+1], k) with f̂ = Cᵀ f_aug and f_aug = Cinv f̂ (bias slot = last row);
     Lambda: (k,) = E[f̂²] (index 0 is the constant direction when ``bias_direction``);
     G, M: raw Grams (d [+1], d [+1]) (G centred with ``center``); mean: (d,); D: kept
-    eigenvalues of the activation covariance (or second moment).
+    eigenvalues of the activation covariance (or second moment); layout: how the layer's tensor
+    is read as samples (:class:`~intermod.analysis.core.layout.Layout`; its ``from_samples``
+    writes coordinates back into the activation's shape).
     """
 
     name: str
@@ -52,6 +55,7 @@ class LayerBasis:
     bias_direction: bool
     include_bias: bool
     center: bool
+    layout: str = "features"
 
     __repr__ = summary_repr
 
@@ -117,23 +121,34 @@ class _Setup:
     dtype: torch.dtype
     batch_size: int
     progress: Progress
-    generator: torch.Generator
+    seed: int
     n_batches: int | None
     inputs: Inputs = field(repr=False)
 
-    def batches(self, stage: str) -> Iterator[tuple[Any, Tensor | None]]:
-        """This process's batches (all of them without a process group), on the device."""
+    def batches(self, stage: str, stream: int = 0) -> Iterator[tuple[Any, Tensor | None, ProbeDraw]]:
+        """This process's batches (all of them without a process group), on the device, with the
+        position mask and the probe draw of each (keyed by the global index of its samples)."""
         rank, world = rank_world()
         total = None if self.n_batches is None else len(range(rank, self.n_batches, world))
-        for batch in self.progress.track(shard(iter_batches(self.inputs, self.batch_size)), stage, total):
+        for first, batch in self.progress.track(shard(_numbered(iter_batches(self.inputs, self.batch_size))),
+                                                stage, total):
             batch = batch_to(batch, self.device, self.dtype)
-            yield batch, position_mask(batch)
+            yield batch, position_mask(batch), ProbeDraw(self.seed, stream, first)
+
+
+def _numbered(batches: Iterator[Any]) -> Iterator[tuple[int, Any]]:
+    """(global index of the first sample, batch) for every batch."""
+    first = 0
+    for batch in batches:
+        yield first, batch
+        first += batch_size_of(batch)
 
 
 def prepare(model: nn.Module, inputs: Inputs, layers: Sequence[str], *, output_fn: OutputFn | None,
             include_bias: bool, dtype: torch.dtype, batch_size: int, device: str | torch.device,
-            seed: int, progress: bool, callback: Callback | None) -> _Setup:
-    """Resolve the device, cut the model at ``layers`` and set up batching and progress."""
+            seed: int, progress: bool, callback: Callback | None, layout: LayoutSpec = None) -> _Setup:
+    """Resolve the device, cut the model at ``layers`` (read with ``layout``) and set up
+    batching and progress."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     dev = resolve_device(device)
@@ -141,62 +156,53 @@ def prepare(model: nn.Module, inputs: Inputs, layers: Sequence[str], *, output_f
     if first is None:
         raise ValueError("inputs: no data")
     net = NodeModel(model, layers, batch_to(first, dev, dtype), output_fn=output_fn,
-                    include_bias=include_bias, dtype=dtype, device=dev)
-    gen = torch.Generator().manual_seed(seed + rank_world()[0])
-    return _Setup(net, dev, dtype, batch_size, Progress(progress, callback), gen,
+                    include_bias=include_bias, dtype=dtype, device=dev, layout=layout)
+    return _Setup(net, dev, dtype, batch_size, Progress(progress, callback), seed,
                   count_batches(inputs, batch_size), inputs)
 
 
-def _check_positions(sizes: dict[str, int]) -> None:
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"include_bias needs the same number of positions at every node layer "
-                         f"(the slot of position s carries the biases added at s), got {sizes}; "
-                         "use include_bias=False or cut after the pooling")
-
-
-def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, acts: dict[str, Tensor],
-                      n_probes: int | None, sums: list[GramSum]) -> None:
+def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, draw: ProbeDraw,
+                      acts: dict[str, Tensor], n_probes: int | None, sums: list[GramSum]) -> None:
     """Add one batch to M_p^j = Σ ĝ ĝᵀ for y = the output, every node layer at once.
 
     ĝ = (∂y/∂p^j, slot) per (sample, position, cotangent). The slot of layer j scales every
-    bias downstream of its point: its derivative is Σ_{m ≥ j} (∂y/∂s_m + ⟨∂y/∂f^{m+1}, β_m⟩)
-    + Σ_{m > j} ⟨∂y/∂z^m, b_m⟩, with s_m the slot leaf of section m (Linear / LayerNorm biases,
-    per position), β_m the tangent of its other biases and b_m the bias of a Linear head at
-    layer m (whose own bias at layer j is carried by the pull-back P_j instead).
+    bias downstream of its point: its derivative is ∂y/∂s_j (the biases of section j, through
+    the slot leaf) plus, carried back from layer j+1 by :func:`spread_slot`, ⟨∂y/∂f^{j+1}, β_j⟩
+    (β_j: the tangent of section j's other biases), the slot derivative of layer j+1 and
+    ⟨∂y/∂z^{j+1}, b_{j+1}⟩ for a Linear head at layer j+1 (a head's own bias at layer j is
+    carried by the pull-back P_j instead).
     """
     net = s.net
+    L = net.layouts
     T = len(net.chain) - 1
     points = [net.last_points[n] for n in net.chain[:T]]
     inner = [acts[n] for n in net.chain[1:T]]
     slot_leaves = [sl for sl in net.last_slots] if net.include_bias else []
     y = acts[OUTPUT]
-    ys, yw = as_samples(y, mask)
-    B = ys.shape[0]
+    yw = L[OUTPUT].samples(y, mask)[1]
     betas = []
-    if net.include_bias:
-        _check_positions({n: as_samples(a, mask)[0].shape[1] for n, a in acts.items()})
-        if net.needs_tangent:
-            betas = [as_samples(net.bias_tangent(batch, m, point=points[m].detach()), mask)[0] for m in range(T)]
-    weights = [as_samples(acts[n], mask)[1] for n in net.chain[:T]]
+    if net.needs_tangent:
+        betas = [L[net.chain[m + 1]].to_samples(net.bias_tangent(batch, m, point=points[m].detach()))
+                 for m in range(T)]
+    weights = [L[n].samples(acts[n], mask)[1] for n in net.chain[:T]]
     per_item = sum(t.numel() for t in points + inner) + y.numel()
-    for R in joint_cotangents(yw, ys.shape[-1], n_probes, s.generator, s.dtype, per_item):
+    for R in joint_cotangents(yw, L[OUTPUT].n_features(y.shape), n_probes, draw, s.dtype, per_item):
         s.progress.heartbeat()
         K = R.shape[0]
-        grads = vjp(y, points + inner + slot_leaves, R.reshape((K,) + y.shape))
-        g_points = [g.reshape(K, B, -1, g.shape[-1]) for g in grads[:T]]
+        grads = vjp(y, points + inner + slot_leaves, L[OUTPUT].from_samples(R, y.shape))
+        g_points = [L[n].to_samples(g, p.ndim) for n, g, p in zip(net.chain, grads[:T], points)]
         if net.include_bias:
-            g_slots = [g.reshape(K, B, -1) for g in grads[2 * T - 1:]]
-            slots = [None] * T
-            cum = 0.0
+            g_slots = [g.reshape(K, g.shape[1], -1) for g in grads[2 * T - 1:]]
+            slots: list[Tensor] = [None] * T   # type: ignore[list-item]
+            carry: Tensor | float = 0.0        # slot derivative of layer m+1 (its positions)
             for m in range(T - 1, -1, -1):
-                cum = cum + g_slots[m]
+                down = carry
                 if betas:
-                    g_next = R if m == T - 1 else grads[T + m].reshape(K, B, -1, grads[T + m].shape[-1])
-                    cum = cum + (g_next * betas[m]).sum(-1)
-                slots[m] = cum
+                    g_next = R if m == T - 1 else L[net.chain[m + 1]].to_samples(grads[T + m], inner[m].ndim)
+                    down = down + (g_next * betas[m]).sum(-1)
+                slots[m] = g_slots[m] + (spread_slot(down, weights[m]) if isinstance(down, Tensor) else 0.0)
                 head_bias = net.head_bias(net.chain[m])
-                if head_bias is not None:
-                    cum = cum + g_points[m] @ head_bias
+                carry = slots[m] if head_bias is None else slots[m] + g_points[m] @ head_bias
         for j in range(T):
             g = g_points[j]
             if net.include_bias:
@@ -208,32 +214,32 @@ def _next_layer_jacobians(s: _Setup, j: int, C_next: Tensor, n_probes: int | Non
     """M_p^j = Σ ĝ ĝᵀ for y = f̂^{j+1} = C_{j+1}ᵀ f^{j+1}_aug (one pass over the data)."""
     net = s.net
     aug = int(net.include_bias)
+    src, dst = net.layouts[net.chain[j]], net.layouts[net.chain[j + 1]]
     d_next = net.dims[net.chain[j + 1]]
     C_data = C_next[:d_next].to(s.dtype)
     c_slot = C_next[d_next].to(s.dtype) if aug else None
     k = C_next.shape[1]
     total = GramSum(net.point_dims[net.chain[j]] + aug, s.device)
     n = 0.0
-    for batch, mask in s.batches(f"jacobians {net.chain[j]}"):
+    for batch, mask, draw in s.batches(f"jacobians {net.chain[j]}", stream=j + 1):
         point, f_out, slot_leaf = net.section(batch, j)
-        beta = as_samples(net.bias_tangent(batch, j), mask)[0] if net.needs_tangent else None
-        fo, wo = as_samples(f_out.detach(), mask)
-        wi = as_samples(point.detach(), mask)[1]
-        if aug:
-            _check_positions({"in": wi.shape[1], "out": wo.shape[1]})
+        beta = dst.to_samples(net.bias_tangent(batch, j)) if net.needs_tangent else None
+        wo = dst.weights(f_out.shape, mask, s.dtype, s.device)
+        wi = src.weights(point.shape, mask, s.dtype, s.device)
         n += float(wi.sum())
-        B = fo.shape[0]
+        B = wi.shape[0]
         per_item = point.numel() + f_out.numel() * 2
-        for R in joint_cotangents(wo, k, n_probes, s.generator, s.dtype, per_item):
+        for R in joint_cotangents(wo, k, n_probes, draw, s.dtype, per_item):
             s.progress.heartbeat()
             K = R.shape[0]
             data = R @ C_data.T
-            grads = vjp(f_out, [point] + ([slot_leaf] if aug else []), data.reshape((K,) + f_out.shape))
-            g = grads[0].reshape(K, B, -1, grads[0].shape[-1])
+            grads = vjp(f_out, [point] + ([slot_leaf] if aug else []), dst.from_samples(data, f_out.shape))
+            g = src.to_samples(grads[0], point.ndim)
             if aug:   # slot: hooked biases (per position) + other biases + the next slot row
-                slot = grads[1].reshape(K, B, -1) + R @ c_slot
+                down = R @ c_slot
                 if beta is not None:
-                    slot = slot + (data * beta).sum(-1)
+                    down = down + (data * beta).sum(-1)
+                slot = grads[1].reshape(K, B, -1) + spread_slot(down, wi)
                 g = torch.cat([g, slot[..., None]], -1)
             total.add(g, wi)
     return all_reduce_sum(total.total), all_reduce_float(n, s.device)
@@ -253,13 +259,17 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
                   kind: str = "interaction", n_probes: int | None = None,
                   output_fn: OutputFn | None = None, dtype: torch.dtype = torch.float64,
                   batch_size: int = 512, device: str | torch.device = "auto", seed: int = 0,
-                  progress: bool = True, callback: Callback | None = None) -> Basis:
+                  progress: bool = True, callback: Callback | None = None,
+                  layout: LayoutSpec = None) -> Basis:
     """Rotate every node layer into the interaction basis (docs/design.md §1).
 
     G^l = (1/n) Σ (Y f)(Y f)ᵀ over all (input, position) samples; M^l = (1/n) Σ Σ_k
     (∂y_k/∂f_aug)(∂y_k/∂f_aug)ᵀ with y the output (``"output"``; one backward pass per output
     coordinate, or ``n_probes`` random ±1 probes, serves every layer) or y = f̂^{l+1}
     (``"next_layer"``, last layer first). The final node layer has M = I (PCA of the outputs).
+    ``layout`` (one name, or layer -> name; see :mod:`~intermod.analysis.core.layout`) says how
+    a layer's tensor splits into samples × features where the default rules do not, e.g.
+    ``{"fc": "flatten"}``; ``output_fn`` may name a field of the model's output (``"logits"``).
     Returns a :class:`Basis` (layer -> C (d[+1], k), Lambda (k,), …).
     """
     if jacobian_target not in TARGETS:
@@ -273,21 +283,22 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     tol_G = default_tol(dtype) if tol_G is None else tol_G
     tol_M = default_tol(dtype) if tol_M is None else tol_M
     s = prepare(model, inputs, layers, output_fn=output_fn, include_bias=include_bias, dtype=dtype,
-                batch_size=batch_size, device=device, seed=seed, progress=progress, callback=callback)
+                batch_size=batch_size, device=device, seed=seed, progress=progress, callback=callback,
+                layout=layout)
     net, aug = s.net, int(include_bias)
     chain, T = net.chain, len(net.chain) - 1
     moments = {n: MomentAccumulator() for n in chain}
     jac_now = kind == "interaction" and jacobian_target == "output"
     sums = [GramSum(net.point_dims[n] + aug, s.device) for n in chain[:T]] if jac_now else []
-    for batch, mask in s.batches("activations + jacobians" if jac_now else "activations"):
+    for batch, mask, draw in s.batches("activations + jacobians" if jac_now else "activations"):
         if jac_now:
             acts = net.forward(batch, grad=True)
-            _output_jacobians(s, batch, mask, acts, n_probes, sums)
+            _output_jacobians(s, batch, mask, draw, acts, n_probes, sums)
         else:
             with torch.no_grad():
                 acts = net.forward(batch)
         for n, a in acts.items():
-            x, w = as_samples(a.detach(), mask)
+            x, w = net.layouts[n].samples(a.detach(), mask)
             try:
                 moments[n].add(x, w)
             except FloatingPointError:
@@ -329,9 +340,10 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
                          Lambda=np64(rots[n].Lambda), D=np64(rots[n].D), G=np64(G[n]),
                          M=None if F[n] is None else np64(F[n].T @ F[n]),
                          mean=np64(stats[n][1]), bias_direction=rots[n].bias_direction,
-                         include_bias=include_bias, center=center)
+                         include_bias=include_bias, center=center, layout=net.layouts[n].kind)
            for n in net.layers}
     options = dict(layers=net.layers, jacobian_target=jacobian_target, center=center,
                    include_bias=include_bias, tol_G=tol_G, tol_M=tol_M, scaling=scaling, kind=kind,
-                   n_probes=n_probes, dtype=str(dtype).replace("torch.", ""), seed=seed)
+                   n_probes=n_probes, dtype=str(dtype).replace("torch.", ""), seed=seed,
+                   layout={n: net.layouts[n].kind for n in net.chain})
     return Basis(out, options, stats[chain[0]][0], output_fn=output_fn, timings=dict(timings))

@@ -3,7 +3,8 @@
 When a process group is initialised, every process reads the same ``inputs`` but handles only
 the batches whose index ≡ rank (mod world size); sums (G moments, M, E, sample counts) are
 all-reduced, so every process ends with the result a single process would compute (exactly, up
-to floating-point summation order; random probes draw from seed + rank). Use gloo on CPU and
+to floating-point summation order; random probes are keyed by the global sample index, so
+they are the draws of a single process too). Use gloo on CPU and
 NCCL on GPU. Without a process group everything here is a no-op.
 """
 

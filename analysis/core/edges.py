@@ -10,7 +10,8 @@ With positions, A_{t,i,j} = Σ_s ∂f̂_{t,i}/∂f̂_{s,j} · f̂_{s,j} and E av
 The per-sample Jacobian ∂f̂^{l+1}/∂f̂^l = C_{l+1}ᵀ K(x) P_l C⁻¹_l (K: the section's augmented
 Jacobian at its point, P_l: the pull-back through a Linear head) comes from batched VJPs of
 the rows of C_{l+1}ᵀ. The integrated path scales the augmented activation (slot included, so
-every bias of the section is scaled by α too) and the integral has n_alpha nodes.
+every bias of the section is scaled by α too) and the integral has n_alpha nodes. Layers are
+read as samples in the layouts the basis was built with (``basis.options["layout"]``).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .basis import Basis, _check_positions, prepare
+from .basis import Basis, prepare
 from .distributed import all_reduce_float, all_reduce_sum
 from .graph import InteractionGraph
-from .inputs import Inputs, as_samples
-from .jacobians import per_direction_cotangents, vjp
+from .inputs import Inputs
+from .jacobians import ProbeDraw, per_direction_cotangents, vjp
+from .layout import spread_slot
 from .nodes import OutputFn
 from .progress import Callback
 
@@ -62,7 +64,7 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
     t0 = time.perf_counter()
     s = prepare(model, inputs, basis.layers, output_fn=output_fn or basis.output_fn,
                 include_bias=include_bias, dtype=dtype, batch_size=batch_size, device=device,
-                seed=seed, progress=progress, callback=callback)
+                seed=seed, progress=progress, callback=callback, layout=basis.options.get("layout"))
     net, aug = s.net, int(include_bias)
     if net.layers != basis.layers:
         raise ValueError(f"the model runs layers in the order {net.layers}, the basis has {basis.layers}")
@@ -78,23 +80,21 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
     counts = [0.0] * len(E)
     baselines = [_baseline(net, layers[j], basis[layers[j]].mean, basis[layers[j]].center)
                  for j in range(len(E))]
-    for batch, mask in s.batches("edges"):
+    for batch, mask, draw in s.batches("edges"):
         with torch.no_grad():
             acts = net.forward(batch)
         points = dict(net.last_points)
         for j in range(len(E)):
             src, dst = layers[j], layers[j + 1]
-            f_in, w_in = as_samples(acts[src], mask)
+            f_in, w_in = net.layouts[src].samples(acts[src], mask)
             f_hat = (torch.cat([f_in, torch.ones_like(f_in[..., :1])], -1) if aug
                      else f_in - torch.as_tensor(basis[src].mean, device=s.device, dtype=dtype)
                      if basis[src].center else f_in) @ as_t[src][0].to(dtype)
             f_hat = f_hat * w_in[..., None]
-            _, w_out = as_samples(acts[dst], mask)
-            if aug:
-                _check_positions({src: w_in.shape[1], dst: w_out.shape[1]})
+            w_out = net.layouts[dst].weights(acts[dst].shape, mask, s.dtype, s.device)
             counts[j] += float(w_out.sum())
-            _section_edges(s, batch, mask, j, points[src], baselines[j], f_hat, w_out, as_t[dst][0],
-                           Q[j], alphas, weights, n_probes, E[j])
+            _section_edges(s, batch, mask, draw, j, points[src], baselines[j], f_hat, w_in, w_out,
+                           as_t[dst][0], Q[j], alphas, weights, n_probes, E[j])
     counts = [all_reduce_float(c, s.device) for c in counts]
     mats = [(all_reduce_sum(e) / max(c, 1.0)).sqrt().cpu().numpy() for e, c in zip(E, counts)]
     metadata = dict(basis.options, edge_method=edge_method, n_alpha=n_alpha if edge_method == "integrated" else None,
@@ -104,7 +104,8 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
     return InteractionGraph.from_arrays(
         layers, [basis[n].Lambda for n in layers], mats,
         bias_direction=[basis[n].bias_direction for n in layers],
-        bases={n: (basis[n].C, basis[n].Lambda) for n in layers}, metadata=metadata)
+        bases={n: (basis[n].C, basis[n].Lambda) for n in layers}, metadata=metadata,
+        inverses={n: basis[n].Cinv for n in layers}, means={n: basis[n].mean for n in layers})
 
 
 def _baseline(net, name: str, mean: np.ndarray, center: bool) -> Tensor | None:
@@ -118,12 +119,13 @@ def _baseline(net, name: str, mean: np.ndarray, center: bool) -> Tensor | None:
     return (p0.to(net.dtype) + b) if b is not None else p0.to(net.dtype)
 
 
-def _section_edges(s, batch, mask, j: int, point: Tensor, baseline: Tensor | None, f_hat: Tensor,
-                   w_out: Tensor, C_next: Tensor, Q: Tensor, alphas: Sequence[float],
-                   weights: Sequence[float], n_probes: int | None, E: Tensor) -> None:
+def _section_edges(s, batch, mask, draw: ProbeDraw, j: int, point: Tensor, baseline: Tensor | None,
+                   f_hat: Tensor, w_in: Tensor, w_out: Tensor, C_next: Tensor, Q: Tensor,
+                   alphas: Sequence[float], weights: Sequence[float], n_probes: int | None, E: Tensor) -> None:
     """Add one batch of section j to E (k_{j+1}, k_j). The integrated path runs from the
-    ``baseline`` point (f̂ = 0) to ``point``."""
+    ``baseline`` point (f̂ = 0) to ``point``; w_in (B, P_in), w_out (B, P_out): sample weights."""
     net = s.net
+    src, dst = net.layouts[net.chain[j]], net.layouts[net.chain[j + 1]]
     aug = net.include_bias
     d_next = C_next.shape[0] - int(aug)
     C_data = C_next[:d_next].to(s.dtype)
@@ -131,7 +133,7 @@ def _section_edges(s, batch, mask, j: int, point: Tensor, baseline: Tensor | Non
     k_next = C_next.shape[1]
     B = f_hat.shape[0]
     per_item = point.numel() * (2 + len(alphas)) + f_hat.numel() + w_out.numel() * d_next * 2
-    for pattern, which in per_direction_cotangents(w_out, k_next, n_probes, s.generator, s.dtype, per_item):
+    for pattern, which in per_direction_cotangents(w_out, k_next, n_probes, draw, s.dtype, per_item):
         K = pattern.shape[0]                                     # cotangent = e_i ⊗ pattern
         C_which = C_data[:, which]                               # (d_{j+1}, K)
         data = pattern[..., None] * C_which.T[:, None, None, :]  # (K, B, P, d_{j+1})
@@ -140,14 +142,15 @@ def _section_edges(s, batch, mask, j: int, point: Tensor, baseline: Tensor | Non
             s.progress.heartbeat()                               # cancellation inside the quadrature
             at = alpha * point if baseline is None else baseline + alpha * (point - baseline)
             p_leaf, f_out, slot_leaf = net.section(batch, j, point=at, alpha=alpha)
-            grads = vjp(f_out, [p_leaf] + ([slot_leaf] if aug else []), data.reshape((K,) + f_out.shape))
-            g = wq * grads[0].reshape(K, B, -1, grads[0].shape[-1])
+            grads = vjp(f_out, [p_leaf] + ([slot_leaf] if aug else []), dst.from_samples(data, f_out.shape))
+            g = wq * src.to_samples(grads[0], p_leaf.ndim)
             g_sum = g if g_sum is None else g_sum + g
             if aug:  # slot: hooked biases (per position), other biases (β), the next slot row
-                slot = grads[1].reshape(K, B, -1) + pattern * c_slot[which][:, None, None]
+                down = pattern * c_slot[which][:, None, None]
                 if net.needs_tangent:
-                    beta = as_samples(net.bias_tangent(batch, j, point=at, alpha=alpha), mask)[0]
-                    slot = slot + pattern * torch.einsum("bpd,dk->kbp", beta, C_which)
+                    beta = dst.to_samples(net.bias_tangent(batch, j, point=at, alpha=alpha))
+                    down = down + pattern * torch.einsum("bpd,dk->kbp", beta, C_which)
+                slot = grads[1].reshape(K, B, -1) + spread_slot(down, w_in)
                 slot_sum = wq * slot if slot_sum is None else slot_sum + wq * slot
         J_hat = g_sum @ Q[:g_sum.shape[-1]]                      # (K, B, P_in, k_j)
         if aug:

@@ -40,15 +40,22 @@ class InteractionGraph:
     ``nodes`` fixes the order every membership array follows (layer by layer, index within a
     layer); ``src``, ``dst``, ``w`` list the edges with w > 0 (src in layer l, dst in l+1);
     graphs built by :meth:`from_arrays` keep only w > EDGE_RTOL · max(w).
+    ``bases[layer] = (C, Lambda)``; ``inverses[layer]`` = C⁻¹ (d [+1], k), the inverse map
+    f_aug = C⁻¹ f̂, and ``means[layer]`` = μ (d,), the activation mean: what ablations need to
+    write a masked f̂ back into the model (files written before they were stored lack them).
     """
 
     def __init__(self, layers: list[str], nodes: list[Node], mats: list[np.ndarray],
                  bases: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-                 metadata: dict[str, Any] | None = None):
+                 metadata: dict[str, Any] | None = None, *,
+                 inverses: dict[str, np.ndarray] | None = None,
+                 means: dict[str, np.ndarray] | None = None):
         self.layers = list(layers)
         self.nodes = nodes
         self._mats = [np.asarray(m, dtype=np.float64) for m in mats]
         self.bases = bases or {}
+        self.inverses = {n: np.asarray(a, dtype=np.float64) for n, a in (inverses or {}).items()}
+        self.means = {n: np.asarray(a, dtype=np.float64) for n, a in (means or {}).items()}
         self.metadata = metadata or {}
         sizes = [sum(1 for n in nodes if n.layer == layer) for layer in self.layers]
         self.layer_sizes = dict(zip(self.layers, sizes))
@@ -77,7 +84,8 @@ class InteractionGraph:
                     edge_matrices: Sequence[np.ndarray], *, bias_direction: Sequence[bool] | None = None,
                     bases: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
                     metadata: dict[str, Any] | None = None,
-                    edge_rtol: float = EDGE_RTOL) -> InteractionGraph:
+                    edge_rtol: float = EDGE_RTOL, inverses: dict[str, np.ndarray] | None = None,
+                    means: dict[str, np.ndarray] | None = None) -> InteractionGraph:
         """Build from per-layer Λ (k_l,) and edge matrices w (k_{l+1}, k_l), vectorised.
 
         Strengths w ≤ edge_rtol · max over all matrices are set to 0 (see ``EDGE_RTOL``).
@@ -93,7 +101,7 @@ class InteractionGraph:
         nodes = [Node(layer, i, float(lam), bool(bias and i == 0))
                  for layer, lams, bias in zip(layers, Lambdas, bias_direction)
                  for i, lam in enumerate(np.asarray(lams, dtype=np.float64))]
-        return cls(list(layers), nodes, mats, bases, metadata)
+        return cls(list(layers), nodes, mats, bases, metadata, inverses=inverses, means=means)
 
     # -- queries -----------------------------------------------------------------------------
     @property
@@ -144,13 +152,16 @@ class InteractionGraph:
 
     # -- serialisation -----------------------------------------------------------------------
     def to_dict(self, bases: bool = True) -> dict[str, Any]:
-        """Plain JSON-able dict: layers, nodes, edges, metadata and (``bases``) every layer's C."""
+        """Plain JSON-able dict: layers, nodes, edges, metadata and (``bases``) every layer's C,
+        C⁻¹ and mean."""
         out = {"format": FORMAT, "layers": self.layers,
                "nodes": [asdict(n) for n in self.nodes],
                "edges": {"src": self.src.tolist(), "dst": self.dst.tolist(), "w": self.w.tolist()},
                "metadata": plain(self.metadata)}
         if bases and self.bases:
             out["bases"] = {name: np.asarray(C).tolist() for name, (C, _) in self.bases.items()}
+            out["inverses"] = {name: a.tolist() for name, a in self.inverses.items()}
+            out["means"] = {name: a.tolist() for name, a in self.means.items()}
         return out
 
     @classmethod
@@ -177,7 +188,8 @@ class InteractionGraph:
         lams = {name: np.array([n.Lambda for n in nodes if n.layer == name]) for name in layers}
         bases = {name: (np.asarray(C, dtype=np.float64), lams[name])
                  for name, C in data.get("bases", {}).items()}
-        return cls(layers, nodes, mats, bases, data.get("metadata", {}))
+        return cls(layers, nodes, mats, bases, data.get("metadata", {}),
+                   inverses=data.get("inverses"), means=data.get("means"))
 
     def to_json(self, path: str | os.PathLike) -> None:
         _atomic_write(path, json.dumps(self.to_dict()).encode())
@@ -212,6 +224,9 @@ class InteractionGraph:
             if name in self.bases:
                 C, lam = self.bases[name]
                 tensors[f"C/{name}"] = np.ascontiguousarray(C)
+            for key, store in (("Cinv", self.inverses), ("mean", self.means)):
+                if name in store:
+                    tensors[f"{key}/{name}"] = np.ascontiguousarray(store[name])
             tensors[f"Lambda/{name}"] = np.array([n.Lambda for n in self.nodes if n.layer == name])
         for a, b, m in zip(self.layers, self.layers[1:], self._mats):
             tensors[f"w/{a}->{b}"] = np.ascontiguousarray(m)
@@ -234,8 +249,11 @@ class InteractionGraph:
             mats = [f.get_tensor(f"w/{a}->{b}") for a, b in zip(layers, layers[1:])]
             keys = set(f.keys())
             bases = {n: (f.get_tensor(f"C/{n}"), lam) for n, lam in zip(layers, lams) if f"C/{n}" in keys}
+            inverses = {n: f.get_tensor(f"Cinv/{n}") for n in layers if f"Cinv/{n}" in keys}
+            means = {n: f.get_tensor(f"mean/{n}") for n in layers if f"mean/{n}" in keys}
         return cls.from_arrays(layers, lams, mats, bias_direction=json.loads(meta["bias_direction"]),
-                               bases=bases, metadata=json.loads(meta["metadata"]))
+                               bases=bases, metadata=json.loads(meta["metadata"]),
+                               inverses=inverses, means=means)
 
 
 def _atomic_write(path: str | os.PathLike, data: bytes) -> None:

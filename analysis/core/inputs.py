@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .layout import Layout
+
 Batch = Tensor | Mapping[str, Any]
 Inputs = Tensor | Mapping[str, Any] | Iterable[Any]
 
@@ -118,17 +120,15 @@ def position_mask(batch: Batch) -> Tensor | None:
     return None
 
 
-def as_samples(act: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+def as_samples(act: Tensor, mask: Tensor | None, layout: Layout | str | None = None) -> tuple[Tensor, Tensor]:
     """View a node activation as (B, P, d) samples with (B, P) weights in {0, 1}.
 
-    (B, d) -> P = 1; (B, P1, ..., d) -> positions flattened. The position mask applies when the
-    activation has exactly one position axis of the mask's length.
+    ``layout`` (a :class:`~intermod.analysis.core.layout.Layout` or its name) says which axes
+    are positions and features; without one, (B, d) is ``"features"`` and anything larger is
+    ``"tokens"`` (features last). Node layers inside intermod always use the layout resolved
+    for them (``NodeModel.layouts``). The position mask applies when the activation has exactly
+    one position axis of the mask's length.
     """
-    if act.ndim == 1:
-        act = act[:, None]
-    x = act.reshape(act.shape[0], -1, act.shape[-1])
-    if mask is not None and act.ndim == 3 and mask.shape == act.shape[:2]:
-        w = mask.to(x.dtype)
-    else:
-        w = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device)
-    return x, w
+    if layout is None:
+        layout = "features" if act.ndim <= 2 else "tokens"
+    return (layout if isinstance(layout, Layout) else Layout(layout)).samples(act, mask)

@@ -4,6 +4,11 @@ Per-sample Jacobians are never built one sample at a time: a VJP of the summed b
 gives every sample's gradient at once (samples do not interact in eval mode), and K cotangents
 are pushed through one backward pass with ``is_grads_batched`` (vmap over the backward), in
 chunks that bound memory by the batch.
+
+Random probes are drawn independently of batching and padding: the sign for probe r at valid
+position t of sample n (its global index in the data) and coordinate i is a hash of
+(seed, stream, n, t, r, i), so the same data give the same draws whatever the batch size, the
+padded length or the process count.
 """
 
 from __future__ import annotations
@@ -11,12 +16,51 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 MAX_ELEMENTS = 1 << 25  # elements of one cotangent chunk and its results (256 MiB in float64)
 _BATCHED_OK = {"value": True}
+
+
+@dataclass(frozen=True)
+class ProbeDraw:
+    """Where a batch's random probes come from: ``seed``, ``stream`` (one per pass over the data,
+    so passes draw independently) and ``first``, the global index of the batch's first sample."""
+
+    seed: int
+    stream: int
+    first: int
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix(x: Tensor) -> Tensor:
+    """A 32-bit integer hash (lowbias32) of int64 tensors holding values in [0, 2³²)."""
+    x = ((x ^ (x >> 16)) * 0x7FEB352D) & _M32
+    x = ((x ^ (x >> 15)) * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+def probe_signs(draw: ProbeDraw, mask: Tensor, probes: range, k: int | None) -> Tensor:
+    """±1 signs (n, B, P, k) (or (n, B, P) with ``k=None``) for probes ``probes``.
+
+    Sample b of the batch is sample ``draw.first + b`` of the data; a position is keyed by its
+    rank among the sample's valid positions (mask (B, P)), so padding, on either side, changes
+    no draw at a valid position.
+    """
+    dev = mask.device
+    B, P = mask.shape
+    h = _mix(torch.tensor([draw.seed & _M32], device=dev)) ^ (draw.stream & _M32)
+    h = _mix(h ^ torch.arange(draw.first, draw.first + B, device=dev)[:, None])           # (B, 1)
+    h = _mix(h ^ (mask.to(torch.int64).cumsum(1) - 1).clamp_min(0))                          # (B, P)
+    h = _mix(h[None] ^ torch.arange(probes.start, probes.stop, device=dev)[:, None, None])  # (n, B, P)
+    if k is not None:
+        h = _mix(h[..., None] ^ torch.arange(k, device=dev))                                 # (n, B, P, k)
+    return (h & 1).to(torch.int8) * 2 - 1
 
 
 def vjp(output: Tensor, inputs: Sequence[Tensor], cotangents: Tensor) -> list[Tensor]:
@@ -49,13 +93,13 @@ def chunk_size(total: int, per_item: int) -> int:
     return max(1, min(total, MAX_ELEMENTS // max(per_item, 1)))
 
 
-def joint_cotangents(mask: Tensor, k: int, n_probes: int | None, generator: torch.Generator | None,
+def joint_cotangents(mask: Tensor, k: int, n_probes: int | None, draw: ProbeDraw | None,
                      dtype: torch.dtype, per_item: int) -> Iterator[Tensor]:
     """Cotangents R (K, B, P, k) with Σ_R Rᵀ-weighted outer products equal to the identity.
 
     Exact (``n_probes=None``): one unit vector per (position t, coordinate i), masked at padded
-    positions. Probes: R random ±1/√R vectors over all (t, i) jointly; E[Σ r rᵀ] = I, so Grams
-    built from them are unbiased.
+    positions. Probes: R random ±1/√R vectors over all (t, i) jointly (:func:`probe_signs`);
+    E[Σ r rᵀ] = I, so Grams built from them are unbiased.
     """
     B, P = mask.shape
     m = mask.to(dtype)
@@ -71,13 +115,12 @@ def joint_cotangents(mask: Tensor, k: int, n_probes: int | None, generator: torc
         step = chunk_size(n_probes, per_item)
         for start in range(0, n_probes, step):
             n = min(step, n_probes - start)
-            signs = torch.randint(0, 2, (n, B, P, k), generator=generator, device="cpu")
-            R = (2.0 * signs - 1.0).to(dtype=dtype, device=mask.device) / math.sqrt(n_probes)
+            R = probe_signs(draw, mask, range(start, start + n), k).to(dtype) / math.sqrt(n_probes)
             yield R * m[None, :, :, None]
 
 
 def per_direction_cotangents(mask: Tensor, k: int, n_probes: int | None,
-                             generator: torch.Generator | None, dtype: torch.dtype, per_item: int
+                             draw: ProbeDraw | None, dtype: torch.dtype, per_item: int
                              ) -> Iterator[tuple[Tensor, Tensor]]:
     """Cotangents that keep the output direction i apart, as (pattern (K, B, P), which_i (K,)):
     cotangent K is e_{which_i} ⊗ pattern.
@@ -92,8 +135,8 @@ def per_direction_cotangents(mask: Tensor, k: int, n_probes: int | None,
         patterns = torch.diag_embed(m).permute(1, 0, 2)  # (P, B, P): pattern t = the mask at t only
         patterns = patterns if P > 1 else m[None]
     else:
-        signs = torch.randint(0, 2, (n_probes, B, P), generator=generator, device="cpu")
-        patterns = (2.0 * signs - 1.0).to(dtype=dtype, device=mask.device) * m / math.sqrt(n_probes)
+        signs = probe_signs(draw, mask, range(n_probes), None).to(dtype)
+        patterns = signs * m / math.sqrt(n_probes)
     n_pat = patterns.shape[0]
     total = n_pat * k
     step = chunk_size(total, per_item)

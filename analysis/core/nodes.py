@@ -6,11 +6,22 @@ Everything runs through :func:`torch.func.functional_call` with our own copies o
 parameters (cast to the compute dtype, biases optionally scaled), so the user's model is never
 modified; hooks replace the activation at a cut point and stop the forward pass at the next.
 
+Layout. Each node layer's tensor is read as (B, P, d) samples by its
+:class:`~intermod.analysis.core.layout.Layout` (``self.layouts``), chosen by the rules of
+:mod:`~intermod.analysis.core.layout` from the modules that read or produce it, or given by
+``layout=``.
+
 Bias slot. With ``include_bias`` every node activation f gets a constant slot s = 1 appended,
 and a section is g(f, s) with *every bias parameter* scaled by s ("folding"), for any module.
 The slot derivative ∂g/∂s is the forward-mode tangent of the section output when each bias b
-gets tangent b (the activation at the cut is held fixed). With positions, the slot of position
-s carries the bias terms added at position s (exact for position-wise sections).
+gets tangent b (the activation at the cut is held fixed). With positions, each sample (input,
+position) has its own slot; a bias added at the positions of the section's input (a Linear or
+LayerNorm on features-last samples, a Conv or BatchNorm on a channels-first map of the same
+positions) is attributed to its own position, and any other bias (added after the positions
+changed: pooling, strided conv, flatten, a pooled classifier head) to the mean slot of the
+input's valid positions (see :func:`~intermod.analysis.core.layout.spread_slot`). Biases of
+modules that are not called as modules (e.g. ``nn.MultiheadAttention``'s ``out_proj``) carry
+forward-mode tangents instead.
 
 Linear heads. When the module at a cut point is ``nn.Linear`` with d_out < d_in, derivatives
 are taken with respect to its output z = W f + b s (the *point*) and pulled back exactly through
@@ -30,31 +41,17 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .inputs import Batch, batch_to
+from .folding import add_slot_bias, is_bias, slot_candidate
+from .inputs import Batch, batch_size_of, batch_to, position_mask
+from .layout import CHANNELS_FIRST, Layout, LayoutSpec, requested_layouts, resolve_layout
+from .outputs import OutputFn, default_output, output_getter
+from .survey import OUTPUT, Survey, survey
 
-OUTPUT = "output"
-OutputFn = Callable[[Any], Tensor]
+__all__ = ["OUTPUT", "NodeModel", "OutputFn", "default_output"]
 
 
 class _Stop(Exception):
     """Raised by a hook to end the forward pass once the next node layer is reached."""
-
-
-def default_output(out: Any) -> Tensor:
-    """The model's output if it is a tensor, else its first tensor (e.g. ``last_hidden_state``)."""
-    if isinstance(out, Tensor):
-        return out
-    values = out.values() if isinstance(out, Mapping) else out
-    if isinstance(values, (tuple, list)) or isinstance(out, Mapping):
-        for v in values:
-            if isinstance(v, Tensor):
-                return v
-    raise TypeError(f"cannot find an output tensor in a {type(out).__name__}; pass output_fn=")
-
-
-def _is_bias(name: str) -> bool:
-    leaf = name.rsplit(".", 1)[-1]
-    return leaf == "bias" or leaf.endswith("_bias")
 
 
 def _primal(x: Tensor) -> Tensor:
@@ -83,13 +80,13 @@ class NodeModel:
 
     Attributes: ``layers`` (the user's node layers in forward order), ``chain`` (``layers``
     with ``"output"`` appended when absent: the terminal every Jacobian target ends at),
-    ``dims[layer]`` (feature size d_l), ``point_dims[layer]`` (size of the point derivatives
-    are taken at), ``include_bias``.
+    ``layouts[layer]`` (how its tensor is read as samples), ``dims[layer]`` (feature size d_l),
+    ``point_dims[layer]`` (size of the point derivatives are taken at), ``include_bias``.
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], example: Batch, *,
                  output_fn: OutputFn | None, include_bias: bool, dtype: torch.dtype,
-                 device: torch.device):
+                 device: torch.device, layout: LayoutSpec = None):
         if isinstance(layers, str) or not layers:
             raise ValueError("layers must be a non-empty list of module paths (or 'output')")
         layers = list(layers)
@@ -108,22 +105,31 @@ class NodeModel:
             if name == "":
                 raise ValueError("layer '' is the whole model; use its first submodule or 'output'")
         self.model = model
-        self.output_fn = output_fn or default_output
+        self.output_fn = output_getter(output_fn)
         self.include_bias = include_bias
         self.dtype, self.device = dtype, device
         self.modules = {name: named[name] for name in layers if name != OUTPUT}
         self.params: dict[str, Tensor] = {}
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
             self.params[name] = t.detach().to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
-        self.bias_names = [n for n, _ in model.named_parameters() if _is_bias(n)]
+        self.bias_names = [n for n, _ in model.named_parameters() if is_bias(n)]
         self._bias_set = set(self.bias_names)
         self._slot_modules: dict[nn.Module, str] = {}
         self._slot_now: Tensor | None = None
-        self.layers = self._forward_order(example, layers)
+        self._slot_share: Tensor | None = None
+        found = self._forward_order(example, layers)
+        shapes, called = found.shapes, found.called
+        self.layers = found.order
         self.chain = self.layers + ([] if self.layers[-1] == OUTPUT else [OUTPUT])
+        requested = requested_layouts(layout, self.chain)
+        has_channels = any(isinstance(m, CHANNELS_FIRST) for m in model.modules())
+        self.layouts: dict[str, Layout] = {
+            n: resolve_layout(n, shapes[n], requested[n], evidence=found.evidence.get(n),
+                              model_has_channels=has_channels) for n in self.chain}
         self.heads: dict[str, nn.Linear] = {
             name: m for name, m in self.modules.items()
-            if isinstance(m, nn.Linear) and m.out_features < m.in_features}
+            if isinstance(m, nn.Linear) and m.out_features < m.in_features
+            and self.layouts[name].kind in ("features", "tokens")}
         children = [n for n, _ in model.named_children()]
         self._sequential = (isinstance(model, nn.Sequential)
                             and all(n in children for n in self.modules)) or None
@@ -132,14 +138,13 @@ class NodeModel:
         name_of = {id(p): n for n, p in model.named_parameters()}
         head_ids = {id(m) for m in self.heads.values()}
         self._slot_modules = {m: name_of[id(m.bias)] for m in model.modules()
-                              if isinstance(m, (nn.Linear, nn.LayerNorm)) and m.bias is not None
+                              if slot_candidate(m) and called.get(m, False)
                               and id(m) not in head_ids and id(m.bias) in name_of} if include_bias else {}
         head_biases = {name_of[id(m.bias)] for m in self.heads.values() if m.bias is not None}
         slot_biases = set(self._slot_modules.values())
         self._tangent_biases = [n for n in self.bias_names if n not in slot_biases | head_biases]
         self.needs_tangent = include_bias and bool(self._tangent_biases)
-        acts = self.forward(example)
-        self.dims = {name: a.shape[-1] for name, a in acts.items()}
+        self.dims = {n: self.layouts[n].n_features(shapes[n]) for n in self.chain}
         self.point_dims = {name: (self.heads[name].out_features if name in self.heads else self.dims[name])
                            for name in self.chain}
 
@@ -184,41 +189,39 @@ class NodeModel:
                 h.remove()
 
     def _slot_hook(self, bias_name: str) -> Callable:
-        """Forward hook of a Linear / LayerNorm: out + (s − 1) b, with s the active slot leaf
-        (B, P) of ones. Its value is unchanged; ∂/∂s_p is the bias b added at position p. A
-        module whose output is not laid out over the node layer's samples (e.g. BERT's pooler on
-        the [CLS] token, which the residual stream never reads) gets no slot."""
+        """Forward hook of a Linear / LayerNorm (bias on the last axis) or Conv / BatchNorm (bias
+        on axis 1): out + (s − 1) b with s the active slot leaf (B, *positions) of ones, so the
+        value is unchanged and ∂/∂s_p is the bias b added at position p. Where the module's
+        positions are not the slot's (after pooling, flatten, ...), s is the mean slot
+        s̄ = Σ_p ŵ_p s_p over the valid positions (ŵ: ``_slot_share``)."""
         def hook(module, args, out):
-            slot = self._slot_now
-            if slot is None or not isinstance(out, Tensor) or out.shape[:-1] != slot.shape:
+            if self._slot_now is None or not isinstance(out, Tensor):
                 return None
-            return out + (slot - 1)[..., None] * self.params[bias_name]
+            return add_slot_bias(module, out, self.params[bias_name], self._slot_now, self._slot_share)
         return hook
 
-    def _new_slot(self, like: Tensor) -> Tensor | None:
-        """A leaf of ones over the samples of ``like`` (…, d), made the active slot."""
+    def _new_slot(self, like: Tensor, name: str, batch: Batch) -> Tensor | None:
+        """A leaf of ones over the samples of ``like`` (node layer ``name``'s point, (B, …)),
+        made the active slot, with the share ŵ_p = w_p / Σ w of each valid position."""
         if not self.include_bias:
             return None
-        self._slot_now = torch.ones(like.shape[:-1], dtype=like.dtype, device=like.device, requires_grad=True)
+        layout = self.layouts[name]
+        w = layout.weights(like.shape, position_mask(batch), like.dtype, like.device)
+        shape = layout.slot_shape(like.shape)
+        self._slot_share = (w / w.sum(-1, keepdim=True).clamp_min(1.0)).reshape(shape)
+        self._slot_now = torch.ones(shape, dtype=like.dtype, device=like.device, requires_grad=True)
         return self._slot_now
 
-    def _forward_order(self, example: Batch, layers: list[str]) -> list[str]:
-        seen: list[str] = []
-
-        def make(name: str):
-            def hook(module, args):
-                if name in seen:
-                    raise ValueError(f"layer {name!r} runs more than once in a forward pass; "
-                                     "choose a cut point that is called once")
-                seen.append(name)
-            return hook
-
-        with torch.no_grad(), self._hooks({n: make(n) for n in self.modules}):
-            self._call(example, self.params)
-        missing = [n for n in self.modules if n not in seen]
+    def _forward_order(self, example: Batch, layers: list[str]) -> Survey:
+        """One plain forward pass of ``example`` that surveys the cut points (:func:`survey`)."""
+        with torch.no_grad(), self._hooks():
+            found = survey(self.modules, self.model.modules(),
+                           lambda: self.output_fn(self._call(example, self.params)), batch_size_of(example))
+        missing = [n for n in self.modules if n not in found.order]
         if missing:
             raise ValueError(f"layers {missing} are never called in the forward pass")
-        return seen + ([OUTPUT] if OUTPUT in layers else [])
+        found.order += [OUTPUT] if OUTPUT in layers else []
+        return found
 
     def forward(self, batch: Batch, *, grad: bool = False) -> dict[str, Tensor]:
         """Natural forward pass: activations at every chain layer (``"output"`` included).
@@ -241,7 +244,7 @@ class NodeModel:
                 if name not in self.heads:
                     points[name] = x
                 if grad:   # section `name` starts here: its own bias-slot leaf
-                    slots[name] = self._new_slot(x)
+                    slots[name] = self._new_slot(x, name, batch)
                 return (x.clone(),) + tuple(args[1:])   # an in-place op downstream must not touch x
             return hook
 
@@ -259,6 +262,28 @@ class NodeModel:
         self.last_slots = [slots.get(n) for n in self.chain[:-1]]
         return {n: acts[n] for n in self.chain}
 
+    def run_replacing(self, batch: Batch, replace: Mapping[str, Callable[[Tensor], Tensor]],
+                      replace_out: Mapping[str, Callable[[Tensor], Tensor]] | None = None) -> Tensor:
+        """The output ``output_fn(model(batch))`` with the activation f of every node layer in
+        ``replace`` swapped for ``replace[layer](f)`` on its way in (the ``"output"`` entry, if
+        any, maps the output itself) and, for layers in ``replace_out``, the module's output z
+        swapped for ``replace_out[layer](z)``. No gradients."""
+        def make_pre(fn: Callable[[Tensor], Tensor]):
+            def hook(module, args):
+                return (fn(args[0]),) + tuple(args[1:])
+            return hook
+
+        def make_post(fn: Callable[[Tensor], Tensor]):
+            def hook(module, args, out):
+                return fn(out)
+            return hook
+
+        pre = {n: make_pre(fn) for n, fn in replace.items() if n != OUTPUT}
+        post = {n: make_post(fn) for n, fn in (replace_out or {}).items()}
+        with torch.no_grad(), self._hooks(pre, post):
+            y = self.output_fn(self._call(batch, self.params))
+        return replace[OUTPUT](y) if OUTPUT in replace else y
+
     def section(self, batch: Batch, j: int, *, point: Tensor | None = None, alpha: float = 1.0,
                 tangent: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
         """Run section j: returns (point, f_out, slot).
@@ -272,14 +297,14 @@ class NodeModel:
         """
         src, dst = self.chain[j], self.chain[j + 1]
         if self._sequential and point is not None:
-            return self._sequential_section(j, point, alpha, tangent)
+            return self._sequential_section(batch, j, point, alpha, tangent)
         found: dict[str, Tensor] = {}
 
         def cut(x: Tensor) -> Tensor:
             value = _primal(x) if point is None else point.detach()
             found["point"] = p = value.clone().requires_grad_(True)
             self._arm_biases(alpha, tangent)
-            found["slot"] = self._new_slot(p)
+            found["slot"] = self._new_slot(p, src, batch)
             return p.clone()
 
         def pre_src(module, args):
@@ -319,7 +344,7 @@ class NodeModel:
                 path, leaf = name.rsplit(".", 1) if "." in name else ("", name)
                 self.model.get_submodule(path)._parameters[leaf] = value
 
-    def _sequential_section(self, j: int, point: Tensor, alpha: float, tangent: bool
+    def _sequential_section(self, batch: Batch, j: int, point: Tensor, alpha: float, tangent: bool
                             ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Fast path for ``nn.Sequential`` cut at its children: run only the section's modules."""
         src, dst = self.chain[j], self.chain[j + 1]
@@ -330,7 +355,7 @@ class NodeModel:
         names = set(part._modules)
         params = {k: v for k, v in self.params_scaled(alpha, tangent).items() if k.split(".", 1)[0] in names}
         with torch.enable_grad(), self._hooks():
-            slot = self._new_slot(leaf)
+            slot = self._new_slot(leaf, src, batch)
             out = functional_call(part, params, (leaf.clone(),)) if len(part) else leaf.clone()
             if dst == OUTPUT:
                 out = self.output_fn(out)
@@ -340,7 +365,8 @@ class NodeModel:
                      ) -> Tensor:
         """β_j = ∂f^{j+1}/∂s through the biases no slot hook covers (not Linear / LayerNorm, e.g.
         ``nn.MultiheadAttention``'s in_proj_bias), the point of layer j held fixed; same shape as
-        f^{j+1}. Their effect at output position t is attributed to the slot of position t."""
+        f^{j+1}. Their effect at output position t is attributed to the slot of position t when
+        the section keeps the positions, else spread over the input's (:func:`spread_slot`)."""
         with fwAD.dual_level():
             _, f_out, _ = self.section(batch, j, point=point, alpha=alpha, tangent=True)
             primal, tan = fwAD.unpack_dual(f_out)

@@ -34,6 +34,7 @@ _REGISTRY: dict[str, str] = {
     "two_tasks": "two_tasks",
     "deep_linear": "deep_linear",
     "digits": "digits",
+    "digits_cnn": "digits_cnn",
     "modadd": "modadd",
     "minilm": "minilm",
 }

@@ -71,11 +71,12 @@ def fit(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], config: dic
     return loss.detach()
 
 
-def trained_mlp(name: str, defaults: dict[str, Any], overrides: dict[str, Any],
-                train: Callable, retrain: bool = False) -> tuple[nn.Module, dict[str, Any], dict[str, Any], str]:
-    """The example MLP ``name`` with ``defaults`` updated by ``overrides``: shipped or cached
-    weights, else trained once (:func:`~.cache.load_or_train`). Returns (model in eval mode,
-    config, training info, where the weights came from)."""
+def trained_model(name: str, defaults: dict[str, Any], overrides: dict[str, Any], train: Callable,
+                  make: Callable[[dict[str, Any]], nn.Module], retrain: bool = False
+                  ) -> tuple[nn.Module, dict[str, Any], dict[str, Any], str]:
+    """The example network ``name`` (built by ``make(config)``) with ``defaults`` updated by
+    ``overrides``: shipped or cached weights, else trained once (:func:`~.cache.load_or_train`).
+    Returns (model in eval mode, config, training info, where the weights came from)."""
     from .cache import load_or_train
 
     unknown = set(overrides) - set(defaults)
@@ -83,6 +84,12 @@ def trained_mlp(name: str, defaults: dict[str, Any], overrides: dict[str, Any],
         raise ValueError(f"unknown {name} options: {sorted(unknown)}")
     config = {**defaults, **overrides}
     state, info, source = load_or_train(name, config, train, retrain=retrain)
-    model = mlp(config["widths"])
+    model = make(config)
     model.load_state_dict(state)
     return model.eval(), config, info, source
+
+
+def trained_mlp(name: str, defaults: dict[str, Any], overrides: dict[str, Any],
+                train: Callable, retrain: bool = False) -> tuple[nn.Module, dict[str, Any], dict[str, Any], str]:
+    """:func:`trained_model` for an :func:`mlp` of ``config["widths"]``."""
+    return trained_model(name, defaults, overrides, train, lambda c: mlp(c["widths"]), retrain)

@@ -14,7 +14,11 @@ custom code (``auto_map``) or names another family is refused.
 Cut points (:func:`cut_points`), for a model with blocks ``0 … L−1``:
 
 - ``"residual"``: the residual stream entering each block (``encoder.layer.N`` for BERT,
-  ``h.N`` for GPT-2), plus ``"output"`` (``last_hidden_state``). Each section
+  ``h.N`` for GPT-2), plus ``"output"`` (``last_hidden_state``, or the logits of a model with
+  a head). Models with a head (``GPT2LMHeadModel``, ``BertForMaskedLM``,
+  ``RobertaForSequenceClassification``, ...) hold the bare model under
+  ``base_model_prefix``, so their paths carry that prefix (``transformer.h.N``,
+  ``bert.encoder.layer.N``, ``roberta.encoder.layer.N``). Each section
   f^{l+1} = g(f^l) is one whole block: attention, MLP, both LayerNorms.
 - ``"attention"``: the concatenated head outputs Σ_s A_ts v_s (all heads, before the
   output projection), shape (B, P, d_model).
@@ -42,6 +46,7 @@ from torch import nn
 __all__ = [
     "FAMILIES",
     "Family",
+    "base_prefix",
     "cut_points",
     "load_minilm",
     "load_minilm_tokenizer",
@@ -213,6 +218,18 @@ def tokenize_batches(
     return batches
 
 
+def base_prefix(model: nn.Module) -> str:
+    """``""`` for a bare model, else the path of the bare model inside one with a head plus a
+    dot (``"transformer."`` for GPT-2 heads, ``"bert."``, ``"roberta."``)."""
+    base = getattr(model, "base_model", model)
+    if base is model:
+        return ""
+    for name, module in model.named_modules():
+        if module is base:
+            return f"{name}."
+    raise ValueError(f"cannot find the base model of a {type(model).__name__}")
+
+
 def cut_points(
     model: nn.Module,
     where: str | Iterable[str] = "residual",
@@ -225,9 +242,13 @@ def cut_points(
     (concatenated head outputs), ``"mlp"`` (MLP hidden after the nonlinearity). ``blocks`` restricts to those block
     indices (default: all). ``output`` appends ``"output"``, the model's behavioural output
     (``last_hidden_state``). Example, BERT with ``where=("residual", "mlp")``:
-    ``["encoder.layer.0", "encoder.layer.0.output.dense", "encoder.layer.1", …, "output"]``.
+    ``["encoder.layer.0", "encoder.layer.0.output.dense", "encoder.layer.1", …, "output"]``;
+    for ``BertForMaskedLM`` every path starts with ``bert.`` (:func:`base_prefix`) and
+    ``"output"`` is the model's first output tensor, its logits (``output_fn="logits"`` says
+    so explicitly).
     """
     family = _family(model.config.model_type)
+    prefix = base_prefix(model)
     kinds = (where,) if isinstance(where, str) else tuple(where)
     for kind in kinds:
         if kind not in _WHERE:
@@ -235,7 +256,7 @@ def cut_points(
     n_layers = int(getattr(model.config, family.n_layers_key))
     indices = range(n_layers) if blocks is None else sorted(set(blocks))
     templates = {"residual": family.block, "attention": family.attention, "mlp": family.mlp}
-    names = [templates[k].format(i=i) for i in indices for k in _WHERE if k in kinds]
+    names = [prefix + templates[k].format(i=i) for i in indices for k in _WHERE if k in kinds]
     modules = dict(model.named_modules())
     for name in names:
         if name not in modules:

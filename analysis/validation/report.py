@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from . import bases, drawings, epsilon, reports, robustness, theory, transformers
+from . import ablation, bases, cnn, drawings, epsilon, reports, robustness, theory, transformers
 from .formatting import fmt, table
 from .section import Context, Section
 
@@ -43,7 +43,10 @@ SECTIONS: tuple[Section, ...] = (
     theory.SECTION,              # App. A and §6.2 invariance
     epsilon.DEPENDENCE_SECTION,  # Dependence on ε
     robustness.SECTION,          # Finite-sample robustness (planted)
+    ablation.SECTION,            # Ablations: truth-free pipeline, cut vs random, curves, effects
+    ablation.FINITE_SECTION,     # Finite-sample study, truth-free
     drawings.SECTION,            # Modules found
+    cnn.SECTION,                 # digits_cnn next to the digits MLP
     reports.SECTION,             # Module reports (two_tasks, digits)
     transformers.SECTION,        # MiniLM and modular addition
 )

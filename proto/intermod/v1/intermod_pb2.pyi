@@ -39,6 +39,15 @@ class ExportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXPORT_FORMAT_PNG: _ClassVar[ExportFormat]
     EXPORT_FORMAT_SVG: _ClassVar[ExportFormat]
     EXPORT_FORMAT_HTML: _ClassVar[ExportFormat]
+
+class AblationKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ABLATION_KIND_UNSPECIFIED: _ClassVar[AblationKind]
+    ABLATION_KIND_CURVE: _ClassVar[AblationKind]
+    ABLATION_KIND_EDGES: _ClassVar[AblationKind]
+    ABLATION_KIND_CUT: _ClassVar[AblationKind]
+    ABLATION_KIND_EFFECTS: _ClassVar[AblationKind]
+    ABLATION_KIND_AUTO: _ClassVar[AblationKind]
 TENSOR_FORMAT_UNSPECIFIED: TensorFormat
 TENSOR_FORMAT_SAFETENSORS: TensorFormat
 TENSOR_FORMAT_NPY: TensorFormat
@@ -60,6 +69,12 @@ EXPORT_FORMAT_SAFETENSORS: ExportFormat
 EXPORT_FORMAT_PNG: ExportFormat
 EXPORT_FORMAT_SVG: ExportFormat
 EXPORT_FORMAT_HTML: ExportFormat
+ABLATION_KIND_UNSPECIFIED: AblationKind
+ABLATION_KIND_CURVE: AblationKind
+ABLATION_KIND_EDGES: AblationKind
+ABLATION_KIND_CUT: AblationKind
+ABLATION_KIND_EFFECTS: AblationKind
+ABLATION_KIND_AUTO: AblationKind
 
 class UploadHeader(_message.Message):
     __slots__ = ("name", "format", "total_bytes", "sha256")
@@ -558,3 +573,165 @@ class DiagnoseResponse(_message.Message):
     REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
     report_json: str
     def __init__(self, report_json: _Optional[str] = ...) -> None: ...
+
+class AblateRequest(_message.Message):
+    __slots__ = ("graph_id", "kind", "loss", "data_tensor_set_id", "data_tensor", "layer", "schedule", "schedule_points", "epsilon", "keep", "membership", "search", "n_baseline", "group", "tolerance", "resolutions", "max_modules", "seed", "batch_size")
+    GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    DATA_TENSOR_SET_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_TENSOR_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_POINTS_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIP_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    N_BASELINE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MODULES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    graph_id: str
+    kind: AblationKind
+    loss: str
+    data_tensor_set_id: str
+    data_tensor: str
+    layer: str
+    schedule: str
+    schedule_points: _containers.RepeatedScalarFieldContainer[int]
+    epsilon: float
+    keep: int
+    membership: _containers.RepeatedScalarFieldContainer[int]
+    search: ModuleSearch
+    n_baseline: int
+    group: str
+    tolerance: float
+    resolutions: _containers.RepeatedScalarFieldContainer[float]
+    max_modules: int
+    seed: int
+    batch_size: int
+    def __init__(self, graph_id: _Optional[str] = ..., kind: _Optional[_Union[AblationKind, str]] = ..., loss: _Optional[str] = ..., data_tensor_set_id: _Optional[str] = ..., data_tensor: _Optional[str] = ..., layer: _Optional[str] = ..., schedule: _Optional[str] = ..., schedule_points: _Optional[_Iterable[int]] = ..., epsilon: _Optional[float] = ..., keep: _Optional[int] = ..., membership: _Optional[_Iterable[int]] = ..., search: _Optional[_Union[ModuleSearch, _Mapping]] = ..., n_baseline: _Optional[int] = ..., group: _Optional[str] = ..., tolerance: _Optional[float] = ..., resolutions: _Optional[_Iterable[float]] = ..., max_modules: _Optional[int] = ..., seed: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class AblateResponse(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class GetAblationRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class AblationCurveResult(_message.Message):
+    __slots__ = ("layer", "basis_kind", "n_kept", "loss", "n_directions", "reconstruction_loss", "needed")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    BASIS_KIND_FIELD_NUMBER: _ClassVar[int]
+    N_KEPT_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    N_DIRECTIONS_FIELD_NUMBER: _ClassVar[int]
+    RECONSTRUCTION_LOSS_FIELD_NUMBER: _ClassVar[int]
+    NEEDED_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    basis_kind: str
+    n_kept: _containers.RepeatedScalarFieldContainer[int]
+    loss: _containers.RepeatedScalarFieldContainer[float]
+    n_directions: int
+    reconstruction_loss: float
+    needed: int
+    def __init__(self, layer: _Optional[str] = ..., basis_kind: _Optional[str] = ..., n_kept: _Optional[_Iterable[int]] = ..., loss: _Optional[_Iterable[float]] = ..., n_directions: _Optional[int] = ..., reconstruction_loss: _Optional[float] = ..., needed: _Optional[int] = ...) -> None: ...
+
+class EdgeAblationResult(_message.Message):
+    __slots__ = ("loss", "reconstruction_loss", "n_kept", "n_total", "n_masks")
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    RECONSTRUCTION_LOSS_FIELD_NUMBER: _ClassVar[int]
+    N_KEPT_FIELD_NUMBER: _ClassVar[int]
+    N_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    N_MASKS_FIELD_NUMBER: _ClassVar[int]
+    loss: float
+    reconstruction_loss: float
+    n_kept: int
+    n_total: int
+    n_masks: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, loss: _Optional[float] = ..., reconstruction_loss: _Optional[float] = ..., n_kept: _Optional[int] = ..., n_total: _Optional[int] = ..., n_masks: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ModuleCutResult(_message.Message):
+    __slots__ = ("loss", "baseline", "baseline_spread", "baseline_losses", "inactive_loss", "reconstruction_loss", "n_modules", "n_forward")
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_SPREAD_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_LOSSES_FIELD_NUMBER: _ClassVar[int]
+    INACTIVE_LOSS_FIELD_NUMBER: _ClassVar[int]
+    RECONSTRUCTION_LOSS_FIELD_NUMBER: _ClassVar[int]
+    N_MODULES_FIELD_NUMBER: _ClassVar[int]
+    N_FORWARD_FIELD_NUMBER: _ClassVar[int]
+    loss: float
+    baseline: float
+    baseline_spread: float
+    baseline_losses: _containers.RepeatedScalarFieldContainer[float]
+    inactive_loss: float
+    reconstruction_loss: float
+    n_modules: int
+    n_forward: int
+    def __init__(self, loss: _Optional[float] = ..., baseline: _Optional[float] = ..., baseline_spread: _Optional[float] = ..., baseline_losses: _Optional[_Iterable[float]] = ..., inactive_loss: _Optional[float] = ..., reconstruction_loss: _Optional[float] = ..., n_modules: _Optional[int] = ..., n_forward: _Optional[int] = ...) -> None: ...
+
+class ModuleEffectsResult(_message.Message):
+    __slots__ = ("module_ids", "output_labels", "group", "loss_increase", "loss", "reconstruction_loss")
+    MODULE_IDS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_LABELS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    LOSS_INCREASE_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    RECONSTRUCTION_LOSS_FIELD_NUMBER: _ClassVar[int]
+    module_ids: _containers.RepeatedScalarFieldContainer[int]
+    output_labels: _containers.RepeatedScalarFieldContainer[str]
+    group: str
+    loss_increase: _containers.RepeatedScalarFieldContainer[float]
+    loss: _containers.RepeatedScalarFieldContainer[float]
+    reconstruction_loss: float
+    def __init__(self, module_ids: _Optional[_Iterable[int]] = ..., output_labels: _Optional[_Iterable[str]] = ..., group: _Optional[str] = ..., loss_increase: _Optional[_Iterable[float]] = ..., loss: _Optional[_Iterable[float]] = ..., reconstruction_loss: _Optional[float] = ...) -> None: ...
+
+class AutoModulesResult(_message.Message):
+    __slots__ = ("partition", "epsilon", "cut_loss", "tolerance", "within_tolerance", "coverage")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    CUT_LOSS_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    WITHIN_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    partition: Partition
+    epsilon: float
+    cut_loss: float
+    tolerance: float
+    within_tolerance: bool
+    coverage: float
+    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., epsilon: _Optional[float] = ..., cut_loss: _Optional[float] = ..., tolerance: _Optional[float] = ..., within_tolerance: _Optional[bool] = ..., coverage: _Optional[float] = ...) -> None: ...
+
+class GetAblationResponse(_message.Message):
+    __slots__ = ("job", "kind", "loss", "scale", "curve", "edges", "cut", "effects", "auto", "result_json")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    CURVE_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    CUT_FIELD_NUMBER: _ClassVar[int]
+    EFFECTS_FIELD_NUMBER: _ClassVar[int]
+    AUTO_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    kind: AblationKind
+    loss: str
+    scale: float
+    curve: AblationCurveResult
+    edges: EdgeAblationResult
+    cut: ModuleCutResult
+    effects: ModuleEffectsResult
+    auto: AutoModulesResult
+    result_json: str
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., kind: _Optional[_Union[AblationKind, str]] = ..., loss: _Optional[str] = ..., scale: _Optional[float] = ..., curve: _Optional[_Union[AblationCurveResult, _Mapping]] = ..., edges: _Optional[_Union[EdgeAblationResult, _Mapping]] = ..., cut: _Optional[_Union[ModuleCutResult, _Mapping]] = ..., effects: _Optional[_Union[ModuleEffectsResult, _Mapping]] = ..., auto: _Optional[_Union[AutoModulesResult, _Mapping]] = ..., result_json: _Optional[str] = ...) -> None: ...

@@ -115,6 +115,16 @@ class IntermodServiceStub:
                 request_serializer=intermod_dot_v1_dot_intermod__pb2.DiagnoseRequest.SerializeToString,
                 response_deserializer=intermod_dot_v1_dot_intermod__pb2.DiagnoseResponse.FromString,
                 _registered_method=True)
+        self.Ablate = channel.unary_unary(
+                '/intermod.v1.IntermodService/Ablate',
+                request_serializer=intermod_dot_v1_dot_intermod__pb2.AblateRequest.SerializeToString,
+                response_deserializer=intermod_dot_v1_dot_intermod__pb2.AblateResponse.FromString,
+                _registered_method=True)
+        self.GetAblation = channel.unary_unary(
+                '/intermod.v1.IntermodService/GetAblation',
+                request_serializer=intermod_dot_v1_dot_intermod__pb2.GetAblationRequest.SerializeToString,
+                response_deserializer=intermod_dot_v1_dot_intermod__pb2.GetAblationResponse.FromString,
+                _registered_method=True)
 
 
 class IntermodServiceServicer:
@@ -234,6 +244,21 @@ class IntermodServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Ablate(self, request, context):
+        """Queues an ablation job on a stored graph (node curve, edges, module cut, module effects
+        or the truth-free pipeline); watch it with WatchJob, cancel with CancelJob.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAblation(self, request, context):
+        """The result of a finished ablation job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IntermodServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -316,6 +341,16 @@ def add_IntermodServiceServicer_to_server(servicer, server):
                     servicer.Diagnose,
                     request_deserializer=intermod_dot_v1_dot_intermod__pb2.DiagnoseRequest.FromString,
                     response_serializer=intermod_dot_v1_dot_intermod__pb2.DiagnoseResponse.SerializeToString,
+            ),
+            'Ablate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ablate,
+                    request_deserializer=intermod_dot_v1_dot_intermod__pb2.AblateRequest.FromString,
+                    response_serializer=intermod_dot_v1_dot_intermod__pb2.AblateResponse.SerializeToString,
+            ),
+            'GetAblation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAblation,
+                    request_deserializer=intermod_dot_v1_dot_intermod__pb2.GetAblationRequest.FromString,
+                    response_serializer=intermod_dot_v1_dot_intermod__pb2.GetAblationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -751,6 +786,60 @@ class IntermodService:
             '/intermod.v1.IntermodService/Diagnose',
             intermod_dot_v1_dot_intermod__pb2.DiagnoseRequest.SerializeToString,
             intermod_dot_v1_dot_intermod__pb2.DiagnoseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ablate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/intermod.v1.IntermodService/Ablate',
+            intermod_dot_v1_dot_intermod__pb2.AblateRequest.SerializeToString,
+            intermod_dot_v1_dot_intermod__pb2.AblateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAblation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/intermod.v1.IntermodService/GetAblation',
+            intermod_dot_v1_dot_intermod__pb2.GetAblationRequest.SerializeToString,
+            intermod_dot_v1_dot_intermod__pb2.GetAblationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,288 @@
+"""Ablations (DESIGN.md §1 "Ablations"): every ablated loss against an independent hook-based
+forward pass (tests/ablation_reference.py), known answers on planted modules and two_tasks."""
+
+from __future__ import annotations
+
+import ablation_reference as ref
+import numpy as np
+import pytest
+import torch
+from intermod import analysis as ia
+from intermod.analysis import examples
+from test_transformers import LAYERS as TLAYERS
+from test_transformers import TinyTransformer, make_inputs
+from torch import nn
+
+Q = {"progress": False, "device": "cpu"}
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-300)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    ex = examples.load("planted", n_per_module=12)
+    basis = ia.compute_basis(ex.model, ex.inputs, ex.layers, **Q)
+    graph = ia.build_graph(ex.model, ex.inputs, basis, **Q)
+    return ex, basis, graph
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    """A small random MLP whose last graph layer is a hidden layer (the rest runs naturally)."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    x = torch.randn(40, 4, dtype=torch.float64)
+    layers = ["0", "2", "4"]
+    basis = ia.compute_basis(model, x, layers, **Q)
+    graph = ia.build_graph(model, x, basis, **Q)
+    return model, x, basis, graph
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = TinyTransformer(seed=0)
+    inputs = make_inputs(n=12)
+    basis = ia.compute_basis(model, inputs, TLAYERS, **Q)
+    graph = ia.build_graph(model, inputs, basis, **Q)
+    return model, inputs, basis, graph
+
+
+def _random_membership(graph, n_mod: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    m = rng.integers(0, n_mod, graph.n_nodes)
+    m[rng.random(graph.n_nodes) < 0.15] = -1
+    m[graph.is_bias] = -1
+    return m
+
+
+# ------------------------------------------------------------------ planted: known answers
+
+def test_planted_true_cut_is_exact_and_random_cuts_are_not(planted):
+    ex, _, graph = planted
+    cut = ia.module_cut(ex.model, ex.inputs, graph, ex.truth(graph), **Q)
+    assert cut.relative < 1e-9
+    assert cut.reconstruction_loss / cut.scale < 1e-9
+    assert len(cut.baseline_losses) == 8
+    assert min(cut.baseline_losses) > 1e-2 * cut.scale       # every random cut moves the output
+    assert cut.baseline > 1e6 * max(cut.loss, 1e-300 * cut.scale)
+
+
+def test_planted_truth_free_pipeline_finds_the_planted_modules(planted):
+    ex, _, graph = planted
+    auto = ia.modules_from_ablation(ex.model, ex.inputs, graph, **Q)
+    assert auto.within_tolerance and auto.choice.exceeds_at_double
+    assert ia.compare_partitions(auto.partition, ex.truth(graph)).ari > 0.99
+
+
+def test_full_curve_point_is_reconstruction_loss(planted):
+    ex, basis, _ = planted
+    curve = ia.ablation_curve(ex.model, ex.inputs, basis, "3", schedule="all", **Q)
+    assert curve.n_kept[-1] == basis["3"].k - 1
+    assert curve.reconstruction_loss == curve.loss[-1]
+    assert curve.reconstruction_loss < 1e-9 * curve.scale     # nothing the output sees was truncated
+    assert curve.loss[0] > 0.1 * curve.scale                  # keeping nothing is far off
+    assert curve.needed() == curve.n_kept[np.flatnonzero(curve.loss > 0.01 * curve.scale)[-1] + 1]
+
+
+def test_truncation_has_a_reconstruction_loss_that_the_reference_reproduces(planted):
+    ex, _, _ = planted
+    basis = ia.compute_basis(ex.model, ex.inputs, ex.layers, tol_M=0.05, **Q)
+    graph = ia.build_graph(ex.model, ex.inputs, basis, **Q)
+    curve = ia.ablation_curve(ex.model, ex.inputs, graph, "6", schedule=[0, 1], **Q)
+    want = [ref.mse(ref.node_ablated_output(ex.model, ex.inputs, graph, {"6": m}), ex.model(ex.inputs).detach().numpy())
+            for m in (_top(graph, "6", 0), _top(graph, "6", 1), np.ones(graph.layer_sizes["6"]))]
+    np.testing.assert_allclose(curve.loss, want, rtol=1e-9, atol=1e-15)
+    assert curve.reconstruction_loss > 1e-6 * curve.scale
+
+
+def _top(graph, layer, m):
+    s = graph.node_offset[layer]
+    lam = graph.Lambda[s:s + graph.layer_sizes[layer]].copy()
+    bias = graph.is_bias[s:s + graph.layer_sizes[layer]]
+    lam[bias] = -np.inf
+    mask = bias.astype(float)
+    mask[np.argsort(-lam, kind="stable")[:m]] = 1.0
+    return mask
+
+
+# ---------------------------------------------------- every loss against the hook reference
+
+@pytest.mark.parametrize("which", ["mlp", "tiny"])
+def test_edge_and_cut_losses_match_reference(which, mlp, tiny):
+    model, inputs, _, graph = mlp if which == "mlp" else tiny
+    y = ref.call(model, inputs).detach().numpy()
+    ea = ia.edge_ablation(model, inputs, graph, keep=7, **Q)
+    keep = [k.astype(float) for k in ia.ablation.edges.keep_matrices(graph, keep=7)]
+    assert ea.n_kept == sum(int(k.sum()) for k in keep)
+    assert _rel(ea.loss, ref.mse(ref.edge_ablated_output(model, inputs, graph, keep), y)) < 1e-8
+    mem = _random_membership(graph, 3, seed=1)
+    cut = ia.module_cut(model, inputs, graph, mem, n_baseline=2, **Q)
+    want = ref.mse(ref.edge_ablated_output(model, inputs, graph, ref.cut_keep(graph, mem), nodes=mem >= 0), y)
+    assert _rel(cut.loss, want) < 1e-8
+    inactive = ref.mse(ref.edge_ablated_output(model, inputs, graph, [np.ones_like(k) for k in keep], nodes=mem >= 0), y)
+    assert _rel(cut.inactive_loss, inactive) < 1e-8
+
+
+@pytest.mark.parametrize("which", ["mlp", "tiny"])
+def test_node_and_module_losses_match_reference(which, mlp, tiny):
+    model, inputs, basis, graph = mlp if which == "mlp" else tiny
+    layer = graph.layers[1]
+    y = ref.call(model, inputs).detach().numpy()
+    curve = ia.ablation_curve(model, inputs, basis, layer, schedule=[1, 2], **Q)
+    want = [ref.mse(ref.node_ablated_output(model, inputs, graph, {layer: _top(graph, layer, m)}), y) for m in (1, 2)]
+    np.testing.assert_allclose(curve.loss[:2], want, rtol=1e-8)
+    mem = _random_membership(graph, 2, seed=2)
+    fx = ia.module_effects(model, inputs, graph, mem, **Q)
+    group = "position" if which == "tiny" else "coordinate"
+    assert fx.group == group and fx.module_ids == [0, 1]
+    for row, c in enumerate(fx.module_ids):
+        masks = {n: (mem[graph.node_offset[n]:graph.node_offset[n] + graph.layer_sizes[n]] != c).astype(float)
+                 for n in graph.layers}
+        ya = ref.node_ablated_output(model, inputs, graph, masks)
+        assert _rel(fx.loss[row], ref.mse(ya, y)) < 1e-8
+        sq = (ya - y) ** 2
+        per_group = sq.mean(axis=(0, 2)) if which == "tiny" else sq.mean(0)
+        np.testing.assert_allclose(fx.loss_increase[row] + fx.reconstruction_by_group, per_group, rtol=1e-8, atol=1e-14)
+    assert fx.loss_increase.shape == (2, len(fx.output_labels))
+
+
+def test_kl_and_callable_losses_match_reference(tiny):
+    model, inputs, _, graph = tiny
+    y = ref.call(model, inputs).detach().numpy()
+    mem = _random_membership(graph, 2, seed=4)
+    ya = ref.edge_ablated_output(model, inputs, graph, ref.cut_keep(graph, mem), nodes=mem >= 0)
+    cut = ia.module_cut(model, inputs, graph, mem, loss="kl", n_baseline=0, **Q)
+    assert _rel(cut.loss, ref.kl(ya, y)) < 1e-8
+
+    def abs_err(y_abl, y_clean, batch):   # per (sample, position): L1 of the logits
+        assert set(batch) == {"inputs_embeds", "attention_mask"}
+        return (y_abl - y_clean).abs().sum(-1)
+
+    cut = ia.module_cut(model, inputs, graph, mem, loss=abs_err, n_baseline=0, **Q)
+    assert _rel(cut.loss, float(np.abs(ya - y).sum(-1).mean())) < 1e-8
+    fx = ia.module_effects(model, inputs, graph, mem, loss="kl", **Q)
+    assert fx.group == "position" and fx.loss_increase.shape == (2, 2)
+
+
+def test_kl_classes_and_default_tolerance(mlp):
+    model, x, _, graph = mlp
+    mem = _random_membership(graph, 2, seed=5)
+    fx = ia.module_effects(model, x, graph, mem, loss="kl", **Q)
+    assert fx.group == "class" and fx.output_labels == ["class 0", "class 1", "class 2"]
+    with torch.no_grad():
+        y = model(x)
+    p = torch.softmax(y, -1)
+    pbar = p.mean(0)
+    scale = float((p * (p.log() - pbar.log())).sum(-1).mean())   # E KL(p ‖ p̄)
+    assert _rel(fx.scale, scale) < 1e-10
+    counts = np.bincount(y.argmax(-1).numpy(), minlength=3)
+    np.testing.assert_array_equal(fx.counts, counts)
+    curve = ia.ablation_curve(model, x, graph, "2", **Q)
+    assert _rel(curve.scale, float(y.var(0, unbiased=False).mean())) < 1e-10
+
+
+# ------------------------------------------------------------------- edges and the bisection
+
+def test_edge_ablation_at_tiny_epsilon_is_the_reconstruction(planted):
+    ex, _, graph = planted
+    ea = ia.edge_ablation(ex.model, ex.inputs, graph, epsilon=1e-300, **Q)
+    assert ea.n_kept == ea.n_total == graph.n_edges
+    assert abs(ea.loss - ea.reconstruction_loss) < 1e-12 * ea.scale
+
+
+def test_epsilon_bisection_brackets_the_tolerance(planted):
+    ex, _, graph = planted
+    choice = ia.epsilon_from_ablation(ex.model, ex.inputs, graph, **Q)
+    assert choice.feasible and not choice.capped
+    assert choice.tolerance == pytest.approx(0.01 * choice.scale)
+    assert choice.loss <= choice.tolerance
+    assert choice.exceeds_at_double and choice.loss_at_double > choice.tolerance
+    direct = ia.edge_ablation(ex.model, ex.inputs, graph, epsilon=choice.epsilon, **Q)
+    assert _rel(direct.loss, choice.loss) < 1e-10
+    eps = [c[0] for c in choice.curve]
+    assert eps == sorted(eps) and choice.epsilon in eps
+    big = ia.epsilon_from_ablation(ex.model, ex.inputs, graph, tolerance=10 * choice.scale, **Q)
+    assert big.capped and big.epsilon == ia.ablation.edges.EPSILON_CAP
+
+
+# ------------------------------------------------------------------- the truth-free pipeline
+
+def test_two_tasks_modules_from_ablation():
+    ex = examples.load("two_tasks")
+    basis = ia.compute_basis(ex.model, ex.inputs, ex.layers, **Q)
+    graph = ia.build_graph(ex.model, ex.inputs, basis, **Q)
+    auto = ia.modules_from_ablation(ex.model, ex.inputs, graph, **Q)
+    truth = ex.truth(graph)
+    assert auto.within_tolerance and auto.cut_loss <= auto.tolerance
+    assert ia.compare_partitions(auto.partition, truth).ari >= 0.9
+    assert any(r["n_modules"] > auto.partition.n_modules and not r["within"] for r in auto.sweep)
+    fx = ia.module_effects(ex.model, ex.inputs, graph, auto.partition, **Q)
+    tasks = ex.extra["output_groups"]
+    own = []
+    for row in fx.loss_increase:      # every module moves one task's outputs, not the other's
+        per_task = np.array([row[g].sum() for g in tasks])
+        own.append(int(per_task.argmax()))
+        assert per_task.max() > 10 * max(per_task.min(), 0)
+    assert set(own) == {0, 1}
+
+
+# ------------------------------------------------------------------------- files and errors
+
+def test_graph_files_keep_the_inverse_map(tmp_path, mlp):
+    _, _, basis, graph = mlp
+    graph.to_json(tmp_path / "g.json")
+    graph.save_safetensors(tmp_path / "g.safetensors")
+    for back in (ia.InteractionGraph.from_json(tmp_path / "g.json"),
+                 ia.InteractionGraph.load_safetensors(tmp_path / "g.safetensors")):
+        for n in graph.layers:
+            np.testing.assert_array_equal(back.inverses[n], basis[n].Cinv)
+            np.testing.assert_array_equal(back.means[n], basis[n].mean)
+    old = graph.to_dict()
+    del old["inverses"], old["means"]
+    with pytest.raises(ValueError, match="C⁻¹"):
+        ia.module_cut(None, None, ia.InteractionGraph.from_dict(old), np.zeros(graph.n_nodes, int))
+
+
+def test_bad_arguments_are_named(mlp):
+    model, x, basis, graph = mlp
+    with pytest.raises(ValueError, match="loss"):
+        ia.ablation_curve(model, x, basis, "2", loss="hinge", **Q)
+    with pytest.raises(ValueError, match="schedule"):
+        ia.ablation_curve(model, x, basis, "2", schedule=[0, 99], **Q)
+    with pytest.raises(ValueError, match="exactly one"):
+        ia.edge_ablation(model, x, graph, epsilon=1e-3, keep=3, **Q)
+    with pytest.raises(ValueError, match="one label per graph node"):
+        ia.module_cut(model, x, graph, [0, 1], **Q)
+    with pytest.raises(ValueError, match="coordinate"):
+        ia.module_effects(model, x, graph, np.zeros(graph.n_nodes, int), loss="kl", group="coordinate", **Q)
+    with pytest.raises(ValueError, match="tolerance"):
+        ia.epsilon_from_ablation(model, x, graph, loss=lambda a, b, batch: (a - b).abs().sum(-1), **Q)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        ia.module_cut(model, x, graph, np.zeros(graph.n_nodes, int), n_probes=3)
+
+
+def test_plots_write_png_and_svg(tmp_path, mlp):
+    model, x, basis, graph = mlp
+    curves = ia.ablation_curves(model, x, {"interaction": basis, "graph": graph}, "2", **Q)
+    choice = ia.epsilon_from_ablation(model, x, graph, **Q)
+    fx = ia.module_effects(model, x, graph, _random_membership(graph, 2, seed=0), **Q)
+    written = (ia.plot_ablation_curves(curves, tmp_path / "curves")
+               + ia.plot_epsilon_choice(choice, tmp_path / "eps.png")
+               + ia.plot_module_effects(fx, tmp_path / "fx"))
+    assert sorted(p.rsplit("/", 1)[1] for p in written) == sorted(
+        f"{n}.{e}" for n in ("curves", "eps", "fx") for e in ("png", "svg"))
+    assert all((tmp_path / p.rsplit("/", 1)[1]).stat().st_size > 1000 for p in written)
+
+
+def test_disagreement_loss_counts_changed_predictions(mlp):
+    model, x, _, graph = mlp
+    mem = _random_membership(graph, 2, seed=6)
+    y = ref.call(model, x).detach().numpy()
+    ya = ref.edge_ablated_output(model, x, graph, ref.cut_keep(graph, mem), nodes=mem >= 0)
+    cut = ia.module_cut(model, x, graph, mem, loss="disagreement", n_baseline=0, **Q)
+    assert cut.loss == pytest.approx(float((ya.argmax(-1) != y.argmax(-1)).mean()), abs=1e-12)
+    assert cut.scale == pytest.approx(1 - np.bincount(y.argmax(-1)).max() / len(y))
+    fx = ia.module_effects(model, x, graph, mem, loss="disagreement", **Q)
+    assert fx.group == "class"
