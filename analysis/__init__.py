@@ -47,12 +47,13 @@ from .core.partition import (
     partition_cost,
 )
 from .diagnostics import DegeneracyReport, LayerDiagnostics, diagnose, plot_spectra
+from .report import ModuleInfo, ModuleReport, module_report
 from .report.plot import plot_graph
 
 __all__ = [
     "Basis", "LayerBasis", "compute_basis", "build_graph", "InteractionGraph", "Node", "EDGE_RTOL", "Module",
     "Partition", "Score", "Comparison", "compare_partitions", "cutoff_strength", "find_modules",
-    "partition_cost", "plot_graph",
+    "partition_cost", "plot_graph", "ModuleInfo", "ModuleReport", "module_report",
     "DegeneracyReport", "LayerDiagnostics", "diagnose", "plot_spectra",
     "ablation_curve", "ablation_curves", "edge_ablation", "epsilon_from_ablation", "module_cut",
     "module_effects", "modules_from_ablation", "AblationCurve", "EdgeAblation", "EpsilonChoice",

@@ -1,4 +1,4 @@
-"""The ``intermod`` command line: serve, analyse, search modules, sweep, score, export.
+"""The ``intermod`` command line: serve, analyse, search modules, sweep, score, export, report.
 
 Every command takes ``--json`` for scripts; a failure prints one line to stderr and exits 1.
 Remote commands talk to ``--address`` (``INTERMOD_ADDRESS``, default 127.0.0.1:50051) with
@@ -180,7 +180,9 @@ def _export(args: argparse.Namespace, fmt: str, search: dict | None) -> None:
     if args.local:
         from intermod import analysis as ia
         graph = load_graph(args.graph)
-        if fmt in ("png", "svg"):
+        if fmt == "html":
+            ia.module_report(None, None, graph, ia.find_modules(graph, **(search or {}))).save_html(out)
+        elif fmt in ("png", "svg"):
             part = ia.find_modules(graph, **search) if search is not None else None
             kw = {"top_n": args.top_n} if getattr(args, "top_n", None) else {}
             ia.plot_graph(graph, partition=part, path=out, **kw)
@@ -207,6 +209,12 @@ def cmd_plot(args: argparse.Namespace) -> None:
     if fmt not in ("png", "svg"):
         raise ValueError(f"--out must end in .png or .svg, got {args.out!r}")
     _export(args, fmt, None if args.no_modules else _search(args))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    if Path(args.out).suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"--out must end in .html, got {args.out!r}")
+    _export(args, "html", _search(args))
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -346,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--top-n", type=int, help="strongest nodes drawn per layer")
     p.add_argument("--no-modules", action="store_true", help="do not colour by modules")
+    _search_args(p)
+    p.add_argument("--local", action="store_true")
+
+    p = command("report", cmd_report, "write an HTML report of a graph's modules (self-contained)")
+    p.add_argument("graph", help="a graph JSON file (with --local) or a server graph id")
+    p.add_argument("--out", required=True, help="the .html file to write")
     _search_args(p)
     p.add_argument("--local", action="store_true")
 

@@ -38,7 +38,7 @@ CHUNK_BYTES = 1024 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 EXPORT_FORMATS = {"json": pb.EXPORT_FORMAT_JSON, "graphml": pb.EXPORT_FORMAT_GRAPHML,
                   "safetensors": pb.EXPORT_FORMAT_SAFETENSORS, "png": pb.EXPORT_FORMAT_PNG,
-                  "svg": pb.EXPORT_FORMAT_SVG}
+                  "svg": pb.EXPORT_FORMAT_SVG, "html": pb.EXPORT_FORMAT_HTML}
 JOB_STATES = {v: k.removeprefix("JOB_STATE_").lower() for k, v in pb.JobState.items()}
 SOURCES = {v: k.removeprefix("MODEL_SOURCE_").lower() for k, v in pb.ModelSource.items()}
 Array = np.ndarray | torch.Tensor
@@ -345,8 +345,9 @@ class Client(AblationMixin):
 
     def export(self, graph_id: str, format: str = "json", path: str | Path | None = None,
                modules: Mapping[str, Any] | None = None, top_n: int | None = None) -> bytes:
-        """Export bytes (json, graphml, safetensors, png, svg); also written to `path` when
-        given (atomically). `modules`: find_modules arguments to colour a plot by."""
+        """Export bytes (json, graphml, safetensors, png, svg, html); also written to `path` when
+        given (atomically). `modules`: find_modules arguments to colour a plot by (or the
+        modules an HTML report explains)."""
         if format not in EXPORT_FORMATS:
             raise ValueError(f"format must be one of {sorted(EXPORT_FORMATS)}, got {format!r}")
         request = pb.ExportGraphRequest(graph_id=graph_id, format=EXPORT_FORMATS[format])

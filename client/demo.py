@@ -7,8 +7,9 @@ tolerance δ, 1 % of the output's variance by default) and the modules from a re
 sweep at that ε (the most modules whose cut stays within δ). Nothing is hand-picked. It
 prints the modules, their recovery of the example's ground truth, the module cut against
 its random baseline and the module × output-group effect table, writes
-``out/demo/graph.png``, ``out/demo/effects.png`` and ``out/demo/result.json``, and stops the
-server. ``--example planted`` (or any other built-in example) runs another network.
+``out/demo/graph.png``, ``out/demo/effects.png``, ``out/demo/result.json`` and the module report
+``out/demo/report.html``, and stops the server. ``--example planted`` (or any other built-in
+example) runs another network.
 """
 
 from __future__ import annotations
@@ -77,8 +78,12 @@ def main(argv: list[str] | None = None) -> None:
                   "seconds": {"graph": seconds_graph, "auto": seconds_auto,
                               "total": time.perf_counter() - start}}
         (out / "result.json").write_text(json.dumps(result, default=json_default, indent=2))
-    print(f"wrote {out / 'graph.png'}, {out / 'effects.png'} and {out / 'result.json'} "
-          f"({time.perf_counter() - start:.1f} s)")
+        graph = client.graph(graph_id)
+    report = ia.module_report(ex.model, ex.inputs, graph, auto.partition, effects=fx)   # what each module does
+    report.save_html(out / "report.html")
+    print(report)
+    print(f"wrote {out / 'graph.png'}, {out / 'effects.png'}, {out / 'result.json'} and "
+          f"{out / 'report.html'} ({time.perf_counter() - start:.1f} s)")
 
 
 if __name__ == "__main__":

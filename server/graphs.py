@@ -21,7 +21,7 @@ from .errors import NotFound, echo
 from .storage import Store, atomic_path, new_id
 
 EXPORT_SUFFIX = {"json": ".json", "graphml": ".graphml", "safetensors": ".safetensors",
-                 "png": ".png", "svg": ".svg"}
+                 "png": ".png", "svg": ".svg", "html": ".html"}
 _PLOT_LOCK = threading.Lock()  # matplotlib's state is global
 
 
@@ -86,6 +86,9 @@ class GraphStore:
             graph.to_json(path)
         elif fmt == "graphml":
             graph.to_graphml(path)
+        elif fmt == "html":
+            partition = partition or ia.find_modules(graph)   # a report needs modules: defaults
+            ia.module_report(None, None, graph, partition).save_html(path)
         else:
             kw = {"top_n": top_n} if top_n else {}
             if partition is not None:

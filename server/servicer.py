@@ -35,7 +35,7 @@ from .storage import Store, new_id
 
 EXPORTS = {pb.EXPORT_FORMAT_JSON: "json", pb.EXPORT_FORMAT_GRAPHML: "graphml",
            pb.EXPORT_FORMAT_SAFETENSORS: "safetensors", pb.EXPORT_FORMAT_PNG: "png",
-           pb.EXPORT_FORMAT_SVG: "svg"}
+           pb.EXPORT_FORMAT_SVG: "svg", pb.EXPORT_FORMAT_HTML: "html"}
 SOURCES = {SPEC: pb.MODEL_SOURCE_SPEC, OPERATOR: pb.MODEL_SOURCE_OPERATOR,
            EXAMPLE: pb.MODEL_SOURCE_EXAMPLE}
 
@@ -210,14 +210,16 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
         fmt = EXPORTS.get(request.format)
         if fmt is None:
             raise InvalidArgument("format", f"must be one of {sorted(EXPORTS.values())}")
-        partition = None
-        if request.HasField("modules"):
-            if fmt not in ("png", "svg"):
-                raise InvalidArgument("modules", "only PNG and SVG exports draw modules")
-            partition = await self._find_modules(context, request.graph_id, request.modules,
-                                                 "modules")
+        if request.HasField("top_n") and fmt not in ("png", "svg"):
+            raise InvalidArgument("top_n", "only PNG and SVG exports take top_n")
         if request.HasField("top_n") and request.top_n <= 0:
             raise InvalidArgument("top_n", f"must be positive, got {request.top_n}")
+        partition = None
+        if request.HasField("modules"):
+            if fmt not in ("png", "svg", "html"):
+                raise InvalidArgument("modules", "only PNG, SVG and HTML exports draw modules")
+            partition = await self._find_modules(context, request.graph_id, request.modules,
+                                                 "modules")
         top_n = request.top_n if request.HasField("top_n") else None
         path, temporary = await run_blocking(
             context, lambda check: self.graphs.export(request.graph_id, fmt, partition, top_n))

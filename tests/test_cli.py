@@ -182,3 +182,28 @@ def test_console_script(server):
 def test_unreachable_server_is_one_line(capsys):
     code, _, err = run(capsys, "graphs", "--address", "127.0.0.1:1")
     assert code == 1 and err.startswith("intermod: error: UNAVAILABLE") and err.count("\n") == 1
+
+
+def test_report_remote_and_local(capsys, server, files, tmp_path):
+    """`intermod report` writes the HTML module report from a server graph id and from a local
+    graph JSON; the same modules either way. HTML refuses top_n with INVALID_ARGUMENT."""
+    from intermod.client import Client
+    from intermod.client.errors import RemoteError
+
+    gid = analyze(capsys, server, files)
+    d = files["dir"]
+    run_json(capsys, "analyze", "--local", "--spec", d / "spec.json", "--weights", d / "weights.safetensors",
+             "--data", d / "data.npy", "--layers", *LAYERS, "--out", tmp_path / "local.json")
+    pages = []
+    for where, flags in ((gid, ("--address", server.address)), (tmp_path / "local.json", ("--local",))):
+        out = run_json(capsys, "report", where, "--out", tmp_path / "r.html", "--epsilon", "1e-3", *flags)
+        assert out["format"] == "html"
+        pages.append((tmp_path / "r.html").read_text())
+    want = ia.find_modules(ia.InteractionGraph.from_json(tmp_path / "local.json"), epsilon=1e-3)
+    for page in pages:
+        assert page.startswith("<!DOCTYPE html>") and page.count("class='panel'") == want.n_modules
+    code, _, err = run(capsys, "report", gid, "--out", tmp_path / "r.png", "--address", server.address)
+    assert code == 1 and ".html" in err
+    with Client(server.address) as c, pytest.raises(RemoteError) as info:
+        c.export(gid, "html", top_n=5)
+    assert info.value.code.name == "INVALID_ARGUMENT" and info.value.field == "top_n"

@@ -3,8 +3,8 @@
 Runs every built-in example through the neuron, PCA and interaction bases (both Jacobian
 targets), measures recovery of the known modules, interaction sparsity, the App. A and §6.2
 checks, the dependence on ε, finite-sample robustness on ``planted`` with and without the
-re-rotation remedy, and the transformers, then writes ``docs/validation.md`` and the plots under
-``docs/validation/``. Every number in the report is computed here.
+re-rotation remedy, the transformers and the module reports of two_tasks and digits, then
+writes ``docs/validation.md`` and the plots under ``docs/validation/``. Every number in the report is computed here.
 
 **Adding a section.** A section is one module of this package with
 
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from . import ablation, bases, cnn, drawings, epsilon, robustness, theory, transformers
+from . import ablation, bases, cnn, drawings, epsilon, reports, robustness, theory, transformers
 from .formatting import fmt, table
 from .section import Context, Section
 
@@ -47,6 +47,7 @@ SECTIONS: tuple[Section, ...] = (
     ablation.FINITE_SECTION,     # Finite-sample study, truth-free
     drawings.SECTION,            # Modules found
     cnn.SECTION,                 # digits_cnn next to the digits MLP
+    reports.SECTION,             # Module reports (two_tasks, digits)
     transformers.SECTION,        # MiniLM and modular addition
 )
 

@@ -38,6 +38,7 @@ class ExportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXPORT_FORMAT_SAFETENSORS: _ClassVar[ExportFormat]
     EXPORT_FORMAT_PNG: _ClassVar[ExportFormat]
     EXPORT_FORMAT_SVG: _ClassVar[ExportFormat]
+    EXPORT_FORMAT_HTML: _ClassVar[ExportFormat]
 
 class AblationKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -67,6 +68,7 @@ EXPORT_FORMAT_GRAPHML: ExportFormat
 EXPORT_FORMAT_SAFETENSORS: ExportFormat
 EXPORT_FORMAT_PNG: ExportFormat
 EXPORT_FORMAT_SVG: ExportFormat
+EXPORT_FORMAT_HTML: ExportFormat
 ABLATION_KIND_UNSPECIFIED: AblationKind
 ABLATION_KIND_CURVE: AblationKind
 ABLATION_KIND_EDGES: AblationKind

@@ -189,7 +189,7 @@ class IntermodServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportGraph(self, request, context):
-        """Streams a graph export (JSON, GraphML, safetensors, PNG, SVG) in chunks.
+        """Streams a graph export (JSON, GraphML, safetensors, PNG, SVG, HTML report) in chunks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

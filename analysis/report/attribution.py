@@ -1,0 +1,243 @@
+"""Input attribution of interaction-basis directions: which input coordinates drive f̂_i.
+
+For a direction i of node layer l, with x̄ the baseline input (the data mean for real-valued
+inputs; the zero embedding for token inputs) and Δ = x − x̄, integrated gradients give
+
+    A_ia(x) = Δ_a · ∫₀¹ ∂f̂_i/∂x_a (x̄ + α Δ) dα          (Gauss–Legendre, ``n_alpha`` nodes)
+
+with Σ_a A_ia(x) = f̂_i(x) − f̂_i(x̄) (completeness). When layer l *is* the model input the map
+is linear, f̂_i = Σ_a C_ai x_a + const, and A_ia = C_ai Δ_a exactly (no gradients needed).
+The energy of coordinate a in direction i is, as for the edges (E = mean A²),
+
+    E_ia = (1/n) Σ_(x,t) A_{t,ia}(x)²        (t: output positions of a sequence; exact sum or ±1 probes)
+
+so the share of a in a set S of directions (a module's first-layer directions) is
+Σ_{i∈S} E_ia / Σ_{i∈S, b} E_ib. Token inputs (integer ids) are attributed at the output of the
+input embedding, per embedding dimension, per token position s and per vocabulary item (the
+energy Σ_e A²_{s,e} of each occurrence, added to the id found at s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..core.edges import quadrature
+from ..core.graph import InteractionGraph
+from ..core.inputs import Inputs, as_samples, position_mask
+from ..core.jacobians import per_direction_cotangents, vjp
+from ..core.nodes import NodeModel, OutputFn
+from .coords import Batches, LayerCoordinates, setup
+
+__all__ = ["DirectionAttribution", "direction_attribution", "token_ids"]
+
+
+@dataclass
+class DirectionAttribution:
+    """Energies E of the input coordinates in the selected directions of each node layer.
+
+    ``directions[layer]``: the direction indices (rows of the arrays below, in that order);
+    ``energy[layer]``: (k_sel, *input_shape) for real-valued inputs, (k_sel, d_embed) for tokens;
+    ``by_position[layer]``: (k_sel, P) for tokens (None otherwise); ``by_token[layer]``:
+    (k_sel, n_tokens) over ``token_ids`` (the ids present in the data); ``exact[layer]``: the
+    linear map was used; ``kind``: "tensor" or "tokens"; ``n_samples``: (input, position) count.
+    """
+
+    directions: dict[str, list[int]]
+    energy: dict[str, np.ndarray]
+    kind: str
+    exact: dict[str, bool]
+    n_samples: float
+    input_shape: tuple[int, ...]
+    by_position: dict[str, np.ndarray] = field(default_factory=dict)
+    by_token: dict[str, np.ndarray] = field(default_factory=dict)
+    token_ids: np.ndarray | None = None
+
+    def rows(self, layer: str, indices: Sequence[int]) -> np.ndarray:
+        """Positions in ``directions[layer]`` of the given direction indices."""
+        where = {d: r for r, d in enumerate(self.directions[layer])}
+        return np.array([where[i] for i in indices], dtype=np.int64)
+
+
+def token_ids(batch) -> Tensor | None:
+    """The integer token ids of a batch (a LongTensor, or a mapping's ``input_ids``), else None."""
+    if isinstance(batch, Mapping):
+        batch = batch.get("input_ids")
+    if isinstance(batch, Tensor) and not batch.is_floating_point() and not batch.is_complex():
+        return batch
+    return None
+
+
+def _embedding_module(model: nn.Module, embedding: str | None) -> nn.Module:
+    if embedding is not None:
+        return model.get_submodule(embedding)
+    get = getattr(model, "get_input_embeddings", None)
+    if callable(get) and isinstance(get(), nn.Module):
+        return get()
+    found = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    if not found:
+        raise ValueError("integer inputs but no nn.Embedding in the model: pass embedding='module.path'")
+    return found[0]
+
+
+def direction_attribution(model: nn.Module, inputs: Inputs, graph: InteractionGraph,
+                          directions: Mapping[str, Sequence[int]], *, n_alpha: int = 8,
+                          n_probes: int | None = None, embedding: str | None = None,
+                          output_fn: OutputFn | None = None, batch_size: int = 256,
+                          seed: int = 0) -> DirectionAttribution:
+    """Energies E_ia of every input coordinate a in each requested direction (module docstring).
+
+    directions: layer -> direction indices. ``n_probes`` replaces the exact sum over output
+    positions by random ±1 probes (sequences); ``embedding`` names the input-embedding module
+    for token inputs (default: ``model.get_input_embeddings()`` or the first ``nn.Embedding``).
+    """
+    wanted = {layer: sorted({int(i) for i in idx}) for layer, idx in directions.items() if len(idx)}
+    for layer, idx in wanted.items():
+        if layer not in graph.layers:
+            raise ValueError(f"unknown layer {layer!r}; graph layers: {graph.layers}")
+        if idx[0] < 0 or idx[-1] >= graph.layer_sizes[layer]:
+            raise ValueError(f"layer {layer!r}: direction indices must be in [0, {graph.layer_sizes[layer]})")
+    if n_alpha < 1:
+        raise ValueError(f"n_alpha must be >= 1, got {n_alpha}")
+    if not wanted:
+        raise ValueError("directions: no direction selected")
+    net, batches, coords = setup(model, inputs, graph, list(wanted), output_fn=output_fn, batch_size=batch_size)
+    first = next(iter(batches))
+    tokens = token_ids(first) is not None
+    run = _TokenRun(net, _embedding_module(model, embedding), batches) if tokens else _TensorRun(net, batches, first)
+    alphas, weights = quadrature("integrated", n_alpha)
+    gen = torch.Generator().manual_seed(seed)
+    exact = {layer: not tokens and run.is_input(layer) for layer in wanted}
+    for batch in batches:
+        mask = position_mask(batch)
+        g_sum: dict[str, Tensor] = {}
+        acts = None
+        for alpha, wq in zip(alphas, weights):
+            if all(exact.values()) and acts is not None:
+                break
+            acts = run.forward(batch, alpha)
+            for layer, idx in wanted.items():
+                if exact[layer] and layer in g_sum:
+                    continue
+                g = _gradients(run.leaf, acts[layer], coords[layer], idx, mask, n_probes, gen)
+                g_sum[layer] = g_sum[layer] + wq * g if layer in g_sum else (1.0 if exact[layer] else wq) * g
+        for layer in wanted:
+            run.add(layer, g_sum[layer], len(wanted[layer]), mask)
+        run.n += float(as_samples(acts[next(iter(wanted))], mask)[1].sum())
+    return run.result(wanted, exact)
+
+
+def _gradients(leaf: Tensor, act: Tensor, coords: LayerCoordinates, idx: list[int], mask: Tensor | None,
+               n_probes: int | None, gen: torch.Generator) -> Tensor:
+    """∂⟨pattern, f̂_i⟩/∂leaf for every selected direction i and output-position pattern
+    (unit patterns per position, or ±1 probes): shape (k_sel, n_patterns, *leaf.shape)."""
+    x, w = as_samples(act, mask)
+    f_hat = coords(x, torch.as_tensor(idx))                    # (B, P, k_sel)
+    k = len(idx)
+    eye = torch.eye(k, dtype=leaf.dtype)
+    grads = [vjp(f_hat, [leaf], pattern[..., None] * eye[which][:, None, None, :])[0]
+             for pattern, which in per_direction_cotangents(w, k, n_probes, gen, leaf.dtype, f_hat.numel() + leaf.numel())]
+    g = torch.cat(grads, 0)                                    # (n_pat * k, *leaf.shape), pattern-major
+    return g.reshape((-1, k) + tuple(leaf.shape)).transpose(0, 1)
+
+
+class _TensorRun:
+    """Real-valued inputs: the path x̄ + α(x − x̄) starts at the data mean x̄."""
+
+    kind = "tensor"
+
+    def __init__(self, net: NodeModel, batches: Batches, first: Tensor):
+        if not isinstance(first, Tensor):
+            raise TypeError("input attribution needs tensor inputs (or token ids); got a mapping "
+                            "without input_ids")
+        self.net, self.first = net, first
+        total, n = 0.0, 0
+        for b in batches:
+            total, n = total + b.sum(0), n + b.shape[0]
+        self.baseline = total / n
+        self.shape = tuple(first.shape[1:])
+        self.energy: dict[str, Tensor] = {}
+        self.n = 0.0
+        self.leaf = torch.zeros(0)
+
+    def is_input(self, layer: str) -> bool:
+        """Node layer ``layer`` is the model input itself (its map to f̂ is then linear)."""
+        if layer != self.net.layers[0] or layer == "output":
+            return False
+        x = self.first
+        with torch.no_grad():
+            act = self.net.forward(x)[layer]
+        return act.ndim == 2 and act.numel() == x.numel() and torch.equal(act.reshape(x.shape), x)
+
+    def forward(self, x: Tensor, alpha: float) -> dict[str, Tensor]:
+        self.delta = x - self.baseline
+        self.leaf = (self.baseline + alpha * self.delta).requires_grad_(True)
+        return self.net.forward(self.leaf, grad=True)
+
+    def add(self, layer: str, g: Tensor, k: int, mask: Tensor | None) -> None:
+        A = g * self.delta                                     # (k, n_pat, B, *shape)
+        e = A.square().sum((1, 2)).detach()
+        self.energy[layer] = self.energy.get(layer, 0) + e
+
+    def result(self, wanted: dict[str, list[int]], exact: dict[str, bool]) -> DirectionAttribution:
+        n = max(self.n, 1.0)
+        return DirectionAttribution(wanted, {k: (v / n).numpy() for k, v in self.energy.items()},
+                                    self.kind, exact, n, self.shape)
+
+
+class _TokenRun:
+    """Token inputs: the path α·e from the zero embedding to the input embeddings e (B, P, d)."""
+
+    kind = "tokens"
+
+    def __init__(self, net: NodeModel, embedding: nn.Module, batches: Batches):
+        self.net, self.embedding = net, embedding
+        self.token_ids = torch.unique(torch.cat([torch.unique(token_ids(b)) for b in batches]))
+        self.energy: dict[str, Tensor] = {}
+        self.by_position: dict[str, Tensor] = {}
+        self.by_token: dict[str, Tensor] = {}
+        self.n = 0.0
+        self.leaf = torch.zeros(0)
+
+    def is_input(self, layer: str) -> bool:
+        return False
+
+    def forward(self, batch, alpha: float) -> dict[str, Tensor]:
+        def hook(module, args, out):
+            self.e = out.detach()
+            self.leaf = (alpha * self.e).requires_grad_(True)
+            return self.leaf
+
+        handle = self.embedding.register_forward_hook(hook)
+        try:
+            acts = self.net.forward(batch, grad=True)
+        finally:
+            handle.remove()
+        self.ids = token_ids(batch)
+        return acts
+
+    def add(self, layer: str, g: Tensor, k: int, mask: Tensor | None) -> None:
+        A = g * self.e                                         # (k, n_pat, B, P, d)
+        if mask is not None:
+            A = A * mask.to(A.dtype)[None, None, :, :, None]
+        per_pos = A.square().sum(1).detach()                   # (k, B, P, d)
+        self.energy[layer] = self.energy.get(layer, 0) + per_pos.sum((1, 2))
+        self.by_position[layer] = self.by_position.get(layer, 0) + per_pos.sum((1, 3))
+        col = torch.searchsorted(self.token_ids, self.ids.reshape(-1))
+        tok = torch.zeros(k, len(self.token_ids), dtype=A.dtype)
+        tok.index_add_(1, col, per_pos.sum(3).reshape(k, -1))
+        self.by_token[layer] = self.by_token.get(layer, 0) + tok
+
+    def result(self, wanted: dict[str, list[int]], exact: dict[str, bool]) -> DirectionAttribution:
+        n = max(self.n, 1.0)
+
+        def norm(d: dict[str, Tensor]) -> dict[str, np.ndarray]:
+            return {k: (v / n).numpy() for k, v in d.items()}
+
+        return DirectionAttribution(wanted, norm(self.energy), self.kind, exact, n,
+                                    (int(self.e.shape[-1]),), norm(self.by_position),
+                                    norm(self.by_token), self.token_ids.numpy())

@@ -1,0 +1,111 @@
+"""Interaction-basis coordinates of a node layer, from the C a graph carries.
+
+An :class:`~intermod.analysis.core.graph.InteractionGraph` built by ``build_graph`` stores every
+layer's C (d [+1], k) in ``graph.bases``; f̂ = Cᵀ f_aug with f_aug = [f, 1] (bias slot), f − μ
+(centred, no slot) or f, exactly as :meth:`LayerBasis.transform
+<intermod.analysis.core.basis.LayerBasis.transform>`, here on torch tensors so that f̂ can be
+differentiated and computed batch by batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..core.graph import InteractionGraph
+from ..core.inputs import Batch, Inputs, as_samples, batch_to, iter_batches, position_mask
+from ..core.nodes import NodeModel, OutputFn
+
+__all__ = ["Batches", "LayerCoordinates", "layer_coordinates", "layer_means", "setup"]
+
+
+@dataclass(frozen=True)
+class LayerCoordinates:
+    """f ↦ f̂ for one node layer. C: (d [+1], k); slot: C has the bias-slot row; mean: (d,) the
+    offset subtracted without a slot (zeros when uncentred)."""
+
+    layer: str
+    C: Tensor
+    slot: bool
+    mean: Tensor
+
+    @property
+    def dim(self) -> int:
+        return self.C.shape[0] - int(self.slot)
+
+    def __call__(self, f: Tensor, columns: Tensor | None = None) -> Tensor:
+        """f (…, d) -> f̂ (…, k), or only the ``columns`` of f̂."""
+        if f.shape[-1] != self.dim:
+            raise ValueError(f"layer {self.layer!r}: activations of size {f.shape[-1]}, the basis has {self.dim}")
+        C = self.C if columns is None else self.C[:, columns]
+        out = (f - self.mean) @ C[:self.dim]
+        return out + C[self.dim] if self.slot else out
+
+
+def layer_coordinates(graph: InteractionGraph, layer: str, dim: int,
+                      mean: np.ndarray | None = None) -> LayerCoordinates:
+    """The coordinates of ``layer`` (activation size ``dim``); ``mean`` (d,) is needed only for a
+    centred basis without a bias slot (``graph.metadata["center"]``)."""
+    if layer not in graph.bases:
+        raise ValueError(f"the graph carries no basis for layer {layer!r}: build it with build_graph "
+                         "(a graph saved without bases cannot be mapped back to activations)")
+    C = torch.as_tensor(np.asarray(graph.bases[layer][0]), dtype=torch.float64)
+    if C.shape[0] not in (dim, dim + 1):
+        raise ValueError(f"layer {layer!r}: C has {C.shape[0]} rows, activations have {dim} features")
+    slot = C.shape[0] == dim + 1
+    centred = bool(graph.metadata.get("center", False)) and not slot
+    if centred and mean is None:
+        raise ValueError(f"layer {layer!r}: a centred basis without a bias slot needs the data mean")
+    offset = torch.as_tensor(mean, dtype=torch.float64) if centred else torch.zeros(dim, dtype=torch.float64)
+    return LayerCoordinates(layer, C, slot, offset)
+
+
+class Batches:
+    """Re-iterable batches of ``inputs`` in float64 on the CPU (streamed, never all in memory)."""
+
+    def __init__(self, inputs: Inputs, batch_size: int):
+        self.inputs, self.batch_size = inputs, batch_size
+
+    def __iter__(self) -> Iterator[Batch]:
+        for b in iter_batches(self.inputs, self.batch_size):
+            yield batch_to(b, torch.device("cpu"), torch.float64)
+
+
+def setup(model: nn.Module, inputs: Inputs, graph: InteractionGraph, layers: Sequence[str], *,
+          output_fn: OutputFn | None, batch_size: int) -> tuple[NodeModel, Batches, dict[str, LayerCoordinates]]:
+    """The model cut at the graph's node layers (float64, CPU, no bias slot: plain activations),
+    the batches, and the coordinates of ``layers``. A centred basis without a slot subtracts the
+    basis's mean μ: the graph's stored ``means`` where it has them, else the mean over ``inputs``."""
+    batches = Batches(inputs, batch_size)
+    first = next(iter(batches), None)
+    if first is None:
+        raise ValueError("inputs: no data")
+    net = NodeModel(model, graph.layers, first, output_fn=output_fn, include_bias=False,
+                    dtype=torch.float64, device=torch.device("cpu"))
+    means = {}
+    if graph.metadata.get("center"):
+        stored = getattr(graph, "means", None) or {}
+        missing = [name for name in layers if name not in stored and name in graph.bases
+                   and np.shape(graph.bases[name][0])[0] == net.dims[name]]   # no slot row
+        means = {**{name: stored[name] for name in layers if name in stored},
+                 **(layer_means(net, batches, missing) if missing else {})}
+    return net, batches, {name: layer_coordinates(graph, name, net.dims[name], means.get(name)) for name in layers}
+
+
+def layer_means(net: NodeModel, batches: Iterable[Batch], layers: Sequence[str]) -> dict[str, np.ndarray]:
+    """Mean activation (d,) of each node layer over all (input, position) samples."""
+    sums: dict[str, Tensor] = {}
+    count: dict[str, float] = {}
+    with torch.no_grad():
+        for batch in batches:
+            acts = net.forward(batch)
+            mask = position_mask(batch)
+            for name in layers:
+                x, w = as_samples(acts[name], mask)
+                sums[name] = sums.get(name, 0) + (x * w[..., None]).sum((0, 1))
+                count[name] = count.get(name, 0.0) + float(w.sum())
+    return {name: (sums[name] / max(count[name], 1.0)).numpy() for name in layers}
