@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -310,14 +311,19 @@ class Client(AblationMixin):
 
     def watch(self, job_id: str, progress: bool = True,
               on_update: Callable[[Job], None] | None = None) -> Job:
-        """Follow a job to its end (tqdm bar when `progress`); returns the final Job."""
-        bar = tqdm(total=100, unit="%", desc=job_id, disable=not progress, leave=False)
-        job = None
+        """Follow a job to its end; returns the final Job. With `progress`: a tqdm bar on a
+        terminal or in a notebook, else (a log, CI) one plain line per change of state or stage."""
+        terminal = sys.stderr.isatty() or "ipykernel" in sys.modules
+        bar = tqdm(total=100, unit="%", desc=job_id, disable=not (progress and terminal), leave=False)
+        job, shown = None, None
         try:
             for msg in self._stream("WatchJob", pb.WatchJobRequest(job_id=job_id)):
                 job = _job(msg.job)
                 bar.n = round(job.fraction * 100, 1)
                 bar.set_postfix_str(f"{job.state} {job.stage}", refresh=True)
+                if progress and not terminal and (job.state, job.stage) != shown:
+                    shown = (job.state, job.stage)
+                    print(f"{job_id}: {job.state} {job.stage} ({job.fraction:.0%})", file=sys.stderr, flush=True)
                 if on_update is not None:
                     on_update(job)
         finally:
