@@ -286,3 +286,27 @@ def test_disagreement_loss_counts_changed_predictions(mlp):
     assert cut.scale == pytest.approx(1 - np.bincount(y.argmax(-1)).max() / len(y))
     fx = ia.module_effects(model, x, graph, mem, loss="disagreement", **Q)
     assert fx.group == "class"
+
+
+def test_conv_maps_are_ablated_as_channels_at_positions():
+    """A conv map is C features at H·W positions (its layout): the ablation must rotate the
+    channel vector at every position, as the hook reference does with the channels moved last,
+    both from a Basis and from the graph (which keeps the layout in its metadata)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3, padding=1),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(5 * 5 * 5, 2)).double()
+    X = torch.randn(30, 1, 5, 5, dtype=torch.float64)
+    basis = ia.compute_basis(model, X, ["1", "2", "output"], progress=False)
+    assert basis["2"].layout == "channels" and basis["2"].C.shape[0] == 4 + 1
+    graph = ia.build_graph(model, X, basis, progress=False)
+    y = ref.call(model, X).detach().numpy()
+    for source in (basis, graph):
+        curve = ia.ablation_curve(model, X, source, "2", schedule=[1, 2, 3], **Q)
+        for m, got in zip((1, 2, 3), curve.loss):
+            mask = _top(graph, "2", m)
+
+            def write(x, mask=mask):
+                return np.moveaxis(ref.masked(graph, "2", np.moveaxis(x, 1, -1), mask), -1, 1)
+            want = ref.mse(ref.run(model, X, {"2": write}), y)
+            assert _rel(got, want) < 1e-8, (m, got, want)
+    assert curve.loss[-1] < 1e-20 * float((y ** 2).mean())       # all kept: the reconstruction

@@ -31,7 +31,7 @@ from ..core.inputs import Batch, Inputs, as_samples, batch_size_of, batch_to, it
 from ..core.nodes import OutputFn
 from ..core.progress import Callback
 from .loss import Loss, LossFn, ScaleAccumulator
-from .maps import LayerMap, TorchMap, from_samples
+from .maps import LayerMap, TorchMap
 
 
 @dataclass
@@ -116,7 +116,8 @@ class Ablator:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.s = prepare(model, inputs, list(maps), output_fn=output_fn, include_bias=include_bias,
                          dtype=dtype, batch_size=batch_size, device=device, seed=0,
-                         progress=progress, callback=callback)
+                         progress=progress, callback=callback,
+                         layout={n: lm.layout for n, lm in maps.items()})
         net = self.s.net
         for name, lm in maps.items():
             if net.dims[name] != lm.dim:
@@ -124,8 +125,8 @@ class Ablator:
                                  f"the basis was built for {lm.dim}")
         self.maps = dict(maps)
         self.torch_maps = {n: TorchMap(lm, self.s.device, dtype) for n, lm in maps.items()}
-        for n in self.torch_maps:    # the input of a Linear: write back at its output
-            if isinstance(net.modules.get(n), nn.Linear):
+        for n, tm in self.torch_maps.items():   # the input of a Linear: write back at its output
+            if isinstance(net.modules.get(n), nn.Linear) and tm.layout.kind in ("features", "tokens"):
                 self.torch_maps[n].fold_head(net.params[f"{n}.weight"], net.params.get(f"{n}.bias"))
         self.batch_size = batch_size
         first = batch_to(next(iter_batches(inputs, batch_size)), self.s.device, dtype)
@@ -224,7 +225,7 @@ class Ablator:
 
         def rewrite(x: Tensor) -> Tensor:
             xs, h = masked_coords(x)
-            return from_samples(tm.back(h).reshape(xs.shape), x)
+            return tm.unsamples(tm.back(h).reshape(xs.shape), x)
         pre[name] = rewrite
 
 

@@ -10,7 +10,9 @@ so "ablated" means "at its mean" with ``center``, and the constant direction (in
 ``bias_direction``) is carried by b: it is never ablated. With m = 1 this is the projection
 onto the kept basis (exact without truncation). Only the data rows of f_aug′ are written back
 into the model; its biases always run at their own value (slot = 1), which is the same thing
-whenever the basis has a constant direction.
+whenever the basis has a constant direction. The activation is read as samples, and written
+back, in the layout the basis was built with (:class:`~intermod.analysis.core.layout.Layout`:
+a conv map is channels at positions).
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from torch import Tensor
 
 from ..core.basis import LayerBasis
 from ..core.graph import InteractionGraph
-from ..core.inputs import as_samples
+from ..core.layout import Layout
 
 
 @dataclass(frozen=True, eq=False)
 class LayerMap:
-    """C, C⁻¹: (d [+1], k); origin b: (d [+1],); Lambda: (k,)."""
+    """C, C⁻¹: (d [+1], k); origin b: (d [+1],); Lambda: (k,); layout: the name of the layout
+    the layer's activations are read in (``"features"``, ``"tokens"``, ``"channels"``, …)."""
 
     name: str
     dim: int
@@ -37,6 +40,7 @@ class LayerMap:
     origin: np.ndarray
     Lambda: np.ndarray
     bias_direction: bool
+    layout: str = "features"
 
     @property
     def k(self) -> int:
@@ -49,7 +53,8 @@ class LayerMap:
 
     @classmethod
     def build(cls, name: str, C: np.ndarray, Cinv: np.ndarray, mean: np.ndarray, Lambda: np.ndarray,
-              *, center: bool, include_bias: bool, bias_direction: bool) -> LayerMap:
+              *, center: bool, include_bias: bool, bias_direction: bool,
+              layout: str = "features") -> LayerMap:
         C, Cinv = np.asarray(C, dtype=np.float64), np.asarray(Cinv, dtype=np.float64)
         mean = np.asarray(mean, dtype=np.float64).reshape(-1)
         d = mean.shape[0]
@@ -61,12 +66,14 @@ class LayerMap:
             origin[:d] = mean
         if center and include_bias:
             origin[d] = 1.0
-        return cls(name, d, C, Cinv, origin, np.asarray(Lambda, dtype=np.float64), bool(bias_direction))
+        return cls(name, d, C, Cinv, origin, np.asarray(Lambda, dtype=np.float64), bool(bias_direction),
+                   Layout(layout).kind)
 
     @classmethod
     def from_basis(cls, lb: LayerBasis) -> LayerMap:
         return cls.build(lb.name, lb.C, lb.Cinv, lb.mean, lb.Lambda, center=lb.center,
-                         include_bias=lb.include_bias, bias_direction=lb.bias_direction)
+                         include_bias=lb.include_bias, bias_direction=lb.bias_direction,
+                         layout=lb.layout)
 
     @classmethod
     def from_graph(cls, graph: InteractionGraph, layer: str) -> LayerMap:
@@ -78,22 +85,20 @@ class LayerMap:
         meta = graph.metadata
         start = graph.node_offset[layer]
         bias_dir = bool(graph.layer_sizes[layer] and graph.is_bias[start])
+        layouts = meta.get("layout") or {}
         return cls.build(layer, C, graph.inverses[layer], graph.means[layer], lam,
                          center=bool(meta.get("center", True)),
-                         include_bias=bool(meta.get("include_bias", True)), bias_direction=bias_dir)
-
-
-def from_samples(samples: Tensor, like: Tensor) -> Tensor:
-    """Inverse of :func:`~intermod.analysis.core.inputs.as_samples`: (B, P, d) samples back to
-    the activation's own shape (``like``). The one place that knows the sample layout."""
-    return samples.reshape(like.shape)
+                         include_bias=bool(meta.get("include_bias", True)), bias_direction=bias_dir,
+                         layout=layouts.get(layer, "features") if isinstance(layouts, dict) else layouts)
 
 
 class TorchMap:
-    """A :class:`LayerMap` on a device: ``coords`` f (…, d) -> f̂ (…, k) and ``back`` f̂ -> f."""
+    """A :class:`LayerMap` on a device: ``coords`` f (…, d) -> f̂ (…, k) and ``back`` f̂ -> f;
+    ``samples`` / ``unsamples`` between the activation and its (B, P, d) samples."""
 
     def __init__(self, lm: LayerMap, device: torch.device, dtype: torch.dtype):
         d = lm.dim
+        self.layout = Layout(lm.layout)
         C = torch.as_tensor(lm.C, device=device)
         b = torch.as_tensor(lm.origin, device=device)
         self.k, self.dim = lm.k, d
@@ -124,5 +129,10 @@ class TorchMap:
         return h @ self.B + self.b
 
     def samples(self, x: Tensor) -> Tensor:
-        """The activation x as (B, P, d) samples (every position counts)."""
-        return as_samples(x, None)[0]
+        """The activation x (B, *shape) as (B, P, d) samples in the layer's layout (every
+        position counts)."""
+        return self.layout.to_samples(x)
+
+    def unsamples(self, samples: Tensor, like: Tensor) -> Tensor:
+        """Samples (B, P, d) back to the activation's own shape (that of ``like``)."""
+        return self.layout.from_samples(samples, like.shape)
