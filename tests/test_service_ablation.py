@@ -40,7 +40,7 @@ def test_every_kind_returns_the_library_result(setup):
     local = ia.module_cut(model, data, graph, part, n_baseline=3, **Q)
     assert isinstance(cut, ia.ModuleCut)
     np.testing.assert_allclose([cut.loss, cut.baseline, cut.inactive_loss],
-                               [local.loss, local.baseline, local.inactive_loss], rtol=1e-8)
+                               [local.loss, local.baseline, local.inactive_loss], rtol=1e-8, atol=1e-15)
     fx = client.module_effects(gid, search={"epsilon": 1e-3, "n_modules": 2}, progress=False)
     np.testing.assert_allclose(fx.loss_increase, ia.module_effects(model, data, graph, part, **Q).loss_increase,
                                rtol=1e-8, atol=1e-15)
