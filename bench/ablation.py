@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-from run import LAYERS, machine, mlp
+from run import cut_points, inputs, machine, mlp
 
 HERE = Path(__file__).resolve().parent
 Q = {"progress": False, "device": "cpu"}
@@ -42,11 +42,12 @@ def run() -> dict:
     from intermod import analysis as ia
 
     model = mlp()
-    X = torch.randn(2000, 784, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    basis = ia.compute_basis(model, X, LAYERS, **Q)
+    X = inputs(2000)
+    layers = cut_points(model)
+    basis = ia.compute_basis(model, X, layers, **Q)
     graph = ia.build_graph(model, X, basis, **Q)
     t_fwd = forward_seconds(model, X)
-    res = {"forward_s": t_fwd, "k": [basis[n].k for n in LAYERS], "n_edges": graph.n_edges}
+    res = {"forward_s": t_fwd, "k": [basis[n].k for n in layers], "n_edges": graph.n_edges}
     curve, t = timed(lambda: ia.ablation_curve(model, X, basis, "2", **Q))
     res["curve"] = {"s": t, "points": len(curve.n_kept), "x_forward": t / t_fwd,
                     "needed": curve.needed(), "k": curve.n_directions}
@@ -55,7 +56,7 @@ def run() -> dict:
                    "evaluations": len(auto.choice.curve), "cut_loss": auto.cut_loss, "tolerance": auto.tolerance,
                    "coverage": auto.coverage}
     part = auto.partition
-    sections = len(LAYERS) - 1
+    sections = len(layers) - 1
     for key, n_base in (("cut", 0), ("cut_with_baseline", 8)):
         cut, t = timed(lambda n_base=n_base: ia.module_cut(model, X, graph, part, n_baseline=n_base, **Q))
         res[key] = {"s": t, "x_forward": t / t_fwd, "n_modules": cut.n_modules, "copies": cut.n_forward,
