@@ -49,7 +49,7 @@ def cut_line(cut: Any) -> str:
 def auto_text(auto: Any, layers: list[str]) -> str:
     c = auto.choice
     head = (f"ε from ablation: {auto.epsilon:.4g} (L = {c.loss:.4g} ≤ δ = {auto.tolerance:.4g}; "
-            f"L(2ε) = {c.loss_at_double if c.loss_at_double is not None else 'past the cap'}; "
+            f"L(2ε) = {'past the cap' if c.loss_at_double is None else format(c.loss_at_double, '.4g')}; "
             f"{len(c.curve)} evaluations)")
     verdict = "within" if auto.within_tolerance else "NOT within (lowest cut loss shown)"
     return "\n".join([head, partition_table(auto.partition, layers),
