@@ -130,3 +130,20 @@ def test_transformed_sequential_keeps_the_function():
     assert [names[layer] for layer in ex.layers] == ["0", "3", "5", "output"]
     with torch.no_grad():
         torch.testing.assert_close(model(ex.inputs), ex.model(ex.inputs), rtol=1e-10, atol=1e-10)
+
+
+def test_rerotation_reads_conv_maps_as_channels_at_positions():
+    """A conv layer's directions are over channels: the re-rotation works on (image, position)
+    samples of C features, and the rotated basis stays a basis (Cᵀ C⁻¹ = I, Λ's sum kept)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(6, 4, 3, padding=1), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 25, 3)).double()
+    X = torch.rand(200, 1, 5, 5, dtype=torch.float64)
+    basis = ia.compute_basis(model, X, ["1", "2", "output"], progress=False)
+    assert basis["2"].layout == "channels"
+    rb = rerotate_degenerate(model, X, basis, rel_gap=0.9, min_gain=-1.0)   # every group, no gate
+    assert rb.options["rerotate"]["moved"]["2"] >= 2
+    for layer in ("1", "2"):
+        np.testing.assert_allclose(rb[layer].C.T @ rb[layer].Cinv, np.eye(rb[layer].k), atol=1e-8)
+        np.testing.assert_allclose(rb[layer].Lambda.sum(), basis[layer].Lambda.sum(), rtol=1e-10)

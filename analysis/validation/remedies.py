@@ -29,13 +29,26 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from ..core.activations import layer_activations
+from ..core.activations import node_activations
 from ..core.basis import Basis, LayerBasis, compute_basis
 from ..core.edges import build_graph
 from ..core.graph import InteractionGraph
+from ..core.layout import Layout
 
-__all__ = ["NoiseEstimate", "degenerate_groups", "energy_dependence", "match_directions",
-           "noise_epsilon", "orthogonal_ica", "rerotate_degenerate", "rerotate_layer"]
+__all__ = ["NoiseEstimate", "degenerate_groups", "energy_dependence", "layer_samples",
+           "match_directions", "noise_epsilon", "orthogonal_ica", "rerotate_degenerate", "rerotate_layer"]
+
+
+def layer_samples(model: nn.Module, inputs: torch.Tensor, basis: Basis, layers: Sequence[str],
+                  batch_size: int = 4096) -> dict[str, np.ndarray]:
+    """The activations of ``layers`` as samples in each layer's layout (a conv map: one sample
+    per image and position): layer -> float64 array (n·P, d_l)."""
+    acts = node_activations(model, inputs, layers, batch_size)
+    out = {}
+    for name, a in acts.items():
+        x = Layout(basis[name].layout).to_samples(a)
+        out[name] = x.reshape(-1, x.shape[-1]).numpy()
+    return out
 
 
 def degenerate_groups(Lambda: np.ndarray, rel_gap: float) -> list[np.ndarray]:
@@ -139,7 +152,7 @@ def rerotate_degenerate(model: nn.Module, inputs: torch.Tensor, basis: Basis, *,
     directions were moved per layer.
     """
     names = list(basis.layers if layers is None else layers)
-    acts = layer_activations(model, inputs, names, batch_size=batch_size)
+    acts = layer_samples(model, inputs, basis, names, batch_size=batch_size)
     new, moved = {}, {}
     for name in basis.layers:
         if name in acts:
@@ -199,7 +212,7 @@ def noise_epsilon(model: nn.Module, inputs: torch.Tensor, basis: Basis, graph: I
     opts = {k: v for k, v in basis.options.items() if k not in ("layers", "dtype")}
     dtype = getattr(torch, basis.options.get("dtype", "float64"))
     layers = basis.layers
-    acts = layer_activations(model, inputs, layers)
+    acts = layer_samples(model, inputs, basis, layers)
     rng = np.random.default_rng(seed)
     ref = [graph.edge_matrix(a, b) for a, b in itertools.pairwise(layers)]
     sq = [np.zeros_like(w) for w in ref]
