@@ -61,11 +61,21 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(dumps(data) if args.json else text)
 
 
+def _layout(item: str) -> tuple[str, str]:
+    """``LAYER=KIND`` of --layout."""
+    layer, sep, kind = item.rpartition("=")
+    if not sep or not layer or not kind:
+        raise argparse.ArgumentTypeError(f"--layout takes LAYER=KIND (e.g. conv2=flatten), got {item!r}")
+    return layer, kind
+
+
 def _graph_options(args: argparse.Namespace) -> dict[str, Any]:
     opts = {k: getattr(args, k) for k in OPTION_FLAGS if getattr(args, k, None) is not None}
     for name in ("center", "include_bias"):
         if getattr(args, name) is not None:
             opts[name] = getattr(args, name)
+    if args.layout:
+        opts["layout"] = dict(args.layout)
     return opts
 
 
@@ -316,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
         flag = name.replace("_", "-")
         p.add_argument(f"--{flag}", dest=name, action="store_true", default=None)
         p.add_argument(f"--no-{flag}", dest=name, action="store_false")
+    p.add_argument("--layout", nargs="+", type=_layout, metavar="LAYER=KIND",
+                   help="how a layer's tensor is read: features | tokens | channels | flatten")
     p.add_argument("--out", help="--local: where to write the graph JSON (graph.json)")
     p.add_argument("--no-progress", action="store_true")
 

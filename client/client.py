@@ -152,6 +152,11 @@ def graph_options(**options: Any) -> pb.GraphOptions:
             raise TypeError(f"unknown graph option {name!r}")
         if isinstance(value, torch.dtype):
             value = str(value).removeprefix("torch.")
+        if key == "layout":   # a map: one name per layer (the library also takes one for all)
+            if not isinstance(value, Mapping):
+                raise TypeError("layout must be a mapping layer -> layout name over the wire")
+            msg.layout.update({str(k): str(v) for k, v in value.items()})
+            continue
         setattr(msg, key, value)
     return msg
 
@@ -297,7 +302,8 @@ class Client(AblationMixin):
         """Queue a graph job; returns its id. model: a model id or an nn.Sequential; data: a
         tensor-set id, an array / mapping / file to upload, or None for the model's own inputs.
         options: the library's basis and edge options (jacobian_target, center, include_bias,
-        tol_G, tol_M, scaling, kind, n_probes, edge_method, n_alpha, batch_size, dtype, seed)."""
+        tol_G, tol_M, scaling, kind, n_probes, edge_method, n_alpha, batch_size, dtype, seed,
+        layout = {layer: "channels" | "flatten" | …})."""
         request = pb.ComputeGraphRequest(
             model_id=self._model_id(model), data_tensor_set_id=self._data(data),
             data_tensor=data_tensor, layers=list(layers), options=graph_options(**options))

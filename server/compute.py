@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 from intermod import analysis as ia
+from intermod.analysis.core.layout import LAYOUTS
+from intermod.analysis.core.nodes import NodeModel
 from intermod.v1 import intermod_pb2 as pb
 from torch import nn
 
@@ -74,6 +76,15 @@ def graph_options(opts: pb.GraphOptions, config: ServerConfig) -> tuple[dict, di
                 target[name] = value
     if opts.HasField("seed"):
         basis["seed"] = graph["seed"] = opts.seed
+    if opts.layout:
+        if len(opts.layout) > config.max_layers:
+            raise InvalidArgument("options.layout", f"{len(opts.layout)} layers exceed the server's "
+                                                    f"limit of {config.max_layers}")
+        for layer, kind in opts.layout.items():
+            if kind not in LAYOUTS:
+                raise InvalidArgument("options.layout", f"layer {echo(layer)}: layout must be one of "
+                                                        f"{list(LAYOUTS)}, got {echo(kind)}")
+        basis["layout"] = dict(opts.layout)
     return basis, graph
 
 
@@ -121,37 +132,32 @@ def n_samples(inputs: Any, field: str = "data_tensor_set_id") -> int | None:
 
 
 def probe(model: nn.Module, inputs: Any, layers: list[str], max_nodes: int,
-          field: str = "data_tensor_set_id") -> None:
-    """Run the model on two samples: the data must fit it, and the node count the limit."""
+          field: str = "data_tensor_set_id", layout: dict[str, str] | None = None) -> None:
+    """Run the model on two samples: the data must fit it, every layer's layout must be clear
+    (or given in ``layout``), and the node count (Σ features + 1, in each layer's layout) the
+    limit."""
     if not isinstance(inputs, torch.Tensor):
         return
-    modules = dict(model.named_modules())
-    widths: dict[str, int] = {}
-
-    def record(name: str) -> Callable:
-        def hook(_module: nn.Module, args: tuple) -> None:
-            widths.setdefault(name, int(args[0].shape[-1]))
-        return hook
-
-    hooks = [modules[name].register_forward_pre_hook(record(name))
-             for name in layers if name != "output"]
     params = [p for p in model.parameters() if p.is_floating_point()]
     sample = inputs[:2]
-    if sample.is_floating_point() and params:
-        sample = sample.to(params[0].dtype)
+    dtype = params[0].dtype if params else torch.float64
+    if sample.is_floating_point():
+        sample = sample.to(dtype)
     try:
         with torch.no_grad():
-            out = model(sample)
+            model(sample)
     except Exception as exc:  # noqa: BLE001 - any failure means the data do not fit
         raise InvalidArgument(field, f"the model cannot run on data of shape "
                                      f"{tuple(inputs.shape)} and dtype {inputs.dtype}: "
                                      f"{exc}") from None
-    finally:
-        for h in hooks:
-            h.remove()
-    if "output" in layers and isinstance(out, torch.Tensor):
-        widths["output"] = int(out.shape[-1])
-    nodes = sum(w + 1 for w in widths.values())
+    try:
+        with torch.no_grad():
+            net = NodeModel(model, layers, sample, output_fn=None, include_bias=False,
+                            dtype=dtype if dtype.is_floating_point else torch.float64,
+                            device=torch.device("cpu"), layout=layout)
+    except ValueError as exc:   # an ambiguous or impossible layout, a layer never called
+        raise InvalidArgument("options.layout" if "layout" in str(exc) else "layers", str(exc)) from None
+    nodes = sum(net.dims[name] + 1 for name in layers)
     if nodes > max_nodes:
         raise InvalidArgument("layers", f"{nodes} nodes exceed the server's limit of "
                                         f"{max_nodes}; choose fewer or narrower layers")

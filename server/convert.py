@@ -22,7 +22,9 @@ JOB_STATES = {"queued": pb.JOB_STATE_QUEUED, "running": pb.JOB_STATE_RUNNING,
 
 def spec_to_dict(spec: pb.ModelSpec) -> dict:
     """The spec as model_spec expects it: only the fields that are set, ints as ints."""
-    return {"layers": [{f.name: v for f, v in layer.ListFields()} for layer in spec.layers]}
+    def plain(v: Any) -> Any:   # a repeated field (kernel_size, …) as a list
+        return v if isinstance(v, (str, bytes, bool, int, float)) else list(v)
+    return {"layers": [{f.name: plain(v) for f, v in layer.ListFields()} for layer in spec.layers]}
 
 
 def spec_from_dict(spec: dict, field: str = "spec") -> pb.ModelSpec:

@@ -101,6 +101,66 @@ def _describe_gelu(m: nn.Module) -> Spec | None:
     return {"type": "gelu", **({"approximate": m.approximate} if m.approximate != "none" else {})}
 
 
+def _ints(spec: Spec, key: str, default: Any, minimum: int) -> int | tuple[int, ...]:
+    """An int or a list of ints ≥ ``minimum`` (kernel sizes, strides, padding); a list of one
+    is that int, a longer list a tuple (one value per spatial axis)."""
+    value = spec.get(key, default)
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items or any(not isinstance(v, int) or isinstance(v, bool) or v < minimum for v in items):
+        raise SpecError(key, f"must be an integer >= {minimum} or a list of them, got {value!r}")
+    return items[0] if len(items) == 1 else tuple(items)
+
+
+def _conv(cls: type[nn.Module]) -> Callable[[Spec, int | None], tuple[nn.Module, int | None]]:
+    """Conv1d / Conv2d: in_channels, out_channels, kernel_size, stride (1), padding (0), bias.
+    The width after a conv is unknown (the data's spatial shape decides): the probe checks it."""
+    def build(spec: Spec, width: int | None) -> tuple[nn.Module, int | None]:
+        return cls(_positive(spec, "in_channels"), _positive(spec, "out_channels"),
+                   _ints(spec, "kernel_size", None, 1), stride=_ints(spec, "stride", 1, 1),
+                   padding=_ints(spec, "padding", 0, 0), bias=bool(spec.get("bias", True))), None
+    return build
+
+
+def _describe_conv(name: str, cls: type[nn.Module]) -> Callable[[nn.Module], Spec | None]:
+    def describe(m: nn.Module) -> Spec | None:
+        if type(m) is not cls or m.groups != 1 or m.dilation != (1,) * len(m.kernel_size) \
+                or m.padding_mode != "zeros" or isinstance(m.padding, str):
+            return None
+        return {"type": name, "in_channels": m.in_channels, "out_channels": m.out_channels,
+                "kernel_size": list(m.kernel_size), "stride": list(m.stride),
+                "padding": list(m.padding), "bias": m.bias is not None}
+    return describe
+
+
+def _pool(cls: type[nn.Module]) -> Callable[[Spec, int | None], tuple[nn.Module, int | None]]:
+    """MaxPool / AvgPool: kernel_size, stride (= kernel_size); no parameters."""
+    def build(spec: Spec, width: int | None) -> tuple[nn.Module, int | None]:
+        return cls(_ints(spec, "kernel_size", None, 1),
+                   stride=_ints(spec, "stride", spec.get("kernel_size"), 1)), width
+    return build
+
+
+def _describe_pool(name: str, cls: type[nn.Module]) -> Callable[[nn.Module], Spec | None]:
+    def describe(m: nn.Module) -> Spec | None:
+        if type(m) is not cls or m.padding not in (0, (0, 0)) or getattr(m, "ceil_mode", False) \
+                or getattr(m, "dilation", 1) not in (1, (1, 1)):
+            return None
+        if cls is nn.AvgPool2d and not m.count_include_pad:
+            return None
+        def listed(v: int | tuple[int, ...]) -> list[int]:
+            return list(v) if isinstance(v, tuple) else [v]
+        return {"type": name, "kernel_size": listed(m.kernel_size), "stride": listed(m.stride)}
+    return describe
+
+
+def _build_flatten(spec: Spec, width: int | None) -> tuple[nn.Module, int | None]:
+    return nn.Flatten(), None
+
+
+def _describe_flatten(m: nn.Module) -> Spec | None:
+    return {"type": "flatten"} if type(m) is nn.Flatten and (m.start_dim, m.end_dim) == (1, -1) else None
+
+
 def _elementwise(name: str, cls: type[nn.Module]) -> None:
     register_layer(name, lambda spec, width: (cls(), width),
                    lambda m: {"type": name} if type(m) is cls else None)
@@ -109,6 +169,11 @@ def _elementwise(name: str, cls: type[nn.Module]) -> None:
 register_layer("linear", _build_linear, _describe_linear)
 register_layer("layernorm", _build_layernorm, _describe_layernorm)
 register_layer("gelu", _build_gelu, _describe_gelu)
+register_layer("flatten", _build_flatten, _describe_flatten)
+for _name, _cls in {"conv1d": nn.Conv1d, "conv2d": nn.Conv2d}.items():
+    register_layer(_name, _conv(_cls), _describe_conv(_name, _cls))
+for _name, _cls in {"maxpool2d": nn.MaxPool2d, "avgpool2d": nn.AvgPool2d}.items():
+    register_layer(_name, _pool(_cls), _describe_pool(_name, _cls))
 for _name, _cls in {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
                     "identity": nn.Identity}.items():
     _elementwise(_name, _cls)

@@ -130,8 +130,10 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
 
     # jobs
     async def _model_and_data(self, model_id: str, tensor_set_id: str, tensor: str,
-                              layers: list[str]) -> tuple[ModelEntry, Any, Any, list[str]]:
-        """Resolve and check model, data and layers of a request. Blocking parts in threads."""
+                              layers: list[str], layout: dict[str, str] | None = None
+                              ) -> tuple[ModelEntry, Any, Any, list[str]]:
+        """Resolve and check model, data, layers (and their layouts) of a request. Blocking
+        parts in threads."""
         check_size(layers, self.config.max_layers, "layers", "node layers")
         entry = self.models.get(model_id)
         loaded = await asyncio.to_thread(entry.loaded)
@@ -160,7 +162,7 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
         layers = compute.resolve_layers(loaded.model, list(layers) or loaded.layers,
                                         self.config.max_layers)
         await asyncio.to_thread(compute.probe, loaded.model, inputs, layers,
-                                self.config.max_nodes)
+                                self.config.max_nodes, layout=layout)
         return entry, loaded.model, inputs, layers
 
     @rpc
@@ -168,7 +170,8 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
                            context: Any) -> pb.ComputeGraphResponse:
         basis_kw, graph_kw = compute.graph_options(request.options, self.config)
         entry, model, inputs, layers = await self._model_and_data(
-            request.model_id, request.data_tensor_set_id, request.data_tensor, request.layers)
+            request.model_id, request.data_tensor_set_id, request.data_tensor, request.layers,
+            basis_kw.get("layout"))
         job_id = new_id("j")
 
         def work(device: str, progress: Progress) -> str:
@@ -348,7 +351,9 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
             model_id, data_id, tensor = rec["model_id"], request.data_tensor_set_id, request.data_tensor
         else:
             model_id, data_id, tensor = ablate.graph_source(self.store, rec)
-        entry, model, inputs, _ = await self._model_and_data(model_id, data_id, tensor, list(graph.layers))
+        layout = graph.metadata.get("layout")
+        entry, model, inputs, _ = await self._model_and_data(
+            model_id, data_id, tensor, list(graph.layers), layout if isinstance(layout, dict) else None)
         job_id = new_id("j")
 
         def work(device: str, progress: Progress) -> str:

@@ -141,6 +141,25 @@ def test_flatten_layout_equals_a_model_that_flattens_first():
     np.testing.assert_allclose(ba["1"].Lambda, bb["2"].Lambda, rtol=1e-9)
 
 
+def test_flatten_layout_into_a_conv_equals_a_model_that_unflattens():
+    """A conv map read with ``layout='flatten'`` (one sample per image) that feeds another conv:
+    the bias slot is one per image and scales the conv's bias at every position. Same G, M
+    (bias row included) and Λ as a model whose node layer is the flat vector, unflattened
+    before the conv."""
+    torch.manual_seed(3)
+    c1, c2 = nn.Conv2d(2, 3, 3, padding=1, dtype=F64), nn.Conv2d(3, 2, 3, padding=1, dtype=F64)
+    lin = nn.Linear(2 * 9, 4, dtype=F64)
+    a = nn.Sequential(c1, nn.Tanh(), c2, nn.Flatten(), lin)
+    b = nn.Sequential(c1, nn.Tanh(), nn.Flatten(), nn.Unflatten(1, (3, 3, 3)), c2, nn.Flatten(), lin)
+    x = torch.randn(30, 2, 3, 3, generator=torch.Generator().manual_seed(4), dtype=F64)
+    for target in ("output", "next_layer"):
+        ba = ia.compute_basis(a, x, ["2", "4", "output"], layout={"2": "flatten"}, jacobian_target=target, **QUIET)
+        bb = ia.compute_basis(b, x, ["3", "6", "output"], jacobian_target=target, **QUIET)
+        assert ba["2"].layout == "flatten" and ba["2"].dim == 27
+        np.testing.assert_allclose(ba["2"].M, bb["3"].M, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(ba["2"].Lambda, bb["3"].Lambda, rtol=1e-9)
+
+
 # --------------------------------------------------------------------------- TransformerLens
 
 

@@ -279,7 +279,7 @@ def error_cases(client: Client, graph_id: str) -> dict:
             spec, {"0.weight": np.zeros((4, 8)), "0.bias": np.zeros(8)}),
             Code.INVALID_ARGUMENT, "weights"),
         "unknown layer type": (lambda: client.register_model(
-            {"layers": [{"type": "conv2d"}]}, good_w), Code.INVALID_ARGUMENT,
+            {"layers": [{"type": "conv3d"}]}, good_w), Code.INVALID_ARGUMENT,
             "spec.layers[0].type"),
         "diagnose epsilon": (lambda: client.diagnose(model_id, data_id, LAYERS, epsilon=0.0),
                              Code.INVALID_ARGUMENT, "epsilon"),

@@ -48,7 +48,7 @@ def test_huge_declared_layers_allocate_nothing():
 
 def test_unsupported_module_points_to_the_library():
     with pytest.raises(TypeError, match="intermod.analysis"):
-        describe_model(nn.Sequential(nn.Conv1d(1, 1, 3)))
+        describe_model(nn.Sequential(nn.Conv3d(1, 1, 3)))
     with pytest.raises(TypeError, match="nn.Sequential"):
         describe_model(nn.Linear(2, 2))
 

@@ -44,7 +44,7 @@ def add_slot_bias(module: nn.Module, out: Tensor, bias: Tensor, slot: Tensor, sh
     """
     channels = channels_bias(module)
     pos = (out.shape[:1] + out.shape[2:]) if channels else out.shape[:-1]
-    s = slot if pos == slot.shape else (slot * share).flatten(1).sum(1).reshape((-1,) + (1,) * (len(pos) - 1))
+    s = slot if pos == slot.shape else (slot * share).reshape(slot.shape[0], -1).sum(1).reshape((-1,) + (1,) * (len(pos) - 1))
     if channels:
         return out + (s - 1)[:, None] * bias.reshape((-1,) + (1,) * (out.ndim - 2))
     return out + (s - 1)[..., None] * bias

@@ -127,7 +127,7 @@ class UploadTensorsResponse(_message.Message):
     def __init__(self, tensor_set: _Optional[_Union[TensorSet, _Mapping]] = ...) -> None: ...
 
 class LayerSpec(_message.Message):
-    __slots__ = ("type", "in_features", "out_features", "bias", "elementwise_affine", "eps", "approximate")
+    __slots__ = ("type", "in_features", "out_features", "bias", "elementwise_affine", "eps", "approximate", "in_channels", "out_channels", "kernel_size", "stride", "padding")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     IN_FEATURES_FIELD_NUMBER: _ClassVar[int]
     OUT_FEATURES_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +135,11 @@ class LayerSpec(_message.Message):
     ELEMENTWISE_AFFINE_FIELD_NUMBER: _ClassVar[int]
     EPS_FIELD_NUMBER: _ClassVar[int]
     APPROXIMATE_FIELD_NUMBER: _ClassVar[int]
+    IN_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    OUT_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    PADDING_FIELD_NUMBER: _ClassVar[int]
     type: str
     in_features: int
     out_features: int
@@ -142,7 +147,12 @@ class LayerSpec(_message.Message):
     elementwise_affine: bool
     eps: float
     approximate: str
-    def __init__(self, type: _Optional[str] = ..., in_features: _Optional[int] = ..., out_features: _Optional[int] = ..., bias: _Optional[bool] = ..., elementwise_affine: _Optional[bool] = ..., eps: _Optional[float] = ..., approximate: _Optional[str] = ...) -> None: ...
+    in_channels: int
+    out_channels: int
+    kernel_size: _containers.RepeatedScalarFieldContainer[int]
+    stride: _containers.RepeatedScalarFieldContainer[int]
+    padding: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, type: _Optional[str] = ..., in_features: _Optional[int] = ..., out_features: _Optional[int] = ..., bias: _Optional[bool] = ..., elementwise_affine: _Optional[bool] = ..., eps: _Optional[float] = ..., approximate: _Optional[str] = ..., in_channels: _Optional[int] = ..., out_channels: _Optional[int] = ..., kernel_size: _Optional[_Iterable[int]] = ..., stride: _Optional[_Iterable[int]] = ..., padding: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
     __slots__ = ("layers",)
@@ -199,7 +209,14 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class GraphOptions(_message.Message):
-    __slots__ = ("jacobian_target", "center", "include_bias", "tol_g", "tol_m", "scaling", "kind", "n_probes", "edge_method", "n_alpha", "batch_size", "dtype", "seed")
+    __slots__ = ("jacobian_target", "center", "include_bias", "tol_g", "tol_m", "scaling", "kind", "n_probes", "edge_method", "n_alpha", "batch_size", "dtype", "seed", "layout")
+    class LayoutEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     JACOBIAN_TARGET_FIELD_NUMBER: _ClassVar[int]
     CENTER_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_BIAS_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +230,7 @@ class GraphOptions(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
     jacobian_target: str
     center: bool
     include_bias: bool
@@ -226,7 +244,8 @@ class GraphOptions(_message.Message):
     batch_size: int
     dtype: str
     seed: int
-    def __init__(self, jacobian_target: _Optional[str] = ..., center: _Optional[bool] = ..., include_bias: _Optional[bool] = ..., tol_g: _Optional[float] = ..., tol_m: _Optional[float] = ..., scaling: _Optional[str] = ..., kind: _Optional[str] = ..., n_probes: _Optional[int] = ..., edge_method: _Optional[str] = ..., n_alpha: _Optional[int] = ..., batch_size: _Optional[int] = ..., dtype: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+    layout: _containers.ScalarMap[str, str]
+    def __init__(self, jacobian_target: _Optional[str] = ..., center: _Optional[bool] = ..., include_bias: _Optional[bool] = ..., tol_g: _Optional[float] = ..., tol_m: _Optional[float] = ..., scaling: _Optional[str] = ..., kind: _Optional[str] = ..., n_probes: _Optional[int] = ..., edge_method: _Optional[str] = ..., n_alpha: _Optional[int] = ..., batch_size: _Optional[int] = ..., dtype: _Optional[str] = ..., seed: _Optional[int] = ..., layout: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ComputeGraphRequest(_message.Message):
     __slots__ = ("model_id", "data_tensor_set_id", "data_tensor", "layers", "options")
