@@ -67,7 +67,15 @@ _MOVED = {"hf": ".models.hf", "remedies": ".validation.remedies", "recovery": ".
           "sentences": ".examples.sentences"}
 
 
+# Remedies for finite-sample mixing (docs/ablation.md: the truth-free pipeline on i.i.d. data),
+# imported on first use: ``ia.rerotate_degenerate(model, inputs, basis)`` between
+# compute_basis and build_graph.
+_REMEDIES = ("rerotate_degenerate", "noise_epsilon")
+
+
 def __getattr__(name: str) -> Any:
     if name in _MOVED:
         return importlib.import_module(_MOVED[name], __name__)
+    if name in _REMEDIES:
+        return getattr(importlib.import_module(".validation.remedies", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
