@@ -67,6 +67,10 @@ class Ids:
         return []
 
 
+def _is_map(fd: FieldDescriptor) -> bool:
+    return fd.message_type is not None and fd.message_type.GetOptions().map_entry
+
+
 class MessageFuzzer:
     """Random messages of a descriptor: edge-case values, known ids, bounded sizes."""
 
@@ -78,8 +82,9 @@ class MessageFuzzer:
         for fd in descriptor.fields:
             if self.rng.random() < 0.35:
                 continue   # unset
-            if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
-                continue   # no request has map fields; skip rather than guess their keys
+            if _is_map(fd):
+                self.fill_map(getattr(msg, fd.name), fd)
+                continue
             if fd.is_repeated:
                 n = self.rng.choice((0, 1, 2, 3, self.rng.randint(0, self.max_repeated)))
                 target = getattr(msg, fd.name)
@@ -107,7 +112,9 @@ class MessageFuzzer:
                 target = getattr(target, fd.name)
                 fd = self.rng.choice(target.DESCRIPTOR.fields)
             target.ClearField(fd.name)
-            if fd.is_repeated:
+            if _is_map(fd):
+                self.fill_map(getattr(target, fd.name), fd)
+            elif fd.is_repeated:
                 values = getattr(target, fd.name)
                 for _ in range(self.rng.randint(0, self.max_repeated)):
                     if fd.type == F.TYPE_MESSAGE:
@@ -119,6 +126,19 @@ class MessageFuzzer:
             elif self.rng.random() < 0.8:
                 setattr(target, fd.name, self.scalar(fd))
         return out
+
+    def fill_map(self, target: Any, fd: FieldDescriptor) -> None:
+        """A few entries of a scalar map (e.g. layout: layer -> name): keys often known layers,
+        values often valid layout names, the rest edge cases."""
+        key_fd, value_fd = (fd.message_type.fields_by_name[k] for k in ("key", "value"))
+        if value_fd.type == F.TYPE_MESSAGE:
+            return
+        for _ in range(self.rng.choice((0, 1, 2, self.rng.randint(0, self.max_repeated)))):
+            key = (self.rng.choice(self.ids.layers) if self.ids.layers and key_fd.type == F.TYPE_STRING
+                   and self.rng.random() < 0.6 else self.scalar(key_fd))
+            value = (self.rng.choice(("features", "tokens", "channels", "flatten"))
+                     if value_fd.type == F.TYPE_STRING and self.rng.random() < 0.5 else self.scalar(value_fd))
+            target[key] = value
 
     def scalar(self, fd: FieldDescriptor) -> Any:
         rng = self.rng

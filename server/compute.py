@@ -155,7 +155,7 @@ def probe(model: nn.Module, inputs: Any, layers: list[str], max_nodes: int,
             net = NodeModel(model, layers, sample, output_fn=None, include_bias=False,
                             dtype=dtype if dtype.is_floating_point else torch.float64,
                             device=torch.device("cpu"), layout=layout)
-    except ValueError as exc:   # an ambiguous or impossible layout, a layer never called
+    except (ValueError, TypeError, RuntimeError) as exc:   # an ambiguous layout, a layer never called, …
         raise InvalidArgument("options.layout" if "layout" in str(exc) else "layers", str(exc)) from None
     nodes = sum(net.dims[name] + 1 for name in layers)
     if nodes > max_nodes:
