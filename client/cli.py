@@ -76,6 +76,8 @@ def _graph_options(args: argparse.Namespace) -> dict[str, Any]:
             opts[name] = getattr(args, name)
     if args.layout:
         opts["layout"] = dict(args.layout)
+    if args.rerotate:
+        opts["rerotate"] = True
     return opts
 
 
@@ -98,7 +100,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         model, data = local_model(args), load_data(args.data, args.data_tensor)
         if not args.layers:
             raise ValueError("--local needs --layers")
-        basis_kw = {k: v for k, v in options.items() if k not in ("edge_method", "n_alpha")}
+        basis_kw = {k: v for k, v in options.items() if k not in ("edge_method", "n_alpha", "rerotate")}
         graph_kw = {k: v for k, v in options.items()
                     if k in ("edge_method", "n_alpha", "n_probes", "batch_size")}
         if "dtype" in options:
@@ -106,6 +108,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
             basis_kw["dtype"] = graph_kw["dtype"] = getattr(torch, options["dtype"])
         progress = not (args.no_progress or args.json)
         basis = ia.compute_basis(model, data, args.layers, progress=progress, **basis_kw)
+        if args.rerotate:
+            basis = ia.rerotate_degenerate(model, data, basis)
         graph = ia.build_graph(model, data, basis, progress=progress, **graph_kw)
         out = Path(args.out or "graph.json")
         graph.to_json(out)
@@ -328,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--no-{flag}", dest=name, action="store_false")
     p.add_argument("--layout", nargs="+", type=_layout, metavar="LAYER=KIND",
                    help="how a layer's tensor is read: features | tokens | channels | flatten")
+    p.add_argument("--rerotate", action="store_true",
+                   help="re-rotate near-degenerate directions before the edges (i.i.d. data)")
     p.add_argument("--out", help="--local: where to write the graph JSON (graph.json)")
     p.add_argument("--no-progress", action="store_true")
 

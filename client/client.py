@@ -303,7 +303,7 @@ class Client(AblationMixin):
         tensor-set id, an array / mapping / file to upload, or None for the model's own inputs.
         options: the library's basis and edge options (jacobian_target, center, include_bias,
         tol_G, tol_M, scaling, kind, n_probes, edge_method, n_alpha, batch_size, dtype, seed,
-        layout = {layer: "channels" | "flatten" | …})."""
+        layout = {layer: "channels" | "flatten" | …}, rerotate=True)."""
         request = pb.ComputeGraphRequest(
             model_id=self._model_id(model), data_tensor_set_id=self._data(data),
             data_tensor=data_tensor, layers=list(layers), options=graph_options(**options))

@@ -76,6 +76,8 @@ def graph_options(opts: pb.GraphOptions, config: ServerConfig) -> tuple[dict, di
                 target[name] = value
     if opts.HasField("seed"):
         basis["seed"] = graph["seed"] = opts.seed
+    if opts.HasField("rerotate"):
+        basis["rerotate"] = bool(opts.rerotate)
     if opts.layout:
         if len(opts.layout) > config.max_layers:
             raise InvalidArgument("options.layout", f"{len(opts.layout)} layers exceed the server's "
@@ -166,8 +168,14 @@ def probe(model: nn.Module, inputs: Any, layers: list[str], max_nodes: int,
 def compute_graph(model: nn.Module, inputs: Any, layers: list[str], basis_kw: dict,
                   graph_kw: dict, device: str,
                   progress: Callable[[str, int, int], None]) -> ia.InteractionGraph:
-    """Basis then graph, reporting progress as "basis/<stage>" and "graph/<stage>"."""
+    """Basis (re-rotated when asked) then graph, reporting progress as "basis/<stage>" and
+    "graph/<stage>"."""
+    kw = dict(basis_kw)
+    rerotate = kw.pop("rerotate", False)
     basis = ia.compute_basis(model, inputs, layers, device=device, progress=False,
-                             callback=lambda s, d, t: progress(f"basis/{s}", d, t), **basis_kw)
+                             callback=lambda s, d, t: progress(f"basis/{s}", d, t), **kw)
+    if rerotate:
+        progress("basis/rerotate", 0, 1)
+        basis = ia.rerotate_degenerate(model, inputs, basis)
     return ia.build_graph(model, inputs, basis, device=device, progress=False,
                           callback=lambda s, d, t: progress(f"graph/{s}", d, t), **graph_kw)

@@ -127,3 +127,25 @@ def test_cli_ablate_and_modules_auto(setup, capsys, tmp_path):
     assert auto["tolerance"] == 1e-3 and auto["cut_loss"] <= 1e-3 or not auto["within_tolerance"]
     assert main(["ablate", gid, "edges", *addr]) == 1
     assert "epsilon" in capsys.readouterr().err
+
+
+def test_rerotated_graph_over_the_wire_equals_the_library(setup):
+    """GraphOptions.rerotate: the server re-rotates near-degenerate groups before the edges,
+    as ia.rerotate_degenerate does in process (two_tasks on i.i.d. inputs, where it moves
+    directions), and the truth-free pipeline on that graph is the library's."""
+    from intermod.analysis import examples
+    client = setup[0]
+    ex = examples.load("two_tasks")
+    X = torch.rand(6400, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 2 - 1
+    gid = client.compute_graph(ex.model, X, ex.layers, rerotate=True, progress=False)
+    remote = client.graph(gid)
+    basis = ia.rerotate_degenerate(ex.model, X, ia.compute_basis(ex.model, X, ex.layers, **Q))
+    local = ia.build_graph(ex.model, X, basis, **Q)
+    assert sum(remote.metadata["rerotate"]["moved"].values()) > 0
+    assert remote.metadata["rerotate"] == local.metadata["rerotate"]
+    for a, b in zip(ex.layers, ex.layers[1:]):
+        np.testing.assert_allclose(remote.edge_matrix(a, b), local.edge_matrix(a, b), rtol=1e-8, atol=1e-12)
+    auto = client.modules_from_ablation(gid, progress=False)
+    want = ia.modules_from_ablation(ex.model, X, local, **Q)
+    assert auto.partition.n_modules == want.partition.n_modules
+    assert auto.epsilon == pytest.approx(want.epsilon, rel=1e-6)

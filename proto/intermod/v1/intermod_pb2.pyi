@@ -209,7 +209,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class GraphOptions(_message.Message):
-    __slots__ = ("jacobian_target", "center", "include_bias", "tol_g", "tol_m", "scaling", "kind", "n_probes", "edge_method", "n_alpha", "batch_size", "dtype", "seed", "layout")
+    __slots__ = ("jacobian_target", "center", "include_bias", "tol_g", "tol_m", "scaling", "kind", "n_probes", "edge_method", "n_alpha", "batch_size", "dtype", "seed", "layout", "rerotate")
     class LayoutEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -231,6 +231,7 @@ class GraphOptions(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    REROTATE_FIELD_NUMBER: _ClassVar[int]
     jacobian_target: str
     center: bool
     include_bias: bool
@@ -245,7 +246,8 @@ class GraphOptions(_message.Message):
     dtype: str
     seed: int
     layout: _containers.ScalarMap[str, str]
-    def __init__(self, jacobian_target: _Optional[str] = ..., center: _Optional[bool] = ..., include_bias: _Optional[bool] = ..., tol_g: _Optional[float] = ..., tol_m: _Optional[float] = ..., scaling: _Optional[str] = ..., kind: _Optional[str] = ..., n_probes: _Optional[int] = ..., edge_method: _Optional[str] = ..., n_alpha: _Optional[int] = ..., batch_size: _Optional[int] = ..., dtype: _Optional[str] = ..., seed: _Optional[int] = ..., layout: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    rerotate: bool
+    def __init__(self, jacobian_target: _Optional[str] = ..., center: _Optional[bool] = ..., include_bias: _Optional[bool] = ..., tol_g: _Optional[float] = ..., tol_m: _Optional[float] = ..., scaling: _Optional[str] = ..., kind: _Optional[str] = ..., n_probes: _Optional[int] = ..., edge_method: _Optional[str] = ..., n_alpha: _Optional[int] = ..., batch_size: _Optional[int] = ..., dtype: _Optional[str] = ..., seed: _Optional[int] = ..., layout: _Optional[_Mapping[str, str]] = ..., rerotate: _Optional[bool] = ...) -> None: ...
 
 class ComputeGraphRequest(_message.Message):
     __slots__ = ("model_id", "data_tensor_set_id", "data_tensor", "layers", "options")
