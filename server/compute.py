@@ -155,8 +155,7 @@ def probe(model: nn.Module, inputs: Any, layers: list[str], max_nodes: int,
     try:
         with torch.no_grad():
             net = NodeModel(model, layers, sample, output_fn=None, include_bias=False,
-                            dtype=dtype if dtype.is_floating_point else torch.float64,
-                            device=torch.device("cpu"), layout=layout)
+                            dtype=dtype, device=torch.device("cpu"), layout=layout)
     except (ValueError, TypeError, RuntimeError) as exc:   # an ambiguous layout, a layer never called, …
         raise InvalidArgument("options.layout" if "layout" in str(exc) else "layers", str(exc)) from None
     nodes = sum(net.dims[name] + 1 for name in layers)

@@ -351,9 +351,8 @@ class IntermodServicer(pb_grpc.IntermodServiceServicer):
             model_id, data_id, tensor = rec["model_id"], request.data_tensor_set_id, request.data_tensor
         else:
             model_id, data_id, tensor = ablate.graph_source(self.store, rec)
-        layout = graph.metadata.get("layout")
         entry, model, inputs, _ = await self._model_and_data(
-            model_id, data_id, tensor, list(graph.layers), layout if isinstance(layout, dict) else None)
+            model_id, data_id, tensor, list(graph.layers), graph.metadata.get("layout"))
         job_id = new_id("j")
 
         def work(device: str, progress: Progress) -> str:

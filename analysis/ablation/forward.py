@@ -127,7 +127,7 @@ class Ablator:
         self.torch_maps = {n: TorchMap(lm, self.s.device, dtype) for n, lm in maps.items()}
         for n, tm in self.torch_maps.items():   # the input of a Linear: write back at its output
             if isinstance(net.modules.get(n), nn.Linear) and tm.layout.kind in ("features", "tokens"):
-                self.torch_maps[n].fold_head(net.params[f"{n}.weight"], net.params.get(f"{n}.bias"))
+                tm.fold_head(net.params[f"{n}.weight"], net.params.get(f"{n}.bias"))
         self.batch_size = batch_size
         first = batch_to(next(iter_batches(inputs, batch_size)), self.s.device, dtype)
         y = net.run_replacing(first, {})

@@ -85,11 +85,10 @@ class LayerMap:
         meta = graph.metadata
         start = graph.node_offset[layer]
         bias_dir = bool(graph.layer_sizes[layer] and graph.is_bias[start])
-        layouts = meta.get("layout") or {}
         return cls.build(layer, C, graph.inverses[layer], graph.means[layer], lam,
                          center=bool(meta.get("center", True)),
                          include_bias=bool(meta.get("include_bias", True)), bias_direction=bias_dir,
-                         layout=layouts.get(layer, "features") if isinstance(layouts, dict) else layouts)
+                         layout=(meta.get("layout") or {}).get(layer, "features"))   # older files: none
 
 
 class TorchMap:
