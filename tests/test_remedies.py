@@ -54,7 +54,7 @@ def test_rerotate_layer_recovers_independent_directions(sources):
     R = _rotation(math.pi / 5)
     C = R.T.copy()                        # f̂ = Cᵀ f = R f: mixed coordinates
     lb = LayerBasis(name="h", dim=2, C=C, Cinv=np.linalg.inv(C.T), Lambda=np.array([1.0, 0.99]),
-                    D=np.ones(2), G=np.eye(2), M=np.eye(2), mean=np.zeros(2),
+                    G=np.eye(2), M=np.eye(2), mean=np.zeros(2),
                     bias_direction=False, include_bias=False, center=False)
     new, moved = rerotate_layer(lb, sources, rel_gap=0.1)
     assert moved == 2
@@ -67,7 +67,7 @@ def test_rerotate_layer_recovers_independent_directions(sources):
 def test_rerotate_layer_leaves_gaussian_coordinates_alone():
     z = np.random.default_rng(1).standard_normal((20000, 2))
     lb = LayerBasis(name="h", dim=2, C=_rotation(0.4).T, Cinv=_rotation(0.4).T,
-                    Lambda=np.array([1.0, 0.99]), D=np.ones(2), G=np.eye(2), M=np.eye(2),
+                    Lambda=np.array([1.0, 0.99]), G=np.eye(2), M=np.eye(2),
                     mean=np.zeros(2), bias_direction=False, include_bias=False, center=False)
     new, moved = rerotate_layer(lb, z, rel_gap=0.1)
     assert moved == 0 and np.array_equal(new.C, lb.C)

@@ -67,6 +67,38 @@ def test_closed_form_equals_batched_vjps(kind, target, center, include_bias):
             np.testing.assert_allclose(Ea, Eb, rtol=1e-10, atol=1e-12 * Eb.max())
 
 
+@pytest.mark.parametrize("kind", ["relu-heads", "gelu-widening"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_per_sample_and_chunked_edges_agree(kind, dtype, monkeypatch):
+    """The per-sample path (GEMMs over the rows where ā ≠ 0, float32 sums flushed to float64)
+    equals the chunked GEMMs and the batched VJPs (ReLU: a ∈ {0, 1}; GELU: a dense)."""
+    from intermod.analysis.core import structured
+
+    model, layers = model_and_layers(kind)
+    X = torch.randn(41, 2, model[0].in_features)
+    basis = ia.compute_basis(model.double(), X, layers, jacobian_target="next_layer", progress=False)
+    graphs = {}
+    for name, threshold, closed in (("chunks", 1 << 62, True), ("samples", 0, True), ("vjp", 0, False)):
+        monkeypatch.setattr(structured, "PER_SAMPLE_MIN_MACS", threshold)
+        graphs[name] = ia.build_graph(model, X, basis, edge_method="integrated", n_alpha=3, batch_size=16,
+                                      dtype=dtype, progress=False, structured=closed)
+    tol = dict(rtol=1e-10, atol=1e-13) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-7)
+    for src, dst in zip(layers[:-1], layers[1:]):
+        E = graphs["vjp"].edge_matrix(src, dst) ** 2
+        for name in ("samples", "chunks"):
+            np.testing.assert_allclose(graphs[name].edge_matrix(src, dst) ** 2, E, rtol=tol["rtol"],
+                                       atol=tol["atol"] * E.max(), err_msg=f"{name} {src}->{dst}")
+
+
+def test_per_sample_gemms_are_chosen_by_cost():
+    from intermod.analysis.core.structured import per_sample_pays
+
+    cpu = torch.device("cpu")
+    assert per_sample_pays(401, 401, 401, cpu) and per_sample_pays(801, 801, 801, cpu)
+    assert not per_sample_pays(101, 101, 101, cpu) and not per_sample_pays(11, 401, 401, cpu)
+    assert not per_sample_pays(801, 801, 801, torch.device("meta"))
+
+
 def test_linear_heads_are_chosen_by_cost():
     assert head_pays(nn.Linear(784, 800)) and head_pays(nn.Linear(10, 13))   # widening, still cheaper at z
     assert not head_pays(nn.Linear(4, 9)) and not head_pays(nn.Linear(100, 400))

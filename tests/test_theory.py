@@ -96,6 +96,35 @@ def test_linearly_dependent_features_shrink_the_basis_exactly():
     assert basis["0"].D.shape[0] == 4
 
 
+@pytest.mark.parametrize("center,include_bias", [(True, True), (False, True), (True, False), (False, False)])
+def test_cholesky_whitening_equals_the_eigendecomposition(center, include_bias, monkeypatch):
+    """A well-conditioned G is whitened by its Cholesky factor; forcing U D^{1/2} from eigh
+    instead gives the same C, C⁻¹ and Λ (any square root of G gives the same basis), and D is
+    G's spectrum either way."""
+    from intermod.analysis.core import rotation
+
+    model = _mlp()
+    X = torch.randn(400, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    layers = ["0", "2", "4", "output"]
+    opts = dict(center=center, include_bias=include_bias, jacobian_target="next_layer", progress=False)
+    calls = []
+    real = rotation._cholesky_if_well_conditioned
+    monkeypatch.setattr(rotation, "_cholesky_if_well_conditioned", lambda *a: calls.append(1) or real(*a))
+    chol = ia.compute_basis(model, X, layers, **opts)
+    assert calls
+    monkeypatch.setattr(rotation, "_cholesky_if_well_conditioned", lambda *a: None)
+    eig = ia.compute_basis(model, X, layers, **opts)
+    for n in layers:
+        a, b = chol[n], eig[n]
+        assert a.k == b.k and a.bias_direction == b.bias_direction
+        np.testing.assert_allclose(a.Lambda, b.Lambda, rtol=1e-10, atol=1e-14 * b.Lambda.max())
+        np.testing.assert_allclose(a.C, b.C, rtol=1e-7, atol=1e-9 * np.abs(b.C).max())
+        np.testing.assert_allclose(a.Cinv, b.Cinv, rtol=1e-7, atol=1e-9 * np.abs(b.Cinv).max())
+        block = a.G[:-1, :-1] if center and include_bias else a.G
+        np.testing.assert_allclose(a.D, np.sort(np.linalg.eigvalsh(block))[::-1], rtol=1e-10,
+                                   atol=1e-14 * a.D.max())
+
+
 def test_duplicated_neurons_shrink_the_basis_exactly():
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 6)).double()

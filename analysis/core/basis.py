@@ -8,6 +8,7 @@ of f̂^{l+1} = C_{l+1}ᵀ f^{l+1}, one pass over the data per layer.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from .layout import LayoutSpec, spread_slot
 from .nodes import OUTPUT, NodeModel, OutputFn
 from .progress import Callback, Progress
 from .reprs import summary_repr
-from .rotation import Rotation, gram_factor, rotate
+from .rotation import Rotation, gram_factor, kept_eigenvalues, rotate
 from .structured import ActivationMoments, AffineSection, accumulate_moments, affine_section, next_layer_gram
 
 TARGETS = ("output", "next_layer")
@@ -39,7 +40,8 @@ class LayerBasis:
     C, Cinv: (d [+1], k) with f̂ = Cᵀ f_aug and f_aug = Cinv f̂ (bias slot = last row);
     Lambda: (k,) = E[f̂²] (index 0 is the constant direction when ``bias_direction``);
     G, M: raw Grams (d [+1], d [+1]) (G centred with ``center``); mean: (d,); D: kept
-    eigenvalues of the activation covariance (or second moment); layout: how the layer's tensor
+    eigenvalues of the activation covariance (or second moment), computed from G on first use
+    (the rotation itself needs no eigendecomposition of G); layout: how the layer's tensor
     is read as samples (:class:`~intermod.analysis.core.layout.Layout`; its ``from_samples``
     writes coordinates back into the activation's shape).
     """
@@ -49,7 +51,6 @@ class LayerBasis:
     C: np.ndarray
     Cinv: np.ndarray
     Lambda: np.ndarray
-    D: np.ndarray
     G: np.ndarray
     M: np.ndarray | None
     mean: np.ndarray
@@ -57,8 +58,16 @@ class LayerBasis:
     include_bias: bool
     center: bool
     layout: str = "features"
+    tol_G: float = 1e-10
 
     __repr__ = summary_repr
+
+    @functools.cached_property
+    def D(self) -> np.ndarray:
+        """Eigenvalues of G above tol_G·max (descending), of its covariance block when centred
+        with the slot."""
+        D = kept_eigenvalues(torch.as_tensor(self.G), self.center, self.include_bias, self.tol_G)
+        return D.numpy()
 
     @property
     def k(self) -> int:
@@ -365,10 +374,11 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
         return None if t is None else t.detach().cpu().numpy()
 
     out = {n: LayerBasis(name=n, dim=net.dims[n], C=np64(rots[n].C), Cinv=np64(rots[n].Cinv),
-                         Lambda=np64(rots[n].Lambda), D=np64(rots[n].D), G=np64(G[n]),
+                         Lambda=np64(rots[n].Lambda), G=np64(G[n]),
                          M=None if F[n] is None else np64(F[n].T @ F[n]),
                          mean=np64(stats[n][1]), bias_direction=rots[n].bias_direction,
-                         include_bias=include_bias, center=center, layout=net.layouts[n].kind)
+                         include_bias=include_bias, center=center, layout=net.layouts[n].kind,
+                         tol_G=tol_G)
            for n in net.layers}
     options = dict(layers=net.layers, jacobian_target=jacobian_target, center=center,
                    include_bias=include_bias, tol_G=tol_G, tol_M=tol_M, scaling=scaling, kind=kind,

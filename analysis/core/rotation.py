@@ -12,6 +12,12 @@ With ``center`` and ``include_bias`` the constant direction is built explicitly:
 column is the bias slot (D = 1), the covariance block is eigendecomposed on its own, and
 V = diag(1, V′) keeps the constant direction out of M̃'s eigendecomposition (its Λ is M̃₀₀).
 Thresholds are relative to the largest *data* eigenvalue, so they are scale invariant.
+
+U D^{1/2} enters only as a square root S of G (G = S Sᵀ): C = Yᵀ S⁺ᵀ V Λ^{1/2} and
+C⁻¹ = Y⁻¹ S V Λ^{-1/2} with V from M̃ = Sᵀ Y⁻ᵀ M Y⁻¹ S are the same for every square root.
+When nothing would be dropped at tol_G, S is G's Cholesky factor (:func:`whitening`): no
+eigendecomposition of G at all, which is most of the basis stage's fixed cost for a wide
+input layer (784 × 784: 3 ms against 120 ms here).
 """
 
 from __future__ import annotations
@@ -51,7 +57,6 @@ class Rotation:
     C: Tensor          # (d_aug, k)
     Cinv: Tensor       # (d_aug, k)
     Lambda: Tensor     # (k,)
-    D: Tensor          # kept eigenvalues of G (data block)
     bias_direction: bool
 
 
@@ -97,8 +102,8 @@ def _fix_signs(C: Tensor, Cinv: Tensor, n_data: int) -> tuple[Tensor, Tensor]:
 
 
 def _activation_eig(G: Tensor, center: bool, include_bias: bool, tol_G: float
-                    ) -> tuple[Tensor, Tensor, Tensor, bool]:
-    """(U, D_all, D_data, bias_direction): kept eigenvectors of G, slot first when centred."""
+                    ) -> tuple[Tensor, Tensor, bool]:
+    """(U, D, bias_direction): kept eigenvectors and eigenvalues of G, slot first when centred."""
     if center and include_bias:
         d = G.shape[0] - 1
         D, U = eigh_desc(G[:d, :d])
@@ -107,10 +112,77 @@ def _activation_eig(G: Tensor, center: bool, include_bias: bool, tol_G: float
         Ufull = torch.zeros(d + 1, U.shape[1] + 1, dtype=G.dtype, device=G.device)
         Ufull[d, 0] = 1.0
         Ufull[:d, 1:] = U
-        return Ufull, torch.cat([torch.ones(1, dtype=G.dtype, device=G.device), D]), D, True
+        return Ufull, torch.cat([torch.ones(1, dtype=G.dtype, device=G.device), D]), True
     D, U = eigh_desc(G)
     keep = _keep(D, tol_G)
-    return U[:, keep], D[keep], D[keep], False
+    return U[:, keep], D[keep], False
+
+
+def kept_eigenvalues(G: Tensor, center: bool, include_bias: bool, tol_G: float) -> Tensor:
+    """The eigenvalues of G that the rotation keeps (descending), of its covariance block when
+    centred with the slot (the slot's own D = 1 is not among them)."""
+    block = G[:-1, :-1] if center and include_bias else G
+    D = eigvalsh_desc(block)
+    return D[_keep(D, tol_G)]
+
+
+@serial_lapack
+def eigvalsh_desc(A: Tensor) -> Tensor:
+    """Eigenvalues (descending) of a symmetric matrix."""
+    return torch.linalg.eigvalsh((A + A.T) / 2).flip(0)
+
+
+@dataclass
+class Whitening:
+    """A square root of G on its kept range: G = S Sᵀ (restricted to the kept directions), with
+    f_aug = Y⁻¹ S f̃. ``unwhiten_T(V)`` is S⁺ᵀ V, so that C = Yᵀ S⁺ᵀ V Λ^{1/2} and
+    C⁻¹ = Y⁻¹ S V Λ^{-1/2}: any square root gives the same C (S = S₀ O for an orthogonal O
+    moves the right singular vectors of F Y⁻¹ S to Oᵀ V). ``slot_first``: column 0 of S is the
+    bias slot with D = 1 (centred, with the slot)."""
+
+    S: Tensor                              # (d_aug, k_G)
+    unwhiten_T: Callable[[Tensor], Tensor]  # (k_G, m) -> (d_aug, m)
+    slot_first: bool
+
+
+@serial_lapack
+def _cholesky_if_well_conditioned(block: Tensor, tol_G: float) -> Tensor | None:
+    """The Cholesky factor of ``block`` when every eigenvalue exceeds tol_G·λ_max, else None.
+
+    Sufficient and cheap (no eigendecomposition): block − τI is positive definite with
+    τ = tol_G·‖block‖_F ≥ tol_G·λ_max. Where it fails the caller truncates with eigh."""
+    tau = tol_G * torch.linalg.matrix_norm(block)
+    eye = torch.eye(block.shape[0], dtype=block.dtype, device=block.device)
+    if tau <= 0 or int(torch.linalg.cholesky_ex(block - tau * eye).info) != 0:
+        return None
+    L, info = torch.linalg.cholesky_ex(block)
+    return L if int(info) == 0 else None
+
+
+def whitening(G: Tensor, center: bool, include_bias: bool, tol_G: float) -> Whitening:
+    """S with G = S Sᵀ on the directions kept at tol_G: a Cholesky factor when G (its covariance
+    block when centred with the slot) is well conditioned at tol_G, so that nothing is dropped
+    (O(d³/3), no eigendecomposition), else U D^{1/2} from eigh with D_i ≤ tol_G·max D dropped."""
+    slot_first = center and include_bias
+    block = G[:-1, :-1] if slot_first else G
+    Lc = _cholesky_if_well_conditioned(block, tol_G)
+    if Lc is None:
+        U, D, slot_first = _activation_eig(G, center, include_bias, tol_G)
+        root = D.sqrt()
+        return Whitening(U * root, lambda V: (U / root) @ V, slot_first)
+    d = block.shape[0]
+    if not slot_first:
+        return Whitening(Lc, lambda V: torch.linalg.solve_triangular(Lc.T, V, upper=True), False)
+    S = torch.zeros(d + 1, d + 1, dtype=G.dtype, device=G.device)
+    S[d, 0] = 1.0
+    S[:d, 1:] = Lc
+
+    def unwhiten_T(V: Tensor) -> Tensor:
+        out = torch.zeros(d + 1, V.shape[1], dtype=V.dtype, device=V.device)
+        out[d] = V[0]
+        out[:d] = torch.linalg.solve_triangular(Lc.T, V[1:], upper=True)
+        return out
+    return Whitening(S, unwhiten_T, True)
 
 
 @serial_lapack
@@ -140,15 +212,16 @@ def rotate(G: Tensor, F: Tensor | None, mean: Tensor, *, center: bool, include_b
     if kind == "neuron":
         order = ([n_data] + list(range(n_data))) if slot_first else list(range(G.shape[0]))
         C, Cinv = Y.T[:, order], Yinv[:, order]
-        return Rotation(C, Cinv, torch.diagonal(G)[order].clone(), torch.diagonal(G)[:n_data], slot_first)
-    U, D, D_data, bias_dir = _activation_eig(G, center, include_bias, tol_G)
+        return Rotation(C, Cinv, torch.diagonal(G)[order].clone(), slot_first)
     if kind == "pca":
+        U, D, bias_dir = _activation_eig(G, center, include_bias, tol_G)
         C, Cinv = _fix_signs(Y.T @ U, Yinv @ U, n_data)
-        return Rotation(C, Cinv, D, D_data, bias_dir)
+        return Rotation(C, Cinv, D, bias_dir)
     if kind != "interaction":
         raise ValueError(f"kind must be 'interaction', 'pca' or 'neuron', got {kind!r}")
-    W_inv = Yinv @ U * D.sqrt()                       # (d_aug, k_G): f_aug = W_inv f̃
-    W = (U / D.sqrt()).T @ Y                          # (k_G, d_aug): f̃ = W f_aug
+    white = whitening(G, center, include_bias, tol_G)
+    bias_dir = white.slot_first
+    W_inv = Yinv @ white.S                            # (d_aug, k_G): f_aug = W_inv f̃
     Ft = F @ W_inv                                    # M̃ = Ftᵀ Ft
     if bias_dir:
         lam, V = _svd_eig(Ft[:, 1:])
@@ -170,7 +243,7 @@ def rotate(G: Tensor, F: Tensor | None, mean: Tensor, *, center: bool, include_b
     if scaling not in ("sqrt", "inverse"):
         raise ValueError(f"scaling must be 'sqrt' or 'inverse', got {scaling!r}")
     s = lam.sqrt() if scaling == "sqrt" else 1.0 / lam.sqrt()
-    C = W.T @ V * s
+    C = Y.T @ white.unwhiten_T(V) * s                 # Wᵀ V with f̃ = W f_aug, W = S⁺ Y
     Cinv = W_inv @ V / s
     C, Cinv = _fix_signs(C, Cinv, n_data)
-    return Rotation(C, Cinv, lam, D_data, bias_dir)
+    return Rotation(C, Cinv, lam, bias_dir)

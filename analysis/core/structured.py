@@ -35,7 +35,10 @@ it). Then A_ij(x) = Ĵ_ij(x) f̂_j(x) and
     E_ij += Σ_x w_x (Ĵ_ij(x) f̂_j(x))² ,   Ĵ(x) = [L, u] · [ā(x) ⊙ R; vᵀ]
 
 is one GEMM of [L, u] (k', h+1) against the stacked (h+1, N·k) matrices of a chunk of N
-samples: n·k'·h·k multiply-adds, the floor for exact per-sample edges, at matmul speed.
+samples: n·k'·h·k multiply-adds, the floor for exact per-sample edges with a dense ā, at
+matmul speed. Where one sample's GEMM is large (:func:`per_sample_pays`) it runs per sample
+on the rows with ā_r(x) ≠ 0 only, Ĵ(x) = [L, u]_S diag(ā_S) [R; vᵀ]_S: exact, and for ReLU,
+whose σ′ is 0 on about half the units, about half the multiply-adds.
 Samples with positions are independent here (every module acts position-wise), so every
 (input, position) pair is one sample. Products run in the compute dtype; sums over samples
 are accumulated in float64.
@@ -163,9 +166,18 @@ class Workspace:
         return buf[:n].view(shape)
 
 
+CACHE_CHUNK_BYTES = 8 << 20   # temporaries of one chunk of edge sums: a last-level-cache share
+
+
 def samples_per_chunk(bytes_per_sample: int, max_memory: int) -> int:
-    """How many samples fit in ``max_memory`` bytes of temporaries."""
-    return max(1, max_memory // max(bytes_per_sample, 1))
+    """How many samples fit in ``max_memory`` bytes of temporaries, at most CACHE_CHUNK_BYTES.
+
+    The chunk's product is read and written three more times after its GEMM (scale, square,
+    sum); kept in cache those passes cost little, from main memory they cost as much as the
+    GEMM: measured (docs/performance.md) 1.1–2× faster edges than one chunk per 512 MiB at
+    widths 100–800 in float64 and float32, the GEMM itself still large (≥ one sample's k'×h×k).
+    """
+    return max(1, min(max_memory, CACHE_CHUNK_BYTES) // max(bytes_per_sample, 1))
 
 
 class ActivationMoments:
@@ -214,7 +226,7 @@ def edge_sums(sec: AffineSection, point: Tensor, baseline: Tensor | None, f_hat:
     point: (…, d_p) natural points; f_hat: (…, k) basis coordinates (zero at masked samples);
     w_out: (…) output weights; C_next: (d+1, k'); Q: (d_p+1, k) in the compute dtype;
     baseline: (d_p,) the path's start without the slot (None with it); ``heartbeat`` is called
-    once per quadrature node and once per chunk (cancellation).
+    once per quadrature node and once per chunk or FLUSH_SAMPLES samples (cancellation).
     """
     dtype = f_hat.dtype
     p = point.reshape(-1, point.shape[-1]).to(dtype)
@@ -233,24 +245,81 @@ def edge_sums(sec: AffineSection, point: Tensor, baseline: Tensor | None, f_hat:
         if heartbeat is not None:
             heartbeat()
         a_bar += wq * sec.derivative(z0 + alpha * (z - z0))
-    if u is not None:   # the slot term u vᵀ as one more column of L and row of X
-        L = torch.cat([L, u[:, None]], 1)
-    h, k = R.shape
+    if u is not None:   # the slot term u vᵀ: one more column of L, row of R and entry of ā (= 1)
+        L, R = torch.cat([L, u[:, None]], 1), torch.cat([R, v[None]], 0)
+        a_bar = torch.cat([a_bar, torch.ones_like(a_bar[:, :1])], 1)
+    f_w = fh * wo[:, None]                                            # (n, k), 0 at masked samples
     k_next, rows = L.shape
+    if per_sample_pays(k_next, rows, R.shape[1], p.device):
+        _sample_by_sample(L, R, a_bar, f_w, E, heartbeat)
+    else:
+        _chunk_by_chunk(L, R, a_bar, f_w, E, max_memory, workspace or Workspace(), heartbeat)
+
+
+PER_SAMPLE_MIN_MACS = 1 << 22   # k'·(h+1)·k from which one GEMM per sample beats chunked GEMMs on CPU
+FLUSH_SAMPLES = 16              # per-sample sums below float64 are added to E this often
+
+
+def per_sample_pays(k_next: int, rows: int, k: int, device: torch.device) -> bool:
+    """Whether a section's edges run one GEMM per sample (dropping the rows where ā = 0) rather
+    than chunked GEMMs over samples: on CPU, when one sample's GEMM is large enough that the
+    per-call overhead is small (measured in docs/performance.md; on GPU the chunked GEMMs
+    always win, and the per-sample gathers would synchronise the device)."""
+    return device.type == "cpu" and k_next * rows * k >= PER_SAMPLE_MIN_MACS
+
+
+def _chunk_by_chunk(L: Tensor, R: Tensor, a: Tensor, f_w: Tensor, E: Tensor, max_memory: int,
+                    ws: Workspace, heartbeat: Callable[[], None] | None) -> None:
+    """E += Σ_x (L diag(a(x)) R ⊙ f_w(x))² as one GEMM of L (k', r) against the stacked
+    X = a(x) ⊙ R (r, N·k) of a chunk of N samples. a: (n, r), R: (r, k), f_w: (n, k)."""
+    dtype, device = f_w.dtype, f_w.device
+    rows, k = R.shape
+    k_next = L.shape[0]
     step = samples_per_chunk(dtype.itemsize * (rows * k + k_next * k), max_memory)
-    ws = workspace or Workspace()
-    a_t = a_bar.T.contiguous()                                       # (h, n)
-    for start in range(0, p.shape[0], step):
+    a_t = a.T.contiguous()                                           # (r, n)
+    for start in range(0, f_w.shape[0], step):
         if heartbeat is not None:
             heartbeat()
         sl = slice(start, start + step)
-        f_w = fh[sl] * wo[sl, None]                                  # (N, k)
-        N = f_w.shape[0]
-        X = ws.get("X", (rows, N, k), dtype, p.device)               # [ā ⊙ R; v] per sample
-        torch.mul(a_t[:, sl, None], R[:, None, :], out=X[:h])
-        if u is not None:
-            X[h].copy_(v.expand(N, k))
-        A = ws.get("A", (k_next, N, k), dtype, p.device)             # Ĵ(x), (k', N, k)
+        N = f_w[sl].shape[0]
+        X = ws.get("X", (rows, N, k), dtype, device)
+        torch.mul(a_t[:, sl, None], R[:, None, :], out=X)
+        A = ws.get("A", (k_next, N, k), dtype, device)               # Ĵ(x), (k', N, k)
         torch.matmul(L, X.view(rows, N * k), out=A.view(k_next, N * k))
-        A.mul_(f_w[None])                                            # A_ij = Ĵ_ij f̂_j
+        A.mul_(f_w[sl][None])                                        # A_ij = Ĵ_ij f̂_j
         E += A.square_().sum(1).to(torch.float64)
+
+
+def _sample_by_sample(L: Tensor, R: Tensor, a: Tensor, f_w: Tensor, E: Tensor,
+                      heartbeat: Callable[[], None] | None) -> None:
+    """E += Σ_x (L_S diag(a_S) R_S diag(f_w(x)))² with S = {r : a_r(x) ≠ 0}: one GEMM per sample
+    over the rows where the derivative is non-zero (about half of them for ReLU, all of them for
+    smooth activations), skipping masked samples. Sums run in the compute dtype and are added
+    to the float64 E every FLUSH_SAMPLES samples."""
+    dtype = f_w.dtype
+    LT = L.T.contiguous()                                            # (r, k')
+    nz = a != 0
+    rows_of = nz.nonzero()[:, 1].split(nz.sum(1).tolist())          # S per sample
+    scaled = not bool((a[nz] == 1).all())                            # ReLU: a ∈ {0, 1}
+    live = (f_w != 0).any(1).tolist()
+    acc = E if dtype == torch.float64 else torch.zeros(E.shape, dtype=dtype, device=E.device)
+    A = torch.empty(E.shape, dtype=dtype, device=E.device)
+    pending = 0
+    for x, S in enumerate(rows_of):
+        if not live[x]:
+            continue
+        if heartbeat is not None and x % FLUSH_SAMPLES == 0:
+            heartbeat()
+        R_S = R.index_select(0, S)                                   # (|S|, k)
+        if scaled:
+            R_S.mul_(a[x, S][:, None])
+        R_S.mul_(f_w[x])
+        torch.matmul(LT.index_select(0, S).T, R_S, out=A)            # A_ij = Ĵ_ij(x) f̂_j(x)
+        acc.addcmul_(A, A)
+        pending += 1
+        if acc is not E and pending == FLUSH_SAMPLES:
+            E += acc.to(torch.float64)
+            acc.zero_()
+            pending = 0
+    if acc is not E and pending:
+        E += acc.to(torch.float64)
