@@ -106,6 +106,27 @@ def floor_gflop(model: nn.Sequential, k: list[int], n: int) -> float:
     return 2 * n * sum(k[j + 1] * h[j] * k[j] for j in range(len(h))) / 1e9
 
 
+def active_share(model: nn.Sequential, X: torch.Tensor) -> list[float]:
+    """The share of (sample, unit) pairs with σ′ ≠ 0 after each Linear (1.0 where no ReLU
+    follows): the per-sample GEMMs skip the others."""
+    shares, h = [], X
+    with torch.no_grad():
+        for i, m in enumerate(model):
+            h = m(h)
+            if isinstance(m, nn.Linear):
+                relu = i + 1 < len(model) and isinstance(model[i + 1], nn.ReLU)
+                shares.append(float((h > 0).double().mean()) if relu else 1.0)
+    return shares
+
+
+def effective_gflop(model: nn.Sequential, k: list[int], X: torch.Tensor) -> float:
+    """2·n·Σ_l k_{l+1}·(ρ_l·h_l + 1)·k_l / 1e9 with ρ_l the σ′ ≠ 0 share: what the per-sample
+    GEMMs over the active rows (and the slot row) multiply."""
+    h = [m.out_features for m in model if isinstance(m, nn.Linear)]
+    rho = active_share(model, X)
+    return 2 * X.shape[0] * sum(k[j + 1] * (rho[j] * h[j] + 1) * k[j] for j in range(len(h))) / 1e9
+
+
 def mlp_row(width: int, target: str, X: torch.Tensor, device: str, repeats: int) -> dict:
     """Best of ``repeats`` runs at one width and target, the matmul timed just before each."""
     model = mlp(width)
@@ -117,9 +138,12 @@ def mlp_row(width: int, target: str, X: torch.Tensor, device: str, repeats: int)
         if best is None or r["total_s"] < best["total_s"]:
             best = r
     gflop = floor_gflop(model, best["k"], X.shape[0])
+    eff = effective_gflop(model, best["k"], X)
     best.update(width=width, target=target, n=X.shape[0], floor_gflop=round(gflop, 1),
                 edge_gflops=round(gflop / best["edges_s"], 1),
                 edge_share=round(gflop / best["edges_s"] / best["matmul_gflops"], 3),
+                active_share=[round(r, 3) for r in active_share(model, X)], effective_gflop=round(eff, 1),
+                effective_share=round(eff / best["edges_s"] / best["matmul_gflops"], 3),
                 basis_share=round(best["basis_s"] / best["total_s"], 3),
                 matmul_gflops=round(best["matmul_gflops"], 1))
     return public(best)
@@ -135,22 +159,35 @@ def _rel_err(a: np.ndarray, b: np.ndarray, top: float | None = None, rtol: float
     return float(np.max(np.abs(a[big] - b[big]) / b[big])) if big.any() else 0.0
 
 
+def _edge_err(graph, ref) -> float:
+    """The largest relative error of E = w² against ``ref`` over every section, on the E above
+    1e-6·max(E) of ``ref`` (w > 1e-3·max w)."""
+    top = max(float(ref.w.max()) ** 2, 1e-300)
+    return max(_rel_err(graph.edge_matrix(a, b) ** 2, ref.edge_matrix(a, b) ** 2, top, 1e-6)
+               for a, b in zip(ref.layers[:-1], ref.layers[1:]))
+
+
 def float32_row(width: int, X: torch.Tensor, device: str) -> dict:
-    """float32 compute against float64 on one model: speed-up, relative error of Λ and E."""
+    """float32 compute against float64 on one model: speed-up, relative error of Λ and E, for
+    float32 everywhere and for float32 edges on the float64 basis ("mixed")."""
+    from intermod import analysis as ia
+
     model = mlp(width)
     out: dict = {"width": width}
     for target in ("output", "next_layer"):
         r64, r32 = (pipeline(model, X, target, device, dtype=dt, modules=False) for dt in (torch.float64, torch.float32))
         b64, b32 = r64["_basis"], r32["_basis"]
-        top = max(float(r64["_graph"].w.max()) ** 2, 1e-300)
+        t = time.perf_counter()
+        mixed = ia.build_graph(model, X, b64, progress=False, device=device, dtype=torch.float32)
+        mixed_s = r64["basis_s"] + time.perf_counter() - t
+
         out[target] = {"float64_s": round(r64["total_s"], 2), "float32_s": round(r32["total_s"], 2),
                        "speedup": round(r64["total_s"] / r32["total_s"], 2),
                        "lambda_rel_err": max(_rel_err(b32[n].Lambda, b64[n].Lambda) for n in b64.layers),
-                       # E = w²: w > 1e-3·max(w) is E > 1e-6·max(E)
-                       "edge_rel_err": max(_rel_err(r32["_graph"].edge_matrix(a, b) ** 2,
-                                                    r64["_graph"].edge_matrix(a, b) ** 2, top, 1e-6)
-                                           for a, b in zip(b64.layers[:-1], b64.layers[1:])),
-                       "same_k": r32["k"] == r64["k"]}
+                       "edge_rel_err": _edge_err(r32["_graph"], r64["_graph"]), "same_k": r32["k"] == r64["k"],
+                       "mixed_s": round(mixed_s, 2), "mixed_speedup": round(r64["total_s"] / mixed_s, 2),
+                       "mixed_edges_speedup": round(r64["edges_s"] / (mixed_s - r64["basis_s"]), 2),
+                       "mixed_edge_rel_err": _edge_err(mixed, r64["_graph"])}
     return out
 
 
@@ -235,13 +272,17 @@ def markdown(res: dict) -> str:
     lines = [f"Machine: {res['machine']}; device: {res['device']}.", "",
              "**MLP 784-w-w-10, n = 2000, float64, basis + edges** (best of "
              f"{res['repeats']}; matmul: a plain float64 matmul timed just before each run; GFLOP: the "
-             "floor 2·n·Σ k_{l+1}·h_l·k_l of exact edges)", "",
+             "dense floor 2·n·Σ k_{l+1}·h_l·k_l of exact edges; edges / matmul: that floor's rate over the "
+             "matmul's; ρ: the share of σ′ ≠ 0 per section, whose rows alone the per-sample GEMMs multiply; "
+             "effective: 2·n·Σ k_{l+1}·(ρ_l·h_l + 1)·k_l at the matmul's rate)", "",
              "| w | target | basis s | edges s | total s | matmul GFLOP/s | GFLOP | edges GFLOP/s | "
-             "edges / matmul | basis share | k |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "edges / matmul | ρ | effective / matmul | basis share | k |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["mlp"]:
+        rho = "/".join(f"{x:.2f}" for x in r["active_share"])
         lines.append(f"| {r['width']} | {r['target']} | {r['basis_s']:.2f} | {r['edges_s']:.2f} | "
                      f"{r['total_s']:.2f} | {r['matmul_gflops']} | {r['floor_gflop']} | {r['edge_gflops']} | "
-                     f"{r['edge_share']:.0%} | {r['basis_share']:.0%} | {r['k']} |")
+                     f"{r['edge_share']:.0%} | {rho} | {r['effective_share']:.0%} | {r['basis_share']:.0%} | {r['k']} |")
     if res.get("rib"):
         lines += ["", "**Against the reference implementation** (rib, basis jacobian, edges squared, "
                   "same weights and inputs, its own process; ratio = rib total / intermod total)", "",
@@ -255,13 +296,16 @@ def markdown(res: dict) -> str:
                          f"{ratio.get('output', float('nan')):.1f}× |")
     f = res["float32"]
     lines += ["", f"**float32 compute, float64 accumulation** (w = {f['width']}, n = 2000; relative errors "
-              "against float64 on the Λ and E above 1e-3 of their maximum)", "",
-              "| target | float64 s | float32 s | speed-up | max rel. err Λ | max rel. err E | same k (else: leading block) |",
-              "|---|---|---|---|---|---|---|"]
+              "against float64 on the Λ above 1e-3 of their maximum and the E above 1e-6 of theirs, "
+              "i.e. w > 1e-3·max w; mixed: the float64 basis, float32 edges)", "",
+              "| target | float64 s | float32 s | speed-up | max rel. err Λ | max rel. err E | same k (else: leading block) "
+              "| mixed s | speed-up (edges alone) | mixed max rel. err E |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for t in ("output", "next_layer"):
         r = f[t]
         lines.append(f"| {t} | {r['float64_s']} | {r['float32_s']} | {r['speedup']}× | {r['lambda_rel_err']:.1e} | "
-                     f"{r['edge_rel_err']:.1e} | {r['same_k']} |")
+                     f"{r['edge_rel_err']:.1e} | {r['same_k']} | {r['mixed_s']} | {r['mixed_speedup']}× "
+                     f"({r['mixed_edges_speedup']}×) | {r['mixed_edge_rel_err']:.1e} |")
     lines += ["", "**Scaling with n** (next_layer target, w = 100, streamed batches of 512)", "",
               "| n | basis s | edges s | total s | peak RSS MB |", "|---|---|---|---|---|"]
     for r in res["n_scaling"]:

@@ -202,3 +202,16 @@ def test_probe_estimate_of_M_converges_to_the_exact_M(target):
     assert one > 0.05          # a single 2-probe estimate is noisy ...
     assert mean < 0.05         # ... the mean of 300 converges (≈ 1/√300 of the single error)
     assert mean < one / 5
+
+
+def test_gram_factor_for_definite_and_singular_grams():
+    """Pᵀ M P = Fᵀ F from the Cholesky factor (M definite) or the eigendecomposition (singular)."""
+    from intermod.analysis.core.rotation import gram_factor
+
+    g = torch.Generator().manual_seed(5)
+    A = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    P = torch.randn(5, 9, generator=g, dtype=torch.float64)
+    for M in (A.T @ A, A[:3].T @ A[:3]):                    # rank 5 (definite) and rank 3
+        F = gram_factor(M, P)
+        assert F.shape[1] == 9 and F.shape[0] <= 5
+        torch.testing.assert_close(F.T @ F, P.T @ M @ P, rtol=1e-10, atol=1e-12 * float(M.abs().max()))

@@ -187,10 +187,17 @@ def whitening(G: Tensor, center: bool, include_bias: bool, tol_G: float) -> Whit
 
 @serial_lapack
 def gram_factor(M: Tensor, P: Tensor | None = None) -> Tensor:
-    """F with Pᵀ M P = Fᵀ F, from the eigendecomposition of the PSD matrix M (r, r); P: (r, d)."""
-    vals, vecs = torch.linalg.eigh((M + M.T) / 2)
-    keep = vals > 0
-    F = vals[keep].sqrt()[:, None] * vecs[:, keep].T
+    """F with Pᵀ M P = Fᵀ F for the PSD matrix M (r, r); P: (r, d). F = Lᵀ P from the Cholesky
+    factor M = L Lᵀ when M is positive definite, else from the eigendecomposition of M (its
+    positive part; F has one row per positive eigenvalue)."""
+    M = (M + M.T) / 2
+    L, info = torch.linalg.cholesky_ex(M)
+    if int(info) == 0:
+        F = L.T
+    else:
+        vals, vecs = torch.linalg.eigh(M)
+        keep = vals > 0
+        F = vals[keep].sqrt()[:, None] * vecs[:, keep].T
     return F if P is None else F @ P
 
 
