@@ -157,3 +157,19 @@ def test_in_place_activations_do_not_corrupt_the_recorded_activations():
 def test_diagnose_of_the_output_alone_is_refused_clearly(model):
     with pytest.raises(ValueError, match="node layer inside the model"):
         ia.diagnose(model, torch.randn(8, 4, dtype=torch.float64), ["output"], 1e-3, progress=False)
+
+
+def test_inputs_that_require_grad_are_read_as_data():
+    """Inputs still attached to an autograd graph (e.g. the output of an embedding) give the
+    same basis and edges as their detached values; the user's graph gets no gradient."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    leaf = torch.randn(40, 4, dtype=torch.float64, requires_grad=True)
+    X = 2 * leaf
+    layers = ["0", "2", "output"]
+    a = ia.compute_basis(model, X, layers, progress=False)
+    b = ia.compute_basis(model, X.detach(), layers, progress=False)
+    np.testing.assert_allclose(a["0"].C, b["0"].C, rtol=1e-12, atol=1e-14)
+    ga, gb = ia.build_graph(model, X, a, progress=False), ia.build_graph(model, X.detach(), b, progress=False)
+    np.testing.assert_allclose(ga.w, gb.w, rtol=1e-12)
+    assert leaf.grad is None

@@ -98,11 +98,12 @@ def count_batches(inputs: Inputs, batch_size: int) -> int | None:
 
 
 def batch_to(batch: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
-    """Move a batch to ``device``; floating tensors are cast to ``dtype`` (integer ids are kept)."""
+    """Move a batch to ``device``, detached from any autograd graph it came with (the analysis
+    makes its own leaves); floating tensors are cast to ``dtype`` (integer ids are kept)."""
     def move(v: Any) -> Any:
         if not isinstance(v, Tensor):
             return v
-        return v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+        return v.detach().to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
 
     if isinstance(batch, Tensor):
         return move(batch)
