@@ -119,12 +119,11 @@ def active_share(model: nn.Sequential, X: torch.Tensor) -> list[float]:
     return shares
 
 
-def effective_gflop(model: nn.Sequential, k: list[int], X: torch.Tensor) -> float:
-    """2·n·Σ_l k_{l+1}·(ρ_l·h_l + 1)·k_l / 1e9 with ρ_l the σ′ ≠ 0 share: what the per-sample
-    GEMMs over the active rows (and the slot row) multiply."""
+def effective_gflop(model: nn.Sequential, k: list[int], n: int, rho: list[float]) -> float:
+    """2·n·Σ_l k_{l+1}·(ρ_l·h_l + 1)·k_l / 1e9 with ρ_l the σ′ ≠ 0 share (:func:`active_share`):
+    what the per-sample GEMMs over the active rows (and the slot row) multiply."""
     h = [m.out_features for m in model if isinstance(m, nn.Linear)]
-    rho = active_share(model, X)
-    return 2 * X.shape[0] * sum(k[j + 1] * (rho[j] * h[j] + 1) * k[j] for j in range(len(h))) / 1e9
+    return 2 * n * sum(k[j + 1] * (rho[j] * h[j] + 1) * k[j] for j in range(len(h))) / 1e9
 
 
 def mlp_row(width: int, target: str, X: torch.Tensor, device: str, repeats: int) -> dict:
@@ -138,11 +137,12 @@ def mlp_row(width: int, target: str, X: torch.Tensor, device: str, repeats: int)
         if best is None or r["total_s"] < best["total_s"]:
             best = r
     gflop = floor_gflop(model, best["k"], X.shape[0])
-    eff = effective_gflop(model, best["k"], X)
+    rho = active_share(model, X)
+    eff = effective_gflop(model, best["k"], X.shape[0], rho)
     best.update(width=width, target=target, n=X.shape[0], floor_gflop=round(gflop, 1),
                 edge_gflops=round(gflop / best["edges_s"], 1),
                 edge_share=round(gflop / best["edges_s"] / best["matmul_gflops"], 3),
-                active_share=[round(r, 3) for r in active_share(model, X)], effective_gflop=round(eff, 1),
+                active_share=[round(r, 3) for r in rho], effective_gflop=round(eff, 1),
                 effective_share=round(eff / best["edges_s"] / best["matmul_gflops"], 3),
                 basis_share=round(best["basis_s"] / best["total_s"], 3),
                 matmul_gflops=round(best["matmul_gflops"], 1))

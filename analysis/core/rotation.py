@@ -101,12 +101,18 @@ def _fix_signs(C: Tensor, Cinv: Tensor, n_data: int) -> tuple[Tensor, Tensor]:
     return C * sign, Cinv * sign
 
 
+def data_block(G: Tensor, center: bool, include_bias: bool) -> Tensor:
+    """The part of G the rotation decomposes: its covariance block when centred with the slot
+    (the slot is then its own direction, D = 1), else all of G."""
+    return G[:-1, :-1] if center and include_bias else G
+
+
 def _activation_eig(G: Tensor, center: bool, include_bias: bool, tol_G: float
                     ) -> tuple[Tensor, Tensor, bool]:
     """(U, D, bias_direction): kept eigenvectors and eigenvalues of G, slot first when centred."""
     if center and include_bias:
         d = G.shape[0] - 1
-        D, U = eigh_desc(G[:d, :d])
+        D, U = eigh_desc(data_block(G, center, include_bias))
         keep = _keep(D, tol_G)
         D, U = D[keep], U[:, keep]
         Ufull = torch.zeros(d + 1, U.shape[1] + 1, dtype=G.dtype, device=G.device)
@@ -121,8 +127,7 @@ def _activation_eig(G: Tensor, center: bool, include_bias: bool, tol_G: float
 def kept_eigenvalues(G: Tensor, center: bool, include_bias: bool, tol_G: float) -> Tensor:
     """The eigenvalues of G that the rotation keeps (descending), of its covariance block when
     centred with the slot (the slot's own D = 1 is not among them)."""
-    block = G[:-1, :-1] if center and include_bias else G
-    D = eigvalsh_desc(block)
+    D = eigvalsh_desc(data_block(G, center, include_bias))
     return D[_keep(D, tol_G)]
 
 
@@ -164,7 +169,7 @@ def whitening(G: Tensor, center: bool, include_bias: bool, tol_G: float) -> Whit
     block when centred with the slot) is well conditioned at tol_G, so that nothing is dropped
     (O(d³/3), no eigendecomposition), else U D^{1/2} from eigh with D_i ≤ tol_G·max D dropped."""
     slot_first = center and include_bias
-    block = G[:-1, :-1] if slot_first else G
+    block = data_block(G, center, include_bias)
     Lc = _cholesky_if_well_conditioned(block, tol_G)
     if Lc is None:
         U, D, slot_first = _activation_eig(G, center, include_bias, tol_G)
