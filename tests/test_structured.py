@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from intermod import analysis as ia
-from intermod.analysis.core.basis import prepare
+from intermod.analysis.core.basis import _output_closed_forms, prepare
 from intermod.analysis.core.nodes import head_pays
 from intermod.analysis.core.structured import affine_section
 from torch import nn
@@ -111,6 +111,28 @@ def test_every_section_of_these_models_has_a_closed_form():
                     include_bias=True, dtype=torch.float64, batch_size=4, device="cpu", seed=0,
                     progress=False, callback=None)
         assert all(affine_section(s.net, j) is not None for j in range(len(layers) - 1)), kind
+
+
+def test_output_target_closed_forms_cover_the_last_two_sections():
+    """Output target: the last section's Gram, and the one before when the last section is the
+    identity past a Linear head (y = P_{T-1} f_aug), come from next_layer_gram; the first
+    section's Gram needs the batched VJPs (y is not affine in its next layer). The values are
+    pinned against the VJPs in test_closed_form_equals_batched_vjps."""
+    expected = {"relu-heads": {1, 2}, "gelu-widening": {1, 2}, "two-linears": {1}}
+    for kind, js in expected.items():
+        model, layers = model_and_layers(kind)
+        s = prepare(model.double(), torch.randn(4, model[0].in_features), layers, output_fn=None,
+                    include_bias=True, dtype=torch.float64, batch_size=4, device="cpu", seed=0,
+                    progress=False, callback=None)
+        forms = _output_closed_forms(s, None)
+        assert set(forms) == js, kind
+        assert _output_closed_forms(s, 4) == {}      # random probes: no exact closed form
+        last = len(layers) - 2
+        if last - 1 in forms:                          # R = P_{T-1}[:d_y]ᵀ: y = Rᵀ f_aug
+            f = torch.randn(5, s.net.dims[layers[last]], dtype=torch.float64)
+            head = model[int(layers[last])]
+            np.testing.assert_allclose(torch.cat([f, torch.ones(5, 1)], 1) @ forms[last - 1][2],
+                                       head(f).detach(), rtol=1e-12, atol=1e-12)
 
 
 def test_sections_without_a_closed_form_fall_back():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,8 +177,10 @@ def prepare(model: nn.Module, inputs: Inputs, layers: Sequence[str], *, output_f
 
 
 def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, draw: ProbeDraw,
-                      acts: dict[str, Tensor], n_probes: int | None, sums: list[GramSum]) -> None:
-    """Add one batch to M_p^j = Σ ĝ ĝᵀ for y = the output, every node layer at once.
+                      acts: dict[str, Tensor], n_probes: int | None, sums: list[GramSum],
+                      closed: Container[int] = ()) -> None:
+    """Add one batch to M_p^j = Σ ĝ ĝᵀ for y = the output, every node layer at once (but the
+    layers in ``closed``, whose Grams come from closed forms: their ĝ only carry slots down).
 
     ĝ = (∂y/∂p^j, slot) per (sample, position, cotangent). The slot of layer j scales every
     bias downstream of its point: its derivative is ∂y/∂s_j (the biases of section j, through
@@ -220,6 +222,8 @@ def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, draw: ProbeDra
                 head_bias = net.head_bias(net.chain[m])
                 carry = slots[m] if head_bias is None else slots[m] + g_points[m] @ head_bias
         for j in range(T):
+            if j in closed:
+                continue
             g = g_points[j]
             if net.include_bias:
                 g = torch.cat([g, slots[j][..., None]], -1)
@@ -266,6 +270,30 @@ def _closed_forms(s: _Setup, n_probes: int | None) -> dict[int, tuple[AffineSect
     forms = {j: affine_section(net, j) for j in range(len(net.chain) - 1)}
     return {j: (sec, ActivationMoments(sec.width(net.point_dims[net.chain[j]]), s.device))
             for j, sec in forms.items() if sec is not None}
+
+
+def _output_closed_forms(s: _Setup, n_probes: int | None
+                         ) -> dict[int, tuple[AffineSection, ActivationMoments, Tensor]]:
+    """Layers whose *output*-target Jacobian Gram is a next-layer closed form
+    (:func:`~intermod.analysis.core.structured.next_layer_gram`), each with its σ′ moments and
+    the readout R with y = Rᵀ f^{j+1}_aug: section j is affine–activation–affine and y is affine
+    in layer j+1, i.e. j+1 is the output (R = [I; 0]), or the last section is the identity, so
+    that y is the point of layer T−1 (R = P_{T−1}[:d_y]ᵀ, its Linear-head pull-back). This
+    replaces K·n·h² of Jacobian-Gram products (K output coordinates) with n·h² for the σ′
+    moments; the batched backward pass still serves the layers before."""
+    if not s.structured or n_probes is not None:
+        return {}
+    net = s.net
+    T, aug, d_y = len(net.chain) - 1, int(net.include_bias), net.dims[OUTPUT]
+    last = affine_section(net, T - 1)
+    if last is None:
+        return {}
+    forms = {T - 1: (last, torch.eye(d_y + aug, d_y, dtype=torch.float64, device=s.device))}
+    before = affine_section(net, T - 2) if T >= 2 and last.identity else None
+    if before is not None:
+        forms[T - 2] = (before, net.pullback(net.chain[T - 1])[:d_y].T)
+    return {j: (sec, ActivationMoments(sec.width(net.point_dims[net.chain[j]]), s.device), R)
+            for j, (sec, R) in forms.items()}
 
 
 def _terminal_M(d: int, include_bias: bool, device: torch.device) -> Tensor:
@@ -318,14 +346,16 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     jac_now = kind == "interaction" and jacobian_target == "output"
     sums = [GramSum(net.point_dims[n] + aug, s.device) for n in chain[:T]] if jac_now else []
     closed = _closed_forms(s, n_probes) if kind == "interaction" and jacobian_target == "next_layer" else {}
+    out_closed = _output_closed_forms(s, n_probes) if jac_now else {}
+    sigmas = {j: form[:2] for j, form in (closed | out_closed).items()}
     for batch, mask, draw in s.batches("activations + jacobians" if jac_now else "activations"):
         if jac_now:
             acts = net.forward(batch, grad=True)
-            _output_jacobians(s, batch, mask, draw, acts, n_probes, sums)
+            _output_jacobians(s, batch, mask, draw, acts, n_probes, sums, out_closed)
         else:
             with torch.no_grad():
                 acts = net.forward(batch)
-        for j, (sec, sigma) in closed.items():   # σ′ moments of closed-form sections, same pass
+        for j, (sec, sigma) in sigmas.items():   # σ′ moments of closed-form sections, same pass
             point = net.last_points[chain[j]].detach()
             accumulate_moments(sec, *net.layouts[chain[j]].samples(point, mask), sigma)
         for n, a in acts.items():
@@ -342,6 +372,8 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
          for n, (_, mean, cov) in stats.items()}
     F: dict[str, Tensor | None] = {n: None for n in chain}   # M = Fᵀ F
     F[OUTPUT] = _terminal_M(net.dims[OUTPUT], include_bias, s.device)
+    for j, (sec, sigma, R) in out_closed.items():
+        sums[j].total = all_reduce_sum(next_layer_gram(sec, sigma, R, include_bias, net.point_dims[chain[j]]))
     for j, gs in enumerate(sums):
         F[chain[j]] = gram_factor(gs.total / stats[chain[j]][0], net.pullback(chain[j]))
 

@@ -107,6 +107,11 @@ class AffineSection:
             u = u + C_data.T @ self.b2.to(C_next.dtype)
         return L, u
 
+    @property
+    def identity(self) -> bool:
+        """No Linear and no activation: f = p."""
+        return all(t is None for t in (self.W1, self.b1, self.act, self.W2, self.b2))
+
     def width(self, d_p: int) -> int:
         """h, the size of z."""
         return d_p if self.W1 is None else self.W1.shape[0]
