@@ -21,6 +21,8 @@ L = C_dataᵀ W₂ (k', h) and u = C_dataᵀ b₂ + c_slot (k'), so Cᵀ J(x) = 
     S = Σ_x w_x a aᵀ (h, h),  σ̄ = Σ_x w_x a (h,),  n = Σ_x w_x
 
 one GEMM over samples (n·h²) instead of one backward pass per basis direction of layer l+1.
+The output target uses the same formula with C = R wherever the output is affine in layer
+l+1, y = Rᵀ f^{l+1}_aug (``basis._output_closed_forms``).
 
 **Edges.** With Q = P_l C⁻¹_l (d_p+1, k) (P_l: the Linear-head pull-back), R = W₁' Q (h, k)
 and v = e_sᵀ Q (k,) (the slot row of Q), the Jacobian in basis coordinates is
