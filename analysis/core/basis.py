@@ -366,8 +366,9 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
                 raise ValueError(f"activations at layer {n!r} contain NaN or Inf: check the inputs "
                                  "and the model's weights") from None
     stats = {n: m.result(s.device) for n, m in moments.items()}
-    for gs in sums:
-        all_reduce_sum(gs.total)
+    for j, gs in enumerate(sums):
+        if j not in out_closed:
+            all_reduce_sum(gs.total)
     G = {n: augmented_gram(mean, cov, center=center, include_bias=include_bias)
          for n, (_, mean, cov) in stats.items()}
     F: dict[str, Tensor | None] = {n: None for n in chain}   # M = Fᵀ F
