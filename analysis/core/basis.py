@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Container, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,10 +177,9 @@ def prepare(model: nn.Module, inputs: Inputs, layers: Sequence[str], *, output_f
 
 
 def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, draw: ProbeDraw,
-                      acts: dict[str, Tensor], n_probes: int | None, sums: list[GramSum],
-                      closed: Container[int] = ()) -> None:
-    """Add one batch to M_p^j = Σ ĝ ĝᵀ for y = the output, every node layer at once (but the
-    layers in ``closed``, whose Grams come from closed forms: their ĝ only carry slots down).
+                      acts: dict[str, Tensor], n_probes: int | None, sums: dict[int, GramSum]) -> None:
+    """Add one batch to M_p^j = Σ ĝ ĝᵀ for y = the output, for every node layer j in ``sums``
+    at once (the others take their Grams from closed forms: their ĝ only carry slots down).
 
     ĝ = (∂y/∂p^j, slot) per (sample, position, cotangent). The slot of layer j scales every
     bias downstream of its point: its derivative is ∂y/∂s_j (the biases of section j, through
@@ -221,9 +220,7 @@ def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, draw: ProbeDra
                 slots[m] = g_slots[m] + (spread_slot(down, weights[m]) if isinstance(down, Tensor) else 0.0)
                 head_bias = net.head_bias(net.chain[m])
                 carry = slots[m] if head_bias is None else slots[m] + g_points[m] @ head_bias
-        for j in range(T):
-            if j in closed:
-                continue
+        for j in sums:
             g = g_points[j]
             if net.include_bias:
                 g = torch.cat([g, slots[j][..., None]], -1)
@@ -268,8 +265,12 @@ def _closed_forms(s: _Setup, n_probes: int | None) -> dict[int, tuple[AffineSect
         return {}
     net = s.net
     forms = {j: affine_section(net, j) for j in range(len(net.chain) - 1)}
-    return {j: (sec, ActivationMoments(sec.width(net.point_dims[net.chain[j]]), s.device))
-            for j, sec in forms.items() if sec is not None}
+    return {j: (sec, _moments(s, j, sec)) for j, sec in forms.items() if sec is not None}
+
+
+def _moments(s: _Setup, j: int, sec: AffineSection) -> ActivationMoments:
+    """An empty accumulator of the σ′ moments of section j."""
+    return ActivationMoments(sec.width(s.net.point_dims[s.net.chain[j]]), s.device)
 
 
 def _output_closed_forms(s: _Setup, n_probes: int | None
@@ -292,8 +293,7 @@ def _output_closed_forms(s: _Setup, n_probes: int | None
     before = affine_section(net, T - 2) if T >= 2 and last.identity else None
     if before is not None:
         forms[T - 2] = (before, net.pullback(net.chain[T - 1])[:d_y].T)
-    return {j: (sec, ActivationMoments(sec.width(net.point_dims[net.chain[j]]), s.device), R)
-            for j, (sec, R) in forms.items()}
+    return {j: (sec, _moments(s, j, sec), R) for j, (sec, R) in forms.items()}
 
 
 def _terminal_M(d: int, include_bias: bool, device: torch.device) -> Tensor:
@@ -344,14 +344,15 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     chain, T = net.chain, len(net.chain) - 1
     moments = {n: MomentAccumulator() for n in chain}
     jac_now = kind == "interaction" and jacobian_target == "output"
-    sums = [GramSum(net.point_dims[n] + aug, s.device) for n in chain[:T]] if jac_now else []
     closed = _closed_forms(s, n_probes) if kind == "interaction" and jacobian_target == "next_layer" else {}
     out_closed = _output_closed_forms(s, n_probes) if jac_now else {}
+    sums = {j: GramSum(net.point_dims[chain[j]] + aug, s.device)
+            for j in range(T) if j not in out_closed} if jac_now else {}
     sigmas = {j: form[:2] for j, form in (closed | out_closed).items()}
     for batch, mask, draw in s.batches("activations + jacobians" if jac_now else "activations"):
         if jac_now:
             acts = net.forward(batch, grad=True)
-            _output_jacobians(s, batch, mask, draw, acts, n_probes, sums, out_closed)
+            _output_jacobians(s, batch, mask, draw, acts, n_probes, sums)
         else:
             with torch.no_grad():
                 acts = net.forward(batch)
@@ -366,17 +367,15 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
                 raise ValueError(f"activations at layer {n!r} contain NaN or Inf: check the inputs "
                                  "and the model's weights") from None
     stats = {n: m.result(s.device) for n, m in moments.items()}
-    for j, gs in enumerate(sums):
-        if j not in out_closed:
-            all_reduce_sum(gs.total)
+    totals = {j: all_reduce_sum(gs.total) for j, gs in sums.items()}
     G = {n: augmented_gram(mean, cov, center=center, include_bias=include_bias)
          for n, (_, mean, cov) in stats.items()}
     F: dict[str, Tensor | None] = {n: None for n in chain}   # M = Fᵀ F
     F[OUTPUT] = _terminal_M(net.dims[OUTPUT], include_bias, s.device)
     for j, (sec, sigma, R) in out_closed.items():
-        sums[j].total = all_reduce_sum(next_layer_gram(sec, sigma, R, include_bias, net.point_dims[chain[j]]))
-    for j, gs in enumerate(sums):
-        F[chain[j]] = gram_factor(gs.total / stats[chain[j]][0], net.pullback(chain[j]))
+        totals[j] = all_reduce_sum(next_layer_gram(sec, sigma, R, include_bias, net.point_dims[chain[j]]))
+    for j, total in totals.items():
+        F[chain[j]] = gram_factor(total / stats[chain[j]][0], net.pullback(chain[j]))
 
     def rot(n: str) -> Rotation:
         return rotate(G[n], F[n], stats[n][1], center=center, include_bias=include_bias,
