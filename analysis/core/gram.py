@@ -8,6 +8,34 @@ from torch import Tensor
 from .distributed import all_reduce_float, all_reduce_max, all_reduce_sum
 
 
+GRAM_LEAF = 512   # gram(): blocks up to this many columns are one GEMM
+
+
+def gram(X: Tensor) -> Tensor:
+    """XᵀX (d, d) for X (N, d), in X's dtype.
+
+    With X = [A B] split by columns, XᵀX = [[AᵀA, (BᵀA)ᵀ], [BᵀA, BᵀB]]: the off-diagonal block
+    is computed once and the diagonal ones recursively, down to GRAM_LEAF columns, so the
+    products cost about half of one N·d² GEMM (torch has no SYRK)."""
+    out = X.new_empty(X.shape[1], X.shape[1])
+    _fill_gram(X, out)
+    return out
+
+
+def _fill_gram(X: Tensor, out: Tensor) -> None:
+    d = X.shape[1]
+    if d <= GRAM_LEAF:
+        out.copy_(X.T @ X)
+        return
+    h = d // 2
+    A, B = X[:, :h], X[:, h:]
+    _fill_gram(A, out[:h, :h])
+    _fill_gram(B, out[h:, h:])
+    cross = B.T @ A
+    out[h:, :h] = cross
+    out[:h, h:] = cross.T
+
+
 class MomentAccumulator:
     """Weighted mean and covariance of samples, accumulated batch by batch.
 
@@ -35,7 +63,7 @@ class MomentAccumulator:
             self.s2 = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
         xc = (x - self.shift) * w
         self.s1 += xc.sum(0)
-        self.s2 += xc.T @ xc
+        self.s2 += gram(xc)
         self.n += float(w.sum())
 
     def result(self, device: torch.device) -> tuple[float, Tensor, Tensor]:
@@ -87,4 +115,4 @@ class GramSum:
 
     def add(self, g: Tensor, w: Tensor) -> None:
         g = (g * w[..., None]).to(torch.float64).reshape(-1, g.shape[-1])
-        self.total += g.T @ g
+        self.total += gram(g)

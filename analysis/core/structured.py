@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .gram import gram
 from .nodes import OUTPUT, NodeModel, default_output
 
 ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.ELU, nn.Softplus,
@@ -198,7 +199,7 @@ class ActivationMoments:
     def add(self, a: Tensor, w: Tensor) -> None:
         """a: (N, h) derivatives, w: (N,) weights in {0, 1}."""
         aw = a * w[:, None]
-        self.S += (aw.T @ aw).to(torch.float64)
+        self.S += gram(aw).to(torch.float64)
         self.sigma += aw.sum(0).to(torch.float64)
         self.n += float(w.sum())
 
