@@ -215,3 +215,30 @@ def test_gram_factor_for_definite_and_singular_grams():
         F = gram_factor(M, P)
         assert F.shape[1] == 9 and F.shape[0] <= 5
         torch.testing.assert_close(F.T @ F, P.T @ M @ P, rtol=1e-10, atol=1e-12 * float(M.abs().max()))
+
+
+@pytest.mark.parametrize("shape", [(40, 100), (40, 59), (40, 61), (60, 40), (30, 30)])
+def test_svd_eig_is_the_eigendecomposition_of_ftf(shape):
+    """_svd_eig(F) = the eigenpairs of FᵀF with λ > 0, on both sides of the QR switch (k ≥ 1.5 r):
+    λ against numpy's eigvalsh to 1e-12 · λ_max, orthonormal vectors, residual FᵀF V − V λ ≈ 0,
+    also for a rank-deficient F (rank 25) whose spectrum spans 1e8."""
+    from intermod.analysis.core.rotation import WIDE_SVD, _svd_eig
+
+    r, k = shape
+    assert (k >= WIDE_SVD * r) == (shape in [(40, 100), (40, 61)])
+    g = torch.Generator().manual_seed(r * k)
+    scale = torch.logspace(0, -4, min(r, k), dtype=torch.float64)
+    for rank in (min(r, k), 25):
+        A = torch.randn(r, rank, generator=g, dtype=torch.float64) * scale[:rank]
+        F = A @ torch.randn(rank, k, generator=g, dtype=torch.float64)
+        lam, V = _svd_eig(F)
+        assert lam.shape == (min(r, k),) and V.shape == (k, min(r, k))
+        M = (F.T @ F).numpy()
+        ref = np.sort(np.linalg.eigvalsh(M))[::-1][:min(r, k)]
+        top = float(ref[0])
+        assert np.all(np.diff(lam.numpy()) <= 1e-12 * top)                  # descending
+        assert np.abs(lam.numpy() - ref).max() <= 1e-12 * top
+        keep = lam > 1e-10 * top
+        Vk = V[:, keep].numpy()
+        assert np.abs(Vk.T @ Vk - np.eye(int(keep.sum()))).max() <= 1e-12
+        assert np.abs(M @ Vk - Vk * lam[keep].numpy()).max() <= 1e-12 * top
