@@ -7,7 +7,6 @@ from torch import Tensor
 
 from .distributed import all_reduce_float, all_reduce_max, all_reduce_sum
 
-
 GRAM_LEAF = 512   # gram(): blocks up to this many columns are one GEMM
 
 
