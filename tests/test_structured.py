@@ -177,6 +177,42 @@ def test_chunking_by_memory_budget_does_not_change_the_result():
         ia.build_graph(model, X, basis, progress=False, max_memory=0)
 
 
+def test_vjp_chunks_count_the_hidden_width_against_the_budget(monkeypatch):
+    """The batched VJPs (structured=False, both targets and the edges) size their chunks of K
+    cotangents by what autograd saves, not only by the section's input and output: a
+    5 → 1024 → 5 section keeps B·1024 elements per cotangent, so K·B·1024·8 bytes ≤ max_memory,
+    while the budget still allows K ≥ 2 (and a plain chunk cap of VJP_CHUNK_BYTES applies)."""
+    from intermod.analysis.core import basis as basis_mod
+    from intermod.analysis.core import edges as edges_mod
+    from intermod.analysis.core.jacobians import VJP_CHUNK_BYTES, chunk_size
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 1024), nn.Tanh(), nn.Linear(1024, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    X = torch.randn(40, 5, dtype=torch.float64)
+    layers, budget = ["0", "3", "output"], 700 << 10
+    seen: list[int] = []
+    for mod in (basis_mod, edges_mod):
+        real = mod.vjp
+        monkeypatch.setattr(mod, "vjp", lambda out, ins, cot, real=real: seen.append(tuple(cot.shape)) or real(out, ins, cot))
+
+    def check(wide_out: int) -> None:   # the VJPs whose graph holds the 1024-wide layer
+        K = [shape[0] for shape in seen if shape[-1] == wide_out]
+        assert K and max(K) * 40 * 1024 * 8 <= budget and max(K) >= 2, seen
+        seen.clear()
+
+    for target, wide_out in (("output", 3), ("next_layer", 5)):   # y; f̂ of layer "3"
+        basis = ia.compute_basis(model, X, layers, jacobian_target=target, structured=False,
+                                 max_memory=budget, progress=False)
+        check(wide_out)
+    ref = ia.build_graph(model, X, basis, structured=False, progress=False)
+    seen.clear()
+    g = ia.build_graph(model, X, basis, structured=False, max_memory=budget, progress=False)
+    check(5)
+    np.testing.assert_allclose(g.w, ref.w, rtol=1e-10, atol=1e-13 * ref.w.max())
+    assert chunk_size(10 ** 9, 1, torch.float64, 1 << 40) == VJP_CHUNK_BYTES // 8
+    assert chunk_size(10 ** 9, 1, torch.float64, 800) == 100
+
+
 def test_float32_compute_is_close_to_float64():
     """float32 products, float64 sums: Λ and the edges that matter agree to ~1e-5 relative."""
     torch.manual_seed(2)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .distributed import all_reduce_float, all_reduce_sum, rank_world, shard
 from .gram import GramSum, MomentAccumulator, augmented_gram
 from .inputs import Inputs, batch_size_of, batch_to, count_batches, iter_batches, position_mask, resolve_device
-from .jacobians import DEFAULT_MAX_MEMORY, ProbeDraw, joint_cotangents, rotated_cotangents, vjp
+from .jacobians import DEFAULT_MAX_MEMORY, ProbeDraw, SavedNumel, joint_cotangents, rotated_cotangents, vjp
 from .layout import LayoutSpec, spread_slot
 from .nodes import OUTPUT, NodeModel, OutputFn
 from .progress import Callback, Progress
@@ -177,7 +177,8 @@ def prepare(model: nn.Module, inputs: Inputs, layers: Sequence[str], *, output_f
 
 
 def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, draw: ProbeDraw,
-                      acts: dict[str, Tensor], n_probes: int | None, sums: dict[int, GramSum]) -> None:
+                      acts: dict[str, Tensor], saved: int, n_probes: int | None,
+                      sums: dict[int, GramSum]) -> None:
     """Add one batch to M_p^j = Σ ĝ ĝᵀ for y = the output, for every node layer j in ``sums``
     at once (the others take their Grams from closed forms: their ĝ only carry slots down).
 
@@ -186,7 +187,8 @@ def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, draw: ProbeDra
     the slot leaf) plus, carried back from layer j+1 by :func:`spread_slot`, ⟨∂y/∂f^{j+1}, β_j⟩
     (β_j: the tangent of section j's other biases), the slot derivative of layer j+1 and
     ⟨∂y/∂z^{j+1}, b_{j+1}⟩ for a Linear head at layer j+1 (a head's own bias at layer j is
-    carried by the pull-back P_j instead).
+    carried by the pull-back P_j instead). ``saved``: the elements autograd saved in the
+    forward pass (:class:`~intermod.analysis.core.jacobians.SavedNumel`), per cotangent.
     """
     net = s.net
     L = net.layouts
@@ -201,7 +203,7 @@ def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, draw: ProbeDra
         betas = [L[net.chain[m + 1]].to_samples(net.bias_tangent(batch, m, point=points[m].detach()))
                  for m in range(T)]
     weights = [L[n].samples(acts[n], mask)[1] for n in net.chain[:T]]
-    per_item = sum(t.numel() for t in points + inner) + y.numel()
+    per_item = sum(t.numel() for t in points + inner) + y.numel() + saved
     for R in joint_cotangents(yw, L[OUTPUT].n_features(y.shape), n_probes, draw, s.dtype, per_item,
                               s.max_memory):
         s.progress.heartbeat()
@@ -236,13 +238,14 @@ def _next_layer_jacobians(s: _Setup, j: int, C_next: Tensor, n_probes: int | Non
     total = GramSum(net.point_dims[net.chain[j]] + aug, s.device)
     n = 0.0
     for batch, mask, draw in s.batches(f"jacobians {net.chain[j]}", stream=j + 1):
-        point, f_out, slot_leaf = net.section(batch, j)
+        with SavedNumel(net.params.values()) as saved:
+            point, f_out, slot_leaf = net.section(batch, j)
         beta = dst.to_samples(net.bias_tangent(batch, j)) if net.needs_tangent else None
         wo = dst.weights(f_out.shape, mask, s.dtype, s.device)
         wi = src.weights(point.shape, mask, s.dtype, s.device)
         n += float(wi.sum())
         B = wi.shape[0]
-        per_item = point.numel() + f_out.numel() * 2
+        per_item = point.numel() + f_out.numel() * 2 + saved.numel
         for data, down in rotated_cotangents(wo, C_next, n_probes, draw, s.dtype, per_item, bool(aug),
                                              s.max_memory):
             s.progress.heartbeat()
@@ -351,8 +354,9 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     sigmas = {j: form[:2] for j, form in (closed | out_closed).items()}
     for batch, mask, draw in s.batches("activations + jacobians" if jac_now else "activations"):
         if jac_now:
-            acts = net.forward(batch, grad=True)
-            _output_jacobians(s, batch, mask, draw, acts, n_probes, sums)
+            with SavedNumel(net.params.values()) as saved:
+                acts = net.forward(batch, grad=True)
+            _output_jacobians(s, batch, mask, draw, acts, saved.numel, n_probes, sums)
         else:
             with torch.no_grad():
                 acts = net.forward(batch)

@@ -27,7 +27,7 @@ from .basis import Basis, prepare
 from .distributed import all_reduce_float, all_reduce_sum
 from .graph import InteractionGraph
 from .inputs import Inputs
-from .jacobians import DEFAULT_MAX_MEMORY, ProbeDraw, per_direction_cotangents, vjp
+from .jacobians import DEFAULT_MAX_MEMORY, ProbeDraw, SavedNumel, per_direction_cotangents, vjp
 from .layout import spread_slot
 from .nodes import OutputFn
 from .progress import Callback
@@ -146,25 +146,38 @@ def _section_edges(s, batch, mask, draw: ProbeDraw, j: int, point: Tensor, basel
     c_slot = C_next[d_next].to(s.dtype) if aug else None
     k_next = C_next.shape[1]
     B = f_hat.shape[0]
-    per_item = point.numel() * (2 + len(alphas)) + f_hat.numel() + w_out.numel() * d_next * 2
+
+    def at(alpha: float) -> Tensor:
+        return alpha * point if baseline is None else baseline + alpha * (point - baseline)
+
+    # With one α (gradient edges) the section's graph is built once and every chunk of
+    # cotangents reuses it; with a quadrature each chunk rebuilds the graph of each α, so that
+    # only one is alive at a time. β (the tangent of the biases no slot covers) depends on α only.
+    with SavedNumel(net.params.values()) as saved:
+        first = net.section(batch, j, point=at(alphas[0]), alpha=alphas[0])
+    graphs = [first] if len(alphas) == 1 else None
+    betas = ([dst.to_samples(net.bias_tangent(batch, j, point=at(a), alpha=a)) for a in alphas]
+             if aug and net.needs_tangent else None)
+    per_item = (point.numel() * (2 + len(alphas)) + f_hat.numel() + w_out.numel() * d_next * 2
+                + saved.numel)
+    del first
     for pattern, which in per_direction_cotangents(w_out, k_next, n_probes, draw, s.dtype, per_item,
                                                    s.max_memory):
         K = pattern.shape[0]                                     # cotangent = e_i ⊗ pattern
         C_which = C_data[:, which]                               # (d_{j+1}, K)
         data = pattern[..., None] * C_which.T[:, None, None, :]  # (K, B, P, d_{j+1})
         g_sum = slot_sum = None
-        for alpha, wq in zip(alphas, weights):
+        for q, (alpha, wq) in enumerate(zip(alphas, weights)):
             s.progress.heartbeat()                               # cancellation inside the quadrature
-            at = alpha * point if baseline is None else baseline + alpha * (point - baseline)
-            p_leaf, f_out, slot_leaf = net.section(batch, j, point=at, alpha=alpha)
+            p_leaf, f_out, slot_leaf = graphs[0] if graphs else net.section(batch, j, point=at(alpha),
+                                                                             alpha=alpha)
             grads = vjp(f_out, [p_leaf] + ([slot_leaf] if aug else []), dst.from_samples(data, f_out.shape))
             g = wq * src.to_samples(grads[0], p_leaf.ndim)
             g_sum = g if g_sum is None else g_sum + g
             if aug:  # slot: hooked biases (per position), other biases (β), the next slot row
                 down = pattern * c_slot[which][:, None, None]
-                if net.needs_tangent:
-                    beta = dst.to_samples(net.bias_tangent(batch, j, point=at, alpha=alpha))
-                    down = down + pattern * torch.einsum("bpd,dk->kbp", beta, C_which)
+                if betas is not None:
+                    down = down + pattern * torch.einsum("bpd,dk->kbp", betas[q], C_which)
                 slot = grads[1].reshape(K, B, -1) + spread_slot(down, w_in)
                 slot_sum = wq * slot if slot_sum is None else slot_sum + wq * slot
         J_hat = g_sum @ Q[:g_sum.shape[-1]]                      # (K, B, P_in, k_j)
