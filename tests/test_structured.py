@@ -113,6 +113,56 @@ def test_every_section_of_these_models_has_a_closed_form():
         assert all(affine_section(s.net, j) is not None for j in range(len(layers) - 1)), kind
 
 
+def _sections(model, X, layers):
+    s = prepare(model, X, layers, output_fn=None, include_bias=True, dtype=torch.float64, batch_size=4,
+                device="cpu", seed=0, progress=False, callback=None)
+    return [affine_section(s.net, j) for j in range(len(layers) - 1)]
+
+
+@pytest.mark.parametrize("target", ["output", "next_layer"])
+@pytest.mark.parametrize("center,include_bias", CASES)
+def test_one_by_one_convolutions_have_the_closed_form(target, center, include_bias):
+    """A 1×1 convolution is a Linear on the channels at every position: on channels-first maps
+    the closed form (C features per position, positions as samples) equals the batched VJPs
+    (basis within 1e-10, gradient and integrated edges)."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(3, 6, 1), nn.ReLU(), nn.Conv2d(6, 5, 1), nn.GELU(), nn.Dropout(0.2),
+                          nn.Conv2d(5, 4, 1, bias=False)).double()
+    layers = ["0", "2", "5", "output"]
+    X = torch.randn(9, 3, 3, 2, dtype=torch.float64)
+    assert all(sec is not None for sec in _sections(model, X, layers))
+    a, b = both(model, X, layers, target, center, include_bias)
+    assert_same_basis(a, b)
+    for method, n_alpha in (("gradient", 1), ("integrated", 3)):
+        ga, gb = (ia.build_graph(model, X, a, edge_method=method, n_alpha=n_alpha, batch_size=4,
+                                 progress=False, structured=s) for s in (True, False))
+        np.testing.assert_allclose(ga.w, gb.w, rtol=1e-9, atol=1e-12 * gb.w.max())
+
+
+def test_maps_that_are_not_per_sample_linear_take_the_vjps():
+    """No closed form where the section's linear maps do not act on the layout's features:
+    a 3×3 or strided convolution (it mixes positions), a Linear on a channels-first map (it acts
+    on the last spatial axis) and two node layers with different layouts."""
+    torch.manual_seed(5)
+    X = torch.randn(4, 3, 4, 4, dtype=torch.float64)
+    cases = [
+        (nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)), ["0", "output"]),
+        (nn.Sequential(nn.Conv2d(3, 4, 1, stride=2), nn.ReLU(), nn.Conv2d(4, 2, 1)), ["0", "output"]),
+        (nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Linear(4, 4), nn.Conv2d(4, 2, 1)), ["1", "3", "output"]),
+    ]
+    for model, layers in cases:
+        model = model.double()
+        secs = _sections(model, X, layers)
+        assert secs[0] is None, model
+        a, b = both(model, X, layers, "next_layer", True, True)   # the fallback is the VJP path itself
+        assert_same_basis(a, b)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 2, 1)).double()
+    s = prepare(model, X, ["1", "2", "output"], output_fn=None, include_bias=True, dtype=torch.float64,
+                batch_size=4, device="cpu", seed=0, progress=False, callback=None,
+                layout={"1": "flatten", "2": "channels", "output": "channels"})
+    assert affine_section(s.net, 0) is None and affine_section(s.net, 1) is not None
+
+
 def test_output_target_closed_forms_cover_the_last_two_sections():
     """Output target: the last section's Gram, and the one before when the last section is the
     identity past a Linear head (y = P_{T-1} f_aug), come from next_layer_gram; the first

@@ -147,8 +147,11 @@ def _section_edges(s, batch, mask, draw: ProbeDraw, j: int, point: Tensor, basel
     k_next = C_next.shape[1]
     B = f_hat.shape[0]
 
-    def at(alpha: float) -> Tensor:
-        return alpha * point if baseline is None else baseline + alpha * (point - baseline)
+    def at(alpha: float) -> Tensor:   # the baseline (d,) lies on the layout's feature axis
+        if baseline is None:
+            return alpha * point
+        p = src.to_samples(point)
+        return src.from_samples(baseline + alpha * (p - baseline), point.shape)
 
     # With one α (gradient edges) the section's graph is built once and every chunk of
     # cotangents reuses it; with a quadrature each chunk rebuilds the graph of each α, so that

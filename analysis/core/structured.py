@@ -127,32 +127,57 @@ class AffineSection:
         return torch.device("cpu")
 
 
+_FEATURE_AXIS = {"features": "last", "tokens": "last", "channels": "channels"}
+
+
+def _feature_map(m: nn.Module) -> str | None:
+    """The feature axis a module maps linearly at every sample, if it is such a map: a Linear
+    acts on the last axis ("features"/"tokens" layouts), a 1×1 convolution (stride 1, no
+    padding, one group) on the channel axis at every position ("channels")."""
+    if isinstance(m, nn.Linear):
+        return "last"
+    if (isinstance(m, nn.modules.conv._ConvNd) and not m.transposed and m.groups == 1
+            and all(k == 1 for k in m.kernel_size) and all(st == 1 for st in m.stride)
+            and (isinstance(m.padding, str) or all(pd == 0 for pd in m.padding))):
+        return "channels"
+    return None
+
+
 def affine_section(net: NodeModel, j: int) -> AffineSection | None:
-    """The closed form of section j of ``net`` when it has one, else None (batched VJPs then)."""
+    """The closed form of section j of ``net`` when it has one, else None (batched VJPs then).
+
+    Its linear maps must act on the features of both node layers' layout: Linear maps for
+    "features"/"tokens" samples, 1×1 convolutions for "channels" maps; both layers must share
+    the layout, so that sample t of one is sample t of the other."""
     if not net._sequential:
         return None
     src, dst = net.chain[j], net.chain[j + 1]
     if dst == OUTPUT and net.output_fn is not default_output:
         return None
+    axes = {_FEATURE_AXIS.get(net.layouts[n].kind, net.layouts[n].kind) for n in (src, dst)}
+    if len(axes) != 1:                   # samples and features must correspond one to one
+        return None
+    layout = axes.pop()
     start = net._child_index[src] + int(src in net.heads)
     stop = len(net.model) if dst == OUTPUT else net._child_index[dst]
     mods = [m for m in list(net.model)[start:stop] if not isinstance(m, _SKIPPED)]
     first = second = act = None
-    if mods and isinstance(mods[0], nn.Linear):
+    if mods and _feature_map(mods[0]) == layout:
         first = mods.pop(0)
     if mods and isinstance(mods[0], ELEMENTWISE):
         act = mods.pop(0)
-    if mods and isinstance(mods[0], nn.Linear):
+    if mods and _feature_map(mods[0]) == layout:
         second = mods.pop(0)
     if mods:
         return None
     if act is None and first is not None and second is None:
-        first, second = None, first      # a lone Linear: W₂ = W, no σ
+        first, second = None, first      # a lone linear map: W₂ = W, no σ
 
-    def param(m: nn.Linear | None, leaf: str) -> Tensor | None:
+    def param(m: nn.Module | None, leaf: str) -> Tensor | None:
         if m is None or getattr(m, leaf) is None:
             return None
-        return net.params[net._param_name(m, leaf)]
+        t = net.params[net._param_name(m, leaf)]
+        return t.reshape(t.shape[0], -1) if leaf == "weight" else t   # a 1×1 kernel: (out, in)
 
     return AffineSection(param(first, "weight"), param(first, "bias"), act,
                          param(second, "weight"), param(second, "bias"))
