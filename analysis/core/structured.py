@@ -1,8 +1,9 @@
 """Closed forms for sections made of linear maps and one elementwise activation.
 
 A section of an ``nn.Sequential`` whose modules are ``[Linear] [activation] [Linear]`` (each
-optional; Identity and Dropout are skipped, the model runs in eval mode) maps the point p
-(d_p,) of node layer l, with the bias slot s, to
+optional; Identity and Dropout are skipped, the model runs in eval mode; a 1×1 convolution is
+a Linear on the channels of every position of a channels-first map) maps the point p (d_p,)
+of node layer l, with the bias slot s, to
 
     f = W₂ σ(z) + b₂ s,   z = W₁ p + b₁ s   (h,)
 
