@@ -223,6 +223,13 @@ def test_chunking_by_memory_budget_does_not_change_the_result():
     g3 = ia.build_graph(model, X, basis, progress=False, structured=False, max_memory=1)
     np.testing.assert_allclose(g2.w, g1.w, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(g3.w, g1.w, rtol=1e-10, atol=1e-13)
+    # integrated: with max_memory=1 the VJP path rebuilds each α's graph per chunk, by default
+    # it keeps all α's graphs for all chunks; both equal the closed form
+    i1 = ia.build_graph(model, X, basis, edge_method="integrated", n_alpha=3, progress=False)
+    for budget in (1, 1 << 29):
+        i2 = ia.build_graph(model, X, basis, edge_method="integrated", n_alpha=3, progress=False,
+                            structured=False, max_memory=budget)
+        np.testing.assert_allclose(i2.w, i1.w, rtol=1e-10, atol=1e-13)
     with pytest.raises(ValueError, match="max_memory"):
         ia.build_graph(model, X, basis, progress=False, max_memory=0)
 

@@ -153,12 +153,14 @@ def _section_edges(s, batch, mask, draw: ProbeDraw, j: int, point: Tensor, basel
         p = src.to_samples(point)
         return src.from_samples(baseline + alpha * (p - baseline), point.shape)
 
-    # With one α (gradient edges) the section's graph is built once and every chunk of
-    # cotangents reuses it; with a quadrature each chunk rebuilds the graph of each α, so that
-    # only one is alive at a time. β (the tangent of the biases no slot covers) depends on α only.
+    # The section's graph at each α is built once and reused by every chunk of cotangents
+    # when the graphs of all α fit in half of max_memory (a graph holds `saved.numel` elements);
+    # otherwise each chunk rebuilds them one at a time. β (the tangent of the biases no slot
+    # covers) depends on α only.
     with SavedNumel(net.params.values()) as saved:
         first = net.section(batch, j, point=at(alphas[0]), alpha=alphas[0])
-    graphs = [first] if len(alphas) == 1 else None
+    keep = len(alphas) == 1 or len(alphas) * saved.numel * s.dtype.itemsize <= s.max_memory // 2
+    graphs = [first] + [net.section(batch, j, point=at(a), alpha=a) for a in alphas[1:]] if keep else None
     betas = ([dst.to_samples(net.bias_tangent(batch, j, point=at(a), alpha=a)) for a in alphas]
              if aug and net.needs_tangent else None)
     per_item = (point.numel() * (2 + len(alphas)) + f_hat.numel() + w_out.numel() * d_next * 2
@@ -172,7 +174,7 @@ def _section_edges(s, batch, mask, draw: ProbeDraw, j: int, point: Tensor, basel
         g_sum = slot_sum = None
         for q, (alpha, wq) in enumerate(zip(alphas, weights)):
             s.progress.heartbeat()                               # cancellation inside the quadrature
-            p_leaf, f_out, slot_leaf = graphs[0] if graphs else net.section(batch, j, point=at(alpha),
+            p_leaf, f_out, slot_leaf = graphs[q] if graphs else net.section(batch, j, point=at(alpha),
                                                                              alpha=alpha)
             grads = vjp(f_out, [p_leaf] + ([slot_leaf] if aug else []), dst.from_samples(data, f_out.shape))
             g = wq * src.to_samples(grads[0], p_leaf.ndim)
