@@ -101,20 +101,10 @@ def _keep(vals: Tensor, tol: float) -> Tensor:
     return vals > tol * top if top > 0 else torch.zeros_like(vals, dtype=torch.bool)
 
 
-def centring_maps(mean: Tensor, center: bool, include_bias: bool) -> tuple[Tensor, Tensor]:
-    """Y and Y⁻¹ on augmented coordinates (identity unless both ``center`` and ``include_bias``)."""
-    d = mean.shape[0] + int(include_bias)
-    Y = torch.eye(d, dtype=torch.float64, device=mean.device)
-    Yinv = Y.clone()
-    if center and include_bias:
-        Y[:-1, -1] = -mean
-        Yinv[:-1, -1] = mean
-    return Y, Yinv
-
-
 def _times_Yinv(mean: Tensor, X: Tensor, centred: bool) -> Tensor:
-    """Y⁻¹ X (X: (d+1, m)) without forming Y⁻¹ (:func:`centring_maps`): Y⁻¹ = I + (μ, 0) e_dᵀ
-    adds μ times X's slot row to its data rows (O(d·m) instead of a dense O(d²·m) product)."""
+    """Y⁻¹ X (X: (d+1, m)) for the centring map Y on augmented coordinates, f_aug ↦ (f − μ s, s)
+    (the identity unless ``centred``, i.e. ``center`` and ``include_bias``), without forming
+    it: Y⁻¹ = I + (μ, 0) e_dᵀ adds μ times X's slot row to its data rows (O(d·m), not O(d²·m))."""
     if not centred:
         return X
     out = X.clone()
@@ -260,9 +250,9 @@ def rotate(G: Tensor, F: Tensor | None, mean: Tensor, *, center: bool, include_b
     n_data = mean.shape[0]
     slot_first = center and include_bias
     if kind == "neuron":
-        Y, Yinv = centring_maps(mean, center, include_bias)
+        eye = torch.eye(G.shape[0], dtype=torch.float64, device=mean.device)
         order = ([n_data] + list(range(n_data))) if slot_first else list(range(G.shape[0]))
-        C, Cinv = Y.T[:, order], Yinv[:, order]
+        C, Cinv = _times_YT(mean, eye, slot_first)[:, order], _times_Yinv(mean, eye, slot_first)[:, order]
         return Rotation(C, Cinv, torch.diagonal(G)[order].clone(), slot_first)
     if kind == "pca":
         U, D, bias_dir = _activation_eig(G, center, include_bias, tol_G)
@@ -272,7 +262,7 @@ def rotate(G: Tensor, F: Tensor | None, mean: Tensor, *, center: bool, include_b
         raise ValueError(f"kind must be 'interaction', 'pca' or 'neuron', got {kind!r}")
     white = whitening(G, center, include_bias, tol_G)
     bias_dir = white.slot_first
-    W_inv = _times_Yinv(mean, white.S, center and include_bias)   # (d_aug, k_G): f_aug = W_inv f̃
+    W_inv = _times_Yinv(mean, white.S, slot_first)   # (d_aug, k_G): f_aug = W_inv f̃
     Ft = F @ W_inv                                    # M̃ = Ftᵀ Ft
     if bias_dir:
         lam, V = _svd_eig(Ft[:, 1:])
@@ -294,7 +284,7 @@ def rotate(G: Tensor, F: Tensor | None, mean: Tensor, *, center: bool, include_b
     if scaling not in ("sqrt", "inverse"):
         raise ValueError(f"scaling must be 'sqrt' or 'inverse', got {scaling!r}")
     s = lam.sqrt() if scaling == "sqrt" else 1.0 / lam.sqrt()
-    C = _times_YT(mean, white.unwhiten_T(V), center and include_bias) * s   # Wᵀ V, f̃ = W f_aug, W = S⁺ Y
+    C = _times_YT(mean, white.unwhiten_T(V), slot_first) * s   # Wᵀ V, f̃ = W f_aug, W = S⁺ Y
     Cinv = W_inv @ V / s
     C, Cinv = _fix_signs(C, Cinv, n_data)
     return Rotation(C, Cinv, lam, bias_dir)
