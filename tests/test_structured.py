@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 from intermod import analysis as ia
-from intermod.analysis.core.basis import _output_closed_forms, prepare
+from intermod.analysis.core.jacobian_grams import output_closed_forms
 from intermod.analysis.core.nodes import head_pays
+from intermod.analysis.core.setup import prepare
 from intermod.analysis.core.structured import affine_section
 from torch import nn
 
@@ -174,9 +175,9 @@ def test_output_target_closed_forms_cover_the_last_two_sections():
         s = prepare(model.double(), torch.randn(4, model[0].in_features), layers, output_fn=None,
                     include_bias=True, dtype=torch.float64, batch_size=4, device="cpu", seed=0,
                     progress=False, callback=None)
-        forms = _output_closed_forms(s, None)
+        forms = output_closed_forms(s, None)
         assert set(forms) == js, kind
-        assert _output_closed_forms(s, 4) == {}      # random probes: no exact closed form
+        assert output_closed_forms(s, 4) == {}      # random probes: no exact closed form
         last = len(layers) - 2
         if last - 1 in forms:                          # R = P_{T-1}[:d_y]ᵀ: y = Rᵀ f_aug
             f = torch.randn(5, s.net.dims[layers[last]], dtype=torch.float64)
@@ -239,8 +240,8 @@ def test_vjp_chunks_count_the_hidden_width_against_the_budget(monkeypatch):
     cotangents by what autograd saves, not only by the section's input and output: a
     5 → 1024 → 5 section keeps B·1024 elements per cotangent, so K·B·1024·8 bytes ≤ max_memory,
     while the budget still allows K ≥ 2 (and a plain chunk cap of VJP_CHUNK_BYTES applies)."""
-    from intermod.analysis.core import basis as basis_mod
     from intermod.analysis.core import edges as edges_mod
+    from intermod.analysis.core import jacobian_grams as basis_mod
     from intermod.analysis.core.jacobians import VJP_CHUNK_BYTES, chunk_size
 
     torch.manual_seed(0)

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..core.basis import prepare
 from ..core.inputs import Batch, Inputs, as_samples, batch_size_of, batch_to, iter_batches, position_mask
 from ..core.nodes import OutputFn
 from ..core.progress import Callback
+from ..core.setup import prepare
 from .loss import Loss, LossFn, ScaleAccumulator
 from .maps import LayerMap, TorchMap
 

@@ -11,23 +11,34 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .distributed import all_reduce_float, all_reduce_sum, rank_world, shard
+from .convolution import conv_moments
+from .distributed import all_reduce_float, all_reduce_sum
 from .gram import GramSum, MomentAccumulator, augmented_gram
-from .inputs import Inputs, batch_size_of, batch_to, count_batches, iter_batches, position_mask, resolve_device
-from .jacobians import DEFAULT_MAX_MEMORY, ProbeDraw, SavedNumel, joint_cotangents, rotated_cotangents, vjp
-from .layout import LayoutSpec, spread_slot
-from .nodes import OUTPUT, NodeModel, OutputFn
-from .progress import Callback, Progress
+from .inputs import Inputs
+from .jacobian_grams import (
+    closed_forms,
+    conv_closed_forms,
+    conv_gram,
+    next_layer_jacobians,
+    output_closed_forms,
+    output_jacobians,
+    terminal_M,
+)
+from .jacobians import DEFAULT_MAX_MEMORY, SavedNumel
+from .layout import LayoutSpec
+from .nodes import OUTPUT, OutputFn
+from .progress import Callback
 from .reprs import summary_repr
 from .rotation import Rotation, gram_factor, kept_eigenvalues, rotate
-from .structured import ActivationMoments, AffineSection, accumulate_moments, affine_section, next_layer_gram
+from .setup import prepare
+from .structured import accumulate_moments, next_layer_gram
 
 TARGETS = ("output", "next_layer")
 KINDS = ("interaction", "pca", "neuron")
@@ -124,189 +135,6 @@ def default_tol(dtype: torch.dtype) -> float:
     return 1e-10 if dtype == torch.float64 else 1e-6 if dtype == torch.float32 else 1e-3
 
 
-@dataclass
-class _Setup:
-    net: NodeModel
-    device: torch.device
-    dtype: torch.dtype
-    batch_size: int
-    progress: Progress
-    seed: int
-    n_batches: int | None
-    inputs: Inputs = field(repr=False)
-    structured: bool = True            # closed forms where a section allows (core/structured.py)
-    max_memory: int = DEFAULT_MAX_MEMORY   # bytes of temporaries per chunk
-
-    def batches(self, stage: str, stream: int = 0) -> Iterator[tuple[Any, Tensor | None, ProbeDraw]]:
-        """This process's batches (all of them without a process group), on the device, with the
-        position mask and the probe draw of each (keyed by the global index of its samples)."""
-        rank, world = rank_world()
-        total = None if self.n_batches is None else len(range(rank, self.n_batches, world))
-        for first, batch in self.progress.track(shard(_numbered(iter_batches(self.inputs, self.batch_size))),
-                                                stage, total):
-            batch = batch_to(batch, self.device, self.dtype)
-            yield batch, position_mask(batch), ProbeDraw(self.seed, stream, first)
-
-
-def _numbered(batches: Iterator[Any]) -> Iterator[tuple[int, Any]]:
-    """(global index of the first sample, batch) for every batch."""
-    first = 0
-    for batch in batches:
-        yield first, batch
-        first += batch_size_of(batch)
-
-
-def prepare(model: nn.Module, inputs: Inputs, layers: Sequence[str], *, output_fn: OutputFn | None,
-            include_bias: bool, dtype: torch.dtype, batch_size: int, device: str | torch.device,
-            seed: int, progress: bool, callback: Callback | None, layout: LayoutSpec = None,
-            structured: bool = True, max_memory: int = DEFAULT_MAX_MEMORY) -> _Setup:
-    """Resolve the device, cut the model at ``layers`` (read with ``layout``) and set up
-    batching and progress."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory < 1:
-        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
-    dev = resolve_device(device)
-    first = next(iter_batches(inputs, batch_size), None)
-    if first is None:
-        raise ValueError("inputs: no data")
-    net = NodeModel(model, layers, batch_to(first, dev, dtype), output_fn=output_fn,
-                    include_bias=include_bias, dtype=dtype, device=dev, layout=layout)
-    return _Setup(net, dev, dtype, batch_size, Progress(progress, callback), seed,
-                  count_batches(inputs, batch_size), inputs, bool(structured), max_memory)
-
-
-def _output_jacobians(s: _Setup, batch: Any, mask: Tensor | None, draw: ProbeDraw,
-                      acts: dict[str, Tensor], saved: int, n_probes: int | None,
-                      sums: dict[int, GramSum]) -> None:
-    """Add one batch to M_p^j = Σ ĝ ĝᵀ for y = the output, for every node layer j in ``sums``
-    at once (the others take their Grams from closed forms: their ĝ only carry slots down).
-
-    ĝ = (∂y/∂p^j, slot) per (sample, position, cotangent). The slot of layer j scales every
-    bias downstream of its point: its derivative is ∂y/∂s_j (the biases of section j, through
-    the slot leaf) plus, carried back from layer j+1 by :func:`spread_slot`, ⟨∂y/∂f^{j+1}, β_j⟩
-    (β_j: the tangent of section j's other biases), the slot derivative of layer j+1 and
-    ⟨∂y/∂z^{j+1}, b_{j+1}⟩ for a Linear head at layer j+1 (a head's own bias at layer j is
-    carried by the pull-back P_j instead). ``saved``: the elements autograd saved in the
-    forward pass (:class:`~intermod.analysis.core.jacobians.SavedNumel`), per cotangent.
-    """
-    net = s.net
-    L = net.layouts
-    T = len(net.chain) - 1
-    points = [net.last_points[n] for n in net.chain[:T]]
-    inner = [acts[n] for n in net.chain[1:T]]
-    slot_leaves = [sl for sl in net.last_slots] if net.include_bias else []
-    y = acts[OUTPUT]
-    yw = L[OUTPUT].samples(y, mask)[1]
-    betas = []
-    if net.needs_tangent:
-        betas = [L[net.chain[m + 1]].to_samples(net.bias_tangent(batch, m, point=points[m].detach()))
-                 for m in range(T)]
-    weights = [L[n].samples(acts[n], mask)[1] for n in net.chain[:T]]
-    per_item = sum(t.numel() for t in points + inner) + y.numel() + saved
-    for R in joint_cotangents(yw, L[OUTPUT].n_features(y.shape), n_probes, draw, s.dtype, per_item,
-                              s.max_memory):
-        s.progress.heartbeat()
-        K = R.shape[0]
-        grads = vjp(y, points + inner + slot_leaves, L[OUTPUT].from_samples(R, y.shape))
-        g_points = [L[n].to_samples(g, p.ndim) for n, g, p in zip(net.chain, grads[:T], points)]
-        if net.include_bias:
-            g_slots = [g.reshape(K, g.shape[1], -1) for g in grads[2 * T - 1:]]
-            slots: list[Tensor] = [None] * T   # type: ignore[list-item]
-            carry: Tensor | float = 0.0        # slot derivative of layer m+1 (its positions)
-            for m in range(T - 1, -1, -1):
-                down = carry
-                if betas:
-                    g_next = R if m == T - 1 else L[net.chain[m + 1]].to_samples(grads[T + m], inner[m].ndim)
-                    down = down + (g_next * betas[m]).sum(-1)
-                slots[m] = g_slots[m] + (spread_slot(down, weights[m]) if isinstance(down, Tensor) else 0.0)
-                head_bias = net.head_bias(net.chain[m])
-                carry = slots[m] if head_bias is None else slots[m] + g_points[m] @ head_bias
-        for j in sums:
-            g = g_points[j]
-            if net.include_bias:
-                g = torch.cat([g, slots[j][..., None]], -1)
-            sums[j].add(g, weights[j])
-
-
-def _next_layer_jacobians(s: _Setup, j: int, C_next: Tensor, n_probes: int | None) -> tuple[Tensor, float]:
-    """M_p^j = Σ ĝ ĝᵀ for y = f̂^{j+1} = C_{j+1}ᵀ f^{j+1}_aug (one pass over the data), by
-    batched VJPs of the rows of C_{j+1}ᵀ."""
-    net = s.net
-    aug = int(net.include_bias)
-    src, dst = net.layouts[net.chain[j]], net.layouts[net.chain[j + 1]]
-    total = GramSum(net.point_dims[net.chain[j]] + aug, s.device)
-    n = 0.0
-    for batch, mask, draw in s.batches(f"jacobians {net.chain[j]}", stream=j + 1):
-        with SavedNumel(net.params.values()) as saved:
-            point, f_out, slot_leaf = net.section(batch, j)
-        beta = dst.to_samples(net.bias_tangent(batch, j)) if net.needs_tangent else None
-        wo = dst.weights(f_out.shape, mask, s.dtype, s.device)
-        wi = src.weights(point.shape, mask, s.dtype, s.device)
-        n += float(wi.sum())
-        B = wi.shape[0]
-        per_item = point.numel() + f_out.numel() * 2 + saved.numel
-        for data, down in rotated_cotangents(wo, C_next, n_probes, draw, s.dtype, per_item, bool(aug),
-                                             s.max_memory):
-            s.progress.heartbeat()
-            K = data.shape[0]
-            grads = vjp(f_out, [point] + ([slot_leaf] if aug else []), dst.from_samples(data, f_out.shape))
-            g = src.to_samples(grads[0], point.ndim)
-            if aug:   # slot: hooked biases (per position) + other biases + the next slot row
-                if beta is not None:
-                    down = down + (data * beta).sum(-1)
-                slot = grads[1].reshape(K, B, -1) + spread_slot(down, wi)
-                g = torch.cat([g, slot[..., None]], -1)
-            total.add(g, wi)
-    return all_reduce_sum(total.total), all_reduce_float(n, s.device)
-
-
-def _closed_forms(s: _Setup, n_probes: int | None) -> dict[int, tuple[AffineSection, ActivationMoments]]:
-    """Sections with a closed form (:mod:`~intermod.analysis.core.structured`; exact sums only),
-    each with the accumulator of its σ′ moments: their next-layer Grams need no pass of their own."""
-    if not s.structured or n_probes is not None:
-        return {}
-    net = s.net
-    forms = {j: affine_section(net, j) for j in range(len(net.chain) - 1)}
-    return {j: (sec, _moments(s, j, sec)) for j, sec in forms.items() if sec is not None}
-
-
-def _moments(s: _Setup, j: int, sec: AffineSection) -> ActivationMoments:
-    """An empty accumulator of the σ′ moments of section j."""
-    return ActivationMoments(sec.width(s.net.point_dims[s.net.chain[j]]), s.device)
-
-
-def _output_closed_forms(s: _Setup, n_probes: int | None
-                         ) -> dict[int, tuple[AffineSection, ActivationMoments, Tensor]]:
-    """Layers whose *output*-target Jacobian Gram is a next-layer closed form
-    (:func:`~intermod.analysis.core.structured.next_layer_gram`), each with its σ′ moments and
-    the readout R with y = Rᵀ f^{j+1}_aug: section j is affine–activation–affine and y is affine
-    in layer j+1, i.e. j+1 is the output (R = [I; 0]), or the last section is the identity, so
-    that y is the point of layer T−1 (R = P_{T−1}[:d_y]ᵀ, its Linear-head pull-back). This
-    replaces K·n·h² of Jacobian-Gram products (K output coordinates) with n·h² for the σ′
-    moments; the batched backward pass still serves the layers before."""
-    if not s.structured or n_probes is not None:
-        return {}
-    net = s.net
-    T, aug, d_y = len(net.chain) - 1, int(net.include_bias), net.dims[OUTPUT]
-    last = affine_section(net, T - 1)
-    if last is None:
-        return {}
-    forms = {T - 1: (last, torch.eye(d_y + aug, d_y, dtype=torch.float64, device=s.device))}
-    before = affine_section(net, T - 2) if T >= 2 and last.identity else None
-    if before is not None:
-        forms[T - 2] = (before, net.pullback(net.chain[T - 1])[:d_y].T)
-    return {j: (sec, _moments(s, j, sec), R) for j, (sec, R) in forms.items()}
-
-
-def _terminal_M(d: int, include_bias: bool, device: torch.device) -> Tensor:
-    """The output's own Jacobian Gram: ∂y/∂y = I, and no bias lies downstream of it."""
-    M = torch.eye(d + int(include_bias), dtype=torch.float64, device=device)
-    if include_bias:
-        M[d, d] = 0.0
-    return M
-
-
 def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
                   jacobian_target: str = "output", center: bool = True, include_bias: bool = True,
                   tol_G: float | None = None, tol_M: float | None = None, scaling: str = "sqrt",
@@ -325,8 +153,11 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     ``layout`` (one name, or layer -> name; see :mod:`~intermod.analysis.core.layout`) says how
     a layer's tensor splits into samples × features where the default rules do not, e.g.
     ``{"fc": "flatten"}``; ``output_fn`` may name a field of the model's output (``"logits"``).
-    ``structured`` uses the exact closed form of sections made of Linear maps and one elementwise
-    activation (:mod:`~intermod.analysis.core.structured`; False: batched VJPs everywhere);
+    ``structured`` uses the exact closed forms of sections made of Linear maps (or convolutions)
+    and one elementwise activation (:mod:`~intermod.analysis.core.structured`,
+    :mod:`~intermod.analysis.core.convolution`) and coloured cotangents for the other local
+    sections between conv maps (:mod:`~intermod.analysis.core.colouring`); False: one batched
+    VJP per output position and direction everywhere;
     ``max_memory`` bounds the bytes of the temporaries of one chunk of cotangents.
     Returns a :class:`Basis` (layer -> C (d[+1], k), Lambda (k,), …).
     """
@@ -347,8 +178,9 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     chain, T = net.chain, len(net.chain) - 1
     moments = {n: MomentAccumulator() for n in chain}
     jac_now = kind == "interaction" and jacobian_target == "output"
-    closed = _closed_forms(s, n_probes) if kind == "interaction" and jacobian_target == "next_layer" else {}
-    out_closed = _output_closed_forms(s, n_probes) if jac_now else {}
+    closed = closed_forms(s, n_probes) if kind == "interaction" and jacobian_target == "next_layer" else {}
+    convs = conv_closed_forms(s, n_probes, closed) if kind == "interaction" and jacobian_target == "next_layer" else {}
+    out_closed = output_closed_forms(s, n_probes) if jac_now else {}
     sums = {j: GramSum(net.point_dims[chain[j]] + aug, s.device)
             for j in range(T) if j not in out_closed} if jac_now else {}
     sigmas = {j: form[:2] for j, form in (closed | out_closed).items()}
@@ -356,13 +188,18 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
         if jac_now:
             with SavedNumel(net.params.values()) as saved:
                 acts = net.forward(batch, grad=True)
-            _output_jacobians(s, batch, mask, draw, acts, saved.numel, n_probes, sums)
+            output_jacobians(s, batch, mask, draw, acts, saved.numel, n_probes, sums)
         else:
             with torch.no_grad():
                 acts = net.forward(batch)
         for j, (sec, sigma) in sigmas.items():   # σ′ moments of closed-form sections, same pass
             point = net.last_points[chain[j]].detach()
             accumulate_moments(sec, *net.layouts[chain[j]].samples(point, mask), sigma)
+        for j, form in convs.items():            # per-tap σ′ moments of [activation] [Conv] sections
+            point = net.last_points[chain[j]].detach()
+            if form.moments is None:
+                form.moments = conv_moments(form.section, tuple(point.shape[2:]), s.device)
+            form.moments.add(form.section, point, net.layouts[chain[j]].weights(point.shape, mask, s.dtype, s.device))
         for n, a in acts.items():
             x, w = net.layouts[n].samples(a.detach(), mask)
             try:
@@ -375,7 +212,7 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     G = {n: augmented_gram(mean, cov, center=center, include_bias=include_bias)
          for n, (_, mean, cov) in stats.items()}
     F: dict[str, Tensor | None] = {n: None for n in chain}   # M = Fᵀ F
-    F[OUTPUT] = _terminal_M(net.dims[OUTPUT], include_bias, s.device)
+    F[OUTPUT] = terminal_M(net.dims[OUTPUT], include_bias, s.device)
     for j, (sec, sigma, R) in out_closed.items():
         totals[j] = all_reduce_sum(next_layer_gram(sec, sigma, R, include_bias, net.point_dims[chain[j]]))
     for j, total in totals.items():
@@ -391,13 +228,16 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     if kind == "interaction" and jacobian_target == "next_layer":
         rots[OUTPUT] = rot(OUTPUT)
         for j in range(T - 1, -1, -1):
-            if j in closed:
+            found = conv_gram(s, convs[j], rots[chain[j + 1]].C) if j in convs else None
+            if found is not None:
+                total, n = found
+            elif j in closed:
                 sec, sigma = closed[j]
                 total = all_reduce_sum(next_layer_gram(sec, sigma, rots[chain[j + 1]].C, net.include_bias,
                                                        net.point_dims[chain[j]]))
                 n = all_reduce_float(sigma.n, s.device)
             else:
-                total, n = _next_layer_jacobians(s, j, rots[chain[j + 1]].C, n_probes)
+                total, n = next_layer_jacobians(s, j, rots[chain[j + 1]].C, n_probes)
             t0 = time.perf_counter()
             F[chain[j]] = gram_factor(total / n, net.pullback(chain[j]))
             rots[chain[j]] = rot(chain[j])

@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .basis import Basis, prepare
+from .basis import Basis
+from .colouring import coloured_cotangents, split_slot, to_owner
+from .convolution import conv_edge_sums, conv_section
 from .distributed import all_reduce_float, all_reduce_sum
 from .graph import InteractionGraph
 from .inputs import Inputs
@@ -31,6 +33,7 @@ from .jacobians import DEFAULT_MAX_MEMORY, ProbeDraw, SavedNumel, per_direction_
 from .layout import spread_slot
 from .nodes import OutputFn
 from .progress import Callback
+from .setup import prepare
 from .structured import Workspace, affine_section, edge_sums
 
 EDGE_METHODS = ("gradient", "integrated")
@@ -57,8 +60,11 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
     Returns an :class:`InteractionGraph` whose ``edge_matrix(l, l+1)`` is w (k_{l+1}, k_l).
     ``n_probes`` replaces the exact sum over output positions by random ±1 probes (sequences).
     ``structured``: sections of Linear maps and one elementwise activation use the closed form
-    Ĵ(x) = L diag(σ′) R + u vᵀ as GEMMs over samples (:mod:`~intermod.analysis.core.structured`;
-    exact sums only); False: batched VJPs everywhere. ``max_memory``: bytes of temporaries per
+    Ĵ(x) = L diag(σ′) R + u vᵀ as GEMMs over samples (:mod:`~intermod.analysis.core.structured`),
+    [Conv] [activation] [Conv] sections its convolutional form
+    (:mod:`~intermod.analysis.core.convolution`), other local sections between conv maps coloured
+    cotangents (:mod:`~intermod.analysis.core.colouring`; all exact sums only); False: one batched
+    VJP per output position and direction everywhere. ``max_memory``: bytes of temporaries per
     chunk. ``dtype`` is the compute dtype; E is accumulated in float64 either way.
     """
     if edge_method not in EDGE_METHODS:
@@ -88,6 +94,8 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
     baselines = [_baseline(net, layers[j], basis[layers[j]].mean, basis[layers[j]].center)
                  for j in range(len(E))]
     closed = [affine_section(net, j) if structured and n_probes is None else None for j in range(len(E))]
+    convs = [conv_section(net, j) if structured and n_probes is None and closed[j] is None else None
+             for j in range(len(E))]
     workspace = Workspace()
     for batch, mask, draw in s.batches("edges"):
         with torch.no_grad():
@@ -106,6 +114,10 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
                 edge_sums(closed[j], net.layouts[src].samples(points[src], mask)[0], baselines[j], f_hat,
                           w_out, as_t[dst][0], Q[j], alphas, weights, bool(aug), E[j], s.max_memory,
                           workspace, s.progress.heartbeat)
+                continue
+            if convs[j] is not None:
+                conv_edge_sums(convs[j], points[src], baselines[j], f_hat, w_in, w_out, as_t[dst][0], Q[j], alphas,
+                               weights, bool(aug), E[j], s.max_memory, s.progress.heartbeat)
                 continue
             _section_edges(s, batch, mask, draw, j, points[src], baselines[j], f_hat, w_in, w_out,
                            as_t[dst][0], Q[j], alphas, weights, n_probes, E[j])
@@ -163,15 +175,28 @@ def _section_edges(s, batch, mask, draw: ProbeDraw, j: int, point: Tensor, basel
     graphs = [first] + [net.section(batch, j, point=at(a), alpha=a) for a in alphas[1:]] if keep else None
     betas = ([dst.to_samples(net.bias_tangent(batch, j, point=at(a), alpha=a)) for a in alphas]
              if aug and net.needs_tangent else None)
+    col = s.colouring(j, point.shape) if n_probes is None else None
     per_item = (point.numel() * (2 + len(alphas)) + f_hat.numel() + w_out.numel() * d_next * 2
-                + saved.numel)
+                + saved.numel + (0 if col is None else w_out.numel() * f_hat.shape[-1]))
     del first
-    for pattern, which in per_direction_cotangents(w_out, k_next, n_probes, draw, s.dtype, per_item,
-                                                   s.max_memory):
+    if col is not None:
+        share = w_in / w_in.sum(-1, keepdim=True).clamp_min(1.0)
+        f_bar = torch.einsum("bs,bsj->bj", share, f_hat)         # Σ_s ŵ_s f̂_s: what the mean slot reads
+        hooks = downs = [None] * len(alphas)
+        if aug:
+            hooks = [dst.to_samples(net.mean_slot_tangent(batch, j, point=at(a), alpha=a)) @ C_data
+                     if col.mean_hooks else None for a in alphas]
+            downs = [(c_slot + (0.0 if betas is None else betas[q] @ C_data)).expand(w_out.shape + (k_next,))
+                     for q in range(len(alphas))]
+        cotangents = coloured_cotangents(col, w_out, k_next, s.dtype, per_item, s.max_memory)
+    else:
+        cotangents = ((pattern, which, None) for pattern, which in
+                      per_direction_cotangents(w_out, k_next, n_probes, draw, s.dtype, per_item, s.max_memory))
+    for pattern, which, colour in cotangents:
         K = pattern.shape[0]                                     # cotangent = e_i ⊗ pattern
         C_which = C_data[:, which]                               # (d_{j+1}, K)
         data = pattern[..., None] * C_which.T[:, None, None, :]  # (K, B, P, d_{j+1})
-        g_sum = slot_sum = None
+        g_sum = slot_sum = gamma_sum = None
         for q, (alpha, wq) in enumerate(zip(alphas, weights)):
             s.progress.heartbeat()                               # cancellation inside the quadrature
             p_leaf, f_out, slot_leaf = graphs[q] if graphs else net.section(batch, j, point=at(alpha),
@@ -179,15 +204,26 @@ def _section_edges(s, batch, mask, draw: ProbeDraw, j: int, point: Tensor, basel
             grads = vjp(f_out, [p_leaf] + ([slot_leaf] if aug else []), dst.from_samples(data, f_out.shape))
             g = wq * src.to_samples(grads[0], p_leaf.ndim)
             g_sum = g if g_sum is None else g_sum + g
-            if aug:  # slot: hooked biases (per position), other biases (β), the next slot row
+            if aug and col is not None:   # slot: local at the owners, global per output position
+                slot, gamma = split_slot(col, grads[1].reshape(K, B, -1), pattern, which, hooks[q], downs[q],
+                                         share)
+                gamma_sum = wq * gamma if gamma_sum is None else gamma_sum + wq * gamma
+            elif aug:  # slot: hooked biases (per position), other biases (β), the next slot row
                 down = pattern * c_slot[which][:, None, None]
                 if betas is not None:
                     down = down + pattern * torch.einsum("bpd,dk->kbp", betas[q], C_which)
                 slot = grads[1].reshape(K, B, -1) + spread_slot(down, w_in)
+            if aug:
                 slot_sum = wq * slot if slot_sum is None else slot_sum + wq * slot
         J_hat = g_sum @ Q[:g_sum.shape[-1]]                      # (K, B, P_in, k_j)
         if aug:
             J_hat.addcmul_(slot_sum[..., None], Q[-1])
+        if col is not None:                                      # Σ_s per owner t: (K, B, P_out, k_j)
+            A = to_owner(col, J_hat.mul_(f_hat[None]), colour)
+            if aug:
+                A.addcmul_(gamma_sum[..., None], (f_bar * Q[-1])[None, :, None, :])
+            E.index_add_(0, which, A.square_().sum((1, 2)).to(torch.float64))
+            continue
         if J_hat.shape[2] == 1:
             A = J_hat[:, :, 0].mul_(f_hat[:, 0])                 # (K, B, k_j)
         else:

@@ -129,6 +129,7 @@ class NodeModel:
         self._slot_modules: dict[nn.Module, str] = {}
         self._slot_now: Tensor | None = None
         self._slot_share: Tensor | None = None
+        self._share_tangent = False   # mean_slot_tangent: the mean slot carries tangent 1
         found = self._forward_order(example, layers)
         shapes, called = found.shapes, found.called
         self.layers = found.order
@@ -221,6 +222,8 @@ class NodeModel:
         w = layout.weights(like.shape, position_mask(batch), like.dtype, like.device)
         shape = layout.slot_shape(like.shape)
         self._slot_share = (w / w.sum(-1, keepdim=True).clamp_min(1.0)).reshape(shape)
+        if self._share_tangent:   # s̄ = Σ_p ŵ_p s_p gets tangent Σ_p ŵ_p = 1; s_p itself none
+            self._slot_share = fwAD.make_dual(self._slot_share, self._slot_share)
         self._slot_now = torch.ones(shape, dtype=like.dtype, device=like.device, requires_grad=True)
         return self._slot_now
 
@@ -383,6 +386,35 @@ class NodeModel:
             _, f_out, _ = self.section(batch, j, point=point, alpha=alpha, tangent=True)
             primal, tan = fwAD.unpack_dual(f_out)
             return (torch.zeros_like(primal) if tan is None else tan).detach()
+
+    def mean_slot_tangent(self, batch: Batch, j: int, point: Tensor | None = None, alpha: float = 1.0
+                          ) -> Tensor:
+        """τ_j = ∂f^{j+1}/∂s̄ through the hooked biases driven by the mean slot s̄ (those added
+        where the positions are not the input's, :meth:`_slot_hook`) only, the point of layer j
+        held fixed; same shape as f^{j+1}. The biases driven by their own position's slot get
+        no tangent (see :mod:`~intermod.analysis.core.colouring`)."""
+        with fwAD.dual_level():
+            self._share_tangent = True
+            try:
+                _, f_out, _ = self.section(batch, j, point=point, alpha=alpha)
+            finally:
+                self._share_tangent = False
+            primal, tan = fwAD.unpack_dual(f_out)
+            return (torch.zeros_like(primal) if tan is None else tan).detach()
+
+    def section_modules(self, j: int) -> list[nn.Module] | None:
+        """The children of an ``nn.Sequential`` model that section j runs, in order, or None
+        when the model is not a Sequential cut at its children."""
+        if not self._sequential:
+            return None
+        src, dst = self.chain[j], self.chain[j + 1]
+        start = self._child_index[src] + int(src in self.heads)
+        stop = len(self.model) if dst == OUTPUT else self._child_index[dst]
+        return list(self.model)[start:stop]
+
+    def slot_hooked(self, module: nn.Module) -> bool:
+        """Whether ``module``'s bias is scaled by the slot through a forward hook."""
+        return module in self._slot_modules
 
     # -- linear algebra of cut points --------------------------------------------------------
     def pullback(self, name: str) -> Tensor:

@@ -23,7 +23,7 @@ L = C_dataᵀ W₂ (k', h) and u = C_dataᵀ b₂ + c_slot (k'), so Cᵀ J(x) = 
 
 one GEMM over samples (n·h²) instead of one backward pass per basis direction of layer l+1.
 The output target uses the same formula with C = R wherever the output is affine in layer
-l+1, y = Rᵀ f^{l+1}_aug (``basis._output_closed_forms``).
+l+1, y = Rᵀ f^{l+1}_aug (``jacobian_grams.output_closed_forms``).
 
 **Edges.** With Q = P_l C⁻¹_l (d_p+1, k) (P_l: the Linear-head pull-back), R = W₁' Q (h, k)
 and v = e_sᵀ Q (k,) (the slot row of Q), the Jacobian in basis coordinates is
@@ -64,6 +64,28 @@ ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.
 _SKIPPED = (nn.Identity, nn.Dropout)
 
 
+def activation_derivative(act: nn.Module | None, z: Tensor) -> Tensor:
+    """a = σ′(z), elementwise (forward-mode derivative of the activation module; 1 without one).
+    z is not modified, also by an in-place activation (z may be a recorded activation itself)."""
+    if act is None:
+        return torch.ones_like(z)
+    if getattr(act, "inplace", False):
+        z = z.clone()
+    return torch.func.jvp(act, (z,), (torch.ones_like(z),))[1]
+
+
+def path_derivative(act: nn.Module | None, z: Tensor, z0: Tensor | float, alphas: Sequence[float],
+                    weights: Sequence[float], heartbeat: Callable[[], None] | None) -> Tensor:
+    """ā = Σ_q w_q σ′(z₀ + α_q (z − z₀)): σ′ at the end point ("gradient") or averaged along the
+    integrated path; ``heartbeat`` is called once per quadrature node."""
+    a_bar = torch.zeros_like(z)
+    for alpha, wq in zip(alphas, weights):
+        if heartbeat is not None:
+            heartbeat()
+        a_bar += wq * activation_derivative(act, z0 + alpha * (z - z0))
+    return a_bar
+
+
 @dataclass(frozen=True)
 class AffineSection:
     """f = W₂ σ(W₁ p + b₁ s) + b₂ s. W1: (h, d_p) or None (identity), b1: (h,) or None,
@@ -82,13 +104,8 @@ class AffineSection:
         return z if self.b1 is None else z + self.b1
 
     def derivative(self, z: Tensor) -> Tensor:
-        """a = σ′(z), elementwise (forward-mode derivative of the activation module). z is not
-        modified, also by an in-place activation (z may be a recorded activation itself)."""
-        if self.act is None:
-            return torch.ones_like(z)
-        if getattr(self.act, "inplace", False):
-            z = z.clone()
-        return torch.func.jvp(self.act, (z,), (torch.ones_like(z),))[1]
+        """a = σ′(z) (:func:`activation_derivative`)."""
+        return activation_derivative(self.act, z)
 
     def first(self, include_bias: bool, d_p: int) -> Tensor:
         """W₁' = [W₁, b₁] (h, d_p + 1) with the slot, W₁ (h, d_p) without; float64."""
@@ -150,18 +167,15 @@ def affine_section(net: NodeModel, j: int) -> AffineSection | None:
     Its linear maps must act on the features of both node layers' layout: Linear maps for
     "features"/"tokens" samples, 1×1 convolutions for "channels" maps; both layers must share
     the layout, so that sample t of one is sample t of the other."""
-    if not net._sequential:
-        return None
+    section = net.section_modules(j)
     src, dst = net.chain[j], net.chain[j + 1]
-    if dst == OUTPUT and net.output_fn is not default_output:
+    if section is None or dst == OUTPUT and net.output_fn is not default_output:
         return None
     axes = {_FEATURE_AXIS.get(net.layouts[n].kind, net.layouts[n].kind) for n in (src, dst)}
     if len(axes) != 1:                   # samples and features must correspond one to one
         return None
     layout = axes.pop()
-    start = net._child_index[src] + int(src in net.heads)
-    stop = len(net.model) if dst == OUTPUT else net._child_index[dst]
-    mods = [m for m in list(net.model)[start:stop] if not isinstance(m, _SKIPPED)]
+    mods = [m for m in section if not isinstance(m, _SKIPPED)]
     first = second = act = None
     if mods and _feature_map(mods[0]) == layout:
         first = mods.pop(0)
@@ -274,11 +288,7 @@ def edge_sums(sec: AffineSection, point: Tensor, baseline: Tensor | None, f_hat:
     u = None if u64 is None else u64.to(dtype)
     z = sec.preactivation(p)
     z0 = 0.0 if baseline is None else sec.preactivation(baseline.to(dtype))
-    a_bar = torch.zeros_like(z)
-    for alpha, wq in zip(alphas, weights):       # ā = Σ_q w_q σ′(z₀ + α_q (z − z₀))
-        if heartbeat is not None:
-            heartbeat()
-        a_bar += wq * sec.derivative(z0 + alpha * (z - z0))
+    a_bar = path_derivative(sec.act, z, z0, alphas, weights, heartbeat)
     if u is not None:   # the slot term u vᵀ: one more column of L, row of R and entry of ā (= 1)
         L, R = torch.cat([L, u[:, None]], 1), torch.cat([R, v[None]], 0)
         a_bar = torch.cat([a_bar, torch.ones_like(a_bar[:, :1])], 1)

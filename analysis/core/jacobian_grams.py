@@ -1,0 +1,224 @@
+"""Jacobian Grams of the interaction basis (docs/design.md §1), section by section.
+
+By batched VJPs: the output target's K cotangents serve every layer in the activation pass
+(:func:`output_jacobians`); the next-layer target takes one pass per layer
+(:func:`next_layer_jacobians`), with coloured cotangents where the section is local
+(:mod:`~intermod.analysis.core.colouring`). From closed forms: sections of Linear maps and one
+activation (:mod:`~intermod.analysis.core.structured`) and [activation] [Conv] sections
+(:mod:`~intermod.analysis.core.convolution`), whose σ′ moments are summed in the activation pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .colouring import Colouring, at_owner, coloured_cotangents, missing_slot_square, split_slot
+from .convolution import ConvMoments, ConvSection, conv_next_layer_gram, conv_section
+from .distributed import all_reduce_float, all_reduce_sum
+from .gram import GramSum
+from .jacobians import ProbeDraw, SavedNumel, joint_cotangents, rotated_cotangents, vjp
+from .layout import spread_slot
+from .nodes import OUTPUT
+from .setup import Setup
+from .structured import ActivationMoments, AffineSection, affine_section
+
+
+def output_jacobians(s: Setup, batch: Any, mask: Tensor | None, draw: ProbeDraw,
+                      acts: dict[str, Tensor], saved: int, n_probes: int | None,
+                      sums: dict[int, GramSum]) -> None:
+    """Add one batch to M_p^j = Σ ĝ ĝᵀ for y = the output, for every node layer j in ``sums``
+    at once (the others take their Grams from closed forms: their ĝ only carry slots down).
+
+    ĝ = (∂y/∂p^j, slot) per (sample, position, cotangent). The slot of layer j scales every
+    bias downstream of its point: its derivative is ∂y/∂s_j (the biases of section j, through
+    the slot leaf) plus, carried back from layer j+1 by :func:`spread_slot`, ⟨∂y/∂f^{j+1}, β_j⟩
+    (β_j: the tangent of section j's other biases), the slot derivative of layer j+1 and
+    ⟨∂y/∂z^{j+1}, b_{j+1}⟩ for a Linear head at layer j+1 (a head's own bias at layer j is
+    carried by the pull-back P_j instead). ``saved``: the elements autograd saved in the
+    forward pass (:class:`~intermod.analysis.core.jacobians.SavedNumel`), per cotangent.
+    """
+    net = s.net
+    L = net.layouts
+    T = len(net.chain) - 1
+    points = [net.last_points[n] for n in net.chain[:T]]
+    inner = [acts[n] for n in net.chain[1:T]]
+    slot_leaves = [sl for sl in net.last_slots] if net.include_bias else []
+    y = acts[OUTPUT]
+    yw = L[OUTPUT].samples(y, mask)[1]
+    betas = []
+    if net.needs_tangent:
+        betas = [L[net.chain[m + 1]].to_samples(net.bias_tangent(batch, m, point=points[m].detach()))
+                 for m in range(T)]
+    weights = [L[n].samples(acts[n], mask)[1] for n in net.chain[:T]]
+    per_item = sum(t.numel() for t in points + inner) + y.numel() + saved
+    for R in joint_cotangents(yw, L[OUTPUT].n_features(y.shape), n_probes, draw, s.dtype, per_item,
+                              s.max_memory):
+        s.progress.heartbeat()
+        K = R.shape[0]
+        grads = vjp(y, points + inner + slot_leaves, L[OUTPUT].from_samples(R, y.shape))
+        g_points = [L[n].to_samples(g, p.ndim) for n, g, p in zip(net.chain, grads[:T], points)]
+        if net.include_bias:
+            g_slots = [g.reshape(K, g.shape[1], -1) for g in grads[2 * T - 1:]]
+            slots: list[Tensor] = [None] * T   # type: ignore[list-item]
+            carry: Tensor | float = 0.0        # slot derivative of layer m+1 (its positions)
+            for m in range(T - 1, -1, -1):
+                down = carry
+                if betas:
+                    g_next = R if m == T - 1 else L[net.chain[m + 1]].to_samples(grads[T + m], inner[m].ndim)
+                    down = down + (g_next * betas[m]).sum(-1)
+                slots[m] = g_slots[m] + (spread_slot(down, weights[m]) if isinstance(down, Tensor) else 0.0)
+                head_bias = net.head_bias(net.chain[m])
+                carry = slots[m] if head_bias is None else slots[m] + g_points[m] @ head_bias
+        for j in sums:
+            g = g_points[j]
+            if net.include_bias:
+                g = torch.cat([g, slots[j][..., None]], -1)
+            sums[j].add(g, weights[j])
+
+
+def next_layer_jacobians(s: Setup, j: int, C_next: Tensor, n_probes: int | None) -> tuple[Tensor, float]:
+    """M_p^j = Σ ĝ ĝᵀ for y = f̂^{j+1} = C_{j+1}ᵀ f^{j+1}_aug (one pass over the data), by
+    batched VJPs of the rows of C_{j+1}ᵀ (coloured where the section is local)."""
+    net = s.net
+    aug = int(net.include_bias)
+    src, dst = net.layouts[net.chain[j]], net.layouts[net.chain[j + 1]]
+    total = GramSum(net.point_dims[net.chain[j]] + aug, s.device)
+    n = 0.0
+    for batch, mask, draw in s.batches(f"jacobians {net.chain[j]}", stream=j + 1):
+        with SavedNumel(net.params.values()) as saved:
+            point, f_out, slot_leaf = net.section(batch, j)
+        beta = dst.to_samples(net.bias_tangent(batch, j)) if net.needs_tangent else None
+        wo = dst.weights(f_out.shape, mask, s.dtype, s.device)
+        wi = src.weights(point.shape, mask, s.dtype, s.device)
+        n += float(wi.sum())
+        B = wi.shape[0]
+        per_item = point.numel() + f_out.numel() * 2 + saved.numel
+        col = s.colouring(j, point.shape) if n_probes is None else None
+        if col is not None:
+            total.total[-1, -1] += _coloured_jacobians(s, j, batch, col, point, f_out, slot_leaf, beta, wi,
+                                                       wo, C_next, per_item, total)
+            continue
+        for data, down in rotated_cotangents(wo, C_next, n_probes, draw, s.dtype, per_item, bool(aug),
+                                             s.max_memory):
+            s.progress.heartbeat()
+            K = data.shape[0]
+            grads = vjp(f_out, [point] + ([slot_leaf] if aug else []), dst.from_samples(data, f_out.shape))
+            g = src.to_samples(grads[0], point.ndim)
+            if aug:   # slot: hooked biases (per position) + other biases + the next slot row
+                if beta is not None:
+                    down = down + (data * beta).sum(-1)
+                slot = grads[1].reshape(K, B, -1) + spread_slot(down, wi)
+                g = torch.cat([g, slot[..., None]], -1)
+            total.add(g, wi)
+    return all_reduce_sum(total.total), all_reduce_float(n, s.device)
+
+
+def _coloured_jacobians(s: Setup, j: int, batch: Any, col: Colouring, point: Tensor, f_out: Tensor,
+                        slot_leaf: Tensor | None, beta: Tensor | None, wi: Tensor, wo: Tensor,
+                        C_next: Tensor, per_item: int, total: GramSum) -> float:
+    """Add one batch of section j's Jacobian Gram to ``total`` by coloured cotangents
+    (:mod:`~intermod.analysis.core.colouring`); returns the slot–slot entry no colour carries."""
+    net = s.net
+    aug = net.include_bias
+    src, dst = net.layouts[net.chain[j]], net.layouts[net.chain[j + 1]]
+    d = C_next.shape[0] - int(aug)
+    C_data = C_next[:d].to(s.dtype)
+    share = wi / wi.sum(-1, keepdim=True).clamp_min(1.0)
+    hook = down = None
+    if aug:
+        hook = (dst.to_samples(net.mean_slot_tangent(batch, j)) @ C_data) if col.mean_hooks else None
+        down = C_next[d].to(s.dtype) + (0.0 if beta is None else beta @ C_data)     # (B, P_out, k')
+        down = down.expand(wo.shape + (C_next.shape[1],))
+    gamma_sq = torch.zeros_like(wo)
+    for pattern, which, colour in coloured_cotangents(col, wo, C_next.shape[1], s.dtype, per_item,
+                                                      s.max_memory):
+        s.progress.heartbeat()
+        data = pattern[..., None] * C_data[:, which].T[:, None, None, :]          # (K, B, P_out, d)
+        grads = vjp(f_out, [point] + ([slot_leaf] if aug else []), dst.from_samples(data, f_out.shape))
+        g = src.to_samples(grads[0], point.ndim)
+        if aug:
+            loc, gamma = split_slot(col, grads[1].reshape(pattern.shape[0], wi.shape[0], -1), pattern, which,
+                                    hook, down, share)
+            g = torch.cat([g, (loc + share * at_owner(col, gamma, colour))[..., None]], -1)
+            gamma_sq += gamma.square().sum(0)
+        total.add(g, wi)
+    return missing_slot_square(col, gamma_sq.to(torch.float64), share.to(torch.float64),
+                               wi.to(torch.float64)) if aug else 0.0
+
+
+def closed_forms(s: Setup, n_probes: int | None) -> dict[int, tuple[AffineSection, ActivationMoments]]:
+    """Sections with a closed form (:mod:`~intermod.analysis.core.structured`; exact sums only),
+    each with the accumulator of its σ′ moments: their next-layer Grams need no pass of their own."""
+    if not s.structured or n_probes is not None:
+        return {}
+    net = s.net
+    forms = {j: affine_section(net, j) for j in range(len(net.chain) - 1)}
+    return {j: (sec, _moments(s, j, sec)) for j, sec in forms.items() if sec is not None}
+
+
+@dataclass
+class _ConvForm:
+    section: ConvSection
+    moments: ConvMoments | None = None   # made at the first batch (the map's positions)
+
+
+def conv_closed_forms(s: Setup, n_probes: int | None, closed: Mapping[int, Any]) -> dict[int, _ConvForm]:
+    """[activation] [Conv] and [Conv] [activation] sections (:mod:`~intermod.analysis.core.convolution`;
+    exact sums only) with no Linear closed form: their next-layer Grams come from per-tap σ′ moments."""
+    if not s.structured or n_probes is not None:
+        return {}
+    forms = {j: conv_section(s.net, j) for j in range(len(s.net.chain) - 1) if j not in closed}
+    return {j: _ConvForm(sec) for j, sec in forms.items()
+            if sec is not None and (sec.first is None) != (sec.second is None)}
+
+
+def conv_gram(s: Setup, form: _ConvForm, C_next: Tensor) -> tuple[Tensor, float] | None:
+    """(Σ Jᵀ C Cᵀ J, number of samples) of a conv closed form, or None when some batch could not
+    be summed by it (then the coloured VJPs take the section, on every process)."""
+    mom = form.moments
+    M = None if mom is None else conv_next_layer_gram(form.section, mom, C_next, s.net.include_bias)
+    if all_reduce_float(float(M is None), s.device) > 0:
+        return None
+    return all_reduce_sum(M), all_reduce_float(mom.n * math.prod(mom.spatial), s.device)
+
+
+def _moments(s: Setup, j: int, sec: AffineSection) -> ActivationMoments:
+    """An empty accumulator of the σ′ moments of section j."""
+    return ActivationMoments(sec.width(s.net.point_dims[s.net.chain[j]]), s.device)
+
+
+def output_closed_forms(s: Setup, n_probes: int | None
+                         ) -> dict[int, tuple[AffineSection, ActivationMoments, Tensor]]:
+    """Layers whose *output*-target Jacobian Gram is a next-layer closed form
+    (:func:`~intermod.analysis.core.structured.next_layer_gram`), each with its σ′ moments and
+    the readout R with y = Rᵀ f^{j+1}_aug: section j is affine–activation–affine and y is affine
+    in layer j+1, i.e. j+1 is the output (R = [I; 0]), or the last section is the identity, so
+    that y is the point of layer T−1 (R = P_{T−1}[:d_y]ᵀ, its Linear-head pull-back). This
+    replaces K·n·h² of Jacobian-Gram products (K output coordinates) with n·h² for the σ′
+    moments; the batched backward pass still serves the layers before."""
+    if not s.structured or n_probes is not None:
+        return {}
+    net = s.net
+    T, aug, d_y = len(net.chain) - 1, int(net.include_bias), net.dims[OUTPUT]
+    last = affine_section(net, T - 1)
+    if last is None:
+        return {}
+    forms = {T - 1: (last, torch.eye(d_y + aug, d_y, dtype=torch.float64, device=s.device))}
+    before = affine_section(net, T - 2) if T >= 2 and last.identity else None
+    if before is not None:
+        forms[T - 2] = (before, net.pullback(net.chain[T - 1])[:d_y].T)
+    return {j: (sec, _moments(s, j, sec), R) for j, (sec, R) in forms.items()}
+
+
+def terminal_M(d: int, include_bias: bool, device: torch.device) -> Tensor:
+    """The output's own Jacobian Gram: ∂y/∂y = I, and no bias lies downstream of it."""
+    M = torch.eye(d + int(include_bias), dtype=torch.float64, device=device)
+    if include_bias:
+        M[d, d] = 0.0
+    return M

@@ -1,0 +1,106 @@
+"""CNN benchmarks: the conv closed forms and coloured cotangents against the plain VJPs.
+
+    python bench/conv_models.py [--out bench/conv_results] [--quick]
+
+Random-weight CNNs on n random 3-channel H×H maps, float64, basis + edges, layers at the inputs
+of the activations (and the output):
+
+- "3×3": conv(3→16)-ReLU-conv(16→32)-ReLU-conv(32→32, stride 2)-ReLU-conv(32→10), all 3×3
+  with padding 1: every section is [activation] [Conv], so its Gram and its edges take the
+  conv closed forms (core/convolution.py);
+- "pool": conv(3→16)-ReLU-maxpool 2-conv(16→32)-ReLU-conv(32→10): the first section
+  [ReLU, MaxPool, Conv] has no closed form and takes coloured cotangents (core/colouring.py).
+
+Each H runs with ``structured=True`` (the default) and, up to --plain-max, with
+``structured=False`` (one cotangent per output position and direction: quadratic in the
+positions); the relative difference of the edges (w > 1e-3·max) is printed beside the plain
+float64 matmul rate timed in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from run import machine, matmul_gflops  # noqa: E402
+
+
+def cnn(kind: str) -> tuple[nn.Sequential, list[str]]:
+    torch.manual_seed(0)
+    if kind == "3×3":
+        m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(32, 10, 3, padding=1))
+        return m.double().eval(), ["1", "3", "5", "output"]
+    m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1),
+                      nn.ReLU(), nn.Conv2d(32, 10, 3, padding=1))
+    return m.double().eval(), ["1", "4", "output"]
+
+
+def run(kind: str, H: int, n: int, target: str, structured: bool) -> tuple[dict, np.ndarray]:
+    from intermod import analysis as ia
+
+    model, layers = cnn(kind)
+    X = torch.randn(n, 3, H, H, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    t0 = time.perf_counter()
+    basis = ia.compute_basis(model, X, layers, jacobian_target=target, batch_size=64, progress=False,
+                             structured=structured)
+    t1 = time.perf_counter()
+    graph = ia.build_graph(model, X, basis, batch_size=64, progress=False, structured=structured)
+    t2 = time.perf_counter()
+    return dict(model=kind, H=H, n=n, target=target, structured=structured, basis_s=round(t1 - t0, 2),
+                edges_s=round(t2 - t1, 2), total_s=round(t2 - t0, 2)), graph.w
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    big = np.abs(b) > 1e-3 * np.abs(b).max()
+    return float((np.abs(a - b)[big] / np.abs(b)[big]).max())
+
+
+def markdown(res: dict) -> str:
+    lines = [f"Machine: {res['machine']}; float64 matmul {res['matmul_gflops']} GFLOP/s (timed in this run).", "",
+             "| model | H×H | n | target | structured s (basis / edges) | plain VJPs s (basis / edges) | speed-up "
+             "| max rel. diff of w |", "|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        s, p = r["structured"], r.get("plain")
+        plain = f"{p['total_s']} ({p['basis_s']} / {p['edges_s']})" if p else "—"
+        speed = f"{p['total_s'] / s['total_s']:.0f}×" if p else "—"
+        err = f"{r['rel_diff']:.0e}" if p else "—"
+        lines.append(f"| {s['model']} | {s['H']}×{s['H']} | {s['n']} | {s['target']} | {s['total_s']} "
+                     f"({s['basis_s']} / {s['edges_s']}) | {plain} | {speed} | {err} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(HERE / "conv_results"))
+    ap.add_argument("--quick", action="store_true", help="small maps only (a smoke test)")
+    ap.add_argument("--plain-max", type=int, default=16, help="largest H also run with structured=False")
+    args = ap.parse_args()
+    sizes = [8] if args.quick else [8, 16, 32]
+    res = {"machine": machine(), "matmul_gflops": round(matmul_gflops(), 1), "rows": []}
+    for kind in ("3×3", "pool"):
+        for H in sizes:
+            for target in ("next_layer", "output"):
+                s, w = run(kind, H, 64, target, True)
+                row = {"structured": s}
+                if H <= args.plain_max and target == "next_layer":
+                    p, w_plain = run(kind, H, 64, target, False)
+                    row.update(plain=p, rel_diff=rel_err(w, w_plain))
+                res["rows"].append(row)
+                print(json.dumps(row), flush=True)
+    Path(args.out + ".json").write_text(json.dumps(res, indent=1))
+    Path(args.out + ".md").write_text(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Coloured cotangents (core/colouring.py) for local sections between conv maps.
+
+The structural receptive fields must cover the Jacobian's support (autograd at a random point),
+one colour's receptive fields must be disjoint, and the coloured VJPs must give the plain
+per-position VJPs' Jacobian Grams and edges (``structured=False``, itself pinned to a per-sample
+brute force in test_conv.py) to 1e-10 in float64: every target, with and without the bias slot
+and centring, gradient and integrated edges, for sections whose biases are driven by their own
+position's slot, by the mean slot, or both.
+"""
+
+import numpy as np
+import pytest
+import torch
+from intermod import analysis as ia
+from intermod.analysis.core import edges as edges_module
+from intermod.analysis.core import jacobian_grams as grams_module
+from intermod.analysis.core.colouring import greedy_colours, position_dependency, section_colouring
+from intermod.analysis.core.convolution import conv_moments, conv_next_layer_gram, conv_section
+from intermod.analysis.core.setup import prepare
+from torch import nn
+
+pytestmark = pytest.mark.usefixtures("float64_default")
+
+F64 = torch.float64
+CPU = torch.device("cpu")
+
+
+def _jacobian_support(section: nn.Module, spatial: tuple[int, ...], c_in: int) -> np.ndarray:
+    """(P_out, P_in) bool: where ∂f_t/∂x_s ≠ 0 for some pair of channels, at a random point."""
+    x = torch.randn((1, c_in) + spatial, dtype=F64)
+    c_out = section(x).shape[1]
+    J = torch.autograd.functional.jacobian(section, x).reshape(c_out, -1, c_in, int(np.prod(spatial)))
+    return (J != 0).any(0).any(1).numpy()
+
+
+SECTIONS = {   # (modules, in channels, spatial shape)
+    "3x3": ([nn.Conv2d(2, 3, 3, padding=1), nn.Tanh()], 2, (6, 5)),
+    "two 3x3": ([nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 2, 3, padding=1)], 2, (7, 7)),
+    "strided": ([nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.Softplus()], 2, (7, 6)),
+    "dilated valid": ([nn.Conv2d(2, 2, 3, dilation=2), nn.Tanh()], 2, (8, 7)),
+    "reflect": ([nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), nn.Tanh()], 2, (5, 6)),
+    "circular 1-d": ([nn.Conv1d(2, 3, 3, padding=1, padding_mode="circular"), nn.Tanh()], 2, (9,)),
+    "groups and batch norm": ([nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.BatchNorm2d(4), nn.Tanh()], 4, (5, 5)),
+    "3-d": ([nn.Conv3d(1, 2, 3, padding=1), nn.Tanh()], 1, (4, 3, 4)),
+    "max pool": ([nn.Tanh(), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3, padding=1)], 2, (8, 6)),
+    "avg pool padded": ([nn.AvgPool2d(3, stride=2, padding=1), nn.Conv2d(2, 2, 2)], 2, (7, 7)),
+}
+
+
+@pytest.mark.parametrize("name", list(SECTIONS))
+def test_receptive_fields_cover_the_jacobian_support(name):
+    """D ⊇ supp(J) at random points; without pooling (whose Jacobian selects one input of each
+    window) D = supp(J) exactly: the structural pass neither misses nor invents dependencies."""
+    torch.manual_seed(0)
+    mods, c_in, spatial = SECTIONS[name]
+    section = nn.Sequential(*mods).double().eval()
+    D, _ = position_dependency(list(section), spatial, lambda m: False, include_bias=False)
+    D = D.toarray() > 0
+    for _ in range(3):
+        support = _jacobian_support(section, spatial, c_in)
+        assert support.shape == D.shape
+        assert not (support & ~D).any(), "a dependency the colouring does not know of"
+    if "pool" not in name:
+        assert (support == D).all()
+
+
+def test_colours_have_disjoint_receptive_fields_and_do_not_grow_with_the_map():
+    """Same-colour positions share no input position; the count is ⌈r/S⌉ per axis (r: the
+    receptive field, S: the stride) on every map size: 9 for a 3×3 conv, 25 for two, 4 for a
+    strided 3×3, 1 for 2×2 pooling."""
+    cases = [([nn.Conv2d(1, 1, 3, padding=1)], 9), ([nn.Conv2d(1, 1, 3, padding=1)] * 2, 25),
+             ([nn.Conv2d(1, 1, 3, stride=2, padding=1)], 4), ([nn.MaxPool2d(2)], 1),
+             ([nn.Conv1d(1, 1, 5, padding=2)], 5)]
+    for mods, expected in cases:
+        for size in (8, 12, 20):
+            spatial = (size,) if isinstance(mods[0], nn.Conv1d) else (size, size)
+            D, _ = position_dependency(mods, spatial, lambda m: False, include_bias=False)
+            colour = greedy_colours(D)
+            assert colour.max() + 1 == expected, (mods, size)
+            overlap = (D @ D.T).toarray() > 0
+            same = colour[:, None] == colour[None, :]
+            assert not (overlap & same & ~np.eye(len(colour), dtype=bool)).any()
+
+
+def _model(kind: str) -> tuple[nn.Sequential, list[str], tuple[int, ...]]:
+    torch.manual_seed(1)
+    if kind == "same positions":       # every bias driven by its own position's slot
+        m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1), nn.Tanh(),
+                          nn.Conv2d(3, 2, 3, padding=1))
+        return m, ["1", "3", "output"], (2, 7, 6)
+    if kind == "strided":              # the biases after the stride and the next slot: the mean slot
+        m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, stride=2, padding=1),
+                          nn.GELU(), nn.Conv2d(3, 2, 2))
+        return m, ["1", "3", "output"], (2, 9, 8)
+    if kind == "both slots":           # a bias at the input's positions, then one after the stride
+        m = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 3, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(3, 3, 3, stride=2, padding=1), nn.Tanh(), nn.Conv2d(3, 2, 3, padding=1))
+        return m, ["2", "5", "output"], (2, 8, 8)
+    if kind == "pool and batch norm":
+        m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 3, 3, padding=1),
+                          nn.BatchNorm2d(3), nn.SiLU(), nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ELU()),
+                          nn.Conv2d(3, 2, 1))
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.normal_()
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.data.normal_()
+                mod.bias.data.normal_()
+        return m, ["1", "3", "6", "output"], (2, 10, 8)
+    if kind == "off-centre kernel":    # taps at t ± 1, not t: the slot of t reaches t all the same
+        m = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 3, 2, dilation=2, padding="same", bias=False),
+                          nn.Tanh(), nn.Conv2d(3, 2, 3, padding=1))
+        return m, ["1", "3", "output"], (2, 8, 7)
+    if kind == "conv inputs":          # [Conv] [activation] sections: positions kept, then strided, dilated
+        m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, stride=2, padding=1), nn.Tanh(),
+                          nn.Conv2d(3, 3, 3, dilation=2, padding=2), nn.GELU(), nn.Conv2d(3, 2, 3), nn.Softplus())
+        return m, ["0", "2", "4", "6", "output"], (2, 9, 8)
+    if kind == "1-d dilated":
+        m = nn.Sequential(nn.Conv1d(2, 4, 5, padding=2), nn.ReLU(), nn.Conv1d(4, 3, 3, dilation=2, padding=2),
+                          nn.Tanh(), nn.Conv1d(3, 2, 3, stride=2))
+        return m, ["1", "3", "output"], (2, 20)
+    raise KeyError(kind)
+
+
+KINDS = ["same positions", "strided", "both slots", "pool and batch norm", "off-centre kernel", "conv inputs",
+         "1-d dilated"]
+CASES = [(True, True), (False, True), (False, False), (True, False)]
+
+
+def test_these_sections_take_the_paths_under_test():
+    """Every section of the test models between conv maps is coloured, and the conv closed form
+    takes the [Conv] [activation] [Conv] ones (G: its Gram too, with one convolution), so that
+    the tests below compare each structured path with the plain one, not with itself."""
+    colours = {"same positions": [9, 9], "strided": [4, 4], "both slots": [9, 9],
+               "pool and batch norm": [1, 9, 9], "off-centre kernel": [7, 9], "conv inputs": [9, 4, 6, None],
+               "1-d dilated": [3, 2]}
+    closed = {"same positions": ["G", "G"], "strided": ["G", "G"], "both slots": ["E", "G"],
+              "pool and batch norm": [None, None, None], "off-centre kernel": ["G", "G"],
+              "conv inputs": ["G", "G", "G", "G"], "1-d dilated": ["G", "G"]}
+    found = {}
+    for kind in KINDS:
+        model, layers, shape = _model(kind)
+        X = torch.randn((3,) + shape, dtype=F64)
+        s = prepare(model.double().eval(), X, layers, output_fn=None, include_bias=True, dtype=F64,
+                    batch_size=4, device="cpu", seed=0, progress=False, callback=None)
+        acts = s.net.forward(X)
+        found[kind] = [section_colouring(s.net, j, tuple(acts[s.net.chain[j]].shape), CPU)
+                       for j in range(len(layers) - 1)]
+        assert [None if c is None else c.n_colours for c in found[kind]] == colours[kind], kind
+        secs = [conv_section(s.net, j) for j in range(len(layers) - 1)]
+        one_conv = [None if c is None else "G" if (c.first is None) != (c.second is None) else "E" for c in secs]
+        assert one_conv == closed[kind], kind
+    assert not found["same positions"][0].mean_hooks and found["same positions"][0].keeps_positions
+    assert found["strided"][0].mean_hooks and not found["strided"][0].keeps_positions
+    assert found["both slots"][0].mean_hooks      # and a bias at the input's positions before the stride
+
+
+def test_conv_moments_refuse_batches_they_cannot_sum():
+    """A batch on other positions than the first makes the per-tap moments inexact: the Gram is
+    then None, and the basis takes the coloured VJPs for that section."""
+    model, layers, shape = _model("same positions")
+    s = prepare(model.double().eval(), torch.randn((2,) + shape, dtype=F64), layers, output_fn=None,
+                include_bias=True, dtype=F64, batch_size=2, device="cpu", seed=0, progress=False, callback=None)
+    sec = conv_section(s.net, 0)
+    mom = conv_moments(sec, shape[1:], CPU)
+    point = torch.randn(2, 4, *shape[1:], dtype=F64)
+    mom.add(sec, point, torch.ones(2, point[0, 0].numel(), dtype=F64))
+    C = torch.randn(4, 3, dtype=F64)
+    assert conv_next_layer_gram(sec, mom, C, True) is not None
+    other = torch.randn(2, 4, 5, 5, dtype=F64)
+    mom.add(sec, other, torch.ones(2, 25, dtype=F64))
+    assert not mom.exact and conv_next_layer_gram(sec, mom, C, True) is None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("target", ["next_layer", "output"])
+@pytest.mark.parametrize("center,include_bias", CASES)
+@pytest.mark.parametrize("path", ["closed forms", "coloured VJPs"])
+def test_structured_paths_equal_the_plain_vjps(kind, target, center, include_bias, path, monkeypatch):
+    """The conv closed forms (where a section is [Conv] [activation] [Conv]) and, with them
+    switched off, the coloured VJPs give the plain VJPs' M, Λ and edges."""
+    if path == "coloured VJPs":
+        monkeypatch.setattr(grams_module, "conv_section", lambda net, j: None)
+        monkeypatch.setattr(edges_module, "conv_section", lambda net, j: None)
+    model, layers, shape = _model(kind)
+    model = model.double().eval()
+    X = torch.randn((11,) + shape, dtype=F64)
+    opts = dict(jacobian_target=target, center=center, include_bias=include_bias, batch_size=4, progress=False)
+    a, b = (ia.compute_basis(model, X, layers, structured=s, **opts) for s in (True, False))
+    for n in layers:
+        if b[n].M is not None:
+            np.testing.assert_allclose(a[n].M, b[n].M, rtol=1e-10, atol=1e-12 * np.abs(b[n].M).max())
+        np.testing.assert_allclose(a[n].Lambda, b[n].Lambda, rtol=1e-10, atol=1e-13 * b[n].Lambda.max())
+    for method, n_alpha in (("gradient", 1), ("integrated", 3)):
+        ga, gb = (ia.build_graph(model, X, b, edge_method=method, n_alpha=n_alpha, batch_size=4, progress=False,
+                                 structured=s) for s in (True, False))
+        np.testing.assert_allclose(ga.w ** 2, gb.w ** 2, rtol=1e-10, atol=1e-12 * (gb.w ** 2).max())
+
+
+def test_coloured_chunks_split_anywhere():
+    """Chunks of coloured cotangents bounded by a tiny max_memory (a colour's directions split
+    over several chunks, and the Graphs of the quadrature rebuilt per chunk) give the same
+    Gram and edges."""
+    model, layers, shape = _model("both slots")
+    model = model.double().eval()
+    X = torch.randn((6,) + shape, dtype=F64)
+    opts = dict(jacobian_target="next_layer", batch_size=3, progress=False)
+    big, small = (ia.compute_basis(model, X, layers, max_memory=m, **opts) for m in (1 << 29, 1 << 15))
+    for n in layers[:-1]:
+        np.testing.assert_allclose(small[n].M, big[n].M, rtol=1e-10, atol=1e-12 * np.abs(big[n].M).max())
+    ga, gb = (ia.build_graph(model, X, big, edge_method="integrated", n_alpha=2, batch_size=3, progress=False,
+                             max_memory=m) for m in (1 << 29, 1 << 15))
+    np.testing.assert_allclose(gb.w, ga.w, rtol=1e-10, atol=1e-13 * ga.w.max())
+
+
+def test_sections_that_are_not_local_take_the_plain_cotangents():
+    """No colouring for a module not known to be local (LayerNorm over positions' features,
+    Upsample), a global pool, a transposed convolution, or a model that is not a Sequential."""
+    X = torch.randn(2, 2, 6, 6, dtype=F64)
+    cases = [nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.GroupNorm(1, 2), nn.Conv2d(2, 2, 3, padding=1)),
+             nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.Upsample(scale_factor=2), nn.Conv2d(2, 2, 3, padding=1)),
+             nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.ConvTranspose2d(2, 2, 3), nn.Conv2d(2, 2, 3, padding=1)),
+             nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Conv2d(2, 2, 1))]
+    for model in cases:
+        s = prepare(model.double().eval(), X, ["1", "2"], output_fn=None, include_bias=True, dtype=F64,
+                    batch_size=2, device="cpu", seed=0, progress=False, callback=None)
+        assert section_colouring(s.net, 0, tuple(s.net.forward(X)["1"].shape), CPU) is None, model
+
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    s = prepare(Wrapped().double(), X, ["a", "b"], output_fn=None, include_bias=True, dtype=F64,
+                batch_size=2, device="cpu", seed=0, progress=False, callback=None)
+    assert section_colouring(s.net, 0, (2, 2, 6, 6), CPU) is None
