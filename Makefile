@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/ablation.py
 	$(BIN)/python bench/transformer_models.py --out out/bench
+	$(BIN)/python bench/conv_models.py
 
 validate: install
 	$(BIN)/python -m intermod.analysis.validation

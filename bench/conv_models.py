@@ -5,11 +5,14 @@
 Random-weight CNNs on n random 3-channel H×H maps, float64, basis + edges, layers at the inputs
 of the activations (and the output):
 
-- "3×3": conv(3→16)-ReLU-conv(16→32)-ReLU-conv(32→32, stride 2)-ReLU-conv(32→10), all 3×3
-  with padding 1: every section is [activation] [Conv], so its Gram and its edges take the
-  conv closed forms (core/convolution.py);
-- "pool": conv(3→16)-ReLU-maxpool 2-conv(16→32)-ReLU-conv(32→10): the first section
-  [ReLU, MaxPool, Conv] has no closed form and takes coloured cotangents (core/colouring.py).
+- "3×3": conv(3→16)-ReLU-conv(16→32)-ReLU-conv(32→32, stride 2)-ReLU-conv(32→10)-global
+  average pool-flatten, the convolutions 3×3 with padding 1: the sections between conv maps are
+  [activation] [Conv], so their Grams and edges take the conv closed forms (core/convolution.py);
+- "pool": conv(3→16)-ReLU-maxpool 2-conv(16→32)-ReLU-conv(32→10)-pool-flatten: the first
+  section [ReLU, MaxPool, Conv] has no closed form and takes coloured cotangents
+  (core/colouring.py).
+
+The last section (to the 10 logits) is not local and takes batched VJPs of its 10 cotangents.
 
 Each H runs with ``structured=True`` (the default) and, up to --plain-max, with
 ``structured=False`` (one cotangent per output position and direction: quadratic in the
@@ -38,10 +41,11 @@ def cnn(kind: str) -> tuple[nn.Sequential, list[str]]:
     torch.manual_seed(0)
     if kind == "3×3":
         m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-                          nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(32, 10, 3, padding=1))
+                          nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(32, 10, 3, padding=1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
         return m.double().eval(), ["1", "3", "5", "output"]
     m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1),
-                      nn.ReLU(), nn.Conv2d(32, 10, 3, padding=1))
+                      nn.ReLU(), nn.Conv2d(32, 10, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     return m.double().eval(), ["1", "4", "output"]
 
 
@@ -87,6 +91,8 @@ def main() -> None:
     args = ap.parse_args()
     sizes = [8] if args.quick else [8, 16, 32]
     res = {"machine": machine(), "matmul_gflops": round(matmul_gflops(), 1), "rows": []}
+    for kind in ("3×3", "pool"):           # warm-up (first calls, allocator)
+        run(kind, 8, 8, "next_layer", True)
     for kind in ("3×3", "pool"):
         for H in sizes:
             for target in ("next_layer", "output"):

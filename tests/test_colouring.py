@@ -237,3 +237,21 @@ def test_sections_that_are_not_local_take_the_plain_cotangents():
     s = prepare(Wrapped().double(), X, ["a", "b"], output_fn=None, include_bias=True, dtype=F64,
                 batch_size=2, device="cpu", seed=0, progress=False, callback=None)
     assert section_colouring(s.net, 0, (2, 2, 6, 6), CPU) is None
+
+
+@pytest.mark.parametrize("kind", ["conv inputs", "both slots", "pool and batch norm"])
+def test_float32_compute_takes_the_same_paths(kind):
+    """float32 compute (sums in float64) through the conv closed forms and the coloured VJPs
+    agrees with float64 to float32 round-off: M within 1e-4 of its scale, the edges with
+    w > 1e-3·max within 1e-4 (the same float64 basis for both)."""
+    model, layers, shape = _model(kind)
+    model = model.double().eval()
+    X = torch.randn((9,) + shape, dtype=F64)
+    opts = dict(jacobian_target="next_layer", batch_size=4, progress=False)
+    b64, b32 = (ia.compute_basis(model, X, layers, dtype=dt, **opts) for dt in (F64, torch.float32))
+    for n in layers[:-1]:
+        np.testing.assert_allclose(b32[n].M, b64[n].M, rtol=0, atol=1e-4 * np.abs(b64[n].M).max())
+    g64, g32 = (ia.build_graph(model, X, b64, edge_method="integrated", n_alpha=2, batch_size=4, progress=False,
+                               dtype=dt) for dt in (F64, torch.float32))
+    big = g64.w > 1e-3 * g64.w.max()
+    np.testing.assert_allclose(g32.w[big], g64.w[big], rtol=1e-4)

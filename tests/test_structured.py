@@ -140,10 +140,11 @@ def test_one_by_one_convolutions_have_the_closed_form(target, center, include_bi
         np.testing.assert_allclose(ga.w, gb.w, rtol=1e-9, atol=1e-12 * gb.w.max())
 
 
-def test_maps_that_are_not_per_sample_linear_take_the_vjps():
-    """No closed form where the section's linear maps do not act on the layout's features:
-    a 3×3 or strided convolution (it mixes positions), a Linear on a channels-first map (it acts
-    on the last spatial axis) and two node layers with different layouts."""
+def test_maps_that_are_not_per_sample_linear_have_no_linear_closed_form():
+    """No Linear closed form where the section's linear maps do not act on the layout's features:
+    a 3×3 or strided convolution (it mixes positions: the conv forms of test_colouring.py take
+    it), a Linear on a channels-first map (it acts on the last spatial axis) and two node layers
+    with different layouts; the structured basis still equals the VJPs'."""
     torch.manual_seed(5)
     X = torch.randn(4, 3, 4, 4, dtype=torch.float64)
     cases = [
@@ -155,7 +156,7 @@ def test_maps_that_are_not_per_sample_linear_take_the_vjps():
         model = model.double()
         secs = _sections(model, X, layers)
         assert secs[0] is None, model
-        a, b = both(model, X, layers, "next_layer", True, True)   # the fallback is the VJP path itself
+        a, b = both(model, X, layers, "next_layer", True, True)
         assert_same_basis(a, b)
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 2, 1)).double()
     s = prepare(model, X, ["1", "2", "output"], output_fn=None, include_bias=True, dtype=torch.float64,

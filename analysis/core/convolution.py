@@ -22,8 +22,15 @@ is one grouped convolution of the k-channel map f̂ (groups = k, h outputs per g
 second one convolution of the k·N maps of h channels: n·P·k·h·(|kernel₁| + k'·|kernel₂|)
 multiply-adds, against P_out·k' cotangents of a backward pass over the whole map each for the
 plain VJPs (and n_colours·k' for coloured ones, :mod:`~intermod.analysis.core.colouring`).
-E_ij = Σ_x Σ_t w_t A²_{t,i,j}, accumulated in float64. The next-layer Jacobian Gram of these
-sections takes the coloured VJPs.
+Without a first convolution in float64 (whose convolutions have no fast kernels on CPU) the
+same sums run as GEMMs over (map, output position) pairs instead (:func:`_tap_gemm`:
+A_{t,·,j} = L_cat X_t, X_t[(h,δ), j] = ā_{u(t,δ),h} Q_{h,j} f̂_{u(t,δ),j}, u(t,δ) the position
+tap δ of t reads). E_ij = Σ_x Σ_t w_t A²_{t,i,j}, accumulated in float64.
+
+**Next-layer Gram** of a section with one convolution, [activation] [Conv] or [Conv]
+[activation], from per-tap σ′ moments summed in the activation pass (:func:`conv_next_layer_gram`;
+the formulas are in the comment above :class:`ConvMoments`); with two convolutions the Gram
+takes the coloured VJPs.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from torch import Tensor, nn
 from .gram import gram
 from .jacobians import VJP_CHUNK_BYTES
 from .nodes import OUTPUT, NodeModel, default_output
-from .structured import _SKIPPED, ELEMENTWISE, activation_derivative, path_derivative
+from .structured import _SKIPPED, ELEMENTWISE, activation_derivative, path_derivative, samples_per_chunk
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -153,11 +160,20 @@ def conv_edge_sums(sec: ConvSection, point: Tensor, baseline: Tensor | None, f_h
         slot_drive = (per_pos, mean)
     per_sample = dtype.itemsize * k * (2 * h * z[0, 0].numel() + 2 * k_next * w_out.shape[1])
     step = max(1, min(max_memory, VJP_CHUNK_BYTES) // max(per_sample, 1))
+    tap_gemm = dtype == torch.float64 and sec.first is None and _slot_rules_agree(second, S, f_hat.shape[1])
     for start in range(0, B, step):
         if heartbeat is not None:
             heartbeat()
         sl = slice(start, start + step)
         N = f_map[sl].shape[0]
+        if tap_gemm:
+            u = drive = None
+            if slot_drive is not None:
+                u = C_next[d_next].to(dtype) + (0.0 if second.bias is None else C_data.T @ second.bias)
+                drive = (slot_drive[0][sl].flatten(2) if w_out.shape[1] == f_hat.shape[1]
+                         else slot_drive[1][sl][..., None])                # per position, or the mean slot
+            _tap_gemm(second, L, Q[:d], a_bar[sl], f_map[sl], u, drive, w_out[sl], E, max_memory)
+            continue
         if R is not None:                                                  # R_j ⋆ f̂_j: (N, k, h, *S₁)
             zj = sec.first(f_map[sl], R, groups=k).view(N, k, h, *S1)
         else:
@@ -177,6 +193,57 @@ def conv_edge_sums(sec: ConvSection, point: Tensor, baseline: Tensor | None, f_h
             y = y + C_next[d_next].to(dtype)[None, None, :, None] * flat[:, :, None, :]
         y = y * w_out[sl][:, None, None, :]
         E += y.square().sum((0, 3)).T.to(torch.float64)
+
+
+def _slot_rules_agree(conv: ConvMap, S: Sequence[int], P_in: int) -> bool:
+    """Whether the convolution keeps the input's positions exactly when it keeps their number
+    (its bias then follows the next slot's rule: per position, or the mean slot)."""
+    probe = torch.zeros((1, conv.weight.shape[1]) + tuple(S), dtype=conv.weight.dtype, device=conv.weight.device)
+    out = tuple(conv(probe).shape[2:])
+    return (out == tuple(S)) == (math.prod(out) == P_in)
+
+
+def _tap_gemm(conv: ConvMap, L: Tensor, Q: Tensor, a_bar: Tensor, f_map: Tensor, u: Tensor | None,
+              drive: Tensor | None, w_out: Tensor, E: Tensor, max_memory: int) -> None:
+    """E += Σ_(x,t) w_t (L_cat X_t)² for an [activation] [Conv] section, one GEMM per chunk of
+    (map, output position) pairs: X[(h,δ), j] = ā_{u(t,δ),h} Q_{h,j} f̂_{u(t,δ),j} (u(t,δ): the
+    position tap δ of output t reads) and L_cat = L (k', h·|kernel|), plus the slot row
+    [u; δs⁽ʲ⁾ at t] when there is one. a_bar: (N, h, *S); f_map: (N, k, *S); drive: (N, k, P_out)
+    or (N, k, 1) (the mean slot); w_out: (N, P_out)."""
+    A = _tap_values(conv, a_bar)                                            # (N, h, T, P_out)
+    F_ = _tap_values(conv, f_map)                                           # (N, k, T, P_out)
+    N, h, T, P2 = A.shape
+    k, k_next = f_map.shape[1], L.shape[0]
+    A = A.permute(1, 2, 0, 3).reshape(h, T, N * P2)
+    F_ = F_.permute(2, 0, 3, 1).reshape(T, N * P2, k)
+    Lc = L.reshape(k_next, h * T)
+    D = None
+    if u is not None:
+        Lc = torch.cat([Lc, u[:, None]], 1)
+        D = drive.expand(N, k, P2).permute(0, 2, 1).reshape(N * P2, k)
+    w = w_out.reshape(-1)
+    rows = Lc.shape[1]
+    step = samples_per_chunk(f_map.dtype.itemsize * (rows * k + k_next * k), max_memory)
+    for start in range(0, N * P2, step):
+        c = slice(start, start + step)
+        n = w[c].shape[0]
+        X = torch.empty(rows, n, k, dtype=f_map.dtype, device=f_map.device)
+        main = X[:h * T].view(h, T, n, k)
+        torch.mul(A[:, :, c, None], F_[None, :, c, :], out=main)
+        main.mul_(Q[:, None, None, :])
+        if D is not None:
+            X[-1] = D[c]
+        Y = (Lc @ X.view(rows, n * k)).view(k_next, n, k)
+        Y.mul_(w[c][None, :, None])
+        E += Y.square_().sum(1).to(torch.float64)
+
+
+def _tap_values(conv: ConvMap, x: Tensor) -> Tensor:
+    """x (N, C, *S) read through every tap of ``conv``: (N, C, n_taps, P_out), 0 where a tap
+    reads the padding (a convolution with the one-hot kernels e_δ)."""
+    N, C = x.shape[:2]
+    E = _tap_kernels(conv).to(x)
+    return conv(x.reshape((N * C, 1) + tuple(x.shape[2:])), E).reshape(N, C, E.shape[0], -1)
 
 
 def _drive(slot_drive: tuple[Tensor, Tensor], sl: slice, S: Sequence[int], S_mod: Sequence[int]) -> Tensor:
@@ -299,7 +366,8 @@ def conv_next_layer_gram(sec: ConvSection, mom: ConvMoments, C_next: Tensor, inc
         return None
     conv = sec.second if sec.first is None else sec.first
     W = conv.weight.to(torch.float64)
-    out_spatial = tuple(conv(torch.zeros((1, W.shape[1]) + mom.spatial, dtype=W.dtype, device=W.device)).shape[2:])
+    probe = torch.zeros((1, W.shape[1]) + mom.spatial, dtype=conv.weight.dtype, device=W.device)
+    out_spatial = tuple(conv(probe).shape[2:])
     P_in, P_out = math.prod(mom.spatial), math.prod(out_spatial)
     keeps = out_spatial == mom.spatial
     if keeps != (P_out == P_in):
