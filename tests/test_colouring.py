@@ -197,10 +197,14 @@ def test_structured_paths_equal_the_plain_vjps(kind, target, center, include_bia
         np.testing.assert_allclose(ga.w ** 2, gb.w ** 2, rtol=1e-10, atol=1e-12 * (gb.w ** 2).max())
 
 
-def test_coloured_chunks_split_anywhere():
-    """Chunks of coloured cotangents bounded by a tiny max_memory (a colour's directions split
-    over several chunks, and the Graphs of the quadrature rebuilt per chunk) give the same
-    Gram and edges."""
+@pytest.mark.parametrize("path", ["closed forms", "coloured VJPs"])
+def test_chunks_split_anywhere(path, monkeypatch):
+    """Chunks bounded by a tiny max_memory (a colour's directions split over several chunks and
+    the graphs of the quadrature rebuilt per chunk; the conv closed forms' samples and
+    positions split) give the same Gram and edges."""
+    if path == "coloured VJPs":
+        monkeypatch.setattr(grams_module, "conv_section", lambda net, j: None)
+        monkeypatch.setattr(edges_module, "conv_section", lambda net, j: None)
     model, layers, shape = _model("both slots")
     model = model.double().eval()
     X = torch.randn((6,) + shape, dtype=F64)

@@ -167,8 +167,8 @@ def _section_edges(s, batch, mask, draw: ProbeDraw, j: int, point: Tensor, basel
 
     # The section's graph at each α is built once and reused by every chunk of cotangents
     # when the graphs of all α fit in half of max_memory (a graph holds `saved.numel` elements);
-    # otherwise each chunk rebuilds them one at a time. β (the tangent of the biases no slot
-    # covers) depends on α only.
+    # otherwise each chunk rebuilds them one at a time (the first chunk's α₀ uses the graph
+    # built to count). β (the tangent of the biases no slot covers) depends on α only.
     with SavedNumel(net.params.values()) as saved:
         first = net.section(batch, j, point=at(alphas[0]), alpha=alphas[0])
     keep = len(alphas) == 1 or len(alphas) * saved.numel * s.dtype.itemsize <= s.max_memory // 2
@@ -178,6 +178,7 @@ def _section_edges(s, batch, mask, draw: ProbeDraw, j: int, point: Tensor, basel
     col = s.colouring(j, point.shape) if n_probes is None else None
     per_item = (point.numel() * (2 + len(alphas)) + f_hat.numel() + w_out.numel() * d_next * 2
                 + saved.numel + (0 if col is None else w_out.numel() * f_hat.shape[-1]))
+    spare = None if keep else first        # the first chunk's α₀ graph when graphs are rebuilt
     del first
     if col is not None:
         share = w_in / w_in.sum(-1, keepdim=True).clamp_min(1.0)
@@ -199,8 +200,12 @@ def _section_edges(s, batch, mask, draw: ProbeDraw, j: int, point: Tensor, basel
         g_sum = slot_sum = gamma_sum = None
         for q, (alpha, wq) in enumerate(zip(alphas, weights)):
             s.progress.heartbeat()                               # cancellation inside the quadrature
-            p_leaf, f_out, slot_leaf = graphs[q] if graphs else net.section(batch, j, point=at(alpha),
-                                                                             alpha=alpha)
+            if graphs:
+                p_leaf, f_out, slot_leaf = graphs[q]
+            elif spare is not None:
+                (p_leaf, f_out, slot_leaf), spare = spare, None
+            else:
+                p_leaf, f_out, slot_leaf = net.section(batch, j, point=at(alpha), alpha=alpha)
             grads = vjp(f_out, [p_leaf] + ([slot_leaf] if aug else []), dst.from_samples(data, f_out.shape))
             g = wq * src.to_samples(grads[0], p_leaf.ndim)
             g_sum = g if g_sum is None else g_sum + g
