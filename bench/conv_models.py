@@ -9,7 +9,9 @@ of the activations (and the output):
   average pool-flatten, the convolutions 3×3 with padding 1: the sections between conv maps are
   [activation] [Conv], so their Grams and edges take the conv closed forms (core/convolution.py);
 - "pool": conv(3→16)-ReLU-maxpool 2-conv(16→32)-ReLU-conv(32→10)-pool-flatten: the first
-  section [ReLU, MaxPool, Conv] has no closed form and takes coloured cotangents
+  section [ReLU, MaxPool, Conv] takes the conv closed forms with the pool's argmax selection;
+- "batch norm": conv(3→16)-BN-ReLU-conv(16→32)-BN-ReLU-conv(32→10)-pool-flatten: the
+  sections [ReLU, Conv, BN] have no closed form and take coloured cotangents
   (core/colouring.py).
 
 The last section (to the 10 logits) is not local and takes batched VJPs of its 10 cotangents.
@@ -36,6 +38,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from run import machine, matmul_gflops  # noqa: E402
 
+KINDS = ("3×3", "pool", "batch norm")
+
 
 def cnn(kind: str) -> tuple[nn.Sequential, list[str]]:
     torch.manual_seed(0)
@@ -44,9 +48,19 @@ def cnn(kind: str) -> tuple[nn.Sequential, list[str]]:
                           nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(32, 10, 3, padding=1),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten())
         return m.double().eval(), ["1", "3", "5", "output"]
-    m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1),
-                      nn.ReLU(), nn.Conv2d(32, 10, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    return m.double().eval(), ["1", "4", "output"]
+    if kind == "pool":
+        m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1),
+                          nn.ReLU(), nn.Conv2d(32, 10, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        return m.double().eval(), ["1", "4", "output"]
+    m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
+                      nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 10, 3, padding=1), nn.AdaptiveAvgPool2d(1),
+                      nn.Flatten())
+    for bn in (m[1], m[4]):                # trained-looking statistics
+        bn.running_mean.normal_(0, 0.3)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.normal_(0, 0.2)
+    return m.double().eval(), ["2", "5", "output"]
 
 
 def run(kind: str, H: int, n: int, target: str, structured: bool) -> tuple[dict, np.ndarray]:
@@ -91,9 +105,9 @@ def main() -> None:
     args = ap.parse_args()
     sizes = [8] if args.quick else [8, 16, 32]
     res = {"machine": machine(), "matmul_gflops": round(matmul_gflops(), 1), "rows": []}
-    for kind in ("3×3", "pool"):           # warm-up (first calls, allocator)
+    for kind in KINDS:                     # warm-up (first calls, allocator)
         run(kind, 8, 8, "next_layer", True)
-    for kind in ("3×3", "pool"):
+    for kind in KINDS:
         for H in sizes:
             for target in ("next_layer", "output"):
                 s, w = run(kind, H, 64, target, True)

@@ -15,7 +15,8 @@ from intermod import analysis as ia
 from intermod.analysis.core import edges as edges_module
 from intermod.analysis.core import jacobian_grams as grams_module
 from intermod.analysis.core.colouring import greedy_colours, position_dependency, section_colouring
-from intermod.analysis.core.convolution import conv_moments, conv_next_layer_gram, conv_section
+from intermod.analysis.core.conv_grams import conv_moments, conv_next_layer_gram
+from intermod.analysis.core.convolution import conv_section
 from intermod.analysis.core.setup import prepare
 from torch import nn
 
@@ -115,6 +116,14 @@ def _model(kind: str) -> tuple[nn.Sequential, list[str], tuple[int, ...]]:
         m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, stride=2, padding=1), nn.Tanh(),
                           nn.Conv2d(3, 3, 3, dilation=2, padding=2), nn.GELU(), nn.Conv2d(3, 2, 3), nn.Softplus())
         return m, ["0", "2", "4", "6", "output"], (2, 9, 8)
+    if kind == "pools":                # max / average pooling between the activation and the conv,
+        m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),   # 9×7: a remainder
+                          nn.Conv2d(4, 3, 3, padding=1), nn.Tanh(), nn.AvgPool2d(2),
+                          nn.Conv2d(3, 3, 3, padding=1), nn.GELU(), nn.MaxPool2d(2), nn.Conv2d(3, 2, 1))
+        return m, ["1", "4", "7", "9", "output"], (2, 18, 14)
+    if kind == "conv before pool":     # [Conv] [activation] [MaxPool]: closed-form edges, coloured Gram
+        m = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 2, 3, padding=1))
+        return m, ["0", "3", "output"], (2, 10, 9)
     if kind == "1-d dilated":
         m = nn.Sequential(nn.Conv1d(2, 4, 5, padding=2), nn.ReLU(), nn.Conv1d(4, 3, 3, dilation=2, padding=2),
                           nn.Tanh(), nn.Conv1d(3, 2, 3, stride=2))
@@ -123,7 +132,7 @@ def _model(kind: str) -> tuple[nn.Sequential, list[str], tuple[int, ...]]:
 
 
 KINDS = ["same positions", "strided", "both slots", "pool and batch norm", "off-centre kernel", "conv inputs",
-         "1-d dilated"]
+         "pools", "conv before pool", "1-d dilated"]
 CASES = [(True, True), (False, True), (False, False), (True, False)]
 
 
@@ -132,11 +141,12 @@ def test_these_sections_take_the_paths_under_test():
     takes the [Conv] [activation] [Conv] ones (G: its Gram too, with one convolution), so that
     the tests below compare each structured path with the plain one, not with itself."""
     colours = {"same positions": [9, 9], "strided": [4, 4], "both slots": [9, 9],
-               "pool and batch norm": [1, 9, 9], "off-centre kernel": [7, 9], "conv inputs": [9, 4, 6, None],
+               "pool and batch norm": [1, 9, 9], "off-centre kernel": [7, 9], "conv inputs": [9, 4, 6, None], "pools": [9, 9, 1, 1], "conv before pool": [4, 9],
                "1-d dilated": [3, 2]}
     closed = {"same positions": ["G", "G"], "strided": ["G", "G"], "both slots": ["E", "G"],
-              "pool and batch norm": [None, None, None], "off-centre kernel": ["G", "G"],
-              "conv inputs": ["G", "G", "G", "G"], "1-d dilated": ["G", "G"]}
+              "pool and batch norm": ["G", None, None], "off-centre kernel": ["G", "G"],
+              "conv inputs": ["G", "G", "G", "G"], "pools": ["G", "G", "G", "G"],
+              "conv before pool": ["E", "G"], "1-d dilated": ["G", "G"]}
     found = {}
     for kind in KINDS:
         model, layers, shape = _model(kind)
@@ -148,8 +158,7 @@ def test_these_sections_take_the_paths_under_test():
                        for j in range(len(layers) - 1)]
         assert [None if c is None else c.n_colours for c in found[kind]] == colours[kind], kind
         secs = [conv_section(s.net, j) for j in range(len(layers) - 1)]
-        one_conv = [None if c is None else "G" if (c.first is None) != (c.second is None) else "E" for c in secs]
-        assert one_conv == closed[kind], kind
+        assert [None if c is None else "G" if c.gram_closed else "E" for c in secs] == closed[kind], kind
     assert not found["same positions"][0].mean_hooks and found["same positions"][0].keeps_positions
     assert found["strided"][0].mean_hooks and not found["strided"][0].keeps_positions
     assert found["both slots"][0].mean_hooks      # and a bias at the input's positions before the stride
@@ -162,7 +171,7 @@ def test_conv_moments_refuse_batches_they_cannot_sum():
     s = prepare(model.double().eval(), torch.randn((2,) + shape, dtype=F64), layers, output_fn=None,
                 include_bias=True, dtype=F64, batch_size=2, device="cpu", seed=0, progress=False, callback=None)
     sec = conv_section(s.net, 0)
-    mom = conv_moments(sec, shape[1:], CPU)
+    mom = conv_moments(sec, (4,) + shape[1:], CPU)
     point = torch.randn(2, 4, *shape[1:], dtype=F64)
     mom.add(sec, point, torch.ones(2, point[0, 0].numel(), dtype=F64))
     C = torch.randn(4, 3, dtype=F64)

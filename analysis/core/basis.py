@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .convolution import conv_moments
+from .conv_grams import conv_moments
 from .distributed import all_reduce_float, all_reduce_sum
 from .gram import GramSum, MomentAccumulator, augmented_gram
 from .inputs import Inputs
@@ -198,7 +198,7 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
         for j, form in convs.items():            # per-tap σ′ moments of [activation] [Conv] sections
             point = net.last_points[chain[j]].detach()
             if form.moments is None:
-                form.moments = conv_moments(form.section, tuple(point.shape[2:]), s.device)
+                form.moments = conv_moments(form.section, tuple(point.shape[1:]), s.device)
             form.moments.add(form.section, point, net.layouts[chain[j]].weights(point.shape, mask, s.dtype, s.device))
         for n, a in acts.items():
             x, w = net.layouts[n].samples(a.detach(), mask)

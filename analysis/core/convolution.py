@@ -1,10 +1,11 @@
-"""Closed-form edges of sections made of convolutions and one elementwise activation.
+"""Closed forms of sections made of convolutions, one elementwise activation and a pool.
 
 A section of an ``nn.Sequential`` between two conv maps whose modules are ``[Conv] [activation]
-[Conv]`` (each optional, at least one convolution; any kernel, stride, padding and dilation;
-one group, zero padding; Identity and Dropout skipped) maps the input map p (d, *S) to
+[pool] [Conv]`` (each optional, at least one convolution or pool; any kernel, stride, padding and
+dilation; one group, zero padding; non-overlapping max or average pooling, :class:`PoolMap`;
+Identity and Dropout skipped) maps the input map p (d, *S) to
 
-    z = W₁ ⋆ p + b₁ σ₁,   f = W₂ ⋆ σ(z) + b₂ σ₂      (⋆: the convolution, z (h, *S₁), f (d', *S₂))
+    z = W₁ ⋆ p + b₁ σ₁,   f = W₂ ⋆ pool(σ(z)) + b₂ σ₂      (⋆: the convolution, z (h, *S₁), f (d', *S₂))
 
 with σ₁ (σ₂) the slot of each position where the convolution keeps the input's positions, else
 the mean slot s̄ = Σ_s ŵ_s s_s (docs/models.md). The Jacobian is linear in a = σ′(z), so the
@@ -12,24 +13,26 @@ attribution of input direction j to output (t, i), A_{t,i,j} = Σ_s Ĵ_{(t,i),(s
 the section's linearisation applied to the single-direction map δp⁽ʲ⁾ = Q_j f̂_j (Q = C⁻¹_l, its
 slot row moving the slot by δs⁽ʲ⁾ = Q_slot,j f̂_j):
 
-    A_{·,·,j} = L ⋆ (ā ⊙ (R_j ⋆ f̂_j + b₁ δσ₁⁽ʲ⁾)) + u₂ δσ₂⁽ʲ⁾ + c_slot δs⁽ʲ⁾_next
+    A_{·,·,j} = L ⋆ Σ_win(ā ⊙ (R_j ⋆ f̂_j + b₁ δσ₁⁽ʲ⁾)) + u₂ δσ₂⁽ʲ⁾ + c_slot δs⁽ʲ⁾_next
+
     L = C_dataᵀ W₂ (k', h, kernel₂),  R_j = W₁ Q_j (h, kernel₁),  u₂ = C_dataᵀ b₂
 
-(δs_next: the next layer's slot, per position when P_out = P_in, else the mean). ā is σ′(z)
+(Σ_win: the pool's window sum, ā then carrying the pool's weights, the argmax indicator or
+1/|window|; δs_next: the next layer's slot, per position when P_out = P_in, else the mean). ā is σ′(z)
 ("gradient") or its quadrature average along the path z₀ + α (z − z₀) ("integrated"; z₀ = 0
 with the slot, W₁ ⋆ p₀ + b₁ at the baseline map without it). For all j at once the first step
 is one grouped convolution of the k-channel map f̂ (groups = k, h outputs per group) and the
 second one convolution of the k·N maps of h channels: n·P·k·h·(|kernel₁| + k'·|kernel₂|)
 multiply-adds, against P_out·k' cotangents of a backward pass over the whole map each for the
 plain VJPs (and n_colours·k' for coloured ones, :mod:`~intermod.analysis.core.colouring`).
-Without a first convolution in float64 (whose convolutions have no fast kernels on CPU) the
+Without a first convolution or a pool, in float64 (whose convolutions have no fast CPU kernels), the
 same sums run as GEMMs over (map, output position) pairs instead (:func:`_tap_gemm`:
 A_{t,·,j} = L_cat X_t, X_t[(h,δ), j] = ā_{u(t,δ),h} Q_{h,j} f̂_{u(t,δ),j}, u(t,δ) the position
 tap δ of t reads). E_ij = Σ_x Σ_t w_t A²_{t,i,j}, accumulated in float64.
 
 **Next-layer Gram** of a section with one convolution, [activation] [Conv] or [Conv]
-[activation], from per-tap σ′ moments summed in the activation pass (:func:`conv_next_layer_gram`;
-the formulas are in the comment above :class:`ConvMoments`); with two convolutions the Gram
+[activation], from per-tap σ′ moments summed in the activation pass (:func:`~intermod.analysis.core.conv_grams.conv_next_layer_gram`;
+the formulas are in :mod:`~intermod.analysis.core.conv_grams`); with two convolutions the Gram
 takes the coloured VJPs.
 """
 
@@ -43,7 +46,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .gram import gram
 from .jacobians import VJP_CHUNK_BYTES
 from .nodes import OUTPUT, NodeModel, default_output
 from .structured import _SKIPPED, ELEMENTWISE, activation_derivative, path_derivative, samples_per_chunk
@@ -68,14 +70,43 @@ class ConvMap:
         return _CONV[w.ndim - 2](x, w, None, self.stride, self.padding, self.dilation, groups)
 
 
+_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
+@dataclass(frozen=True)
+class PoolMap:
+    """Non-overlapping max or average pooling (kernel = stride, no padding, dilation 1, floor
+    mode). At a point it is linear: the window sum of w ⊙ x, with w the indicator of each
+    window's argmax per channel ("max"; the position autograd routes the gradient to) or
+    1/|window| ("avg")."""
+
+    kind: str
+    kernel: tuple[int, ...]
+
+    def window_sum(self, x: Tensor) -> Tensor:
+        """Σ over each window of x (N, C, *S) -> (N, C, *S_pooled)."""
+        return _AVG_POOL[len(self.kernel)](x, self.kernel) * math.prod(self.kernel)
+
+    def weights(self, y: Tensor) -> Tensor | float:
+        """w for the pooled map y (N, C, *S) (its input, the activation's output)."""
+        if self.kind == "avg":
+            return 1.0 / math.prod(self.kernel)
+        _, idx = _MAX_POOL[len(self.kernel)](y, self.kernel, return_indices=True)
+        sel = torch.zeros_like(y).flatten(2)
+        return sel.scatter_(2, idx.flatten(2), 1.0).view_as(y)
+
+
 @dataclass(frozen=True)
 class ConvSection:
-    """f = W₂ ⋆ σ(W₁ ⋆ p + b₁) + b₂ (module docstring): ``first`` / ``second`` ConvMaps or None
-    (identity), ``act`` an elementwise module or None (identity)."""
+    """f = W₂ ⋆ pool(σ(W₁ ⋆ p + b₁)) + b₂ (module docstring): ``first`` / ``second`` ConvMaps or
+    None (identity), ``act`` an elementwise module or None (identity), ``pool`` a
+    non-overlapping :class:`PoolMap` or None."""
 
     first: ConvMap | None
     act: nn.Module | None
     second: ConvMap | None
+    pool: PoolMap | None = None
 
     def preactivation(self, p: Tensor) -> Tensor:
         """z = W₁ ⋆ p + b₁ for maps p (N, d, *S)."""
@@ -83,6 +114,43 @@ class ConvSection:
             return p
         z = self.first(p)
         return z if self.first.bias is None else z + _along_channels(self.first.bias, z.ndim)
+
+    def path_weights(self, z: Tensor, z0: Tensor | float, alphas: Sequence[float], weights: Sequence[float],
+                     heartbeat: Callable[[], None] | None) -> Tensor:
+        """ā = Σ_q w_q σ′(z_q) ⊙ w_pool(σ(z_q)), z_q = z₀ + α_q (z − z₀): the derivative the
+        linearised section multiplies by, averaged along the path (``path_derivative`` times the
+        pool's weights, which for max pooling move with the point)."""
+        if self.pool is None:
+            return path_derivative(self.act, z, z0, alphas, weights, heartbeat)
+        a_bar = torch.zeros_like(z)
+        for alpha, wq in zip(alphas, weights):
+            if heartbeat is not None:
+                heartbeat()
+            zq = z0 + alpha * (z - z0)
+            a_bar += wq * activation_derivative(self.act, zq) * self.pool.weights(self.activation(zq))
+        return a_bar
+
+    def activation(self, z: Tensor) -> Tensor:
+        """σ(z) (z itself without an activation; z is not modified by an in-place one)."""
+        if self.act is None:
+            return z
+        return self.act(z.clone() if getattr(self.act, "inplace", False) else z)
+
+    @property
+    def gram_closed(self) -> bool:
+        """Whether the next-layer Gram has a closed form (:func:`~intermod.analysis.core.conv_grams.conv_next_layer_gram`): one
+        convolution at most, no first convolution before a pool, and not the identity."""
+        if self.first is not None:
+            return self.second is None and self.pool is None
+        return self.second is not None or self.pool is not None
+
+    def out_spatial(self, spatial: tuple[int, ...], channels: int, like: Tensor) -> tuple[int, ...]:
+        """The positions of f for inputs of ``spatial`` positions and ``channels`` channels."""
+        x = torch.zeros((1, channels) + tuple(spatial), dtype=like.dtype, device=like.device)
+        x = self.preactivation(x)
+        if self.pool is not None:
+            x = self.pool.window_sum(x)
+        return tuple((x if self.second is None else self.second(x)).shape[2:])
 
 
 def _along_channels(v: Tensor, ndim: int) -> Tensor:
@@ -109,11 +177,14 @@ def conv_section(net: NodeModel, j: int) -> ConvSection | None:
         first = mods.pop(0)
     if mods and isinstance(mods[0], ELEMENTWISE):
         act = mods.pop(0)
+    pool = _pool_map(mods[0]) if mods else None
+    if pool is not None:
+        mods.pop(0)
     if mods and _is_conv(mods[0]):
         second = mods.pop(0)
-    if mods or first is None and second is None:
+    if mods or first is None and second is None and pool is None:
         return None
-    if act is None and second is None:
+    if act is None and second is None and pool is None:
         first, second = None, first      # a lone convolution: W₂ = W, no σ
     convs = [m for m in (first, second) if m is not None]
     if net.include_bias and any(m.bias is not None and not net.slot_hooked(m) for m in convs):
@@ -125,7 +196,22 @@ def conv_section(net: NodeModel, j: int) -> ConvSection | None:
         bias = None if m.bias is None else net.params[net._param_name(m, "bias")]
         return ConvMap(net.params[net._param_name(m, "weight")], bias, m.stride, m.padding, m.dilation)
 
-    return ConvSection(conv_map(first), act, conv_map(second))
+    return ConvSection(conv_map(first), act, conv_map(second), pool)
+
+
+def _pool_map(m: nn.Module) -> PoolMap | None:
+    """A :class:`PoolMap` for non-overlapping max / average pooling, else None."""
+    pools = {nn.MaxPool1d: ("max", 1), nn.MaxPool2d: ("max", 2), nn.MaxPool3d: ("max", 3),
+             nn.AvgPool1d: ("avg", 1), nn.AvgPool2d: ("avg", 2), nn.AvgPool3d: ("avg", 3)}
+    if type(m) not in pools:
+        return None
+    kind, nd = pools[type(m)]
+    tup = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * nd   # noqa: E731
+    kernel, stride, padding = tup(m.kernel_size), tup(m.stride or m.kernel_size), tup(m.padding)
+    plain = (kernel == stride and not any(padding) and not m.ceil_mode
+             and (tup(m.dilation) == (1,) * nd and not m.return_indices if kind == "max"
+                  else m.divisor_override is None))
+    return PoolMap(kind, kernel) if plain and math.prod(kernel) > 1 else None
 
 
 def conv_edge_sums(sec: ConvSection, point: Tensor, baseline: Tensor | None, f_hat: Tensor, w_in: Tensor,
@@ -144,7 +230,7 @@ def conv_edge_sums(sec: ConvSection, point: Tensor, baseline: Tensor | None, f_h
     z = sec.preactivation(point)                                          # (B, h, *S₁)
     h, S1 = z.shape[1], tuple(z.shape[2:])
     z0 = 0.0 if baseline is None else sec.preactivation(_along_channels(baseline, nd + 2).expand(1, d, *S))
-    a_bar = path_derivative(sec.act, z, z0, alphas, weights, heartbeat)
+    a_bar = sec.path_weights(z, z0, alphas, weights, heartbeat)
     d_next = C_next.shape[0] - int(include_bias)
     C_data = C_next[:d_next].to(dtype)                                     # (d', k')
     k_next = C_data.shape[1]
@@ -160,7 +246,8 @@ def conv_edge_sums(sec: ConvSection, point: Tensor, baseline: Tensor | None, f_h
         slot_drive = (per_pos, mean)
     per_sample = dtype.itemsize * k * (2 * h * z[0, 0].numel() + 2 * k_next * w_out.shape[1])
     step = max(1, min(max_memory, VJP_CHUNK_BYTES) // max(per_sample, 1))
-    tap_gemm = dtype == torch.float64 and sec.first is None and _slot_rules_agree(second, S, f_hat.shape[1])
+    tap_gemm = (dtype == torch.float64 and sec.first is None and sec.pool is None and second is not None
+                and _slot_rules_agree(second, S, f_hat.shape[1]))
     for start in range(0, B, step):
         if heartbeat is not None:
             heartbeat()
@@ -181,6 +268,8 @@ def conv_edge_sums(sec: ConvSection, point: Tensor, baseline: Tensor | None, f_h
         if slot_drive is not None and sec.first is not None and sec.first.bias is not None:
             zj = zj + sec.first.bias.reshape((1, 1, h) + (1,) * nd) * _drive(slot_drive, sl, S, S1)[:, :, None]
         x = (zj * a_bar[sl][:, None]).reshape(N * k, h, *S1)
+        if sec.pool is not None:
+            x = sec.pool.window_sum(x)
         y = torch.einsum("ci,nc...->ni...", C_data, x) if second is None else second(x, L)
         S2 = tuple(y.shape[2:])
         y = y.reshape(N, k, k_next, -1)                                     # (N, k, k', P_out)
@@ -242,7 +331,7 @@ def _tap_values(conv: ConvMap, x: Tensor) -> Tensor:
     """x (N, C, *S) read through every tap of ``conv``: (N, C, n_taps, P_out), 0 where a tap
     reads the padding (a convolution with the one-hot kernels e_δ)."""
     N, C = x.shape[:2]
-    E = _tap_kernels(conv).to(x)
+    E = tap_kernels(conv).to(x)
     return conv(x.reshape((N * C, 1) + tuple(x.shape[2:])), E).reshape(N, C, E.shape[0], -1)
 
 
@@ -255,158 +344,8 @@ def _drive(slot_drive: tuple[Tensor, Tensor], sl: slice, S: Sequence[int], S_mod
     return mean[sl].reshape(mean[sl].shape + (1,) * len(S_mod))
 
 
-# --------------------------------------------------------------------------- next-layer Gram
-#
-# [activation] [Conv] (no first convolution: the point is the activation's input p, h = d). The
-# Jacobian of f̂_{t,i} at input position s is a_s ⊙ L_i[δ], δ the tap through which output t reads
-# s. With m_δ(s) = 1 where tap δ of some output reads s,
-#
-#   Σ_x Σ_s Σ_{t,i} g gᵀ = Σ_δ (L[δ]ᵀ L[δ]) ⊙ T_δ,   T_δ = Σ_x Σ_s m_δ(s) a_s a_sᵀ   (h, h)
-#
-# and the slot row, with u = C_dataᵀ b₂ + c_slot driving output t from the slot of s = t (the
-# convolution keeps the positions) or from the mean slot (ŵ_s = 1/P_in, it does not):
-#   per position: Σ_δ∈taps(t→t) (L[δ]ᵀ u) ⊙ Σ_x Σ_s a_s,         slot–slot n·P_in·|u|²
-#   mean slot:    (1/P_in) Σ_δ (L[δ]ᵀ u) ⊙ Σ_x Σ_s m_δ(s) a_s,    slot–slot n·P_out·|u|²/P_in
-#
-# [Conv] [activation] (no second convolution: f = σ(z), z = W ⋆ p + b s). The Jacobian of f̂_{t,i}
-# at s is W[δ]ᵀ v_{t,i}, v_{t,i} = a_t ⊙ C_i, so with m_δ(t) = 1 where tap δ of output t reads
-# inside the map (not the padding) and K = C_data C_dataᵀ,
-#
-#   Σ_x Σ_s Σ_{t,i} g gᵀ = Σ_δ W[δ]ᵀ (K ⊙ T_δ) W[δ],   T_δ = Σ_x Σ_t m_δ(t) a_t a_tᵀ
-#
-# and with β_{t,i} = (C_i ⊙ b)·a_t + c_slot,i the slot derivative (per position or mean, as
-# above), Σ_i v_{t,i} β_{t,i} = a_t ⊙ (K diag(b) a_t + C c_slot), B = diag(b) C_data:
-#   per position: Σ_δ∈taps(t→t) W[δ]ᵀ r(all),   mean slot: (1/P_in) Σ_δ W[δ]ᵀ r(δ)
-#   r(δ) = rowsum(K diag(b) ⊙ T_δ) + (C c_slot) ⊙ Σ_x Σ_t m_δ(t) a_t
-#   slot–slot: q = tr(BBᵀ S) + 2 (B c_slot)·Σ a + n P_out |c_slot|² (S = Σ_x Σ_t a aᵀ), or q / P_in
-#
-# Positions with the same column of masks form a class (the interior, each edge, each corner);
-# the moments are kept per class: n·P·h² multiply-adds, as for a Linear section.
-
-
-@dataclass
-class ConvMoments:
-    """Per-class σ′ moments of a one-convolution section on input maps of ``spatial`` positions,
-    over the positions of the activation: S (n_classes, h, h) = Σ_x Σ_{t∈c} a_t a_tᵀ, sigma
-    (n_classes, h) = Σ_x Σ_{t∈c} a_t, n maps; ``exact`` turns False when a batch cannot be
-    summed this way (other positions, a mask)."""
-
-    spatial: tuple[int, ...]
-    taps: Tensor                   # (n_classes, n_taps) m_δ of the class's positions
-    classes: Tensor                # (P,) class of each position of the activation
-    S: Tensor
-    sigma: Tensor
-    n: float = 0.0
-    exact: bool = True
-
-    def add(self, sec: ConvSection, point: Tensor, w_in: Tensor) -> None:
-        """Add a batch of input maps (B, d, *S) with sample weights (B, P_in)."""
-        if tuple(point.shape[2:]) != self.spatial or not bool((w_in == 1).all()):
-            self.exact = False
-            return
-        a = activation_derivative(sec.act, sec.preactivation(point)).flatten(2)   # (B, h, P)
-        for c in range(self.S.shape[0]):
-            rows = a[:, :, self.classes == c].transpose(1, 2).reshape(-1, a.shape[1])
-            self.S[c] += gram(rows).to(torch.float64)
-            self.sigma[c] += rows.sum(0).to(torch.float64)
-        self.n += float(point.shape[0])
-
-
-def conv_moments(sec: ConvSection, spatial: tuple[int, ...], device: torch.device) -> ConvMoments | None:
-    """An empty :class:`ConvMoments` for section ``sec`` on maps of ``spatial`` positions, or None
-    when the section has two convolutions (its Gram takes the coloured VJPs)."""
-    if (sec.first is None) == (sec.second is None):
-        return None
-    if sec.first is None:
-        masks, h = _tap_masks(sec.second, spatial), sec.second.weight.shape[1]
-    else:
-        masks, h = _valid_taps(sec.first, spatial), sec.first.weight.shape[0]
-    columns, classes = torch.unique(masks.T, dim=0, return_inverse=True)
-    z = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)   # noqa: E731
-    return ConvMoments(spatial, columns.to(device), classes.to(device), z(len(columns), h, h), z(len(columns), h))
-
-
-def _tap_kernels(conv: ConvMap) -> Tensor:
+def tap_kernels(conv: ConvMap) -> Tensor:
     """(n_taps, 1, *kernel) the one-hot kernels e_δ of ``conv``'s taps, float64 on the CPU."""
     kernel = tuple(conv.weight.shape[2:])
     n_taps = int(torch.tensor(kernel).prod())
     return torch.eye(n_taps, dtype=torch.float64).reshape((n_taps, 1) + kernel)
-
-
-def _tap_masks(conv: ConvMap, spatial: tuple[int, ...]) -> Tensor:
-    """(n_taps, P_in) m_δ(s) ∈ {0, 1}: whether tap δ of some output position reads position s
-    (the gradient of Σ_t y_t for the one-hot kernel e_δ: nonzero exactly there)."""
-    E = _tap_kernels(conv)
-    x = torch.zeros((1, 1) + spatial, dtype=torch.float64, requires_grad=True)
-    y = conv(x, E).flatten(2)[0]                                              # (n_taps, P_out)
-    rows = [torch.autograd.grad(y[t].sum(), x, retain_graph=True)[0].flatten() for t in range(len(E))]
-    return (torch.stack(rows) > 0).to(torch.float64)
-
-
-def _valid_taps(conv: ConvMap, spatial: tuple[int, ...]) -> Tensor:
-    """(n_taps, P_out) m_δ(t) ∈ {0, 1}: whether tap δ of output position t reads inside the map."""
-    ones = torch.ones((1, 1) + spatial, dtype=torch.float64)
-    return (conv(ones, _tap_kernels(conv)).flatten(2)[0] > 0).to(torch.float64)
-
-
-def _self_taps(conv: ConvMap, spatial: tuple[int, ...]) -> Tensor:
-    """(n_taps,) 1 for the taps through which output position t reads input position t."""
-    P = int(torch.tensor(spatial).prod())
-    index = torch.arange(1, P + 1, dtype=torch.float64).reshape((1, 1) + spatial)
-    y = conv(index, _tap_kernels(conv)).flatten(2)[0]     # the input index + 1 each tap reads, 0: padding
-    return (y == index.flatten()[None]).any(1).to(torch.float64)
-
-
-def conv_next_layer_gram(sec: ConvSection, mom: ConvMoments, C_next: Tensor, include_bias: bool
-                         ) -> Tensor | None:
-    """Σ_x Σ_s Jᵀ C Cᵀ J of a one-convolution section in point coordinates (d [+1], d [+1]),
-    float64 (the comment above :class:`ConvMoments`); None when the moments are not exact or the
-    positions are kept in count but not in shape (the slot rules would disagree)."""
-    if not mom.exact:
-        return None
-    conv = sec.second if sec.first is None else sec.first
-    W = conv.weight.to(torch.float64)
-    probe = torch.zeros((1, W.shape[1]) + mom.spatial, dtype=conv.weight.dtype, device=W.device)
-    out_spatial = tuple(conv(probe).shape[2:])
-    P_in, P_out = math.prod(mom.spatial), math.prod(out_spatial)
-    keeps = out_spatial == mom.spatial
-    if keeps != (P_out == P_in):
-        return None
-    C = C_next.to(torch.float64)
-    d_next = C.shape[0] - int(include_bias)
-    T = torch.einsum("cd,chg->dhg", mom.taps, mom.S)                          # (n_taps, h, h)
-    tau = mom.taps.T @ mom.sigma                                              # (n_taps, h)
-    b = torch.zeros(W.shape[0], dtype=torch.float64, device=W.device) if conv.bias is None else conv.bias.to(torch.float64)
-    c = C[d_next] if include_bias else None
-    self_taps = _self_taps(conv, mom.spatial).to(W) if keeps else None
-    if sec.first is None:
-        L = torch.einsum("ci,ch...->ih...", C[:d_next], W).flatten(2)        # (k', h, n_taps)
-        M = torch.einsum("ihd,igd,dhg->hg", L, L, T)
-        if not include_bias:
-            return M
-        u = C[:d_next].T @ b + c                                              # (k',)
-        Lu = torch.einsum("ihd,i->hd", L, u)                                  # (h, n_taps)
-        if keeps:
-            cross, slot = (Lu @ self_taps) * mom.sigma.sum(0), mom.n * P_in * (u @ u)
-        else:
-            cross, slot = (Lu * tau.T).sum(1) / P_in, mom.n * P_out * (u @ u) / P_in
-    else:
-        Wt = W.flatten(2)                                                     # (h, d, n_taps)
-        K = C[:d_next] @ C[:d_next].T                                         # (h, h)
-        M = torch.einsum("hcD,Dhg,geD->ce", Wt, K[None] * T, Wt)
-        if not include_bias:
-            return M
-        Kb, Cc, B = K * b[None, :], C[:d_next] @ c, b[:, None] * C[:d_next]
-        S_all, sigma_all = mom.S.sum(0), mom.sigma.sum(0)
-        q = (B.T @ S_all * B.T).sum() + 2 * (B @ c) @ sigma_all + mom.n * P_out * (c @ c)
-        if keeps:
-            r = (Kb * S_all).sum(1) + Cc * sigma_all                          # (h,)
-            cross, slot = torch.einsum("hcD,D,h->c", Wt, self_taps, r), q
-        else:
-            r = (Kb[None] * T).sum(2) + Cc[None] * tau                        # (n_taps, h)
-            cross, slot = torch.einsum("hcD,Dh->c", Wt, r) / P_in, q / P_in
-    out = torch.zeros(M.shape[0] + 1, M.shape[0] + 1, dtype=torch.float64, device=M.device)
-    out[:-1, :-1] = M
-    out[:-1, -1] = out[-1, :-1] = cross
-    out[-1, -1] = slot
-    return out

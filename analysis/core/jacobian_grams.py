@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from .colouring import Colouring, at_owner, coloured_cotangents, missing_slot_square, split_slot
-from .convolution import ConvMoments, ConvSection, conv_next_layer_gram, conv_section
+from .conv_grams import ConvMoments, conv_next_layer_gram
+from .convolution import ConvSection, conv_section
 from .distributed import all_reduce_float, all_reduce_sum
 from .gram import GramSum
 from .jacobians import ProbeDraw, SavedNumel, joint_cotangents, rotated_cotangents, vjp
@@ -169,13 +170,14 @@ class _ConvForm:
 
 
 def conv_closed_forms(s: Setup, n_probes: int | None, closed: Mapping[int, Any]) -> dict[int, _ConvForm]:
-    """[activation] [Conv] and [Conv] [activation] sections (:mod:`~intermod.analysis.core.convolution`;
-    exact sums only) with no Linear closed form: their next-layer Grams come from per-tap σ′ moments."""
+    """Conv sections whose next-layer Gram has a closed form (``ConvSection.gram_closed``:
+    [activation] [pool] [Conv], [Conv] [activation]; :mod:`~intermod.analysis.core.convolution`;
+    exact sums only) and no Linear one: their Grams come from per-tap σ′ moments."""
     if not s.structured or n_probes is not None:
         return {}
     forms = {j: conv_section(s.net, j) for j in range(len(s.net.chain) - 1) if j not in closed}
     return {j: _ConvForm(sec) for j, sec in forms.items()
-            if sec is not None and (sec.first is None) != (sec.second is None)}
+            if sec is not None and sec.gram_closed}
 
 
 def conv_gram(s: Setup, form: _ConvForm, C_next: Tensor) -> tuple[Tensor, float] | None:

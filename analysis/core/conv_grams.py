@@ -1,0 +1,191 @@
+"""Next-layer Jacobian Grams of one-convolution sections from per-tap σ′ moments.
+
+[activation] [Conv] (no first convolution: the point is the activation's input p, h = d). The
+Jacobian of f̂_{t,i} at input position s is a_s ⊙ L_i[δ], δ the tap through which output t reads
+s. With m_δ(s) = 1 where tap δ of some output reads s,
+
+  Σ_x Σ_s Σ_{t,i} g gᵀ = Σ_δ (L[δ]ᵀ L[δ]) ⊙ T_δ,   T_δ = Σ_x Σ_s m_δ(s) a_s a_sᵀ   (h, h)
+
+and the slot row, with u = C_dataᵀ b₂ + c_slot driving output t from the slot of s = t (the
+convolution keeps the positions) or from the mean slot (ŵ_s = 1/P_in, it does not):
+  per position: Σ_δ∈taps(t→t) (L[δ]ᵀ u) ⊙ Σ_x Σ_s a_s,         slot–slot n·P_in·|u|²
+  mean slot:    (1/P_in) Σ_δ (L[δ]ᵀ u) ⊙ Σ_x Σ_s m_δ(s) a_s,    slot–slot n·P_out·|u|²/P_in
+With a non-overlapping pool between the activation and the convolution ([activation] [pool]
+[Conv], or [activation] [pool] alone with L = C_dataᵀ and one tap), a_s carries the pool's weight
+(the argmax indicator or 1/|window|) and s the taps of its window (none outside every window).
+
+[Conv] [activation] (no second convolution: f = σ(z), z = W ⋆ p + b s). The Jacobian of f̂_{t,i}
+at s is W[δ]ᵀ v_{t,i}, v_{t,i} = a_t ⊙ C_i, so with m_δ(t) = 1 where tap δ of output t reads
+inside the map (not the padding) and K = C_data C_dataᵀ,
+
+  Σ_x Σ_s Σ_{t,i} g gᵀ = Σ_δ W[δ]ᵀ (K ⊙ T_δ) W[δ],   T_δ = Σ_x Σ_t m_δ(t) a_t a_tᵀ
+
+and with β_{t,i} = (C_i ⊙ b)·a_t + c_slot,i the slot derivative (per position or mean, as
+above), Σ_i v_{t,i} β_{t,i} = a_t ⊙ (K diag(b) a_t + C c_slot), B = diag(b) C_data:
+  per position: Σ_δ∈taps(t→t) W[δ]ᵀ r(all),   mean slot: (1/P_in) Σ_δ W[δ]ᵀ r(δ)
+  r(δ) = rowsum(K diag(b) ⊙ T_δ) + (C c_slot) ⊙ Σ_x Σ_t m_δ(t) a_t
+  slot–slot: q = tr(BBᵀ S) + 2 (B c_slot)·Σ a + n P_out |c_slot|² (S = Σ_x Σ_t a aᵀ), or q / P_in
+
+Positions with the same column of masks form a class (the interior, each edge, each corner);
+the moments are kept per class: n·P·h² multiply-adds, as for a Linear section.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .convolution import ConvMap, ConvSection, tap_kernels
+from .gram import gram
+from .structured import activation_derivative
+
+
+@dataclass
+class ConvMoments:
+    """Per-class σ′ moments of a one-convolution section on input maps of ``spatial`` positions,
+    over the positions of the activation: S (n_classes, h, h) = Σ_x Σ_{t∈c} a_t a_tᵀ, sigma
+    (n_classes, h) = Σ_x Σ_{t∈c} a_t, n maps; ``exact`` turns False when a batch cannot be
+    summed this way (other positions, a mask)."""
+
+    spatial: tuple[int, ...]
+    taps: Tensor                   # (n_classes, n_taps) m_δ of the class's positions
+    classes: Tensor                # (P,) class of each position of the activation
+    S: Tensor
+    sigma: Tensor
+    n: float = 0.0
+    exact: bool = True
+
+    def add(self, sec: ConvSection, point: Tensor, w_in: Tensor) -> None:
+        """Add a batch of input maps (B, d, *S) with sample weights (B, P_in)."""
+        if tuple(point.shape[2:]) != self.spatial or not bool((w_in == 1).all()):
+            self.exact = False
+            return
+        z = sec.preactivation(point)
+        a = activation_derivative(sec.act, z)
+        if sec.pool is not None:
+            a = a * sec.pool.weights(sec.activation(z))
+        a = a.flatten(2)                                                    # (B, h, P)
+        for c in range(self.S.shape[0]):
+            rows = a[:, :, self.classes == c].transpose(1, 2).reshape(-1, a.shape[1])
+            self.S[c] += gram(rows).to(torch.float64)
+            self.sigma[c] += rows.sum(0).to(torch.float64)
+        self.n += float(point.shape[0])
+
+
+def conv_moments(sec: ConvSection, in_shape: tuple[int, ...], device: torch.device) -> ConvMoments | None:
+    """An empty :class:`ConvMoments` for section ``sec`` on input maps of ``in_shape``
+    (channels, *spatial), or None when its Gram has no closed form (``sec.gram_closed``)."""
+    if not sec.gram_closed:
+        return None
+    d, spatial = in_shape[0], tuple(in_shape[1:])
+    if sec.first is not None:
+        masks, h = _valid_taps(sec.first, spatial), sec.first.weight.shape[0]
+    else:
+        h = d
+        pooled = spatial if sec.pool is None else tuple(n // k for n, k in zip(spatial, sec.pool.kernel))
+        masks = torch.ones(1, math.prod(pooled), dtype=torch.float64) if sec.second is None else \
+            _tap_masks(sec.second, pooled)
+        if sec.pool is not None:              # each input position takes its window's taps
+            masks = torch.cat([masks, torch.zeros(len(masks), 1, dtype=masks.dtype)], 1)[:, _window_of(spatial, sec.pool.kernel)]
+    columns, classes = torch.unique(masks.T, dim=0, return_inverse=True)
+    z = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)   # noqa: E731
+    return ConvMoments(spatial, columns.to(device), classes.to(device), z(len(columns), h, h), z(len(columns), h))
+
+
+def _window_of(spatial: tuple[int, ...], kernel: tuple[int, ...]) -> Tensor:
+    """(P,) the flat index of the pooling window of each position, P_pooled where none (the
+    remainder floor mode drops)."""
+    pooled = [n // k for n, k in zip(spatial, kernel)]
+    grids = torch.meshgrid(*[torch.arange(n) for n in spatial], indexing="ij")
+    win = [g // k for g, k in zip(grids, kernel)]
+    inside = torch.stack([w < p for w, p in zip(win, pooled)]).all(0)
+    flat = torch.zeros(spatial, dtype=torch.int64)
+    for w, p in zip(win, pooled):
+        flat = flat * p + w
+    return torch.where(inside, flat, math.prod(pooled)).flatten()
+
+
+def _tap_masks(conv: ConvMap, spatial: tuple[int, ...]) -> Tensor:
+    """(n_taps, P_in) m_δ(s) ∈ {0, 1}: whether tap δ of some output position reads position s
+    (the gradient of Σ_t y_t for the one-hot kernel e_δ: nonzero exactly there)."""
+    E = tap_kernels(conv)
+    x = torch.zeros((1, 1) + spatial, dtype=torch.float64, requires_grad=True)
+    y = conv(x, E).flatten(2)[0]                                              # (n_taps, P_out)
+    rows = [torch.autograd.grad(y[t].sum(), x, retain_graph=True)[0].flatten() for t in range(len(E))]
+    return (torch.stack(rows) > 0).to(torch.float64)
+
+
+def _valid_taps(conv: ConvMap, spatial: tuple[int, ...]) -> Tensor:
+    """(n_taps, P_out) m_δ(t) ∈ {0, 1}: whether tap δ of output position t reads inside the map."""
+    ones = torch.ones((1, 1) + spatial, dtype=torch.float64)
+    return (conv(ones, tap_kernels(conv)).flatten(2)[0] > 0).to(torch.float64)
+
+
+def _self_taps(conv: ConvMap, spatial: tuple[int, ...]) -> Tensor:
+    """(n_taps,) 1 for the taps through which output position t reads input position t."""
+    P = int(torch.tensor(spatial).prod())
+    index = torch.arange(1, P + 1, dtype=torch.float64).reshape((1, 1) + spatial)
+    y = conv(index, tap_kernels(conv)).flatten(2)[0]     # the input index + 1 each tap reads, 0: padding
+    return (y == index.flatten()[None]).any(1).to(torch.float64)
+
+
+def conv_next_layer_gram(sec: ConvSection, mom: ConvMoments, C_next: Tensor, include_bias: bool
+                         ) -> Tensor | None:
+    """Σ_x Σ_s Jᵀ C Cᵀ J of a one-convolution section in point coordinates (d [+1], d [+1]),
+    float64 (module docstring); None when the moments are not exact or the
+    positions are kept in count but not in shape (the slot rules would disagree)."""
+    if not mom.exact:
+        return None
+    conv = sec.second if sec.first is None else sec.first
+    C = C_next.to(torch.float64)
+    d_next = C.shape[0] - int(include_bias)
+    h = mom.S.shape[1]
+    like = C if conv is None else conv.weight
+    out_spatial = sec.out_spatial(mom.spatial, h if sec.first is None else sec.first.weight.shape[1], like)
+    P_in, P_out = math.prod(mom.spatial), math.prod(out_spatial)
+    keeps = out_spatial == mom.spatial
+    if keeps != (P_out == P_in):
+        return None
+    T = torch.einsum("cd,chg->dhg", mom.taps, mom.S)                          # (n_taps, h, h)
+    tau = mom.taps.T @ mom.sigma                                              # (n_taps, h)
+    W = None if conv is None else conv.weight.to(torch.float64)
+    b = torch.zeros(d_next if W is None else W.shape[0], dtype=torch.float64, device=C.device)
+    if conv is not None and conv.bias is not None:
+        b = conv.bias.to(torch.float64)
+    c = C[d_next] if include_bias else None
+    self_taps = _self_taps(conv, mom.spatial).to(C) if keeps and conv is not None else None
+    if sec.first is None:
+        L = (C[:d_next].T[:, :, None] if W is None
+             else torch.einsum("ci,ch...->ih...", C[:d_next], W).flatten(2))  # (k', h, n_taps)
+        M = torch.einsum("ihd,igd,dhg->hg", L, L, T)
+        if not include_bias:
+            return M
+        u = C[:d_next].T @ b + c                                              # (k',)
+        Lu = torch.einsum("ihd,i->hd", L, u)                                  # (h, n_taps)
+        if keeps:
+            cross, slot = (Lu @ self_taps) * mom.sigma.sum(0), mom.n * P_in * (u @ u)
+        else:
+            cross, slot = (Lu * tau.T).sum(1) / P_in, mom.n * P_out * (u @ u) / P_in
+    else:
+        Wt = W.flatten(2)                                                     # (h, d, n_taps)
+        K = C[:d_next] @ C[:d_next].T                                         # (h, h)
+        M = torch.einsum("hcD,Dhg,geD->ce", Wt, K[None] * T, Wt)
+        if not include_bias:
+            return M
+        Kb, Cc, B = K * b[None, :], C[:d_next] @ c, b[:, None] * C[:d_next]
+        S_all, sigma_all = mom.S.sum(0), mom.sigma.sum(0)
+        q = (B.T @ S_all * B.T).sum() + 2 * (B @ c) @ sigma_all + mom.n * P_out * (c @ c)
+        if keeps:
+            r = (Kb * S_all).sum(1) + Cc * sigma_all                          # (h,)
+            cross, slot = torch.einsum("hcD,D,h->c", Wt, self_taps, r), q
+        else:
+            r = (Kb[None] * T).sum(2) + Cc[None] * tau                        # (n_taps, h)
+            cross, slot = torch.einsum("hcD,Dh->c", Wt, r) / P_in, q / P_in
+    out = torch.zeros(M.shape[0] + 1, M.shape[0] + 1, dtype=torch.float64, device=M.device)
+    out[:-1, :-1] = M
+    out[:-1, -1] = out[-1, :-1] = cross
+    out[-1, -1] = slot
+    return out
