@@ -11,8 +11,10 @@ of the activations (and the output):
 - "pool": conv(3→16)-ReLU-maxpool 2-conv(16→32)-ReLU-conv(32→10)-pool-flatten: the first
   section [ReLU, MaxPool, Conv] takes the conv closed forms with the pool's argmax selection;
 - "batch norm": conv(3→16)-BN-ReLU-conv(16→32)-BN-ReLU-conv(32→10)-pool-flatten: the
-  sections [ReLU, Conv, BN] have no closed form and take coloured cotangents
-  (core/colouring.py).
+  sections [ReLU, Conv, BN] take the closed forms with the batch norm folded into the conv;
+- "overlapping pool": a ResNet-like stem, conv(3→16)-BN-ReLU-maxpool(3, stride 2, padding 1)-
+  conv(16→32)-ReLU-conv(32→10)-pool-flatten: the section [ReLU, MaxPool 3/2, Conv] has no
+  closed form (overlapping windows) and takes coloured cotangents (core/colouring.py).
 
 The last section (to the 10 logits) is not local and takes batched VJPs of its 10 cotangents.
 
@@ -38,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from run import machine, matmul_gflops  # noqa: E402
 
-KINDS = ("3×3", "pool", "batch norm")
+KINDS = ("3×3", "pool", "batch norm", "overlapping pool")
 
 
 def cnn(kind: str) -> tuple[nn.Sequential, list[str]]:
@@ -52,15 +54,26 @@ def cnn(kind: str) -> tuple[nn.Sequential, list[str]]:
         m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1),
                           nn.ReLU(), nn.Conv2d(32, 10, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         return m.double().eval(), ["1", "4", "output"]
+    if kind == "overlapping pool":
+        m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+                          nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 10, 3, padding=1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        _statistics(m[1])
+        return m.double().eval(), ["2", "5", "output"]
     m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
                       nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 10, 3, padding=1), nn.AdaptiveAvgPool2d(1),
                       nn.Flatten())
-    for bn in (m[1], m[4]):                # trained-looking statistics
-        bn.running_mean.normal_(0, 0.3)
-        bn.running_var.uniform_(0.5, 2.0)
-        bn.weight.data.uniform_(0.5, 1.5)
-        bn.bias.data.normal_(0, 0.2)
+    for bn in (m[1], m[4]):
+        _statistics(bn)
     return m.double().eval(), ["2", "5", "output"]
+
+
+def _statistics(bn: nn.BatchNorm2d) -> None:
+    """Trained-looking batch-norm statistics and affine parameters."""
+    bn.running_mean.normal_(0, 0.3)
+    bn.running_var.uniform_(0.5, 2.0)
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.normal_(0, 0.2)
 
 
 def run(kind: str, H: int, n: int, target: str, structured: bool) -> tuple[dict, np.ndarray]:

@@ -83,6 +83,17 @@ def test_colours_have_disjoint_receptive_fields_and_do_not_grow_with_the_map():
             assert not (overlap & same & ~np.eye(len(colour), dtype=bool)).any()
 
 
+def _random_statistics(model: nn.Module) -> None:
+    """Batch-norm statistics and affine parameters away from the identity."""
+    for mod in model.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.normal_()
+            mod.running_var.uniform_(0.5, 2.0)
+            if mod.affine:
+                mod.weight.data.normal_()
+                mod.bias.data.normal_()
+
+
 def _model(kind: str) -> tuple[nn.Sequential, list[str], tuple[int, ...]]:
     torch.manual_seed(1)
     if kind == "same positions":       # every bias driven by its own position's slot
@@ -101,12 +112,7 @@ def _model(kind: str) -> tuple[nn.Sequential, list[str], tuple[int, ...]]:
         m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 3, 3, padding=1),
                           nn.BatchNorm2d(3), nn.SiLU(), nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ELU()),
                           nn.Conv2d(3, 2, 1))
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.normal_()
-                mod.running_var.uniform_(0.5, 2.0)
-                mod.weight.data.normal_()
-                mod.bias.data.normal_()
+        _random_statistics(m)
         return m, ["1", "3", "6", "output"], (2, 10, 8)
     if kind == "off-centre kernel":    # taps at t ± 1, not t: the slot of t reaches t all the same
         m = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 3, 2, dilation=2, padding="same", bias=False),
@@ -124,6 +130,11 @@ def _model(kind: str) -> tuple[nn.Sequential, list[str], tuple[int, ...]]:
     if kind == "conv before pool":     # [Conv] [activation] [MaxPool]: closed-form edges, coloured Gram
         m = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 2, 3, padding=1))
         return m, ["0", "3", "output"], (2, 10, 9)
+    if kind == "conv and batch norm":  # [activation] [Conv, BN]: folded, positions kept, then strided
+        m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1),
+                          nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 3, stride=2), nn.BatchNorm2d(2, affine=False))
+        _random_statistics(m)
+        return m, ["2", "5", "output"], (2, 9, 8)
     if kind == "1-d dilated":
         m = nn.Sequential(nn.Conv1d(2, 4, 5, padding=2), nn.ReLU(), nn.Conv1d(4, 3, 3, dilation=2, padding=2),
                           nn.Tanh(), nn.Conv1d(3, 2, 3, stride=2))
@@ -132,7 +143,7 @@ def _model(kind: str) -> tuple[nn.Sequential, list[str], tuple[int, ...]]:
 
 
 KINDS = ["same positions", "strided", "both slots", "pool and batch norm", "off-centre kernel", "conv inputs",
-         "pools", "conv before pool", "1-d dilated"]
+         "pools", "conv before pool", "conv and batch norm", "1-d dilated"]
 CASES = [(True, True), (False, True), (False, False), (True, False)]
 
 
@@ -141,12 +152,12 @@ def test_these_sections_take_the_paths_under_test():
     takes the [Conv] [activation] [Conv] ones (G: its Gram too, with one convolution), so that
     the tests below compare each structured path with the plain one, not with itself."""
     colours = {"same positions": [9, 9], "strided": [4, 4], "both slots": [9, 9],
-               "pool and batch norm": [1, 9, 9], "off-centre kernel": [7, 9], "conv inputs": [9, 4, 6, None], "pools": [9, 9, 1, 1], "conv before pool": [4, 9],
+               "pool and batch norm": [1, 9, 9], "off-centre kernel": [7, 9], "conv inputs": [9, 4, 6, None], "pools": [9, 9, 1, 1], "conv before pool": [4, 9], "conv and batch norm": [9, 4],
                "1-d dilated": [3, 2]}
     closed = {"same positions": ["G", "G"], "strided": ["G", "G"], "both slots": ["E", "G"],
-              "pool and batch norm": ["G", None, None], "off-centre kernel": ["G", "G"],
+              "pool and batch norm": ["G", "G", None], "off-centre kernel": ["G", "G"],
               "conv inputs": ["G", "G", "G", "G"], "pools": ["G", "G", "G", "G"],
-              "conv before pool": ["E", "G"], "1-d dilated": ["G", "G"]}
+              "conv before pool": ["E", "G"], "conv and batch norm": ["G", "G"], "1-d dilated": ["G", "G"]}
     found = {}
     for kind in KINDS:
         model, layers, shape = _model(kind)

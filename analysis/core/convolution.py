@@ -56,13 +56,15 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 @dataclass(frozen=True)
 class ConvMap:
     """x ↦ W ⋆ x (no bias) with ``weight`` (out, in, *kernel) and the module's stride, padding and
-    dilation; ``bias`` (out,) or None, kept apart (it is scaled by the slot)."""
+    dilation; ``bias`` (out,) or None, kept apart (it is scaled by the slot); ``const`` (out,) or
+    None: an offset scaled by neither the slot nor the path (a folded batch norm's −s·μ)."""
 
     weight: Tensor
     bias: Tensor | None
     stride: tuple[int, ...]
     padding: tuple[int, ...] | str
     dilation: tuple[int, ...]
+    const: Tensor | None = None
 
     def __call__(self, x: Tensor, weight: Tensor | None = None, groups: int = 1) -> Tensor:
         """W ⋆ x for x (N, in·groups, *S); ``weight`` replaces W (same kernel geometry)."""
@@ -113,7 +115,17 @@ class ConvSection:
         if self.first is None:
             return p
         z = self.first(p)
-        return z if self.first.bias is None else z + _along_channels(self.first.bias, z.ndim)
+        for offset in (self.first.bias, self.first.const):
+            if offset is not None:
+                z = z + _along_channels(offset, z.ndim)
+        return z
+
+    def path_start(self, ndim: int) -> Tensor | float:
+        """z at the start of the integrated path with the slot (the point and every bias scaled
+        to 0): the first map's unscaled offset, else 0."""
+        if self.first is None or self.first.const is None:
+            return 0.0
+        return _along_channels(self.first.const, ndim)
 
     def path_weights(self, z: Tensor, z0: Tensor | float, alphas: Sequence[float], weights: Sequence[float],
                      heartbeat: Callable[[], None] | None) -> Tensor:
@@ -164,39 +176,62 @@ def _is_conv(m: nn.Module) -> bool:
 
 
 def conv_section(net: NodeModel, j: int) -> ConvSection | None:
-    """The closed form of section j of ``net`` when it is [Conv] [activation] [Conv] between two
-    conv maps (with the slot, every convolution's bias scaled by a slot hook), else None."""
+    """The closed form of section j of ``net`` when it is [Conv [BN]] [activation] [pool]
+    [Conv [BN]] between two conv maps (batch norms in eval mode folded into their convolution;
+    with the slot, every bias scaled by a slot hook), else None."""
     modules = net.section_modules(j)
     src, dst = net.chain[j], net.chain[j + 1]
     if (modules is None or any(net.layouts[n].kind != "channels" for n in (src, dst))
             or dst == OUTPUT and net.output_fn is not default_output):
         return None
     mods = [m for m in modules if not isinstance(m, _SKIPPED)]
-    first = second = act = None
-    if mods and _is_conv(mods[0]):
-        first = mods.pop(0)
+    first, act, second = _take_conv(mods), None, None
     if mods and isinstance(mods[0], ELEMENTWISE):
         act = mods.pop(0)
     pool = _pool_map(mods[0]) if mods else None
     if pool is not None:
         mods.pop(0)
-    if mods and _is_conv(mods[0]):
-        second = mods.pop(0)
+    second = _take_conv(mods)
     if mods or first is None and second is None and pool is None:
         return None
     if act is None and second is None and pool is None:
         first, second = None, first      # a lone convolution: W₂ = W, no σ
-    convs = [m for m in (first, second) if m is not None]
-    if net.include_bias and any(m.bias is not None and not net.slot_hooked(m) for m in convs):
+    biased = [m for pair in (first, second) if pair is not None for m in pair if m is not None]
+    if net.include_bias and any(getattr(m, "bias", None) is not None and not net.slot_hooked(m) for m in biased):
         return None
+    return ConvSection(_conv_map(net, first), act, _conv_map(net, second), pool)
 
-    def conv_map(m: nn.Module | None) -> ConvMap | None:
-        if m is None:
-            return None
-        bias = None if m.bias is None else net.params[net._param_name(m, "bias")]
-        return ConvMap(net.params[net._param_name(m, "weight")], bias, m.stride, m.padding, m.dilation)
 
-    return ConvSection(conv_map(first), act, conv_map(second), pool)
+def _take_conv(mods: list[nn.Module]) -> tuple[nn.Module, nn.Module | None] | None:
+    """Pop a convolution and the batch norm right after it, if any (None: no convolution)."""
+    if not mods or not _is_conv(mods[0]):
+        return None
+    conv = mods.pop(0)
+    bn = mods[0] if mods else None
+    if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.running_mean is not None:
+        mods.pop(0)
+        return conv, bn
+    return conv, None
+
+
+def _conv_map(net: NodeModel, pair: tuple[nn.Module, nn.Module | None] | None) -> ConvMap | None:
+    """The :class:`ConvMap` of a convolution, with a batch norm in eval mode after it folded in:
+    BN(W ⋆ x + b) = (s W) ⋆ x + (s b + β) − s μ, s = γ/√(var + ε)."""
+    if pair is None:
+        return None
+    conv, bn = pair
+    param = lambda m, leaf: None if getattr(m, leaf, None) is None else net.params[net._param_name(m, leaf)]  # noqa: E731
+    W, b = param(conv, "weight"), param(conv, "bias")
+    const = None
+    if bn is not None:
+        mean, var = param(bn, "running_mean"), param(bn, "running_var")
+        gamma, beta = param(bn, "weight"), param(bn, "bias")
+        scale = (var + bn.eps).rsqrt() * (1.0 if gamma is None else gamma)
+        W = W * scale.reshape((-1,) + (1,) * (W.ndim - 1))
+        if b is not None or beta is not None:
+            b = (0.0 if b is None else scale * b) + (0.0 if beta is None else beta)
+        const = -scale * mean
+    return ConvMap(W, b, conv.stride, conv.padding, conv.dilation, const)
 
 
 def _pool_map(m: nn.Module) -> PoolMap | None:
@@ -229,7 +264,8 @@ def conv_edge_sums(sec: ConvSection, point: Tensor, baseline: Tensor | None, f_h
     nd, k = len(S), f_hat.shape[-1]
     z = sec.preactivation(point)                                          # (B, h, *S₁)
     h, S1 = z.shape[1], tuple(z.shape[2:])
-    z0 = 0.0 if baseline is None else sec.preactivation(_along_channels(baseline, nd + 2).expand(1, d, *S))
+    z0 = (sec.path_start(nd + 2) if baseline is None
+          else sec.preactivation(_along_channels(baseline, nd + 2).expand(1, d, *S)))
     a_bar = sec.path_weights(z, z0, alphas, weights, heartbeat)
     d_next = C_next.shape[0] - int(include_bias)
     C_data = C_next[:d_next].to(dtype)                                     # (d', k')

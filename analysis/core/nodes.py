@@ -442,8 +442,9 @@ class NodeModel:
         return self.params[self._param_name(lin, "bias")]
 
     def _param_name(self, module: nn.Module, leaf: str) -> str:
+        """The name in ``self.params`` of ``module``'s parameter or buffer ``leaf``."""
         target = getattr(module, leaf)
-        for n, p in self.model.named_parameters():
+        for n, p in list(self.model.named_parameters()) + list(self.model.named_buffers()):
             if p is target:
                 return n
         raise KeyError(leaf)
