@@ -279,3 +279,31 @@ def test_float32_compute_takes_the_same_paths(kind):
                                dtype=dt) for dt in (F64, torch.float32))
     big = g64.w > 1e-3 * g64.w.max()
     np.testing.assert_allclose(g32.w[big], g64.w[big], rtol=1e-4)
+
+
+def test_a_layer_without_directions_has_no_edges_on_any_path():
+    """A dead ReLU (its input ≈ −100 everywhere) leaves the layers before it without basis
+    directions (no bias slot: nothing reaches the output), and the output (not centred) with
+    one: the edge sums skip empty sections (the conv and Linear closed forms and the plain VJPs
+    alike) and give empty edge matrices of the right shapes."""
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 3, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(3, 2, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    mlp = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, 2))
+    for model, X in ((cnn, torch.randn(4, 2, 6, 6, dtype=F64)), (mlp, torch.randn(6, 4, dtype=F64))):
+        _dead_layer_has_no_edges(model.double().eval(), X)
+
+
+def _dead_layer_has_no_edges(model: nn.Module, X: torch.Tensor) -> None:
+    with torch.no_grad():
+        model[2].bias.fill_(-100.0)
+    layers = ["1", "3", "output"]
+    graphs = []
+    for structured in (True, False):
+        basis = ia.compute_basis(model, X, layers, include_bias=False, center=False, structured=structured,
+                                 progress=False)
+        assert [basis[n].C.shape[1] for n in layers] == [0, 0, 1]
+        graphs.append(ia.build_graph(model, X, basis, structured=structured, progress=False))
+    for g in graphs:
+        assert g.edge_matrix("1", "3").shape == (0, 0) and g.edge_matrix("3", "output").shape == (1, 0)
+        assert g.n_nodes == 1 and g.w.size == 0

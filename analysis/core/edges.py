@@ -103,13 +103,15 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
         points = dict(net.last_points)
         for j in range(len(E)):
             src, dst = layers[j], layers[j + 1]
+            w_out = net.layouts[dst].weights(acts[dst].shape, mask, s.dtype, s.device)
+            counts[j] += float(w_out.sum())
+            if E[j].numel() == 0:       # a layer without basis directions: no edges to sum
+                continue
             f_in, w_in = net.layouts[src].samples(acts[src], mask)
             f_hat = (torch.cat([f_in, torch.ones_like(f_in[..., :1])], -1) if aug
                      else f_in - torch.as_tensor(basis[src].mean, device=s.device, dtype=dtype)
                      if basis[src].center else f_in) @ as_t[src][0].to(dtype)
             f_hat = f_hat * w_in[..., None]
-            w_out = net.layouts[dst].weights(acts[dst].shape, mask, s.dtype, s.device)
-            counts[j] += float(w_out.sum())
             if closed[j] is not None:
                 edge_sums(closed[j], net.layouts[src].samples(points[src], mask)[0], baselines[j], f_hat,
                           w_out, as_t[dst][0], Q[j], alphas, weights, bool(aug), E[j], s.max_memory,
