@@ -139,11 +139,15 @@ def _model(kind: str) -> tuple[nn.Sequential, list[str], tuple[int, ...]]:
         m = nn.Sequential(nn.Conv1d(2, 4, 5, padding=2), nn.ReLU(), nn.Conv1d(4, 3, 3, dilation=2, padding=2),
                           nn.Tanh(), nn.Conv1d(3, 2, 3, stride=2))
         return m, ["1", "3", "output"], (2, 20)
+    if kind == "pool undone":          # the conv's padding restores the pooled map's size: no self tap
+        m = nn.Sequential(nn.Conv1d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(3, 3, 1, padding=2),
+                          nn.Tanh(), nn.Conv1d(3, 2, 3, padding=1))
+        return m, ["1", "4", "output"], (2, 8)
     raise KeyError(kind)
 
 
 KINDS = ["same positions", "strided", "both slots", "pool and batch norm", "off-centre kernel", "conv inputs",
-         "pools", "conv before pool", "conv and batch norm", "1-d dilated"]
+         "pools", "conv before pool", "conv and batch norm", "1-d dilated", "pool undone"]
 CASES = [(True, True), (False, True), (False, False), (True, False)]
 
 
@@ -153,11 +157,12 @@ def test_these_sections_take_the_paths_under_test():
     the tests below compare each structured path with the plain one, not with itself."""
     colours = {"same positions": [9, 9], "strided": [4, 4], "both slots": [9, 9],
                "pool and batch norm": [1, 9, 9], "off-centre kernel": [7, 9], "conv inputs": [9, 4, 6, None], "pools": [9, 9, 1, 1], "conv before pool": [4, 9], "conv and batch norm": [9, 4],
-               "1-d dilated": [3, 2]}
+               "1-d dilated": [3, 2], "pool undone": [2, 3]}
     closed = {"same positions": ["G", "G"], "strided": ["G", "G"], "both slots": ["E", "G"],
               "pool and batch norm": ["G", "G", None], "off-centre kernel": ["G", "G"],
               "conv inputs": ["G", "G", "G", "G"], "pools": ["G", "G", "G", "G"],
-              "conv before pool": ["E", "G"], "conv and batch norm": ["G", "G"], "1-d dilated": ["G", "G"]}
+              "conv before pool": ["E", "G"], "conv and batch norm": ["G", "G"], "1-d dilated": ["G", "G"],
+              "pool undone": ["G", "G"]}   # its first Gram falls back to the coloured VJPs when summed
     found = {}
     for kind in KINDS:
         model, layers, shape = _model(kind)

@@ -135,8 +135,9 @@ def _self_taps(conv: ConvMap, spatial: tuple[int, ...]) -> Tensor:
 def conv_next_layer_gram(sec: ConvSection, mom: ConvMoments, C_next: Tensor, include_bias: bool
                          ) -> Tensor | None:
     """Σ_x Σ_s Jᵀ C Cᵀ J of a one-convolution section in point coordinates (d [+1], d [+1]),
-    float64 (module docstring); None when the moments are not exact or the
-    positions are kept in count but not in shape (the slot rules would disagree)."""
+    float64 (module docstring); None when the moments are not exact, the positions are kept in
+    count but not in shape (the slot rules would disagree), or kept behind a pool (output t then
+    reads input t through the pool's window, not through one tap of the convolution)."""
     if not mom.exact:
         return None
     conv = sec.second if sec.first is None else sec.first
@@ -147,8 +148,8 @@ def conv_next_layer_gram(sec: ConvSection, mom: ConvMoments, C_next: Tensor, inc
     out_spatial = sec.out_spatial(mom.spatial, h if sec.first is None else sec.first.weight.shape[1], like)
     P_in, P_out = math.prod(mom.spatial), math.prod(out_spatial)
     keeps = out_spatial == mom.spatial
-    if keeps != (P_out == P_in):
-        return None
+    if keeps != (P_out == P_in) or (keeps and sec.pool is not None):
+        return None   # the slot rules disagree, or a conv's padding undoes the pool (no self tap)
     T = torch.einsum("cd,chg->dhg", mom.taps, mom.S)                          # (n_taps, h, h)
     tau = mom.taps.T @ mom.sigma                                              # (n_taps, h)
     W = None if conv is None else conv.weight.to(torch.float64)
