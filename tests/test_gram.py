@@ -47,11 +47,17 @@ def test_moments_match_numpy_with_a_large_mean_and_a_mask(d):
 
 
 @pytest.mark.parametrize("d", [4, 2 * GRAM_LEAF + 3])
-def test_gram_sum_is_the_weighted_sum_of_outer_products(d):
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("with_slot", [True, False])
+def test_gram_sum_is_the_weighted_sum_of_outer_products(d, masked, with_slot):
+    """Σ w ĝ ĝᵀ by explicit outer products, ĝ = g or (g, slot); twice, so that it accumulates."""
     gen = torch.Generator().manual_seed(d)
     g = torch.randn(3, 6, d, dtype=torch.float64, generator=gen)     # (K, B, d)
-    w = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0], dtype=torch.float64)
-    total = GramSum(d, torch.device("cpu"))
-    total.add(g, w[None, :])
-    ref = sum(float(w[b]) * np.outer(g[k, b].numpy(), g[k, b].numpy()) for k in range(3) for b in range(6))
+    slot = torch.randn(3, 6, dtype=torch.float64, generator=gen) if with_slot else None
+    w = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0] if masked else [1.0] * 6, dtype=torch.float64)
+    total = GramSum(d + int(with_slot), torch.device("cpu"))
+    for _ in range(2):
+        total.add(g, w[None, :], slot)
+    full = g.numpy() if slot is None else np.concatenate([g.numpy(), slot.numpy()[..., None]], -1)
+    ref = 2 * sum(float(w[b]) * np.outer(full[k, b], full[k, b]) for k in range(3) for b in range(6))
     assert np.abs(total.total.numpy() - ref).max() <= 1e-12 * np.abs(ref).max()

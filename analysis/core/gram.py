@@ -107,11 +107,25 @@ def augmented_gram(mean: Tensor, cov: Tensor, *, center: bool, include_bias: boo
 
 
 class GramSum:
-    """Σ w g gᵀ over vectors g (…, D) with weights w (broadcast over leading dims)."""
+    """Σ w ĝ ĝᵀ over vectors ĝ (…, D) with weights w ∈ {0, 1} (broadcast over leading dims)."""
 
     def __init__(self, dim: int, device: torch.device):
         self.total = torch.zeros(dim, dim, dtype=torch.float64, device=device)
 
-    def add(self, g: Tensor, w: Tensor) -> None:
-        g = (g * w[..., None]).to(torch.float64).reshape(-1, g.shape[-1])
-        self.total += gram(g)
+    def add(self, g: Tensor, w: Tensor, slot: Tensor | None = None) -> None:
+        """Add the vectors ĝ = g (…, D), or ĝ = (g, slot) with ``slot`` (…) a last coordinate:
+        its row and column are gᵀ s and sᵀ s, so that (g, slot) is never concatenated."""
+        if not bool((w == 1).all()):
+            g = g * w[..., None]
+            slot = None if slot is None else slot * w
+        g = g.to(torch.float64).reshape(-1, g.shape[-1])
+        if slot is None:
+            self.total += gram(g)
+            return
+        s = slot.to(torch.float64).reshape(-1)
+        d = g.shape[1]
+        self.total[:d, :d] += gram(g)
+        cross = g.T @ s
+        self.total[:d, d] += cross
+        self.total[d, :d] += cross
+        self.total[d, d] += s @ s

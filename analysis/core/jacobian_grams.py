@@ -77,10 +77,7 @@ def output_jacobians(s: Setup, batch: Any, mask: Tensor | None, draw: ProbeDraw,
                 head_bias = net.head_bias(net.chain[m])
                 carry = slots[m] if head_bias is None else slots[m] + g_points[m] @ head_bias
         for j in sums:
-            g = g_points[j]
-            if net.include_bias:
-                g = torch.cat([g, slots[j][..., None]], -1)
-            sums[j].add(g, weights[j])
+            sums[j].add(g_points[j], weights[j], slots[j] if net.include_bias else None)
 
 
 def next_layer_jacobians(s: Setup, j: int, C_next: Tensor, n_probes: int | None) -> tuple[Tensor, float]:
@@ -111,12 +108,12 @@ def next_layer_jacobians(s: Setup, j: int, C_next: Tensor, n_probes: int | None)
             K = data.shape[0]
             grads = vjp(f_out, [point] + ([slot_leaf] if aug else []), dst.from_samples(data, f_out.shape))
             g = src.to_samples(grads[0], point.ndim)
+            slot = None
             if aug:   # slot: hooked biases (per position) + other biases + the next slot row
                 if beta is not None:
                     down = down + (data * beta).sum(-1)
                 slot = grads[1].reshape(K, B, -1) + spread_slot(down, wi)
-                g = torch.cat([g, slot[..., None]], -1)
-            total.add(g, wi)
+            total.add(g, wi, slot)
     return all_reduce_sum(total.total), all_reduce_float(n, s.device)
 
 
@@ -143,12 +140,13 @@ def _coloured_jacobians(s: Setup, j: int, batch: Any, col: Colouring, point: Ten
         data = pattern[..., None] * C_data[:, which].T[:, None, None, :]          # (K, B, P_out, d)
         grads = vjp(f_out, [point] + ([slot_leaf] if aug else []), dst.from_samples(data, f_out.shape))
         g = src.to_samples(grads[0], point.ndim)
+        slot = None
         if aug:
             loc, gamma = split_slot(col, grads[1].reshape(pattern.shape[0], wi.shape[0], -1), pattern, which,
                                     hook, down, share)
-            g = torch.cat([g, (loc + share * at_owner(col, gamma, colour))[..., None]], -1)
+            slot = loc + share * at_owner(col, gamma, colour)
             gamma_sq += gamma.square().sum(0)
-        total.add(g, wi)
+        total.add(g, wi, slot)
     return missing_slot_square(col, gamma_sq.to(torch.float64), share.to(torch.float64),
                                wi.to(torch.float64)) if aug else 0.0
 
