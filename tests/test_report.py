@@ -339,3 +339,62 @@ def test_two_tasks_with_the_ablation_packages_module_effects(two_tasks_report):
     for outputs in ex.extra["output_groups"]:
         m = max((m for m in real.modules if sum(m.outputs.get(o, 0) for o in outputs) > 0.5), key=lambda m: m.size)
         assert sum(m.outputs[o] for o in outputs) >= 0.9 and m.size >= 4
+
+
+def _cnn_and_graph():
+    """A CNN cut at conv maps (channels at positions), and its graph."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 3, 3, padding=1), nn.Tanh(),
+                          nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()).double()
+    X = torch.randn(6, 2, 4, 5, generator=torch.Generator().manual_seed(2))
+    layers = ["1", "3", "output"]
+    basis = ia.compute_basis(model, X, layers, progress=False)
+    return model, X, layers, basis, ia.build_graph(model, X, basis, progress=False)
+
+
+def _cnn_f_hat(model, basis, layer, x):
+    """f̂ (P, k) of one input map x (2, 4, 5) at a conv-map layer: the Sequential sliced, the map
+    read as samples = positions (row-major), features = channels (independent of the hooks)."""
+    f = model[:{"1": 1, "3": 3}[layer]](x[None])[0]                   # (C, H, W)
+    f = f.reshape(f.shape[0], -1).T                                   # (P, C)
+    C = torch.as_tensor(basis[layer].C)
+    return torch.cat([f, torch.ones(f.shape[0], 1)], 1) @ C
+
+
+def test_cnn_attribution_and_top_examples_read_channels_at_positions(float64_default):
+    """On conv maps the report reads channels as features and every position as a sample (as the
+    basis does): E_ia = mean over (x, t) of A_{t,ia}², by autograd Jacobians of the sliced
+    model; top examples are the largest (sample, position) module norms."""
+    model, X, layers, basis, graph = _cnn_and_graph()
+    idx, n_alpha = [0, 2], 3
+    att = direction_attribution(model, X, graph, {"3": idx}, n_alpha=n_alpha)
+    nodes, weights = np.polynomial.legendre.leggauss(n_alpha)
+    x_bar = X.mean(0)
+    E = torch.zeros(len(idx), *X.shape[1:])
+    for x in X:
+        delta = x - x_bar
+        grad = sum(w / 2 * torch.autograd.functional.jacobian(
+            lambda z: _cnn_f_hat(model, basis, "3", z)[:, idx], x_bar + (a + 1) / 2 * delta)
+            for a, w in zip(nodes, weights))                          # (P, k_sel, 2, 4, 5)
+        E += ((grad * delta) ** 2).sum(0)
+    E /= len(X) * 20                                                  # (sample, position) pairs
+    assert att.n_samples == len(X) * 20
+    np.testing.assert_allclose(att.energy["3"], E.numpy(), rtol=1e-9, atol=1e-12 * float(E.max()))
+
+    p = ia.find_modules(graph, epsilon=1e-3, resolution=0.05)
+    top = top_examples(model, X, graph, p.membership, top_k=3)
+    assert not top.positions            # the output has one position, the maps 20: scores sum over them
+    with torch.no_grad():
+        fh = {n: torch.stack([_cnn_f_hat(model, basis, n, x) for x in X]).numpy() for n in ("1", "3")}
+        fh["output"] = basis["output"].transform(model(X).numpy())[:, None, :]
+    assert any(graph.nodes[i].layer != "output" for m in p.modules for i in m.nodes)
+    for m in p.modules:
+        sq = sum((fh[graph.nodes[i].layer][:, :, graph.nodes[i].index] ** 2).sum(1) for i in m.nodes)
+        want = np.argsort(-np.sqrt(sq), kind="stable")[:3]
+        hits = top.modules[m.id]
+        assert [h.sample for h in hits] == want.tolist()
+        np.testing.assert_allclose([h.score for h in hits], np.sqrt(sq[want]), rtol=1e-9)
+    report = ia.module_report(model, X, graph, p)
+    for info in report.modules:                                       # input shares per (channel, row, col)
+        assert info.input_map.shape == tuple(X.shape[1:])
+        np.testing.assert_allclose(info.input_map.sum(), 1.0, rtol=1e-9)

@@ -28,8 +28,9 @@ from torch import Tensor, nn
 
 from ..core.edges import quadrature
 from ..core.graph import InteractionGraph
-from ..core.inputs import Inputs, as_samples, position_mask
+from ..core.inputs import Inputs, position_mask
 from ..core.jacobians import per_direction_cotangents, vjp
+from ..core.layout import Layout
 from ..core.nodes import NodeModel, OutputFn
 from .coords import Batches, LayerCoordinates, setup
 
@@ -123,19 +124,21 @@ def direction_attribution(model: nn.Module, inputs: Inputs, graph: InteractionGr
             for layer, idx in wanted.items():
                 if exact[layer] and layer in g_sum:
                     continue
-                g = _gradients(run.leaf, acts[layer], coords[layer], idx, mask, n_probes, gen)
+                g = _gradients(run.leaf, acts[layer], net.layouts[layer], coords[layer], idx, mask, n_probes, gen)
                 g_sum[layer] = g_sum[layer] + wq * g if layer in g_sum else (1.0 if exact[layer] else wq) * g
         for layer in wanted:
             run.add(layer, g_sum[layer], len(wanted[layer]), mask)
-        run.n += float(as_samples(acts[next(iter(wanted))], mask)[1].sum())
+        first_layer = next(iter(wanted))
+        run.n += float(net.layouts[first_layer].samples(acts[first_layer], mask)[1].sum())
     return run.result(wanted, exact)
 
 
-def _gradients(leaf: Tensor, act: Tensor, coords: LayerCoordinates, idx: list[int], mask: Tensor | None,
-               n_probes: int | None, gen: torch.Generator) -> Tensor:
+def _gradients(leaf: Tensor, act: Tensor, layout: Layout, coords: LayerCoordinates, idx: list[int],
+               mask: Tensor | None, n_probes: int | None, gen: torch.Generator) -> Tensor:
     """∂⟨pattern, f̂_i⟩/∂leaf for every selected direction i and output-position pattern
-    (unit patterns per position, or ±1 probes): shape (k_sel, n_patterns, *leaf.shape)."""
-    x, w = as_samples(act, mask)
+    (unit patterns per position, or ±1 probes; positions and features as ``layout`` reads the
+    layer's tensor): shape (k_sel, n_patterns, *leaf.shape)."""
+    x, w = layout.samples(act, mask)
     f_hat = coords(x, torch.as_tensor(idx))                    # (B, P, k_sel)
     k = len(idx)
     eye = torch.eye(k, dtype=leaf.dtype)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.graph import InteractionGraph
-from ..core.inputs import Batch, Inputs, as_samples, batch_to, iter_batches, position_mask
+from ..core.inputs import Batch, Inputs, batch_to, iter_batches, position_mask
 from ..core.nodes import NodeModel, OutputFn
 
 __all__ = ["Batches", "LayerCoordinates", "layer_coordinates", "layer_means", "setup"]
@@ -85,7 +85,7 @@ def setup(model: nn.Module, inputs: Inputs, graph: InteractionGraph, layers: Seq
     if first is None:
         raise ValueError("inputs: no data")
     net = NodeModel(model, graph.layers, first, output_fn=output_fn, include_bias=False,
-                    dtype=torch.float64, device=torch.device("cpu"))
+                    dtype=torch.float64, device=torch.device("cpu"), layout=graph.metadata.get("layout"))
     means = {}
     if graph.metadata.get("center"):
         stored = getattr(graph, "means", None) or {}
@@ -105,7 +105,7 @@ def layer_means(net: NodeModel, batches: Iterable[Batch], layers: Sequence[str])
             acts = net.forward(batch)
             mask = position_mask(batch)
             for name in layers:
-                x, w = as_samples(acts[name], mask)
+                x, w = net.layouts[name].samples(acts[name], mask)
                 sums[name] = sums.get(name, 0) + (x * w[..., None]).sum((0, 1))
                 count[name] = count.get(name, 0.0) + float(w.sum())
     return {name: (sums[name] / max(count[name], 1.0)).numpy() for name in layers}

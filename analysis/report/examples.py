@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.graph import InteractionGraph
-from ..core.inputs import Inputs, as_samples, position_mask
+from ..core.inputs import Inputs, position_mask
 from ..core.nodes import OutputFn
 from .coords import setup
 
@@ -103,7 +103,7 @@ def top_examples(model: nn.Module, inputs: Inputs, graph: InteractionGraph, memb
             mask = position_mask(batch)
             f_hat = {}
             for name in layers:
-                x, w = as_samples(acts[name], mask)
+                x, w = net.layouts[name].samples(acts[name], mask)
                 f_hat[name] = (coords[name](x, torch.as_tensor(selected[name])), w)
             if positions is None:
                 positions = len({f.shape[1] for f, _ in f_hat.values()}) == 1 and next(iter(f_hat.values()))[0].shape[1] > 1
