@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from intermod import analysis as ia
-from intermod.analysis.core.jacobian_grams import output_closed_forms
+from intermod.analysis.core.jacobian_grams import affine_chain, output_closed_forms
 from intermod.analysis.core.nodes import head_pays
 from intermod.analysis.core.setup import prepare
 from intermod.analysis.core.structured import affine_section
@@ -187,6 +187,40 @@ def test_output_target_closed_forms_cover_the_last_two_sections():
                                        head(f).detach(), rtol=1e-12, atol=1e-12)
 
 
+def _deep_model():
+    torch.manual_seed(5)   # heads at "0" (6 -> 5) and "6" (6 -> 2); "2" and "4" widen
+    m = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 8), nn.GELU(),
+                      nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 2))
+    return m.double(), ["0", "2", "4", "6", "output"]
+
+
+@pytest.mark.parametrize("kind", ["relu-heads", "gelu-widening", "two-linears", "deep"])
+@pytest.mark.parametrize("center,include_bias", CASES)
+def test_output_target_pulls_cotangents_back_without_a_backward_pass(kind, center, include_bias, monkeypatch):
+    """Chains of affine sections: the output target's Jacobian Grams come from pull_back
+    (no VJP is called) and equal the batched VJPs, exact cotangents one output coordinate per
+    chunk (max_memory=1) and random probes (the same draws) included."""
+    from intermod.analysis.core import jacobian_grams
+
+    model, layers = _deep_model() if kind == "deep" else model_and_layers(kind)
+    X = 1.5 * torch.randn(29, model[0].in_features)
+    opts = dict(jacobian_target="output", center=center, include_bias=include_bias, batch_size=16,
+                progress=False)
+    plain = {n: ia.compute_basis(model.double(), X, layers, structured=False, n_probes=n, **opts) for n in (None, 2)}
+    real = jacobian_grams.vjp
+    monkeypatch.setattr(jacobian_grams, "vjp", lambda *a: pytest.fail("a VJP ran"))
+    for budget in (1 << 29, 1):
+        assert_same_basis(ia.compute_basis(model.double(), X, layers, max_memory=budget, **opts), plain[None])
+    assert_same_basis(ia.compute_basis(model.double(), X, layers, n_probes=2, **opts), plain[2])
+    monkeypatch.setattr(jacobian_grams, "vjp", real)
+    s = prepare(model.double(), X, layers, output_fn=None, include_bias=include_bias, dtype=torch.float64,
+                batch_size=16, device="cpu", seed=0, progress=False, callback=None)
+    chain = jacobian_grams.affine_chain(s, {0: None})
+    assert chain is not None and set(chain.sections) == set(range(len(layers) - 1))
+    heads = {j for j, (_, head) in chain.sections.items() if head is not None}
+    assert heads == {j for j, n in enumerate(layers[:-1]) if n in s.net.heads}
+
+
 def test_sections_without_a_closed_form_fall_back():
     """Two activations in one section, a LayerNorm, or a custom output_fn: batched VJPs."""
     torch.manual_seed(0)
@@ -200,6 +234,7 @@ def test_sections_without_a_closed_form_fall_back():
     s2 = prepare(model, X, layers, output_fn=lambda y: 2 * y, include_bias=True, dtype=torch.float64,
                  batch_size=8, device="cpu", seed=0, progress=False, callback=None)
     assert affine_section(s2.net, 2) is None         # the output goes through output_fn
+    assert affine_chain(s, {0: None}) is None and affine_chain(s2, {0: None}) is None   # output target: VJPs
     a, b = both(model, X, layers, "next_layer", True, True)
     assert_same_basis(a, b)
 

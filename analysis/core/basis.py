@@ -23,6 +23,8 @@ from .distributed import all_reduce_float, all_reduce_sum
 from .gram import GramSum, MomentAccumulator, augmented_gram
 from .inputs import Inputs
 from .jacobian_grams import (
+    affine_chain,
+    chain_jacobians,
     closed_forms,
     conv_closed_forms,
     conv_gram,
@@ -38,7 +40,7 @@ from .progress import Callback
 from .reprs import summary_repr
 from .rotation import Rotation, gram_factor, kept_eigenvalues, rotate
 from .setup import prepare
-from .structured import accumulate_moments, next_layer_gram
+from .structured import next_layer_gram, section_derivative
 
 TARGETS = ("output", "next_layer")
 KINDS = ("interaction", "pca", "neuron")
@@ -184,17 +186,22 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     sums = {j: GramSum(net.point_dims[chain[j]] + aug, s.device)
             for j in range(T) if j not in out_closed} if jac_now else {}
     sigmas = {j: form[:2] for j, form in (closed | out_closed).items()}
+    affine = affine_chain(s, sums) if jac_now else None
+    sections = {j: sec for j, (sec, _) in sigmas.items()} | {j: sec for j, (sec, _) in (affine.sections if affine else {}).items()}
     for batch, mask, draw in s.batches("activations + jacobians" if jac_now else "activations"):
-        if jac_now:
+        if jac_now and affine is None:
             with SavedNumel(net.params.values()) as saved:
                 acts = net.forward(batch, grad=True)
             output_jacobians(s, batch, mask, draw, acts, saved.numel, n_probes, sums)
         else:
             with torch.no_grad():
                 acts = net.forward(batch)
-        for j, (sec, sigma) in sigmas.items():   # σ′ moments of closed-form sections, same pass
-            point = net.last_points[chain[j]].detach()
-            accumulate_moments(sec, *net.layouts[chain[j]].samples(point, mask), sigma)
+        derivs = {j: section_derivative(sec, *net.layouts[chain[j]].samples(net.last_points[chain[j]].detach(), mask))
+                  for j, sec in sections.items()}   # σ′ of closed-form sections, same pass
+        if affine is not None:
+            chain_jacobians(s, affine, derivs, draw, n_probes, sums)
+        for j, (_, sigma) in sigmas.items():
+            sigma.add(*derivs[j])
         for j, form in convs.items():            # per-tap σ′ moments of [activation] [Conv] sections
             point = net.last_points[chain[j]].detach()
             if form.moments is None:

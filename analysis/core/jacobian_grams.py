@@ -10,9 +10,10 @@ activation (:mod:`~intermod.analysis.core.structured`) and [activation] [Conv] s
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,11 +24,11 @@ from .conv_grams import ConvMoments, conv_next_layer_gram
 from .convolution import ConvSection, conv_section
 from .distributed import all_reduce_float, all_reduce_sum
 from .gram import GramSum
-from .jacobians import ProbeDraw, SavedNumel, joint_cotangents, rotated_cotangents, vjp
+from .jacobians import ProbeDraw, SavedNumel, chunk_size, joint_cotangents, rotated_cotangents, vjp
 from .layout import spread_slot
 from .nodes import OUTPUT
 from .setup import Setup
-from .structured import ActivationMoments, AffineSection, affine_section
+from .structured import ActivationMoments, AffineSection, Workspace, affine_section, pull_back
 
 
 def output_jacobians(s: Setup, batch: Any, mask: Tensor | None, draw: ProbeDraw,
@@ -78,6 +79,80 @@ def output_jacobians(s: Setup, batch: Any, mask: Tensor | None, draw: ProbeDraw,
                 carry = slots[m] if head_bias is None else slots[m] + g_points[m] @ head_bias
         for j in sums:
             sums[j].add(g_points[j], weights[j], slots[j] if net.include_bias else None)
+
+
+@dataclass
+class AffineChain:
+    """Sections j₀ … T−1 as (section, the Linear head of layer j as an affine map or None), and
+    the scratch memory their per-sample cotangents cycle through (three buffers: a pull-back
+    writes at most two, and its input is the last one written)."""
+
+    sections: dict[int, tuple[AffineSection, AffineSection | None]]
+    workspace: Workspace = field(default_factory=Workspace)
+
+    def scratch(self, s: Setup) -> Callable[[tuple[int, ...]], Tensor]:
+        turn = itertools.cycle("abc")
+        return lambda shape: self.workspace.get(next(turn), shape, s.dtype, s.device)
+
+
+def affine_chain(s: Setup, sums: Mapping[int, GramSum]) -> AffineChain | None:
+    """The sections from j₀ (the first layer whose output-target Gram is summed) to the output,
+    when every one is affine–activation–affine on (batch, features) layers and every bias is a
+    slot or a head's (a head: W₂, b₂ = its weight and bias): then :func:`chain_jacobians`
+    carries the output's cotangents back in closed form, with no backward pass (whose batched
+    activation backward broadcasts σ′ over the K cotangents, and whose first op multiplies the
+    unit cotangents by a weight matrix). None otherwise."""
+    net = s.net
+    if not (s.structured and sums) or net.needs_tangent:
+        return None
+    T, j0 = len(net.chain) - 1, min(sums)
+    if any(net.layouts[n].kind != "features" for n in net.chain[j0:]):
+        return None
+    sections = {j: affine_section(net, j) for j in range(j0, T)}
+    if any(sec is None for sec in sections.values()):
+        return None
+    heads = {j: AffineSection(None, None, None, net.params[net._param_name(net.heads[n], "weight")],
+                              net.head_bias(n))
+             for j, n in enumerate(net.chain[:T]) if n in net.heads}
+    return AffineChain({j: (sec, heads.get(j)) for j, sec in sections.items()})   # type: ignore[misc]
+
+
+def chain_jacobians(s: Setup, chain: AffineChain, derivs: Mapping[int, tuple[Tensor, Tensor]],
+                    draw: ProbeDraw, n_probes: int | None, sums: dict[int, GramSum]) -> None:
+    """Add one batch to M_p^j = Σ ĝ ĝᵀ (y = the output) for every j in ``sums``, pulling the
+    cotangents of y back section by section from the last, (ĝ_j, s_j)ᵀ = (ĝ_f, s_f)ᵀ J_j(x)
+    with (ĝ_f, s_f) those of f^{j+1} (:func:`~intermod.analysis.core.structured.pull_back`),
+    then through layer j's Linear head (point_aug = P_j f_aug) onto f^j.
+
+    Exact: the unit vectors of y's coordinates, which stay one matrix (K, d) for all samples
+    until the first activation; probes: the same ±1 cotangents as the batched VJPs
+    (:func:`~intermod.analysis.core.jacobians.joint_cotangents`). ``derivs[j]``: (σ′ (N, h),
+    weights (N,)) of section j on this batch."""
+    net = s.net
+    T, d_y, j0 = len(net.chain) - 1, net.dims[OUTPUT], min(sums)
+    w = derivs[T - 1][1]
+    N = w.shape[0]
+    per_item = 2 * N * max(derivs[j][0].shape[1] + net.dims[net.chain[j]] for j in chain.sections)
+    if n_probes is None:
+        eye = torch.eye(d_y, dtype=s.dtype, device=s.device)
+        step = chunk_size(d_y, per_item, s.dtype, s.max_memory)
+        starts: Any = (eye[i:i + step] for i in range(0, d_y, step))
+    else:
+        starts = (R[:, :, 0] for R in joint_cotangents(w[:, None], d_y, n_probes, draw, s.dtype, per_item,
+                                                       s.max_memory))
+    scratch = chain.scratch(s)
+    for g in starts:
+        s.progress.heartbeat()
+        slot = torch.zeros(g.shape[:-1], dtype=s.dtype, device=s.device) if net.include_bias else None
+        for j in range(T - 1, j0 - 1, -1):
+            sec, head = chain.sections[j]
+            g, slot = pull_back(sec, g, slot, derivs[j][0], scratch)
+            if j in sums:   # constant rows (no activation met yet) and slots count once per sample
+                K = g.shape[0]
+                sums[j].add(g.expand(K, N, g.shape[-1]) if g.ndim == 2 else g, w,
+                            None if slot is None else slot.reshape(K, -1).expand(K, N))
+            if head is not None and j > j0:
+                g, slot = pull_back(head, g, slot, derivs[j][0], scratch)
 
 
 def next_layer_jacobians(s: Setup, j: int, C_next: Tensor, n_probes: int | None) -> tuple[Tensor, float]:

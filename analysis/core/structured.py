@@ -259,10 +259,52 @@ def next_layer_gram(sec: AffineSection, moments: ActivationMoments, C_next: Tens
     return M
 
 
+def section_derivative(sec: AffineSection, point: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """(a = σ′(W₁ p + b₁) (N, h), w (N,)) for a batch of points (…, d_p) with weights (…)."""
+    p = point.reshape(-1, point.shape[-1])
+    return sec.derivative(sec.preactivation(p)), w.reshape(-1).to(p.dtype)
+
+
+def pull_back(sec: AffineSection, g: Tensor, slot: Tensor | None, a: Tensor,
+              scratch: Callable[[tuple[int, ...]], Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+    """Cotangents of f carried back to the section's point: (g_p, s_p)ᵀ = (g, s)ᵀ J(x), i.e.
+
+        g_z = (g W₂) ⊙ a(x),   g_p = g_z W₁,   s_p = s + g·b₂ + g_z·b₁
+
+    (module docstring; a missing Linear is the identity, a missing σ leaves g_z = g W₂).
+    g: (K, d) the same for every sample, or (K, N, d) per sample; slot: (K,) or (K, N) with the
+    bias slot, else None; a: (N, h). The result is per sample once the section has an
+    activation, so that a constant cotangent (a unit vector of the output) meets its first
+    weight matrix as a row of it, never as a product with a one-hot matrix. ``scratch(shape)``
+    gives the per-sample results their memory (at most two tensors per call, neither aliasing g:
+    a large temporary allocated anew is page-faulted in every time)."""
+    def new(shape: tuple[int, ...]) -> Tensor:
+        return torch.empty(shape, dtype=g.dtype, device=g.device) if scratch is None else scratch(shape)
+
+    def times(x: Tensor, W: Tensor) -> Tensor:   # x W, per-sample results in new memory
+        if x.ndim == 2:
+            return x @ W
+        out = new(x.shape[:-1] + W.shape[1:])
+        torch.mm(x.reshape(-1, x.shape[-1]), W, out=out.view(-1, W.shape[1]))
+        return out
+
+    g_z = g if sec.W2 is None else times(g, sec.W2)
+    if sec.act is not None:
+        g_z = torch.mul(g_z if g_z.ndim == 3 else g_z[:, None, :], a,
+                        out=g_z if g_z is not g and g_z.ndim == 3 else new((g.shape[0],) + a.shape))
+    if slot is not None:
+        if sec.b2 is not None:
+            slot = slot + g @ sec.b2
+        if slot.ndim < g_z.ndim - 1:
+            slot = slot[:, None]
+        if sec.b1 is not None:
+            slot = slot + g_z @ sec.b1
+    return (g_z if sec.W1 is None else times(g_z, sec.W1)), slot
+
+
 def accumulate_moments(sec: AffineSection, point: Tensor, w: Tensor, moments: ActivationMoments) -> None:
     """Add a batch of points (…, d_p) with weights (…) to ``moments``."""
-    p = point.reshape(-1, point.shape[-1])
-    moments.add(sec.derivative(sec.preactivation(p)), w.reshape(-1).to(p.dtype))
+    moments.add(*section_derivative(sec, point, w))
 
 
 def edge_sums(sec: AffineSection, point: Tensor, baseline: Tensor | None, f_hat: Tensor, w_out: Tensor,
