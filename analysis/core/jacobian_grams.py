@@ -132,7 +132,9 @@ def chain_jacobians(s: Setup, chain: AffineChain, derivs: Mapping[int, tuple[Ten
     T, d_y, j0 = len(net.chain) - 1, net.dims[OUTPUT], min(sums)
     w = derivs[T - 1][1]
     N = w.shape[0]
-    per_item = 2 * N * max(derivs[j][0].shape[1] + net.dims[net.chain[j]] for j in chain.sections)
+    widths = [max(derivs[j][0].shape[1], net.point_dims[net.chain[j]], net.dims[net.chain[j]] if j > j0 else 0)
+              for j in chain.sections]
+    per_item = 3 * N * max(widths)   # the three scratch buffers, per cotangent
     if n_probes is None:
         eye = torch.eye(d_y, dtype=s.dtype, device=s.device)
         step = chunk_size(d_y, per_item, s.dtype, s.max_memory)
