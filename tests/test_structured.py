@@ -307,15 +307,17 @@ def test_vjp_chunks_count_the_hidden_width_against_the_budget(monkeypatch):
     assert chunk_size(10 ** 9, 1, torch.float64, 800) == 100
 
 
-def test_float32_compute_is_close_to_float64():
-    """float32 products, float64 sums: Λ and the edges that matter agree to ~1e-5 relative."""
+@pytest.mark.parametrize("target", ["next_layer", "output"])
+def test_float32_compute_is_close_to_float64(target):
+    """float32 products, float64 sums: Λ and the edges that matter agree to ~1e-5 relative
+    (the output target's cotangents pulled back in float32 too)."""
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 30), nn.ReLU(), nn.Linear(30, 5)).double()
     layers = ["0", "2", "4", "output"]
     X = torch.randn(300, 20, dtype=torch.float64)
     out = {}
     for dt in (torch.float64, torch.float32):
-        b = ia.compute_basis(model, X, layers, jacobian_target="next_layer", dtype=dt, progress=False)
+        b = ia.compute_basis(model, X, layers, jacobian_target=target, dtype=dt, progress=False)
         out[dt] = (b, ia.build_graph(model, X, b, dtype=dt, progress=False))
     (b64, g64), (b32, g32) = out[torch.float64], out[torch.float32]
     for n in layers:
