@@ -187,7 +187,7 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
             for j in range(T) if j not in out_closed} if jac_now else {}
     sigmas = {j: form[:2] for j, form in (closed | out_closed).items()}
     affine = affine_chain(s, sums) if jac_now else None
-    sections = {j: sec for j, (sec, _) in sigmas.items()} | {j: sec for j, (sec, _) in (affine.sections if affine else {}).items()}
+    sections = {j: sec for j, (sec, _) in (sigmas | (affine.sections if affine else {})).items()}
     for batch, mask, draw in s.batches("activations + jacobians" if jac_now else "activations"):
         if jac_now and affine is None:
             with SavedNumel(net.params.values()) as saved:
@@ -196,7 +196,8 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
         else:
             with torch.no_grad():
                 acts = net.forward(batch)
-        derivs = {j: section_derivative(sec, *net.layouts[chain[j]].samples(net.last_points[chain[j]].detach(), mask))
+        derivs = {j: section_derivative(sec, *net.layouts[chain[j]].samples(net.last_points[chain[j]].detach(),
+                                                                             mask))
                   for j, sec in sections.items()}   # σ′ of closed-form sections, same pass
         if affine is not None:
             chain_jacobians(s, affine, derivs, draw, n_probes, sums)

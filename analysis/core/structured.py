@@ -302,11 +302,6 @@ def pull_back(sec: AffineSection, g: Tensor, slot: Tensor | None, a: Tensor,
     return (g_z if sec.W1 is None else times(g_z, sec.W1)), slot
 
 
-def accumulate_moments(sec: AffineSection, point: Tensor, w: Tensor, moments: ActivationMoments) -> None:
-    """Add a batch of points (…, d_p) with weights (…) to ``moments``."""
-    moments.add(*section_derivative(sec, point, w))
-
-
 def edge_sums(sec: AffineSection, point: Tensor, baseline: Tensor | None, f_hat: Tensor, w_out: Tensor,
               C_next: Tensor, Q: Tensor, alphas: Sequence[float], weights: Sequence[float],
               include_bias: bool, E: Tensor, max_memory: int, workspace: Workspace | None = None,
