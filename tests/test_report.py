@@ -215,6 +215,17 @@ def test_report_without_effects_or_model(small):
     assert "class 1 (75%)" in named.modules[0].summary()
 
 
+def test_a_partition_without_modules_gives_an_empty_report_that_says_why(small, tmp_path):
+    """ε above every interaction: no module, so nothing to attribute (it used to fail inside the
+    attribution with "no direction selected")."""
+    model, X, _, _, graph = small
+    p = ia.find_modules(graph, epsilon=1 - 1e-9)
+    assert p.n_modules == 0
+    rep = ia.module_report(model, X, graph, p)
+    assert rep.modules == [] and any("no modules" in note for note in rep.notes)
+    assert "no modules" in open(rep.save_html(tmp_path / "empty.html")).read()
+
+
 class _Page(HTMLParser):
     def __init__(self):
         super().__init__()

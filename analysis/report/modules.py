@@ -229,7 +229,10 @@ def module_report(model: nn.Module | None, inputs: Inputs | None, graph: Interac
         dirs = {name: sorted(dirs[name]) for name in graph.layers if name in dirs}
         mods.append(ModuleInfo(m.id, m.size, dirs, m.internal, m.cut, next(iter(dirs), None)))
     rep = ModuleReport(mods, graph, partition, module_graph(graph, membership, partition.epsilon))
-    if model is not None:
+    if not mods:
+        rep.notes.append(f"the partition has no modules (no interaction above ε = {partition.epsilon:g}): "
+                         "nothing to attribute or rank")
+    elif model is not None:
         first: dict[str, list[int]] = {}
         for m in mods:
             if m.first_layer is not None:
