@@ -352,24 +352,63 @@ def test_two_tasks_with_the_ablation_packages_module_effects(two_tasks_report):
         assert sum(m.outputs[o] for o in outputs) >= 0.9 and m.size >= 4
 
 
-def _cnn_and_graph():
-    """A CNN cut at conv maps (channels at positions), and its graph."""
+def _cnn_and_graph(H: int = 4, W: int = 5):
+    """A CNN cut at conv maps (channels at positions), and its graph, on H×W maps."""
     torch.manual_seed(5)
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 3, 3, padding=1), nn.Tanh(),
                           nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()).double()
-    X = torch.randn(6, 2, 4, 5, generator=torch.Generator().manual_seed(2))
+    X = torch.randn(6, 2, H, W, generator=torch.Generator().manual_seed(2))
     layers = ["1", "3", "output"]
     basis = ia.compute_basis(model, X, layers, progress=False)
     return model, X, layers, basis, ia.build_graph(model, X, basis, progress=False)
 
 
 def _cnn_f_hat(model, basis, layer, x):
-    """f̂ (P, k) of one input map x (2, 4, 5) at a conv-map layer: the Sequential sliced, the map
+    """f̂ (P, k) of one input map x (2, H, W) at a conv-map layer: the Sequential sliced, the map
     read as samples = positions (row-major), features = channels (independent of the hooks)."""
     f = model[:{"1": 1, "3": 3}[layer]](x[None])[0]                   # (C, H, W)
     f = f.reshape(f.shape[0], -1).T                                   # (P, C)
     C = torch.as_tensor(basis[layer].C)
     return torch.cat([f, torch.ones(f.shape[0], 1)], 1) @ C
+
+
+def _cnn_energy(model, basis, layer, X, idx, n_alpha):
+    """E_ia = mean over (x, t) of A_{t,ia}², integrated gradients by autograd Jacobians of the
+    sliced model, one output position t at a time."""
+    nodes, weights = np.polynomial.legendre.leggauss(n_alpha)
+    x_bar = X.mean(0)
+    E = torch.zeros(len(idx), *X.shape[1:])
+    for x in X:
+        delta = x - x_bar
+        grad = sum(w / 2 * torch.autograd.functional.jacobian(
+            lambda z: _cnn_f_hat(model, basis, layer, z)[:, idx], x_bar + (a + 1) / 2 * delta)
+            for a, w in zip(nodes, weights))                          # (P, k_sel, 2, H, W)
+        E += ((grad * delta) ** 2).sum(0)
+    return (E / (len(X) * X.shape[2] * X.shape[3])).numpy()
+
+
+def test_cnn_attribution_colours_positions_with_disjoint_receptive_fields(float64_default, monkeypatch):
+    """On 7×8 maps the positions of layer "1" (3×3 receptive field) take 9 colours of 56 and
+    those of "3" (5×5) 25: one cotangent per colour and direction instead of per position, and
+    the energies still equal the per-position brute force (and the uncoloured path)."""
+    from intermod.analysis.report import attribution
+
+    model, X, layers, basis, graph = _cnn_and_graph(7, 8)
+    idx = {"1": [0, 1, 3], "3": [1, 2]}
+    seen: list[int] = []
+    real = attribution.vjp
+    monkeypatch.setattr(attribution, "vjp", lambda out, ins, cot: seen.append(cot.shape[0]) or real(out, ins, cot))
+    att = direction_attribution(model, X, graph, idx, n_alpha=2)
+    assert sum(seen) == 2 * (9 * 3 + 25 * 2)                         # per alpha: colours × directions
+    for layer, rows in idx.items():
+        E = _cnn_energy(model, basis, layer, X, rows, 2)
+        np.testing.assert_allclose(att.energy[layer], E, rtol=1e-9, atol=1e-12 * float(E.max()))
+    monkeypatch.setattr(attribution, "_input_colouring", lambda *a: None)
+    seen.clear()
+    plain = direction_attribution(model, X, graph, idx, n_alpha=2)
+    assert sum(seen) == 2 * 56 * 5
+    for layer in idx:
+        np.testing.assert_allclose(plain.energy[layer], att.energy[layer], rtol=1e-10, atol=1e-14)
 
 
 def test_cnn_attribution_and_top_examples_read_channels_at_positions(float64_default):
@@ -379,18 +418,9 @@ def test_cnn_attribution_and_top_examples_read_channels_at_positions(float64_def
     model, X, layers, basis, graph = _cnn_and_graph()
     idx, n_alpha = [0, 2], 3
     att = direction_attribution(model, X, graph, {"3": idx}, n_alpha=n_alpha)
-    nodes, weights = np.polynomial.legendre.leggauss(n_alpha)
-    x_bar = X.mean(0)
-    E = torch.zeros(len(idx), *X.shape[1:])
-    for x in X:
-        delta = x - x_bar
-        grad = sum(w / 2 * torch.autograd.functional.jacobian(
-            lambda z: _cnn_f_hat(model, basis, "3", z)[:, idx], x_bar + (a + 1) / 2 * delta)
-            for a, w in zip(nodes, weights))                          # (P, k_sel, 2, 4, 5)
-        E += ((grad * delta) ** 2).sum(0)
-    E /= len(X) * 20                                                  # (sample, position) pairs
-    assert att.n_samples == len(X) * 20
-    np.testing.assert_allclose(att.energy["3"], E.numpy(), rtol=1e-9, atol=1e-12 * float(E.max()))
+    E = _cnn_energy(model, basis, "3", X, idx, n_alpha)
+    assert att.n_samples == len(X) * 20                               # (sample, position) pairs
+    np.testing.assert_allclose(att.energy["3"], E, rtol=1e-9, atol=1e-12 * float(E.max()))
 
     p = ia.find_modules(graph, epsilon=1e-3, resolution=0.05)
     top = top_examples(model, X, graph, p.membership, top_k=3)

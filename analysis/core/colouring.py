@@ -182,7 +182,12 @@ def section_colouring(net: NodeModel, j: int, in_shape: tuple[int, ...], device:
     found = position_dependency(modules, tuple(in_shape[2:]), net.slot_hooked, net.include_bias)
     if found is None:
         return None
-    D, mean_hooks = found
+    return dependency_colouring(*found, device)
+
+
+def dependency_colouring(D: sp.csr_matrix, mean_hooks: bool, device: torch.device) -> Colouring | None:
+    """The colouring of the output positions of a dependency D (P_out, P_in)
+    (:func:`position_dependency`), or None when it saves nothing (as many colours as positions)."""
     colour = greedy_colours(D)
     n_colours = int(colour.max()) + 1
     if n_colours >= D.shape[0]:

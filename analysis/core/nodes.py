@@ -412,6 +412,11 @@ class NodeModel:
         stop = len(self.model) if dst == OUTPUT else self._child_index[dst]
         return list(self.model)[start:stop]
 
+    def modules_before(self, name: str) -> list[nn.Module] | None:
+        """The children of an ``nn.Sequential`` model that run from its input to node layer
+        ``name`` (the input of its module), or None (not a Sequential cut at its children)."""
+        return list(self.model)[:self._child_index[name]] if self._sequential and name != OUTPUT else None
+
     def slot_hooked(self, module: nn.Module) -> bool:
         """Whether ``module``'s bias is scaled by the slot through a forward hook."""
         return module in self._slot_modules
@@ -437,14 +442,9 @@ class NodeModel:
     def head_bias(self, name: str) -> Tensor | None:
         """The bias b of the Linear head at ``name`` (compute dtype), if any."""
         lin = self.heads.get(name)
-        if lin is None or lin.bias is None:
-            return None
-        return self.params[self._param_name(lin, "bias")]
+        return None if lin is None or lin.bias is None else self.params[self._param_name(lin, "bias")]
 
     def _param_name(self, module: nn.Module, leaf: str) -> str:
         """The name in ``self.params`` of ``module``'s parameter or buffer ``leaf``."""
         target = getattr(module, leaf)
-        for n, p in list(self.model.named_parameters()) + list(self.model.named_buffers()):
-            if p is target:
-                return n
-        raise KeyError(leaf)
+        return next(n for n, p in [*self.model.named_parameters(), *self.model.named_buffers()] if p is target)

@@ -26,10 +26,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..core.colouring import Colouring, coloured_cotangents, dependency_colouring, position_dependency
 from ..core.edges import quadrature
 from ..core.graph import InteractionGraph
 from ..core.inputs import Inputs, position_mask
-from ..core.jacobians import per_direction_cotangents, vjp
+from ..core.jacobians import DEFAULT_MAX_MEMORY, per_direction_cotangents, vjp
 from ..core.layout import Layout
 from ..core.nodes import NodeModel, OutputFn
 from .coords import Batches, LayerCoordinates, setup
@@ -113,6 +114,8 @@ def direction_attribution(model: nn.Module, inputs: Inputs, graph: InteractionGr
     alphas, weights = quadrature("integrated", n_alpha)
     gen = torch.Generator().manual_seed(seed)
     exact = {layer: not tokens and run.is_input(layer) for layer in wanted}
+    cols = {layer: None if tokens or n_probes is not None else _input_colouring(net, layer, tuple(first.shape))
+            for layer in wanted}
     for batch in batches:
         mask = position_mask(batch)
         g_sum: dict[str, Tensor] = {}
@@ -124,7 +127,8 @@ def direction_attribution(model: nn.Module, inputs: Inputs, graph: InteractionGr
             for layer, idx in wanted.items():
                 if exact[layer] and layer in g_sum:
                     continue
-                g = _gradients(run.leaf, acts[layer], net.layouts[layer], coords[layer], idx, mask, n_probes, gen)
+                g = _gradients(run.leaf, acts[layer], net.layouts[layer], coords[layer], idx, mask, n_probes, gen,
+                               cols[layer])
                 g_sum[layer] = g_sum[layer] + wq * g if layer in g_sum else (1.0 if exact[layer] else wq) * g
         for layer in wanted:
             run.add(layer, g_sum[layer], len(wanted[layer]), mask)
@@ -133,17 +137,34 @@ def direction_attribution(model: nn.Module, inputs: Inputs, graph: InteractionGr
     return run.result(wanted, exact)
 
 
+def _input_colouring(net: NodeModel, layer: str, in_shape: tuple[int, ...]) -> Colouring | None:
+    """The output positions of conv-map layer ``layer`` coloured so that the positions of one
+    colour read disjoint input positions (:mod:`~intermod.analysis.core.colouring`, the model
+    from its input to the layer), or None (not a Sequential of local modules, not a map, or
+    nothing saved). One cotangent then serves a whole colour: every input coordinate a receives
+    the gradient of at most one of its positions t, so the square of the coloured attribution
+    at a is Σ_{t in the colour} A_{t,ia}², and summing over colours gives E exactly."""
+    modules = net.modules_before(layer)
+    if modules is None or len(in_shape) < 3 or net.layouts[layer].kind != "channels":
+        return None
+    found = position_dependency(modules, in_shape[2:], lambda m: False, include_bias=False)
+    return None if found is None else dependency_colouring(*found, torch.device("cpu"))
+
+
 def _gradients(leaf: Tensor, act: Tensor, layout: Layout, coords: LayerCoordinates, idx: list[int],
-               mask: Tensor | None, n_probes: int | None, gen: torch.Generator) -> Tensor:
+               mask: Tensor | None, n_probes: int | None, gen: torch.Generator, col: Colouring | None) -> Tensor:
     """∂⟨pattern, f̂_i⟩/∂leaf for every selected direction i and output-position pattern
-    (unit patterns per position, or ±1 probes; positions and features as ``layout`` reads the
-    layer's tensor): shape (k_sel, n_patterns, *leaf.shape)."""
+    (unit patterns per position, one pattern per colour of ``col``, or ±1 probes; positions and
+    features as ``layout`` reads the layer's tensor): shape (k_sel, n_patterns, *leaf.shape)."""
     x, w = layout.samples(act, mask)
     f_hat = coords(x, torch.as_tensor(idx))                    # (B, P, k_sel)
     k = len(idx)
     eye = torch.eye(k, dtype=leaf.dtype)
+    per_item = f_hat.numel() + leaf.numel()
+    patterns = (per_direction_cotangents(w, k, n_probes, gen, leaf.dtype, per_item) if col is None
+                else coloured_cotangents(col, w, k, leaf.dtype, per_item, DEFAULT_MAX_MEMORY))
     grads = [vjp(f_hat, [leaf], pattern[..., None] * eye[which][:, None, None, :])[0]
-             for pattern, which in per_direction_cotangents(w, k, n_probes, gen, leaf.dtype, f_hat.numel() + leaf.numel())]
+             for pattern, which, *_ in patterns]
     g = torch.cat(grads, 0)                                    # (n_pat * k, *leaf.shape), pattern-major
     return g.reshape((-1, k) + tuple(leaf.shape)).transpose(0, 1)
 
