@@ -55,3 +55,14 @@ def test_analysis_never_imports_grpc_server_or_client(path):
            or n.startswith(("intermod.server", "intermod.client", "intermod.v1"))}
     assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
     assert len(path.read_text().splitlines()) <= MAX_LINES, f"{path.name}: split it along its concepts"
+
+
+def test_every_package_ships_in_the_wheel():
+    """pyproject lists its packages by hand (the repository root is ``intermod``): a package
+    missing there imports from a checkout but is absent from a built wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {_module_name(p) for d in ("analysis", "server", "client")
+               for p in (ROOT / d).rglob("__init__.py")}
+    assert on_disk - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
