@@ -87,7 +87,8 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
     layers = net.layers
     as_t = {n: (torch.as_tensor(basis[n].C, device=s.device),
                 torch.as_tensor(basis[n].Cinv, device=s.device)) for n in layers}
-    Q = [(net.pullback(layers[j]) @ as_t[layers[j]][1]).to(dtype) for j in range(len(layers) - 1)]
+    P = [net.pullback(n) if n in net.heads else None for n in layers[:-1]]   # None: identity
+    Q = [(as_t[n][1] if P[j] is None else P[j] @ as_t[n][1]).to(dtype) for j, n in enumerate(layers[:-1])]
     E = [torch.zeros(basis[layers[j + 1]].k, basis[layers[j]].k, dtype=torch.float64, device=s.device)
          for j in range(len(layers) - 1)]
     counts = [0.0] * len(E)

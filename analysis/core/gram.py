@@ -54,14 +54,15 @@ class MomentAccumulator:
         """x: (B, P, d) samples, w: (B, P) weights."""
         x = x.detach().to(torch.float64).reshape(-1, x.shape[-1])
         w = w.detach().to(torch.float64).reshape(-1, 1)
-        if not torch.isfinite(x).all():
-            raise FloatingPointError("non-finite values (NaN/Inf)")
         if self.shift is None:
             self.shift = (w * x).sum(0) / w.sum().clamp_min(1.0)
             self.s1 = torch.zeros_like(self.shift)
             self.s2 = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
         xc = (x - self.shift) * w
-        self.s1 += xc.sum(0)
+        col = xc.sum(0)   # a NaN or Inf anywhere in x (masked samples too: NaN·0 = NaN) leaves it here
+        if not torch.isfinite(col).all():
+            raise FloatingPointError("non-finite values (NaN/Inf)")
+        self.s1 += col
         self.s2 += gram(xc)
         self.n += float(w.sum())
 
