@@ -1,7 +1,8 @@
 """GPU benchmark (issue 10): `make gpu-check` runs it after tests/test_cuda.py.
 
     python bench/gpu.py [--out out/gpu] [--budget-s 270] [--tokens 10240] [--seq-len 256]
-                        [--layers 12] [--edge-tokens N] [--batch-seqs 20] [--smoke]
+                        [--layers 12] [--edge-tokens N] [--batch-seqs 20] [--probes 8]
+                        [--repeats 2] [--smoke]
 
 1. Matrix-product rates on the device, the yardstick of every other figure: float64,
    float32 (TF32 off), TF32 and bfloat16, n × n by n × n (2n³ FLOP).
