@@ -13,12 +13,12 @@ LayerNorm, HF's Conv1D, padded positions). Each runs ``compute_basis`` + ``build
   neighbours by more than 1e-4·max Λ agrees to 1e-7 of the column's size, up to its sign (an
   eigenvector turns by about perturbation / gap, so 1e-15 / 1e-4 = 1e-11 is expected; the
   margin covers the conditioning of G's whitening). A CPU run with another batch size, i.e.
-  another summation order, differs by at most 4e-12 in Λ, C and E on these models.
+  another summation order, differs by at most 8e-12 in Λ, C and E on these models.
 - float32 on CUDA against float64 on the CPU, TF32 off (a 10-bit mantissa is not float32):
   products in float32, sums in float64 (docs/performance.md). float32 edges on the float64
-  basis isolate the edge arithmetic: E to 5e-5 (the CPU shows ≤ 4.4e-6 on these models).
-  The whole pipeline in float32: Λ to 2e-5 (CPU ≤ 1.8e-6), and E to 10× the error float32
-  shows on the CPU on the same model (measured 2026-12-06: 2.3e-5 / 1.9e-3 / 1.4e-4 for the
+  basis isolate the edge arithmetic: E to 5e-5 (the CPU shows ≤ 4.1e-6 on these models).
+  The whole pipeline in float32: Λ to 2e-5 (CPU ≤ 4.5e-7), and E to 10× the error float32
+  shows on the CPU on the same model (measured 2026-12-06: 2.5e-5 / 2.5e-3 / 1.1e-4 for the
   MLP / CNN / GPT-2): that error sits on edges between directions with close Λ, which a basis
   computed from float32 data turns by about rounding / gap (docs/performance.md), so it is a
   property of the model, not of the device.
@@ -26,10 +26,12 @@ LayerNorm, HF's Conv1D, padded positions). Each runs ``compute_basis`` + ``build
   are the bench's business (bench/gpu.py reports their error).
 
 The work itself must run on the GPU: a dispatch mode sums the FLOPs of every matrix product
-and convolution by device, and at most 1 % may run on the CPU (the conv colouring's
-structural probe and the final copies are the only CPU work by design). The user's model is
-never moved or changed, results are float64 numpy arrays, and the batched backward pass must
-not have fallen back to a loop over cotangents.
+and convolution by device, and at most 1 % may run on the CPU. Per-sample work there would be
+~100 %; everything a run on two samples does, which bounds any fixed cost (the conv colouring's
+structural probes are the only CPU products by design), is ≤ 0.65 % of the MLP's and the CNN's
+runs (8 % of GPT-2's, two of its 24 sequences). The user's model is never moved or changed,
+results are float64 numpy arrays, and the batched backward pass must not have fallen back to a
+loop over cotangents.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ TARGETS = ("output", "next_layer")
 MODELS = ("mlp", "cnn", "gpt2")
 C_GAP = 1e-4          # columns of C compared: Λ separated from its neighbours by this · max Λ
 EDGE_FLOOR = 1e-6     # E compared where E > EDGE_FLOOR · max E (w > 1e-3 · max w)
-F32_EDGE_TOL = {"mlp": 3e-4, "cnn": 2e-2, "gpt2": 1.5e-3}   # relative, E above EDGE_FLOOR
+F32_EDGE_TOL = {"mlp": 3e-4, "cnn": 2.5e-2, "gpt2": 1.5e-3}   # relative, E above EDGE_FLOOR
 PROBES = {"mlp": None, "cnn": None, "gpt2": 4}   # ±1 probes are hashed, so equal on every device
 
 
@@ -61,16 +63,16 @@ PROBES = {"mlp": None, "cnn": None, "gpt2": 4}   # ±1 probes are hashed, so equ
 
 
 def mlp_case() -> tuple[nn.Module, torch.Tensor, list[str]]:
-    """12 → 24 (ReLU) → 24 (GELU) → 5, float64; 512 samples."""
+    """12 → 24 (ReLU) → 24 (GELU) → 5, float64; 2048 samples."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 24), nn.GELU(), nn.Linear(24, 5)).double()
-    x = torch.randn(512, 12, generator=torch.Generator().manual_seed(1), dtype=F64)
+    x = torch.randn(2048, 12, generator=torch.Generator().manual_seed(1), dtype=F64)
     return model.eval(), x, ["0", "2", "4", "output"]
 
 
 def cnn_case() -> tuple[nn.Module, torch.Tensor, list[str]]:
     """(2, 8, 8) maps: conv 3×3 → ReLU → max-pool → conv 3×3 → ReLU → max-pool → flatten →
-    Linear → tanh → Linear, float64; 256 samples. Node layers: the input map and conv2's
+    Linear → tanh → Linear, float64; 512 samples. Node layers: the input map and conv2's
     input map (channels at positions; the edges between them take coloured cotangents), the
     flat hidden layer, the output."""
     torch.manual_seed(0)
@@ -85,7 +87,7 @@ def cnn_case() -> tuple[nn.Module, torch.Tensor, list[str]]:
     model.add_module("fc1", nn.Linear(24, 10, dtype=F64))
     model.add_module("tanh", nn.Tanh())
     model.add_module("fc2", nn.Linear(10, 3, dtype=F64))
-    x = torch.randn(256, 2, 8, 8, generator=torch.Generator().manual_seed(1), dtype=F64)
+    x = torch.randn(512, 2, 8, 8, generator=torch.Generator().manual_seed(1), dtype=F64)
     return model.eval(), x, ["conv1", "conv2", "fc1", "output"]
 
 
