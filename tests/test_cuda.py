@@ -162,7 +162,8 @@ def edge_error(got, want) -> float:
 
 class DeviceFlops(TorchDispatchMode):
     """Sums 2·m·n·k of every aten matrix product, and 2·(output size)·(fan-in) of every
-    convolution, by device type; ``cpu_ops`` keeps the CPU ones for the failure message."""
+    convolution (forward, and each gradient its backward computes), by device type;
+    ``cpu_ops`` keeps the CPU ones for the failure message."""
 
     PRODUCTS = {torch.ops.aten.mm.default: 0, torch.ops.aten.bmm.default: 0,
                 torch.ops.aten.addmm.default: 1, torch.ops.aten.baddbmm.default: 1}
@@ -175,15 +176,16 @@ class DeviceFlops(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func in self.PRODUCTS:
-            flops = 2.0 * out.numel() * args[self.PRODUCTS[func]].shape[-1]
+            flops, result = 2.0 * out.numel() * args[self.PRODUCTS[func]].shape[-1], out
         elif func == torch.ops.aten.convolution.default:
-            weight = args[1]
-            flops = 2.0 * out.numel() * weight[0].numel()
+            flops, result = 2.0 * out.numel() * args[1][0].numel(), out
+        elif func == torch.ops.aten.convolution_backward.default:   # (grad_output, input, weight, …, output_mask)
+            flops, result = 2.0 * args[0].numel() * args[2][0].numel() * sum(args[-1][:2]), args[0]
         else:
             return out
-        self.flops[out.device.type] = self.flops.get(out.device.type, 0.0) + flops
-        if out.device.type == "cpu":
-            self.cpu_ops.append(f"{func.__name__} {tuple(out.shape)}")
+        self.flops[result.device.type] = self.flops.get(result.device.type, 0.0) + flops
+        if result.device.type == "cpu":
+            self.cpu_ops.append(f"{func.__name__} {tuple(result.shape)}")
         return out
 
     def cpu_share(self) -> float:
