@@ -32,10 +32,10 @@ outside keeps what it finished. ``--smoke`` runs a tiny configuration on the CPU
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,9 +45,20 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-from run import _edge_err, _rel_err, floor_gflop, inputs, machine, mlp, pipeline  # noqa: E402
+
+
+def _cpu_bench():
+    """bench/run.py as a module, loaded by path (sys.path is left alone: bench/ holds a
+    reference.py that would shadow tests/reference.py)."""
+    spec = importlib.util.spec_from_file_location("intermod_bench_run", HERE / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_run = _cpu_bench()
+_edge_err, _rel_err, floor_gflop, inputs = _run._edge_err, _run._rel_err, _run.floor_gflop, _run.inputs
+machine, mlp, pipeline = _run.machine, _run.mlp, _run.pipeline
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PRECISIONS = {"float64": (torch.float64, False), "float32": (torch.float32, False),

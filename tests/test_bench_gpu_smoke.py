@@ -16,12 +16,12 @@ PRECISIONS = ["float64", "float32", "tf32", "bfloat16"]
 
 @pytest.fixture(scope="module")
 def gpu():
+    path = list(sys.path)
     spec = importlib.util.spec_from_file_location("bench_gpu", BENCH)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_gpu"] = module
     spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("bench_gpu", None)
+    assert sys.path == path          # bench/ must not shadow tests/reference.py
+    return module
 
 
 @pytest.fixture(scope="module")
