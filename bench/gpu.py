@@ -20,11 +20,12 @@
    i.e. w > 1e-3·max w, and the largest |Δw| / max w), and "mixed" runs put each lower
    precision's edges on the float64 basis to separate the edge arithmetic from the basis.
 
-Budget: the edges cost about k_{l+1} backward passes through a block per section (~2.6 PFLOP
-for GPT-2 small on 10k tokens), so every GPT-2 stage is first timed on 1 and 2 sequences, the
-time of the full stage is extrapolated linearly (t = a + b·sequences) and printed, and the
-basis and edge token counts are cut so that everything fits in ``budget_s`` (bases within 30 %
-of what is left, own edges within 55 %, the mixed runs only while time remains). Results are
+Budget: the edges cost about k_{l+1} backward passes through a block per section (19 MFLOP
+per token and direction, so ~1.8 PFLOP per precision for GPT-2 small on 10k tokens), so every
+GPT-2 stage is first timed on 2 and 1 sequences, its full time extrapolated as
+a·batches + b·sequences and printed, and the basis and edge token counts are cut so that
+everything fits in ``budget_s`` (bases within 30 % of what is left, own edges within 55 %, the
+mixed runs only while time remains). Results are
 rewritten after every stage (``gpu.json``, ``gpu.md`` under ``--out``), so a run stopped from
 outside keeps what it finished. ``--smoke`` runs a tiny configuration on the CPU in seconds.
 """
