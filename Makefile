@@ -8,7 +8,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test fuzz bench validate proto serve lint lock clean
+.PHONY: install demo test fuzz bench gpu-check gpu-wheels validate proto serve lint lock clean
 
 install: $(STAMP)
 
@@ -35,6 +35,20 @@ bench: install
 	$(BIN)/python bench/ablation.py
 	$(BIN)/python bench/transformer_models.py --out out/bench
 	$(BIN)/python bench/conv_models.py
+
+# The prepared GPU check (docs/performance.md, "GPU"): tests/test_cuda.py, then bench/gpu.py,
+# into $${OUT:-out/gpu}. No install step: it runs where there is no network, with .venv when
+# its torch sees CUDA, else the system python3 (bench/gpu_check.sh says which it used).
+gpu-check:
+	bash bench/gpu_check.sh
+
+# The wheels of igraph and leidenalg (pinned versions) for the GPU machine's Python 3.12,
+# into .whl/ (git-ignored; carry it there).
+gpu-wheels: install
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl \
+	  $$(grep -E '^(igraph|leidenalg|texttable)==' constraints.txt)
 
 validate: install
 	$(BIN)/python -m intermod.analysis.validation
