@@ -279,6 +279,7 @@ def test_vjp_chunks_count_the_hidden_width_against_the_budget(monkeypatch):
     from intermod.analysis.core import edges as edges_mod
     from intermod.analysis.core import jacobian_grams as basis_mod
     from intermod.analysis.core.jacobians import VJP_CHUNK_BYTES, chunk_size
+    from intermod.analysis.core.structured import CACHE_CHUNK_BYTES, samples_per_chunk
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 1024), nn.Tanh(), nn.Linear(1024, 5), nn.Tanh(), nn.Linear(5, 3)).double()
@@ -303,8 +304,12 @@ def test_vjp_chunks_count_the_hidden_width_against_the_budget(monkeypatch):
     g = ia.build_graph(model, X, basis, structured=False, max_memory=budget, progress=False)
     check(5)
     np.testing.assert_allclose(g.w, ref.w, rtol=1e-10, atol=1e-13 * ref.w.max())
-    assert chunk_size(10 ** 9, 1, torch.float64, 1 << 40) == VJP_CHUNK_BYTES // 8
-    assert chunk_size(10 ** 9, 1, torch.float64, 800) == 100
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")     # a device object needs no GPU
+    assert chunk_size(10 ** 9, 1, torch.float64, 1 << 40, cpu) == VJP_CHUNK_BYTES // 8
+    assert chunk_size(10 ** 9, 1, torch.float64, 800, cpu) == 100
+    assert chunk_size(10 ** 12, 1, torch.float64, 1 << 40, gpu) == (1 << 40) // 8   # no CPU cap on a GPU
+    assert samples_per_chunk(1, 1 << 40, cpu) == CACHE_CHUNK_BYTES
+    assert samples_per_chunk(1, 1 << 40, gpu) == 1 << 40
 
 
 @pytest.mark.parametrize("target", ["next_layer", "output"])

@@ -207,7 +207,7 @@ def coloured_cotangents(col: Colouring, mask: Tensor, k: int, dtype: torch.dtype
     own = col.colour[None, :] == torch.arange(n, device=mask.device)[:, None]       # (n, P_out)
     patterns = own.to(dtype)[:, None, :] * mask.to(dtype)[None]
     total = n * k
-    step = chunk_size(total, per_item, dtype, max_memory)
+    step = chunk_size(total, per_item, dtype, max_memory, mask.device)
     for start in range(0, total, step):
         idx = torch.arange(start, min(start + step, total), device=mask.device)
         yield patterns[idx // k], idx % k, idx // k

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .jacobians import VJP_CHUNK_BYTES
+from .jacobians import VJP_CHUNK_BYTES, chunk_budget
 from .nodes import OUTPUT, NodeModel, default_output
 from .structured import _SKIPPED, ELEMENTWISE, activation_derivative, path_derivative, samples_per_chunk
 
@@ -281,7 +281,7 @@ def conv_edge_sums(sec: ConvSection, point: Tensor, baseline: Tensor | None, f_h
         mean = torch.einsum("bs,bsj->bj", share, f_hat) * Q[d]             # (B, k)
         slot_drive = (per_pos, mean)
     per_sample = dtype.itemsize * k * (2 * h * z[0, 0].numel() + 2 * k_next * w_out.shape[1])
-    step = max(1, min(max_memory, VJP_CHUNK_BYTES) // max(per_sample, 1))
+    step = max(1, chunk_budget(max_memory, VJP_CHUNK_BYTES, f_map.device) // max(per_sample, 1))
     tap_gemm = (dtype == torch.float64 and sec.first is None and sec.pool is None and second is not None
                 and _slot_rules_agree(second, S, f_hat.shape[1]))
     for start in range(0, B, step):
@@ -348,7 +348,7 @@ def _tap_gemm(conv: ConvMap, L: Tensor, Q: Tensor, a_bar: Tensor, f_map: Tensor,
         D = drive.expand(N, k, P2).permute(0, 2, 1).reshape(N * P2, k)
     w = w_out.reshape(-1)
     rows = Lc.shape[1]
-    step = samples_per_chunk(f_map.dtype.itemsize * (rows * k + k_next * k), max_memory)
+    step = samples_per_chunk(f_map.dtype.itemsize * (rows * k + k_next * k), max_memory, f_map.device)
     for start in range(0, N * P2, step):
         c = slice(start, start + step)
         n = w[c].shape[0]

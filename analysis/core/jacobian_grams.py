@@ -137,7 +137,7 @@ def chain_jacobians(s: Setup, chain: AffineChain, derivs: Mapping[int, tuple[Ten
     per_item = 3 * N * max(widths)   # the three scratch buffers, per cotangent
     if n_probes is None:
         eye = torch.eye(d_y, dtype=s.dtype, device=s.device)
-        step = chunk_size(d_y, per_item, s.dtype, s.max_memory)
+        step = chunk_size(d_y, per_item, s.dtype, s.max_memory, s.device)
         starts: Any = (eye[i:i + step] for i in range(0, d_y, step))
     else:
         starts = (R[:, :, 0] for R in joint_cotangents(w[:, None], d_y, n_probes, draw, s.dtype, per_item,

@@ -116,18 +116,26 @@ class SavedNumel:
         self._hooks.__exit__(*exc)
 
 
-def chunk_size(total: int, per_item: int, dtype: torch.dtype, max_memory: int) -> int:
-    """How many cotangents fit in ``max_memory`` bytes, and at most VJP_CHUNK_BYTES, when each
-    costs ``per_item`` elements.
+def chunk_budget(max_memory: int, cpu_cap: int, device: torch.device) -> int:
+    """The bytes one chunk of temporaries may take: ``max_memory``, and on the CPU at most
+    ``cpu_cap``. The CPU caps (VJP_CHUNK_BYTES, ``structured.CACHE_CHUNK_BYTES``) keep a chunk
+    from streaming through main memory several times, which was measured there; a GPU's memory
+    is fast and its kernels want large launches, so ``max_memory`` alone bounds its chunks."""
+    return max_memory if device.type != "cpu" else min(max_memory, cpu_cap)
 
-    The cap is for speed: a batched backward pass streams its K-fold temporaries through
+
+def chunk_size(total: int, per_item: int, dtype: torch.dtype, max_memory: int, device: torch.device) -> int:
+    """How many cotangents fit in ``max_memory`` bytes, and on the CPU at most VJP_CHUNK_BYTES
+    (:func:`chunk_budget`), when each costs ``per_item`` elements.
+
+    The CPU cap is for speed: a batched backward pass streams its K-fold temporaries through
     memory several times per op (activation backward, LayerNorm backward, head permutes), so
     chunks past a few tens of MiB run slower, not faster. Measured 2026-12-04 (2 cores,
     per_item with :class:`SavedNumel`): MiniLM edges on 416 tokens 56 s at 512 MiB against
     34–43 s at 16–64 MiB-sized chunks, on 128 tokens 14 s against 9–10 s; MLP 784-400-400-10
     edges by VJPs (``structured=False``) 7.2 / 5.0 s (float64 / float32) at 512 MiB against
     4.6 / 3.4 s at 64 MiB."""
-    budget = min(max_memory, VJP_CHUNK_BYTES)
+    budget = chunk_budget(max_memory, VJP_CHUNK_BYTES, device)
     return max(1, min(total, budget // max(per_item * dtype.itemsize, 1)))
 
 
@@ -152,14 +160,14 @@ def joint_cotangents(mask: Tensor, k: int, n_probes: int | None, draw: ProbeDraw
     m = mask.to(dtype)
     if n_probes is None:
         total = P * k
-        step = chunk_size(total, per_item, dtype, max_memory)
+        step = chunk_size(total, per_item, dtype, max_memory, mask.device)
         for start in range(0, total, step):
             idx = torch.arange(start, min(start + step, total), device=mask.device)
             R = torch.zeros(len(idx), B, P, k, dtype=dtype, device=mask.device)
             R[torch.arange(len(idx), device=mask.device), :, idx // k, idx % k] = m[:, idx // k].T
             yield R
     else:
-        step = chunk_size(n_probes, per_item, dtype, max_memory)
+        step = chunk_size(n_probes, per_item, dtype, max_memory, mask.device)
         for start in range(0, n_probes, step):
             yield _probes(mask, k, range(start, min(start + step, n_probes)), n_probes, draw, dtype)
 
@@ -180,13 +188,13 @@ def rotated_cotangents(mask: Tensor, C: Tensor, n_probes: int | None, draw: Prob
     c_slot = C[d].to(dtype) if include_bias else None
     k = C.shape[1]
     if n_probes is not None:
-        step = chunk_size(n_probes, per_item, dtype, max_memory)
+        step = chunk_size(n_probes, per_item, dtype, max_memory, mask.device)
         for start in range(0, n_probes, step):
             R = _probes(mask, k, range(start, min(start + step, n_probes)), n_probes, draw, dtype)
             yield R @ Ct, (None if c_slot is None else R @ c_slot)
         return
     total = P * k
-    step = chunk_size(total, per_item, dtype, max_memory)
+    step = chunk_size(total, per_item, dtype, max_memory, mask.device)
     for start in range(0, total, step):
         idx = torch.arange(start, min(start + step, total), device=mask.device)
         t, i = idx // k, idx % k
@@ -225,7 +233,7 @@ def per_direction_cotangents(mask: Tensor, k: int, n_probes: int | None,
         patterns = signs * m / math.sqrt(n_probes)
     n_pat = patterns.shape[0]
     total = n_pat * k
-    step = chunk_size(total, per_item, dtype, max_memory)
+    step = chunk_size(total, per_item, dtype, max_memory, mask.device)
     for start in range(0, total, step):
         idx = torch.arange(start, min(start + step, total), device=mask.device)
         yield patterns[idx // k], idx % k

@@ -57,6 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from .gram import gram
+from .jacobians import chunk_budget
 from .nodes import OUTPUT, NodeModel, default_output
 
 ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.ELU, nn.Softplus,
@@ -217,15 +218,16 @@ class Workspace:
 CACHE_CHUNK_BYTES = 8 << 20   # temporaries of one chunk of edge sums: a last-level-cache share
 
 
-def samples_per_chunk(bytes_per_sample: int, max_memory: int) -> int:
-    """How many samples fit in ``max_memory`` bytes of temporaries, at most CACHE_CHUNK_BYTES.
+def samples_per_chunk(bytes_per_sample: int, max_memory: int, device: torch.device) -> int:
+    """How many samples fit in ``max_memory`` bytes of temporaries, on the CPU at most
+    CACHE_CHUNK_BYTES (:func:`~intermod.analysis.core.jacobians.chunk_budget`).
 
     The chunk's product is read and written three more times after its GEMM (scale, square,
     sum); kept in cache those passes cost little, from main memory they cost as much as the
     GEMM: measured (docs/performance.md) 1.1–2× faster edges than one chunk per 512 MiB at
     widths 100–800 in float64 and float32, the GEMM itself still large (≥ one sample's k'×h×k).
     """
-    return max(1, min(max_memory, CACHE_CHUNK_BYTES) // max(bytes_per_sample, 1))
+    return max(1, chunk_budget(max_memory, CACHE_CHUNK_BYTES, device) // max(bytes_per_sample, 1))
 
 
 class ActivationMoments:
@@ -356,7 +358,7 @@ def _chunk_by_chunk(L: Tensor, R: Tensor, a: Tensor, f_w: Tensor, E: Tensor, max
     dtype, device = f_w.dtype, f_w.device
     rows, k = R.shape
     k_next = L.shape[0]
-    step = samples_per_chunk(dtype.itemsize * (rows * k + k_next * k), max_memory)
+    step = samples_per_chunk(dtype.itemsize * (rows * k + k_next * k), max_memory, device)
     a_t = a.T.contiguous()                                           # (r, n)
     for start in range(0, f_w.shape[0], step):
         if heartbeat is not None:
