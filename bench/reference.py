@@ -2,7 +2,7 @@
 
     python bench/reference.py --width 100 --n 2000 [--rib /path/to/rib/checkout] [--json out.json]
 
-Run it with an interpreter that has rib's dependencies (a separate venv: torch, pydantic,
+Run it with an interpreter that has rib's dependencies (a separate venv: torch, numpy, pydantic,
 jaxtyping, einops, fancy_einsum, tqdm, pyyaml); rib's imports of mpi4py and transformer_lens
 are not used on this path and are stubbed when missing. It builds rib's MLP 784-w-w-10 with the
 same weights and inputs as ``bench/run.py`` (float64, biases folded as rib requires), and runs
