@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from ..core.colouring import Colouring, coloured_cotangents, dependency_colouring, position_dependency
 from ..core.edges import quadrature
 from ..core.graph import InteractionGraph
-from ..core.inputs import Inputs, position_mask
-from ..core.jacobians import DEFAULT_MAX_MEMORY, per_direction_cotangents, vjp
+from ..core.inputs import Inputs, batch_size_of, position_mask
+from ..core.jacobians import DEFAULT_MAX_MEMORY, ProbeDraw, per_direction_cotangents, vjp
 from ..core.layout import Layout
 from ..core.nodes import NodeModel, OutputFn
 from .coords import Batches, LayerCoordinates, setup
@@ -94,8 +94,10 @@ def direction_attribution(model: nn.Module, inputs: Inputs, graph: InteractionGr
     """Energies E_ia of every input coordinate a in each requested direction (module docstring).
 
     directions: layer -> direction indices. ``n_probes`` replaces the exact sum over output
-    positions by random ±1 probes (sequences); ``embedding`` names the input-embedding module
-    for token inputs (default: ``model.get_input_embeddings()`` or the first ``nn.Embedding``).
+    positions by R random ±1/√R probes r (sequences): Σ_r (Δ·∫∂⟨r, f̂_i⟩/∂x dα)² estimates
+    Σ_t A_{t,i}², each probe the same at every α, keyed by (``seed``, sample, valid position)
+    as the basis's probes are; ``embedding`` names the input-embedding module for token inputs
+    (default: ``model.get_input_embeddings()`` or the first ``nn.Embedding``).
     """
     wanted = {layer: sorted({int(i) for i in idx}) for layer, idx in directions.items() if len(idx)}
     for layer, idx in wanted.items():
@@ -112,12 +114,14 @@ def direction_attribution(model: nn.Module, inputs: Inputs, graph: InteractionGr
     tokens = token_ids(first) is not None
     run = _TokenRun(net, _embedding_module(model, embedding), batches) if tokens else _TensorRun(net, batches, first)
     alphas, weights = quadrature("integrated", n_alpha)
-    gen = torch.Generator().manual_seed(seed)
     exact = {layer: not tokens and run.is_input(layer) for layer in wanted}
     cols = {layer: None if tokens or n_probes is not None else _input_colouring(net, layer, tuple(first.shape))
             for layer in wanted}
+    start = 0
     for batch in batches:
         mask = position_mask(batch)
+        draw = ProbeDraw(seed, 0, start)     # one draw per batch, shared by every α and layer
+        start += batch_size_of(batch)
         g_sum: dict[str, Tensor] = {}
         acts = None
         for alpha, wq in zip(alphas, weights):
@@ -127,7 +131,7 @@ def direction_attribution(model: nn.Module, inputs: Inputs, graph: InteractionGr
             for layer, idx in wanted.items():
                 if exact[layer] and layer in g_sum:
                     continue
-                g = _gradients(run.leaf, acts[layer], net.layouts[layer], coords[layer], idx, mask, n_probes, gen,
+                g = _gradients(run.leaf, acts[layer], net.layouts[layer], coords[layer], idx, mask, n_probes, draw,
                                cols[layer])
                 g_sum[layer] = g_sum[layer] + wq * g if layer in g_sum else (1.0 if exact[layer] else wq) * g
         for layer in wanted:
@@ -152,7 +156,7 @@ def _input_colouring(net: NodeModel, layer: str, in_shape: tuple[int, ...]) -> C
 
 
 def _gradients(leaf: Tensor, act: Tensor, layout: Layout, coords: LayerCoordinates, idx: list[int],
-               mask: Tensor | None, n_probes: int | None, gen: torch.Generator, col: Colouring | None) -> Tensor:
+               mask: Tensor | None, n_probes: int | None, draw: ProbeDraw, col: Colouring | None) -> Tensor:
     """∂⟨pattern, f̂_i⟩/∂leaf for every selected direction i and output-position pattern
     (unit patterns per position, one pattern per colour of ``col``, or ±1 probes; positions and
     features as ``layout`` reads the layer's tensor): shape (k_sel, n_patterns, *leaf.shape)."""
@@ -161,7 +165,7 @@ def _gradients(leaf: Tensor, act: Tensor, layout: Layout, coords: LayerCoordinat
     k = len(idx)
     eye = torch.eye(k, dtype=leaf.dtype)
     per_item = f_hat.numel() + leaf.numel()
-    patterns = (per_direction_cotangents(w, k, n_probes, gen, leaf.dtype, per_item) if col is None
+    patterns = (per_direction_cotangents(w, k, n_probes, draw, leaf.dtype, per_item) if col is None
                 else coloured_cotangents(col, w, k, leaf.dtype, per_item, DEFAULT_MAX_MEMORY))
     grads = [vjp(f_hat, [leaf], pattern[..., None] * eye[which][:, None, None, :])[0]
              for pattern, which, *_ in patterns]
