@@ -65,8 +65,8 @@ class LayerCoordinates:
         return out + C[self.dim] if self.slot else out
 
 
-def layer_coordinates(graph: InteractionGraph, layer: str, dim: int, mean: np.ndarray | None = None,
-                      device: torch.device = torch.device("cpu")) -> LayerCoordinates:
+def layer_coordinates(graph: InteractionGraph, layer: str, dim: int, mean: np.ndarray | None = None, *,
+                      device: torch.device) -> LayerCoordinates:
     """The coordinates of ``layer`` (activation size ``dim``), C (d [+1], k) and the offset (d,)
     float64 on ``device``; ``mean`` (d,) is needed only for a centred basis without a bias slot
     (``graph.metadata["center"]``)."""
@@ -89,7 +89,7 @@ class Batches:
     """Re-iterable batches of ``inputs`` in float64 on ``device`` (streamed, never all in memory;
     floating tensors cast, integer token ids kept)."""
 
-    def __init__(self, inputs: Inputs, batch_size: int, device: torch.device = torch.device("cpu")):
+    def __init__(self, inputs: Inputs, batch_size: int, device: torch.device):
         self.inputs, self.batch_size, self.device = inputs, batch_size, device
 
     def __iter__(self) -> Iterator[Batch]:
@@ -119,7 +119,7 @@ def setup(model: nn.Module, inputs: Inputs, graph: InteractionGraph, layers: Seq
                    and np.shape(graph.bases[name][0])[0] == net.dims[name]]   # no slot row
         means = {**{name: stored[name] for name in layers if name in stored},
                  **(layer_means(net, batches, missing) if missing else {})}
-    return net, batches, {name: layer_coordinates(graph, name, net.dims[name], means.get(name), dev)
+    return net, batches, {name: layer_coordinates(graph, name, net.dims[name], means.get(name), device=dev)
                           for name in layers}
 
 
