@@ -15,6 +15,9 @@ so the share of a in a set S of directions (a module's first-layer directions) i
 Σ_{i∈S} E_ia / Σ_{i∈S, b} E_ib. Token inputs (integer ids) are attributed at the output of the
 input embedding, per embedding dimension, per token position s and per vocabulary item (the
 energy Σ_e A²_{s,e} of each occurrence, added to the id found at s).
+
+Everything runs on ``device`` (the model's float64 parameter copies, the batches, C, the
+colourings, the cotangents); E is accumulated in float64 there and returned as CPU numpy arrays.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from torch import Tensor, nn
 from ..core.colouring import Colouring, coloured_cotangents, dependency_colouring, position_dependency
 from ..core.edges import quadrature
 from ..core.graph import InteractionGraph
-from ..core.inputs import Inputs, position_mask
-from ..core.jacobians import DEFAULT_MAX_MEMORY, per_direction_cotangents, vjp
+from ..core.inputs import Inputs, batch_size_of, position_mask
+from ..core.jacobians import DEFAULT_MAX_MEMORY, ProbeDraw, per_direction_cotangents, vjp
 from ..core.layout import Layout
 from ..core.nodes import NodeModel, OutputFn
 from .coords import Batches, LayerCoordinates, setup
@@ -90,12 +93,15 @@ def direction_attribution(model: nn.Module, inputs: Inputs, graph: InteractionGr
                           directions: Mapping[str, Sequence[int]], *, n_alpha: int = 8,
                           n_probes: int | None = None, embedding: str | None = None,
                           output_fn: OutputFn | None = None, batch_size: int = 256,
-                          seed: int = 0) -> DirectionAttribution:
+                          seed: int = 0, device: str | torch.device = "auto") -> DirectionAttribution:
     """Energies E_ia of every input coordinate a in each requested direction (module docstring).
 
     directions: layer -> direction indices. ``n_probes`` replaces the exact sum over output
-    positions by random ±1 probes (sequences); ``embedding`` names the input-embedding module
-    for token inputs (default: ``model.get_input_embeddings()`` or the first ``nn.Embedding``).
+    positions by R random ±1/√R probes r (sequences): Σ_r (Δ·∫∂⟨r, f̂_i⟩/∂x dα)² estimates
+    Σ_t A_{t,i}², each probe the same at every α, keyed by (``seed``, sample, valid position)
+    as the basis's probes are; ``embedding`` names the input-embedding module for token inputs
+    (default: ``model.get_input_embeddings()`` or the first ``nn.Embedding``). ``device``: where
+    the work runs ("auto": CUDA when available, else the CPU; the model is not moved).
     """
     wanted = {layer: sorted({int(i) for i in idx}) for layer, idx in directions.items() if len(idx)}
     for layer, idx in wanted.items():
@@ -107,17 +113,20 @@ def direction_attribution(model: nn.Module, inputs: Inputs, graph: InteractionGr
         raise ValueError(f"n_alpha must be >= 1, got {n_alpha}")
     if not wanted:
         raise ValueError("directions: no direction selected")
-    net, batches, coords = setup(model, inputs, graph, list(wanted), output_fn=output_fn, batch_size=batch_size)
+    net, batches, coords = setup(model, inputs, graph, list(wanted), output_fn=output_fn, batch_size=batch_size,
+                                 device=device)
     first = next(iter(batches))
     tokens = token_ids(first) is not None
     run = _TokenRun(net, _embedding_module(model, embedding), batches) if tokens else _TensorRun(net, batches, first)
     alphas, weights = quadrature("integrated", n_alpha)
-    gen = torch.Generator().manual_seed(seed)
     exact = {layer: not tokens and run.is_input(layer) for layer in wanted}
     cols = {layer: None if tokens or n_probes is not None else _input_colouring(net, layer, tuple(first.shape))
             for layer in wanted}
+    start = 0
     for batch in batches:
         mask = position_mask(batch)
+        draw = ProbeDraw(seed, 0, start)     # one draw per batch, shared by every α and layer
+        start += batch_size_of(batch)
         g_sum: dict[str, Tensor] = {}
         acts = None
         for alpha, wq in zip(alphas, weights):
@@ -127,7 +136,7 @@ def direction_attribution(model: nn.Module, inputs: Inputs, graph: InteractionGr
             for layer, idx in wanted.items():
                 if exact[layer] and layer in g_sum:
                     continue
-                g = _gradients(run.leaf, acts[layer], net.layouts[layer], coords[layer], idx, mask, n_probes, gen,
+                g = _gradients(run.leaf, acts[layer], net.layouts[layer], coords[layer], idx, mask, n_probes, draw,
                                cols[layer])
                 g_sum[layer] = g_sum[layer] + wq * g if layer in g_sum else (1.0 if exact[layer] else wq) * g
         for layer in wanted:
@@ -143,25 +152,27 @@ def _input_colouring(net: NodeModel, layer: str, in_shape: tuple[int, ...]) -> C
     from its input to the layer), or None (not a Sequential of local modules, not a map, or
     nothing saved). One cotangent then serves a whole colour: every input coordinate a receives
     the gradient of at most one of its positions t, so the square of the coloured attribution
-    at a is Σ_{t in the colour} A_{t,ia}², and summing over colours gives E exactly."""
+    at a is Σ_{t in the colour} A_{t,ia}², and summing over colours gives E exactly. The
+    colouring's index tensors live on ``net.device``; the structural probes that find it run
+    on the CPU (0/1 maps through parameter-free stand-ins of the modules)."""
     modules = net.modules_before(layer)
     if modules is None or len(in_shape) < 3 or net.layouts[layer].kind != "channels":
         return None
     found = position_dependency(modules, in_shape[2:], lambda m: False, include_bias=False)
-    return None if found is None else dependency_colouring(*found, torch.device("cpu"))
+    return None if found is None else dependency_colouring(*found, net.device)
 
 
 def _gradients(leaf: Tensor, act: Tensor, layout: Layout, coords: LayerCoordinates, idx: list[int],
-               mask: Tensor | None, n_probes: int | None, gen: torch.Generator, col: Colouring | None) -> Tensor:
+               mask: Tensor | None, n_probes: int | None, draw: ProbeDraw, col: Colouring | None) -> Tensor:
     """∂⟨pattern, f̂_i⟩/∂leaf for every selected direction i and output-position pattern
     (unit patterns per position, one pattern per colour of ``col``, or ±1 probes; positions and
     features as ``layout`` reads the layer's tensor): shape (k_sel, n_patterns, *leaf.shape)."""
     x, w = layout.samples(act, mask)
-    f_hat = coords(x, torch.as_tensor(idx))                    # (B, P, k_sel)
+    f_hat = coords(x, torch.as_tensor(idx, device=x.device))   # (B, P, k_sel)
     k = len(idx)
-    eye = torch.eye(k, dtype=leaf.dtype)
+    eye = torch.eye(k, dtype=leaf.dtype, device=leaf.device)
     per_item = f_hat.numel() + leaf.numel()
-    patterns = (per_direction_cotangents(w, k, n_probes, gen, leaf.dtype, per_item) if col is None
+    patterns = (per_direction_cotangents(w, k, n_probes, draw, leaf.dtype, per_item) if col is None
                 else coloured_cotangents(col, w, k, leaf.dtype, per_item, DEFAULT_MAX_MEMORY))
     grads = [vjp(f_hat, [leaf], pattern[..., None] * eye[which][:, None, None, :])[0]
              for pattern, which, *_ in patterns]
@@ -209,7 +220,7 @@ class _TensorRun:
 
     def result(self, wanted: dict[str, list[int]], exact: dict[str, bool]) -> DirectionAttribution:
         n = max(self.n, 1.0)
-        return DirectionAttribution(wanted, {k: (v / n).numpy() for k, v in self.energy.items()},
+        return DirectionAttribution(wanted, {k: (v / n).cpu().numpy() for k, v in self.energy.items()},
                                     self.kind, exact, n, self.shape)
 
 
@@ -252,7 +263,7 @@ class _TokenRun:
         self.energy[layer] = self.energy.get(layer, 0) + per_pos.sum((1, 2))
         self.by_position[layer] = self.by_position.get(layer, 0) + per_pos.sum((1, 3))
         col = torch.searchsorted(self.token_ids, self.ids.reshape(-1))
-        tok = torch.zeros(k, len(self.token_ids), dtype=A.dtype)
+        tok = torch.zeros(k, len(self.token_ids), dtype=A.dtype, device=A.device)
         tok.index_add_(1, col, per_pos.sum(3).reshape(k, -1))
         self.by_token[layer] = self.by_token.get(layer, 0) + tok
 
@@ -260,8 +271,8 @@ class _TokenRun:
         n = max(self.n, 1.0)
 
         def norm(d: dict[str, Tensor]) -> dict[str, np.ndarray]:
-            return {k: (v / n).numpy() for k, v in d.items()}
+            return {k: (v / n).cpu().numpy() for k, v in d.items()}
 
         return DirectionAttribution(wanted, norm(self.energy), self.kind, exact, n,
                                     (int(self.e.shape[-1]),), norm(self.by_position),
-                                    norm(self.by_token), self.token_ids.numpy())
+                                    norm(self.by_token), self.token_ids.cpu().numpy())

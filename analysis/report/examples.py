@@ -5,7 +5,8 @@ position t is ‖f̂_c(x, t)‖ = (Σ_{(l,i)∈S_c} f̂^l_i(x, t)²)^{1/2}; with
 mean, so this is how far the module moves from its average. Per direction the score is
 |f̂^l_i(x, t)|. The data are streamed; only the running top k per module and direction is kept.
 Positions are reported for sequences (every node layer with the same number of positions);
-otherwise a sample's score sums over its positions.
+otherwise a sample's score sums over its positions. The scores and the running top k stay on
+``device`` (float64); only the final hits come back to the CPU.
 
 Decoders turn a hit into something a person can look at: :func:`decode_text` (a tokenizer and
 the input ids: a window of text with the position marked ⟦…⟧) and :func:`decode_image` (an
@@ -56,12 +57,12 @@ class TopExamples:
 
 
 class _TopK:
-    """Running top k of the columns of score matrices (N, m) with row labels (N, 2)."""
+    """Running top k of the columns of score matrices (N, m) with row labels (N, 2), on ``device``."""
 
-    def __init__(self, k: int, m: int):
+    def __init__(self, k: int, m: int, device: torch.device):
         self.k = k
-        self.scores = torch.full((0, m), -torch.inf, dtype=torch.float64)
-        self.labels = torch.zeros((0, m, 2), dtype=torch.int64)
+        self.scores = torch.full((0, m), -torch.inf, dtype=torch.float64, device=device)
+        self.labels = torch.zeros((0, m, 2), dtype=torch.int64, device=device)
 
     def add(self, scores: Tensor, labels: Tensor) -> None:
         s = torch.cat([self.scores, scores])
@@ -71,16 +72,17 @@ class _TopK:
         self.labels = torch.gather(lab, 0, top.indices[..., None].expand(-1, -1, 2))
 
     def hits(self, column: int, positions: bool) -> list[Hit]:
+        scores, labels = self.scores[:, column].tolist(), self.labels[:, column].tolist()
         return [Hit(int(lab[0]), int(lab[1]) if positions else None, float(sc))
-                for sc, lab in zip(self.scores[:, column], self.labels[:, column])
-                if torch.isfinite(sc)]
+                for sc, lab in zip(scores, labels) if np.isfinite(sc)]
 
 
 def top_examples(model: nn.Module, inputs: Inputs, graph: InteractionGraph, membership: np.ndarray,
-                 *, top_k: int = 10, output_fn: OutputFn | None = None, batch_size: int = 512
-                 ) -> TopExamples:
+                 *, top_k: int = 10, output_fn: OutputFn | None = None, batch_size: int = 512,
+                 device: str | torch.device = "auto") -> TopExamples:
     """The top ``top_k`` (sample, position) of every module of ``membership`` (one label per graph
-    node, −1 = none) and of every direction in a module; see the module docstring."""
+    node, −1 = none) and of every direction in a module; see the module docstring. ``device``:
+    where the work runs ("auto": CUDA when available, else the CPU; the model is not moved)."""
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     membership = np.asarray(membership, dtype=np.int64)
@@ -88,13 +90,16 @@ def top_examples(model: nn.Module, inputs: Inputs, graph: InteractionGraph, memb
         raise ValueError(f"membership must have one entry per graph node ({graph.n_nodes})")
     f64 = torch.float64
     layers = [name for name in graph.layers if (membership[_layer_ids(graph, name)] >= 0).any()]
-    net, batches, coords = setup(model, inputs, graph, layers, output_fn=output_fn, batch_size=batch_size)
+    net, batches, coords = setup(model, inputs, graph, layers, output_fn=output_fn, batch_size=batch_size,
+                                 device=device)
+    dev = net.device
     n_mod = int(membership.max()) + 1 if membership.size else 0
     selected = {name: np.flatnonzero(membership[_layer_ids(graph, name)] >= 0) for name in layers}
-    onehot = {name: torch.nn.functional.one_hot(torch.as_tensor(membership[_layer_ids(graph, name)][selected[name]]),
-                                                n_mod).to(f64) for name in layers}
-    per_module = _TopK(top_k, n_mod)
-    per_direction = {name: _TopK(top_k, len(selected[name])) for name in layers}
+    columns = {name: torch.as_tensor(selected[name], device=dev) for name in layers}
+    onehot = {name: torch.nn.functional.one_hot(torch.as_tensor(membership[_layer_ids(graph, name)][selected[name]],
+                                                                device=dev), n_mod).to(f64) for name in layers}
+    per_module = _TopK(top_k, n_mod, dev)
+    per_direction = {name: _TopK(top_k, len(selected[name]), dev) for name in layers}
     positions = None
     start = 0
     with torch.no_grad():
@@ -104,7 +109,7 @@ def top_examples(model: nn.Module, inputs: Inputs, graph: InteractionGraph, memb
             f_hat = {}
             for name in layers:
                 x, w = net.layouts[name].samples(acts[name], mask)
-                f_hat[name] = (coords[name](x, torch.as_tensor(selected[name])), w)
+                f_hat[name] = (coords[name](x, columns[name]), w)
             if positions is None:
                 positions = len({f.shape[1] for f, _ in f_hat.values()}) == 1 and next(iter(f_hat.values()))[0].shape[1] > 1
             sq = 0.0
@@ -112,10 +117,10 @@ def top_examples(model: nn.Module, inputs: Inputs, graph: InteractionGraph, memb
                 s = f.square() @ onehot[name]                    # (B, P, n_mod)
                 sq = sq + (s if positions else s.sum(1, keepdim=True))
                 d = f.abs() if positions else f.square().sum(1, keepdim=True).sqrt()
-                per_direction[name].add(_flat(d, w, positions), _labels(start, d.shape[:2]))
+                per_direction[name].add(_flat(d, w, positions), _labels(start, d.shape[:2], dev))
             w0 = next(iter(f_hat.values()))[1]
             if isinstance(sq, Tensor):
-                per_module.add(_flat(sq.sqrt(), w0, positions), _labels(start, sq.shape[:2]))
+                per_module.add(_flat(sq.sqrt(), w0, positions), _labels(start, sq.shape[:2], dev))
             start += acts[graph.layers[0]].shape[0]
     positions = bool(positions)
     return TopExamples({c: per_module.hits(c, positions) for c in range(n_mod)},
@@ -135,10 +140,11 @@ def _flat(scores: Tensor, w: Tensor, positions: bool) -> Tensor:
     return scores.reshape(-1, scores.shape[-1])
 
 
-def _labels(start: int, shape: Sequence[int]) -> Tensor:
+def _labels(start: int, shape: Sequence[int], device: torch.device) -> Tensor:
+    """(B·P, 2) labels (sample, position) of a batch's (B, P) scores, row-major, on ``device``."""
     B, P = shape
-    b = torch.arange(start, start + B).repeat_interleave(P)
-    p = torch.arange(P).repeat(B)
+    b = torch.arange(start, start + B, device=device).repeat_interleave(P)
+    p = torch.arange(P, device=device).repeat(B)
     return torch.stack([b, p], 1)
 
 

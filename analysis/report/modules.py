@@ -11,6 +11,9 @@ For module c of a partition (membership value c):
   coordinate, class or position o (the column index of the table; ``output_names[o]`` is its
   label) in the loss increase when the module is ablated, max(0, ΔL_o) / Σ_o max(0, ΔL_o);
 - ``top_examples``: the samples (and positions) with the largest ‖f̂_c‖ (:mod:`.examples`).
+
+Attribution and top examples run on ``device`` ("auto": CUDA when available, else the CPU), in
+float64, on copies of the model's parameters; the report holds CPU numpy arrays and Python numbers.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from ..core.graph import InteractionGraph
@@ -30,6 +34,7 @@ from ..core.jsonutil import plain
 from ..core.nodes import OutputFn
 from ..core.partition import Partition, cutoff_strength
 from .attribution import DirectionAttribution, direction_attribution
+from .coords import report_device
 from .examples import Decoder, Hit, top_examples
 
 __all__ = ["ModuleInfo", "ModuleReport", "module_report"]
@@ -196,7 +201,8 @@ def module_report(model: nn.Module | None, inputs: Inputs | None, graph: Interac
                   token_labels: Callable[[int], str] | None = None,
                   output_names: Sequence[str] | Callable[[int], str] | None = None, n_alpha: int = 8,
                   n_probes: int | None = None, embedding: str | None = None,
-                  output_fn: OutputFn | None = None, batch_size: int = 256, seed: int = 0) -> ModuleReport:
+                  output_fn: OutputFn | None = None, batch_size: int = 256, seed: int = 0,
+                  device: str | torch.device = "auto") -> ModuleReport:
     """Explain every module of ``partition`` (see the module docstring).
 
     model, inputs: the data the graph was built on (None, None: a report of the graph only,
@@ -207,7 +213,9 @@ def module_report(model: nn.Module | None, inputs: Inputs | None, graph: Interac
     sample for heat maps (e.g. (8, 8) for flat 8×8 images). token_labels: id -> text for the
     per-token input shares. output_names: names of the effects' columns (a list, or index ->
     name, e.g. a tokenizer's decode for LM logits, so the tokens whose logits move most are
-    readable); default the effects' own labels. The other options go to
+    readable); default the effects' own labels. device: where attribution and top examples
+    run ("auto": CUDA when available, else the CPU; "cpu", "cuda", "cuda:1", a torch.device;
+    ValueError for anything else); the model is not moved. The other options go to
     :func:`.direction_attribution`.
     """
     if not isinstance(graph, InteractionGraph):
@@ -218,6 +226,7 @@ def module_report(model: nn.Module | None, inputs: Inputs | None, graph: Interac
         raise ValueError("pass both model and inputs, or neither (a graph-only report)")
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    device = report_device(device)
     membership = np.asarray(partition.membership, dtype=np.int64)
     if membership.shape != (graph.n_nodes,):
         raise ValueError(f"partition has {membership.shape[0]} nodes, the graph {graph.n_nodes}")
@@ -238,10 +247,11 @@ def module_report(model: nn.Module | None, inputs: Inputs | None, graph: Interac
             if m.first_layer is not None:
                 first.setdefault(m.first_layer, []).extend(m.directions[m.first_layer])
         att = direction_attribution(model, inputs, graph, first, n_alpha=n_alpha, n_probes=n_probes,
-                                    embedding=embedding, output_fn=output_fn, batch_size=batch_size, seed=seed)
+                                    embedding=embedding, output_fn=output_fn, batch_size=batch_size, seed=seed,
+                                    device=device)
         _add_inputs(rep, att, input_shape, token_labels)
         top = top_examples(model, inputs, graph, membership, top_k=top_k, output_fn=output_fn,
-                           batch_size=batch_size)
+                           batch_size=batch_size, device=device)
         for m in mods:
             m.hits = top.modules.get(m.id, [])
             m.top_examples = [h.key for h in m.hits]
