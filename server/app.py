@@ -13,6 +13,7 @@ import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from intermod.analysis.core.inputs import resolve_device
 from intermod.v1 import intermod_pb2 as pb
 
 from .auth import TokenAuth
@@ -39,7 +40,10 @@ def resolve_devices(device: str) -> list[str]:
         if device == "cuda":
             raise ValueError("--device cuda: no CUDA device is available")
         return ["cpu"]
-    return [d.strip() for d in device.split(",") if d.strip()]
+    listed = [d.strip() for d in device.split(",") if d.strip()]
+    for d in listed:   # at start-up, not in the first job: a name torch cannot parse or see
+        resolve_device(d)
+    return listed
 
 
 def read_tls_pair(cert: Path, key: Path) -> tuple[bytes, bytes]:

@@ -207,3 +207,16 @@ def test_report_remote_and_local(capsys, server, files, tmp_path):
     with Client(server.address) as c, pytest.raises(RemoteError) as info:
         c.export(gid, "html", top_n=5)
     assert info.value.code.name == "INVALID_ARGUMENT" and info.value.field == "top_n"
+
+
+@pytest.mark.parametrize("devices, bad", [("cpu,gpu", "'gpu' is not a torch device"),
+                                          ("cpu,cuda:1", "'cuda:1': torch sees 0 CUDA device")])
+def test_serve_refuses_a_device_list_it_cannot_use_at_start_up(monkeypatch, devices, bad):
+    """`intermod serve --device LIST` checks every entry before it binds (a bad one used to fail
+    in the first job on that worker)."""
+    from intermod.server.app import resolve_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_devices("cpu") == ["cpu"]
+    with pytest.raises(ValueError, match=bad):
+        resolve_devices(devices)

@@ -83,9 +83,18 @@ def test_device_cpu_given_explicitly_equals_the_default(no_cuda):
                                              ("cuda", "device='cuda': torch sees 0 CUDA device"),
                                              (torch.device("cuda", 1), "torch sees 0 CUDA device")])
 def test_an_invalid_device_is_a_value_error_naming_it(no_cuda, device, message):
-    """Refused before any work, by the report (graph-only too), attribution and top examples."""
+    """Refused before any work, with the same error, by the report (graph-only too), attribution
+    and top examples, and by every other entry point that runs the model (core's
+    ``resolve_device``: torch itself raised a RuntimeError, or an AssertionError deep in the first
+    forward pass for a CUDA device it cannot see)."""
     model, X, graph, part = mlp_partition()
-    calls = [lambda: ia.module_report(model, X, graph, part, device=device),
+    layers = ["0", "2", "4", "output"]
+    basis = ia.compute_basis(model, X, layers, progress=False)
+    calls = [lambda: ia.compute_basis(model, X, layers, device=device, progress=False),
+             lambda: ia.build_graph(model, X, basis, device=device, progress=False),
+             lambda: ia.diagnose(model, X, layers, 1e-4, device=device),
+             lambda: ia.module_cut(model, X, graph, part, device=device),
+             lambda: ia.module_report(model, X, graph, part, device=device),
              lambda: ia.module_report(None, None, graph, part, device=device),
              lambda: direction_attribution(model, X, graph, {"2": [0]}, device=device),
              lambda: top_examples(model, X, graph, part.membership, device=device)]

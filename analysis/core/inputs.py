@@ -22,10 +22,22 @@ Inputs = Tensor | Mapping[str, Any] | Iterable[Any]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/None -> CUDA when present, else CPU."""
+    """``"auto"``/None -> CUDA when present, else CPU; otherwise the device named. ValueError
+    naming the problem for a name torch does not parse or a CUDA device torch cannot see (where
+    torch itself would fail later, deep in a forward pass)."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a torch device ({err}); use 'auto', 'cpu', "
+                         "'cuda' or 'cuda:N'") from err
+    if dev.type == "cuda":
+        seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= seen:
+            raise ValueError(f"device={device!r}: torch sees {seen} CUDA device(s) (torch.cuda.is_available() "
+                             f"is {torch.cuda.is_available()}); use device='auto' or 'cpu'")
+    return dev
 
 
 def _leading_dim(mapping: Mapping[str, Any]) -> int:

@@ -22,24 +22,7 @@ from ..core.graph import InteractionGraph
 from ..core.inputs import Batch, Inputs, batch_to, iter_batches, position_mask, resolve_device
 from ..core.nodes import NodeModel, OutputFn
 
-__all__ = ["Batches", "LayerCoordinates", "layer_coordinates", "layer_means", "report_device", "setup"]
-
-
-def report_device(device: str | torch.device | None) -> torch.device:
-    """``device`` resolved as every entry point resolves it (``"auto"``/None: CUDA when present,
-    else the CPU); ValueError naming the problem for a name torch does not parse or a CUDA
-    device torch cannot see (where torch itself would fail later, deep in a forward pass)."""
-    try:
-        dev = resolve_device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device={device!r} is not a torch device ({err}); use 'auto', 'cpu', "
-                         "'cuda' or 'cuda:N'") from err
-    if dev.type == "cuda":
-        seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (dev.index or 0) >= seen:
-            raise ValueError(f"device={device!r}: torch sees {seen} CUDA device(s) (torch.cuda.is_available() "
-                             f"is {torch.cuda.is_available()}); use device='auto' or 'cpu'")
-    return dev
+__all__ = ["Batches", "LayerCoordinates", "layer_coordinates", "layer_means", "setup"]
 
 
 @dataclass(frozen=True)
@@ -101,11 +84,12 @@ def setup(model: nn.Module, inputs: Inputs, graph: InteractionGraph, layers: Seq
           output_fn: OutputFn | None, batch_size: int, device: str | torch.device = "auto"
           ) -> tuple[NodeModel, Batches, dict[str, LayerCoordinates]]:
     """The model cut at the graph's node layers (float64 copies of its parameters on ``device``
-    (:func:`report_device`), no bias slot: plain activations; the model itself is neither moved
-    nor changed), the batches on that device, and the coordinates of ``layers`` there. A centred
+    (:func:`~intermod.analysis.core.inputs.resolve_device`), no bias slot: plain activations;
+    the model itself is neither moved nor changed), the batches on that device, and the
+    coordinates of ``layers`` there. A centred
     basis without a slot subtracts the basis's mean μ: the graph's stored ``means`` where it has
     them, else the mean over ``inputs``."""
-    dev = report_device(device)
+    dev = resolve_device(device)
     batches = Batches(inputs, batch_size, dev)
     first = next(iter(batches), None)
     if first is None:

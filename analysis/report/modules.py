@@ -29,12 +29,11 @@ import torch
 from torch import nn
 
 from ..core.graph import InteractionGraph
-from ..core.inputs import Inputs
+from ..core.inputs import Inputs, resolve_device
 from ..core.jsonutil import plain
 from ..core.nodes import OutputFn
 from ..core.partition import Partition, cutoff_strength
 from .attribution import DirectionAttribution, direction_attribution
-from .coords import report_device
 from .examples import Decoder, Hit, top_examples
 
 __all__ = ["ModuleInfo", "ModuleReport", "module_report"]
@@ -226,7 +225,7 @@ def module_report(model: nn.Module | None, inputs: Inputs | None, graph: Interac
         raise ValueError("pass both model and inputs, or neither (a graph-only report)")
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    device = report_device(device)
+    device = resolve_device(device)
     membership = np.asarray(partition.membership, dtype=np.int64)
     if membership.shape != (graph.n_nodes,):
         raise ValueError(f"partition has {membership.shape[0]} nodes, the graph {graph.n_nodes}")
