@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from intermod import analysis as ia
+from nets import pooled_cnn
 from torch import nn
 from torch.autograd.functional import jacobian
 
@@ -24,18 +25,7 @@ LAYERS = ["relu1", "conv2", "relu2", "fc1", "output"]
 
 
 def _cnn() -> nn.Sequential:
-    torch.manual_seed(0)
-    model = nn.Sequential()
-    model.add_module("conv1", nn.Conv2d(1, 2, 3, padding=1, dtype=F64))
-    model.add_module("relu1", nn.ReLU())
-    model.add_module("pool1", nn.MaxPool2d(2))
-    model.add_module("conv2", nn.Conv2d(2, 3, 3, padding=1, dtype=F64))
-    model.add_module("relu2", nn.ReLU())
-    model.add_module("pool2", nn.MaxPool2d(2))
-    model.add_module("flatten", nn.Flatten())
-    model.add_module("fc1", nn.Linear(3, 4, dtype=F64))
-    model.add_module("relu3", nn.Tanh())
-    model.add_module("fc2", nn.Linear(4, 2, dtype=F64))
+    model = pooled_cnn((1, 2, 3), flat=3, hidden=4, out=2)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))

@@ -46,6 +46,7 @@ import pytest
 import torch
 from intermod import analysis as ia
 from intermod.analysis.models import hf
+from nets import pooled_cnn
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -80,18 +81,7 @@ def cnn_case() -> tuple[nn.Module, torch.Tensor, list[str]]:
     Linear → tanh → Linear, float64; 512 samples. Node layers: the input map and conv2's
     input map (channels at positions; the edges between them take coloured cotangents), the
     flat hidden layer, the output."""
-    torch.manual_seed(0)
-    model = nn.Sequential()
-    model.add_module("conv1", nn.Conv2d(2, 4, 3, padding=1, dtype=F64))
-    model.add_module("relu1", nn.ReLU())
-    model.add_module("pool1", nn.MaxPool2d(2))
-    model.add_module("conv2", nn.Conv2d(4, 6, 3, padding=1, dtype=F64))
-    model.add_module("relu2", nn.ReLU())
-    model.add_module("pool2", nn.MaxPool2d(2))
-    model.add_module("flatten", nn.Flatten())
-    model.add_module("fc1", nn.Linear(24, 10, dtype=F64))
-    model.add_module("tanh", nn.Tanh())
-    model.add_module("fc2", nn.Linear(10, 3, dtype=F64))
+    model = pooled_cnn((2, 4, 6), flat=24, hidden=10, out=3)
     x = torch.randn(512, 2, 8, 8, generator=torch.Generator().manual_seed(1), dtype=F64)
     return model.eval(), x, ["conv1", "conv2", "fc1", "output"]
 
