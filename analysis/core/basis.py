@@ -220,15 +220,11 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     G = {n: augmented_gram(mean, cov, center=center, include_bias=include_bias)
          for n, (_, mean, cov) in stats.items()}
     F: dict[str, Tensor | None] = {n: None for n in chain}   # M = Fᵀ F
-
-    def head_pullback(n: str) -> Tensor | None:   # P of a Linear head; None: the identity, no product
-        return net.pullback(n) if n in net.heads else None
-
     F[OUTPUT] = terminal_M(net.dims[OUTPUT], include_bias, s.device)
     for j, (sec, sigma, R) in out_closed.items():
         totals[j] = all_reduce_sum(next_layer_gram(sec, sigma, R, include_bias, net.point_dims[chain[j]]))
     for j, total in totals.items():
-        F[chain[j]] = gram_factor(total / stats[chain[j]][0], head_pullback(chain[j]))
+        F[chain[j]] = gram_factor(total / stats[chain[j]][0], net.pullback(chain[j]))
 
     def rot(n: str) -> Rotation:
         return rotate(G[n], F[n], stats[n][1], center=center, include_bias=include_bias,
@@ -251,7 +247,7 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
             else:
                 total, n = next_layer_jacobians(s, j, rots[chain[j + 1]].C, n_probes)
             t0 = time.perf_counter()
-            F[chain[j]] = gram_factor(total / n, head_pullback(chain[j]))
+            F[chain[j]] = gram_factor(total / n, net.pullback(chain[j]))
             rots[chain[j]] = rot(chain[j])
             timings["rotations"] = timings.get("rotations", 0.0) + time.perf_counter() - t0
     else:

@@ -87,7 +87,7 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
     layers = net.layers
     as_t = {n: (torch.as_tensor(basis[n].C, device=s.device),
                 torch.as_tensor(basis[n].Cinv, device=s.device)) for n in layers}
-    P = [net.pullback(n) if n in net.heads else None for n in layers[:-1]]   # None: identity
+    P = [net.pullback(n) for n in layers[:-1]]   # None: the identity
     Q = [(as_t[n][1] if P[j] is None else P[j] @ as_t[n][1]).to(dtype) for j, n in enumerate(layers[:-1])]
     E = [torch.zeros(basis[layers[j + 1]].k, basis[layers[j]].k, dtype=torch.float64, device=s.device)
          for j in range(len(layers) - 1)]
@@ -143,7 +143,8 @@ def _baseline(net, name: str, mean: np.ndarray, center: bool) -> Tensor | None:
     if net.include_bias:
         return None
     f0 = torch.as_tensor(mean, device=net.device) if center else torch.zeros(net.dims[name], dtype=torch.float64, device=net.device)
-    p0 = net.pullback(name) @ f0
+    P = net.pullback(name)
+    p0 = f0 if P is None else P @ f0
     b = net.head_bias(name)
     return (p0.to(net.dtype) + b) if b is not None else p0.to(net.dtype)
 

@@ -286,10 +286,12 @@ def output_closed_forms(s: Setup, n_probes: int | None
     last = affine_section(net, T - 1)
     if last is None:
         return {}
-    forms = {T - 1: (last, torch.eye(d_y + aug, d_y, dtype=torch.float64, device=s.device))}
+    unit = torch.eye(d_y + aug, d_y, dtype=torch.float64, device=s.device)   # R = [I; 0]
+    forms = {T - 1: (last, unit)}
     before = affine_section(net, T - 2) if T >= 2 and last.identity else None
     if before is not None:
-        forms[T - 2] = (before, net.pullback(net.chain[T - 1])[:d_y].T)
+        P = net.pullback(net.chain[T - 1])
+        forms[T - 2] = (before, unit if P is None else P[:d_y].T)
     return {j: (sec, _moments(s, j, sec), R) for j, (sec, R) in forms.items()}
 
 

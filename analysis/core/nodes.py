@@ -422,12 +422,12 @@ class NodeModel:
         return module in self._slot_modules
 
     # -- linear algebra of cut points --------------------------------------------------------
-    def pullback(self, name: str) -> Tensor:
-        """P with point_aug = P @ f_aug: identity, or [[W, b], [0, 1]] for a Linear head (float64)."""
-        aug = int(self.include_bias)
-        d = self.dims[name]
+    def pullback(self, name: str) -> Tensor | None:
+        """P with point_aug = P @ f_aug: [[W, b], [0, 1]] for a Linear head (float64), None for
+        the identity (no head: no product to do)."""
         if name not in self.heads:
-            return torch.eye(d + aug, dtype=torch.float64, device=self.device)
+            return None
+        aug, d = int(self.include_bias), self.dims[name]
         lin = self.heads[name]
         W = self.params[self._param_name(lin, "weight")].to(torch.float64)
         if not aug:

@@ -86,9 +86,8 @@ def setup(model: nn.Module, inputs: Inputs, graph: InteractionGraph, layers: Seq
     """The model cut at the graph's node layers (float64 copies of its parameters on ``device``
     (:func:`~intermod.analysis.core.inputs.resolve_device`), no bias slot: plain activations;
     the model itself is neither moved nor changed), the batches on that device, and the
-    coordinates of ``layers`` there. A centred
-    basis without a slot subtracts the basis's mean μ: the graph's stored ``means`` where it has
-    them, else the mean over ``inputs``."""
+    coordinates of ``layers`` there. A centred basis without a slot subtracts the basis's mean
+    μ: the graph's stored ``means`` where it has them, else the mean over ``inputs``."""
     dev = resolve_device(device)
     batches = Batches(inputs, batch_size, dev)
     first = next(iter(batches), None)
