@@ -1,12 +1,12 @@
-"""core/gram.py: the blocked XᵀX, the streamed moments and Jacobian-Gram sums, against direct
+"""core/gram.py: the block-row XᵀX, the streamed moments and Jacobian-Gram sums, against direct
 numpy formulas (float64, relative 1e-12), on widths either side of the block size."""
 
 import numpy as np
 import pytest
 import torch
-from intermod.analysis.core.gram import GRAM_LEAF, GramSum, MomentAccumulator, gram
+from intermod.analysis.core.gram import GRAM_TILE, GramSum, MomentAccumulator, gram
 
-WIDTHS = [1, 7, GRAM_LEAF, GRAM_LEAF + 1, 2 * GRAM_LEAF + 3, 4 * GRAM_LEAF + 5]
+WIDTHS = [1, 7, GRAM_TILE, GRAM_TILE + 1, 2 * GRAM_TILE + 3, 4 * GRAM_TILE + 5, 7 * GRAM_TILE - 1]
 
 
 @pytest.mark.parametrize("d", WIDTHS)
@@ -22,7 +22,7 @@ def test_gram_is_xtx(n, d):
 
 
 def test_gram_keeps_the_dtype_and_reads_strided_input():
-    X = torch.randn(40, 2 * GRAM_LEAF + 9, generator=torch.Generator().manual_seed(1))
+    X = torch.randn(40, 2 * GRAM_TILE + 9, generator=torch.Generator().manual_seed(1))
     view = X[::2, 3:]                     # non-contiguous rows and columns
     G = gram(view)
     assert G.dtype == torch.float32
@@ -30,7 +30,7 @@ def test_gram_keeps_the_dtype_and_reads_strided_input():
     assert np.abs(G.double().numpy() - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
-@pytest.mark.parametrize("d", [5, 2 * GRAM_LEAF + 3])
+@pytest.mark.parametrize("d", [5, 2 * GRAM_TILE + 3])
 def test_moments_match_numpy_with_a_large_mean_and_a_mask(d):
     gen = torch.Generator().manual_seed(d)
     batches = [torch.randn(2, 17, d, dtype=torch.float64, generator=gen) * 0.1 + 1e4 for _ in range(3)]
@@ -46,7 +46,7 @@ def test_moments_match_numpy_with_a_large_mean_and_a_mask(d):
     assert np.abs(cov.numpy() - ref).max() <= 1e-9 * np.abs(ref).max()   # cancellation-free at mean 1e4
 
 
-@pytest.mark.parametrize("d", [4, 2 * GRAM_LEAF + 3])
+@pytest.mark.parametrize("d", [4, 2 * GRAM_TILE + 3])
 @pytest.mark.parametrize("masked", [True, False])
 @pytest.mark.parametrize("with_slot", [True, False])
 def test_gram_sum_is_the_weighted_sum_of_outer_products(d, masked, with_slot):
