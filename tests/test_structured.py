@@ -91,6 +91,33 @@ def test_per_sample_and_chunked_edges_agree(kind, dtype, monkeypatch):
                                        atol=tol["atol"] * E.max(), err_msg=f"{name} {src}->{dst}")
 
 
+@pytest.mark.parametrize("k_next, k", [(3, 7), (7, 7), (9, 4)])
+@pytest.mark.parametrize("relu", [True, False])
+def test_edge_sums_by_chunks_and_by_samples_equal_a_loop(k_next, k, relu):
+    """E = Σ_x (L diag(a(x)) R ⊙ f_w(x))² by a plain loop over samples, against the chunked
+    GEMMs (scaling L when k' < k, R otherwise; chunks of 1 sample and of all) and the per-sample
+    GEMMs over the rows with a ≠ 0."""
+    from intermod.analysis.core import structured
+
+    gen = torch.Generator().manual_seed(k_next * 10 + k)
+    rows, n = 6, 13
+    L = torch.randn(k_next, rows, dtype=torch.float64, generator=gen)
+    R = torch.randn(rows, k, dtype=torch.float64, generator=gen)
+    a = torch.rand(n, rows, dtype=torch.float64, generator=gen)
+    a = (a > 0.5).double() if relu else a
+    f_w = torch.randn(n, k, dtype=torch.float64, generator=gen)
+    f_w[4] = 0.0                                                   # a masked sample
+    ref = sum((L @ torch.diag(a[x]) @ R * f_w[x]) ** 2 for x in range(n))
+    per_sample = 8 * (rows * min(k_next, k) + k_next * k)
+    for budget in (per_sample, 1 << 30):                          # one sample per chunk, one chunk
+        E = torch.zeros(k_next, k, dtype=torch.float64)
+        structured._chunk_by_chunk(L, R, a, f_w, E, budget, structured.Workspace(), None)
+        torch.testing.assert_close(E, ref, rtol=1e-12, atol=1e-12)
+    E = torch.zeros(k_next, k, dtype=torch.float64)
+    structured._sample_by_sample(L, R, a, f_w, E, None)
+    torch.testing.assert_close(E, ref, rtol=1e-12, atol=1e-12)
+
+
 def test_per_sample_gemms_are_chosen_by_cost():
     from intermod.analysis.core.structured import per_sample_pays
 

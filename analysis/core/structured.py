@@ -38,7 +38,8 @@ it). Then A_ij(x) = Ĵ_ij(x) f̂_j(x) and
     E_ij += Σ_x w_x (Ĵ_ij(x) f̂_j(x))² ,   Ĵ(x) = [L, u] · [ā(x) ⊙ R; vᵀ]
 
 is one GEMM of [L, u] (k', h+1) against the stacked (h+1, N·k) matrices of a chunk of N
-samples: n·k'·h·k multiply-adds, the floor for exact per-sample edges with a dense ā, at
+samples, or, when k' < k, of the stacked ā(x) ⊙ [L, u] (N·k', h+1) against [R; vᵀ] (the
+per-sample scaling on the narrower side): n·k'·h·k multiply-adds, the floor for exact per-sample edges with a dense ā, at
 matmul speed. Where one sample's GEMM is large (:func:`per_sample_pays`) it runs per sample
 on the rows with ā_r(x) ≠ 0 only, Ĵ(x) = [L, u]_S diag(ā_S) [R; vᵀ]_S: exact, and for ReLU,
 whose σ′ is 0 on about half the units, about half the multiply-adds.
@@ -356,24 +357,38 @@ def per_sample_pays(k_next: int, rows: int, k: int, device: torch.device) -> boo
 
 def _chunk_by_chunk(L: Tensor, R: Tensor, a: Tensor, f_w: Tensor, E: Tensor, max_memory: int,
                     ws: Workspace, heartbeat: Callable[[], None] | None) -> None:
-    """E += Σ_x (L diag(a(x)) R ⊙ f_w(x))² as one GEMM of L (k', r) against the stacked
-    X = a(x) ⊙ R (r, N·k) of a chunk of N samples. a: (n, r), R: (r, k), f_w: (n, k)."""
+    """E += Σ_x (L diag(a(x)) R ⊙ f_w(x))² by one GEMM per chunk of N samples, the per-sample
+    scaling applied on the narrower side: with k' < k, the stacked a(x) ⊙ L (N·k', r) times
+    R (r, k); else L (k', r) times the stacked a(x) ⊙ R (r, N·k). Either way k'·r·k
+    multiply-adds per sample, but the scaled operand that each chunk writes has r·min(k', k)
+    entries per sample, not r·k: for a section into a narrow layer (k' = 11, r = k = 401) the
+    elementwise pass over (r, N, k) cost twice its GEMM (MLP 784-400-400-10, n = 2000, 2 cores:
+    edges 2.10–2.43 → 1.94–1.97 s; w 800: 15.0 → 14.1 s). At k' = k, R stays the scaled side
+    (measured faster at w 100). a: (n, r), R: (r, k), f_w: (n, k)."""
     dtype, device = f_w.dtype, f_w.device
     rows, k = R.shape
     k_next = L.shape[0]
-    step = samples_per_chunk(dtype.itemsize * (rows * k + k_next * k), max_memory, device)
-    a_t = a.T.contiguous()                                           # (r, n)
+    scale_L = k_next < k
+    step = samples_per_chunk(dtype.itemsize * (rows * min(k_next, k) + k_next * k), max_memory, device)
+    a_t = None if scale_L else a.T.contiguous()                     # (r, n)
     for start in range(0, f_w.shape[0], step):
         if heartbeat is not None:
             heartbeat()
         sl = slice(start, start + step)
         N = f_w[sl].shape[0]
-        X = ws.get("X", (rows, N, k), dtype, device)
-        torch.mul(a_t[:, sl, None], R[:, None, :], out=X)
-        A = ws.get("A", (k_next, N, k), dtype, device)               # Ĵ(x), (k', N, k)
-        torch.matmul(L, X.view(rows, N * k), out=A.view(k_next, N * k))
-        A.mul_(f_w[sl][None])                                        # A_ij = Ĵ_ij f̂_j
-        E += A.square_().sum(1).to(torch.float64)
+        A = ws.get("A", (N, k_next, k) if scale_L else (k_next, N, k), dtype, device)   # Ĵ(x)
+        if scale_L:
+            X = ws.get("X", (N, k_next, rows), dtype, device)
+            torch.mul(a[sl, None, :], L[None], out=X)
+            torch.matmul(X.view(N * k_next, rows), R, out=A.view(N * k_next, k))
+            A.mul_(f_w[sl][:, None])                                 # A_ij = Ĵ_ij f̂_j
+            E += A.square_().sum(0).to(torch.float64)
+        else:
+            X = ws.get("X", (rows, N, k), dtype, device)
+            torch.mul(a_t[:, sl, None], R[:, None, :], out=X)
+            torch.matmul(L, X.view(rows, N * k), out=A.view(k_next, N * k))
+            A.mul_(f_w[sl][None])
+            E += A.square_().sum(1).to(torch.float64)
 
 
 def _sample_by_sample(L: Tensor, R: Tensor, a: Tensor, f_w: Tensor, E: Tensor,
