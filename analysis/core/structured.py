@@ -405,17 +405,19 @@ def _sample_by_sample(L: Tensor, R: Tensor, a: Tensor, f_w: Tensor, E: Tensor,
     live = (f_w != 0).any(1).tolist()
     acc = E if dtype == torch.float64 else torch.zeros(E.shape, dtype=dtype, device=E.device)
     A = torch.empty(E.shape, dtype=dtype, device=E.device)
+    R_buf, L_buf = torch.empty_like(R), torch.empty_like(LT)          # the gathered rows, reused
     pending = 0
     for x, S in enumerate(rows_of):
         if not live[x]:
             continue
         if heartbeat is not None and x % FLUSH_SAMPLES == 0:
             heartbeat()
-        R_S = R.index_select(0, S)                                   # (|S|, k)
+        R_S = torch.index_select(R, 0, S, out=R_buf[:len(S)])        # (|S|, k)
         if scaled:
             R_S.mul_(a[x, S][:, None])
         R_S.mul_(f_w[x])
-        torch.matmul(LT.index_select(0, S).T, R_S, out=A)            # A_ij = Ĵ_ij(x) f̂_j(x)
+        L_S = torch.index_select(LT, 0, S, out=L_buf[:len(S)])       # (|S|, k')
+        torch.matmul(L_S.T, R_S, out=A)                              # A_ij = Ĵ_ij(x) f̂_j(x)
         acc.addcmul_(A, A)
         pending += 1
         if acc is not E and pending == FLUSH_SAMPLES:
