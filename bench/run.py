@@ -127,6 +127,14 @@ def effective_gflop(model: nn.Sequential, k: list[int], n: int, rho: list[float]
     return 2 * n * sum(k[j + 1] * (rho[j] * h[j] + 1) * k[j] for j in range(len(h))) / 1e9
 
 
+def keep_fastest(best: dict, key, r: dict) -> dict:
+    """best[key] = r the first time, then each of its stage times (basis_s, edges_s, where r has
+    them) the minimum over the runs seen: the interleaved passes' "best of" per stage."""
+    b = best.setdefault(key, r)
+    b.update({s: min(b[s], r[s]) for s in ("basis_s", "edges_s") if s in r})
+    return b
+
+
 def mlp_rows(widths: list[int], X: torch.Tensor, device: str, repeats: int) -> list[dict]:
     """Every width × target ``repeats`` times, in interleaved passes (the whole table once, then
     again), each stage's best kept: a shared machine's slow spells last longer than one run, so
@@ -139,10 +147,9 @@ def mlp_rows(widths: list[int], X: torch.Tensor, device: str, repeats: int) -> l
     for _ in range(repeats):
         for w, t in keys:
             peak = matmul_gflops()
-            r = public(pipeline(models[w], X, t, device, modules=False))
-            b = best.setdefault((w, t), {**r, "matmul_gflops": peak})
-            b.update(basis_s=min(b["basis_s"], r["basis_s"]), edges_s=min(b["edges_s"], r["edges_s"]),
-                     matmul_gflops=max(b["matmul_gflops"], peak))
+            b = keep_fastest(best, (w, t), {**public(pipeline(models[w], X, t, device, modules=False)),
+                                            "matmul_gflops": peak})
+            b["matmul_gflops"] = max(b["matmul_gflops"], peak)
     return [_derived(models[w], w, t, X, best[w, t]) for w, t in keys]
 
 
@@ -202,12 +209,8 @@ def float32_row(width: int, X: torch.Tensor, device: str, repeats: int) -> dict:
         runs: dict[str, dict] = {}
         for _ in range(repeats):
             for mode, dt in (("float64", torch.float64), ("float32", torch.float32), ("mixed", None)):
-                r = (_mixed(model, X, runs["float64"]["_basis"], device) if dt is None
-                     else pipeline(model, X, target, device, dtype=dt, modules=False))
-                b = runs.setdefault(mode, r)
-                b["edges_s"] = min(b["edges_s"], r["edges_s"])
-                if dt is not None:
-                    b["basis_s"] = min(b["basis_s"], r["basis_s"])
+                keep_fastest(runs, mode, _mixed(model, X, runs["float64"]["_basis"], device) if dt is None
+                             else pipeline(model, X, target, device, dtype=dt, modules=False))
         r64, r32, mixed = runs["float64"], runs["float32"], runs["mixed"]
         t64, t32, tmix = (r64["basis_s"] + r64["edges_s"], r32["basis_s"] + r32["edges_s"],
                           r64["basis_s"] + mixed["edges_s"])
@@ -267,9 +270,8 @@ def scaling(points: list[dict], width: int, device: str, repeats: int) -> list[d
     for _ in range(repeats):
         for i, p in enumerate(points):
             r = dict(p, **sub(p["n"], width, "next_layer", device, p["hidden"]))
-            b = best.setdefault(i, r)
-            b.update(basis_s=min(b["basis_s"], r["basis_s"]), edges_s=min(b["edges_s"], r["edges_s"]),
-                     peak_rss_mb=max(b["peak_rss_mb"], r["peak_rss_mb"]))
+            b = keep_fastest(best, i, r)
+            b["peak_rss_mb"] = max(b["peak_rss_mb"], r["peak_rss_mb"])
     return [dict(b, total_s=b["basis_s"] + b["edges_s"]) for _, b in sorted(best.items())]
 
 

@@ -381,14 +381,13 @@ def _chunk_by_chunk(L: Tensor, R: Tensor, a: Tensor, f_w: Tensor, E: Tensor, max
             X = ws.get("X", (N, k_next, rows), dtype, device)
             torch.mul(a[sl, None, :], L[None], out=X)
             torch.matmul(X.view(N * k_next, rows), R, out=A.view(N * k_next, k))
-            A.mul_(f_w[sl][:, None])                                 # A_ij = Ĵ_ij f̂_j
-            E += A.square_().sum(0).to(torch.float64)
         else:
             X = ws.get("X", (rows, N, k), dtype, device)
             torch.mul(a_t[:, sl, None], R[:, None, :], out=X)
             torch.matmul(L, X.view(rows, N * k), out=A.view(k_next, N * k))
-            A.mul_(f_w[sl][None])
-            E += A.square_().sum(1).to(torch.float64)
+        samples = 0 if scale_L else 1                                # A's sample axis
+        A.mul_(f_w[sl].unsqueeze(1 - samples))                       # A_ij = Ĵ_ij f̂_j
+        E += A.square_().sum(samples).to(torch.float64)
 
 
 def _sample_by_sample(L: Tensor, R: Tensor, a: Tensor, f_w: Tensor, E: Tensor,
