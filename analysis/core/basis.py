@@ -38,7 +38,7 @@ from .layout import LayoutSpec
 from .nodes import OUTPUT, OutputFn
 from .progress import Callback
 from .reprs import summary_repr
-from .rotation import Rotation, gram_factor, kept_eigenvalues, rotate
+from .rotation import Rotation, gram_factor, kept_eigenvalues, rotate, rotate_all
 from .setup import prepare
 from .structured import next_layer_gram, section_derivative
 
@@ -226,9 +226,11 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     for j, total in totals.items():
         F[chain[j]] = gram_factor(total / stats[chain[j]][0], net.pullback(chain[j]))
 
+    rotation_options = dict(center=center, include_bias=include_bias, tol_G=tol_G, tol_M=tol_M,
+                            scaling=scaling, kind=kind)
+
     def rot(n: str) -> Rotation:
-        return rotate(G[n], F[n], stats[n][1], center=center, include_bias=include_bias,
-                      tol_G=tol_G, tol_M=tol_M, scaling=scaling, kind=kind)
+        return rotate(G[n], F[n], stats[n][1], **rotation_options)
 
     rots: dict[str, Rotation] = {}
     timings = s.progress.timings
@@ -250,8 +252,8 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
             F[chain[j]] = gram_factor(total / n, net.pullback(chain[j]))
             rots[chain[j]] = rot(chain[j])
             timings["rotations"] = timings.get("rotations", 0.0) + time.perf_counter() - t0
-    else:
-        rots = {n: rot(n) for n in chain}
+    else:   # independent layers: their decompositions run side by side
+        rots = dict(zip(chain, rotate_all([(G[n], F[n], stats[n][1]) for n in chain], **rotation_options)))
         timings["rotations"] = time.perf_counter() - t0
 
     def np64(t: Tensor | None) -> np.ndarray | None:

@@ -22,34 +22,14 @@ input layer (784 × 784: 3 ms against 120 ms here).
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
-SERIAL_LAPACK_MAX = 2048   # matrices up to this size are decomposed on one CPU thread
-_T = TypeVar("_T")
-
-
-def serial_lapack(fn: Callable[..., _T]) -> Callable[..., _T]:
-    """Run a CPU eigen/singular-value decomposition of a matrix of size <= SERIAL_LAPACK_MAX on
-    one thread. LAPACK's multithreaded tridiagonalisation gains little at these sizes and, when
-    the cores are shared, waits at every barrier for a descheduled thread: measured 10-25x
-    slower than one thread for 800 x 800 on a loaded 2-core machine (GEMMs are not affected)."""
-    @functools.wraps(fn)
-    def run(A: Tensor, *args, **kwargs) -> _T:
-        threads = torch.get_num_threads()
-        if A.device.type != "cpu" or threads == 1 or max(A.shape) > SERIAL_LAPACK_MAX:
-            return fn(A, *args, **kwargs)
-        torch.set_num_threads(1)
-        try:
-            return fn(A, *args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-    return run
+from .lapack import Call, Steps, run_one, run_steps, serial_lapack
 
 
 @dataclass
@@ -76,7 +56,7 @@ def _thin_svd(A: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return torch.linalg.svd(A, full_matrices=False)
 
 
-def _svd_eig(F: Tensor) -> tuple[Tensor, Tensor]:
+def _svd_eig_steps(F: Tensor) -> Steps[tuple[Tensor, Tensor]]:
     """Eigenvalues (descending) and eigenvectors of Fᵀ F from the SVD of F (r, k).
 
     A wide F (k ≥ WIDE_SVD·r, e.g. an input layer whose M has the rank of a narrower next layer)
@@ -90,10 +70,15 @@ def _svd_eig(F: Tensor) -> tuple[Tensor, Tensor]:
         return F.new_zeros(0), F.new_zeros(0, 0)
     if r and k >= WIDE_SVD * r:
         Q, R = torch.linalg.qr(F.T)
-        U, sv, _ = _thin_svd(R)
+        (U, sv, _), = yield (Call(_thin_svd, R),)
         return sv ** 2, Q @ U
-    _, sv, Vh = _thin_svd(F)
+    (_, sv, Vh), = yield (Call(_thin_svd, F),)
     return sv ** 2, Vh.T
+
+
+def _svd_eig(F: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_svd_eig_steps` on its own."""
+    return run_one(_svd_eig_steps(F))
 
 
 def _keep(vals: Tensor, tol: float) -> Tensor:
@@ -109,6 +94,15 @@ def _times_Yinv(mean: Tensor, X: Tensor, centred: bool) -> Tensor:
         return X
     out = X.clone()
     out[:-1] += torch.outer(mean, X[-1])
+    return out
+
+
+def _right_times_Yinv(mean: Tensor, X: Tensor, centred: bool) -> Tensor:
+    """X Y⁻¹ (X: (m, d+1)) without forming Y⁻¹ = I + (μ, 0) e_dᵀ: adds X_data μ to X's slot column."""
+    if not centred:
+        return X
+    out = X.clone()
+    out[:, -1] += X[:, :-1] @ mean
     return out
 
 
@@ -137,18 +131,17 @@ def data_block(G: Tensor, center: bool, include_bias: bool) -> Tensor:
 
 
 def _activation_eig(G: Tensor, center: bool, include_bias: bool, tol_G: float
-                    ) -> tuple[Tensor, Tensor, bool]:
+                    ) -> Steps[tuple[Tensor, Tensor, bool]]:
     """(U, D, bias_direction): kept eigenvectors and eigenvalues of G, slot first when centred."""
+    (D, U), = yield (Call(eigh_desc, data_block(G, center, include_bias)),)
     if center and include_bias:
         d = G.shape[0] - 1
-        D, U = eigh_desc(data_block(G, center, include_bias))
         keep = _keep(D, tol_G)
         D, U = D[keep], U[:, keep]
         Ufull = torch.zeros(d + 1, U.shape[1] + 1, dtype=G.dtype, device=G.device)
         Ufull[d, 0] = 1.0
         Ufull[:d, 1:] = U
         return Ufull, torch.cat([torch.ones(1, dtype=G.dtype, device=G.device), D]), True
-    D, U = eigh_desc(G)
     keep = _keep(D, tol_G)
     return U[:, keep], D[keep], False
 
@@ -168,75 +161,93 @@ def eigvalsh_desc(A: Tensor) -> Tensor:
 
 @dataclass
 class Whitening:
-    """A square root of G on its kept range: G = S Sᵀ (restricted to the kept directions), with
-    f_aug = Y⁻¹ S f̃. ``unwhiten_T(V)`` is S⁺ᵀ V, so that C = Yᵀ S⁺ᵀ V Λ^{1/2} and
-    C⁻¹ = Y⁻¹ S V Λ^{-1/2}: any square root gives the same C (S = S₀ O for an orthogonal O
-    moves the right singular vectors of F Y⁻¹ S to Oᵀ V). ``slot_first``: column 0 of S is the
-    bias slot with D = 1 (centred, with the slot)."""
+    """A square root S of G on its kept range (G = S Sᵀ restricted to the kept directions), with
+    f_aug = Y⁻¹ S f̃, so that C = Yᵀ S⁺ᵀ V Λ^{1/2} and C⁻¹ = Y⁻¹ S V Λ^{-1/2}: any square root
+    gives the same C (S = S₀ O for an orthogonal O moves the right singular vectors of
+    F Y⁻¹ S to Oᵀ V). Kept as its data block R (d, k′): S = R, or with ``slot_first``
+    (centred, with the slot) S = [[0, R], [1, 0]], column 0 the slot with D = 1, so that no
+    (d+1)² matrix is formed; ``R_pinv_T(V)`` is R⁺ᵀ V."""
 
-    S: Tensor                              # (d_aug, k_G)
-    unwhiten_T: Callable[[Tensor], Tensor]  # (k_G, m) -> (d_aug, m)
+    R: Tensor
+    R_pinv_T: Callable[[Tensor], Tensor]
     slot_first: bool
+
+    def right(self, X: Tensor) -> Tensor:
+        """X S for X (m, d_aug)."""
+        if not self.slot_first:
+            return X @ self.R
+        return torch.cat([X[:, -1:], X[:, :-1] @ self.R], 1)
+
+    def left(self, V: Tensor) -> Tensor:
+        """S V for V (k_G, m)."""
+        if not self.slot_first:
+            return self.R @ V
+        return torch.cat([self.R @ V[1:], V[:1]], 0)
+
+    def unwhiten_T(self, V: Tensor) -> Tensor:
+        """S⁺ᵀ V for V (k_G, m)."""
+        if not self.slot_first:
+            return self.R_pinv_T(V)
+        return torch.cat([self.R_pinv_T(V[1:]), V[:1]], 0)
 
 
 @serial_lapack
-def _cholesky_if_well_conditioned(block: Tensor, tol_G: float) -> Tensor | None:
+def _cholesky(A: Tensor) -> tuple[Tensor, Tensor]:
+    """(L, info) of torch.linalg.cholesky_ex, on one CPU thread."""
+    return torch.linalg.cholesky_ex(A)
+
+
+def _cholesky_if_well_conditioned(block: Tensor, tol_G: float) -> Steps[Tensor | None]:
     """The Cholesky factor of ``block`` when every eigenvalue exceeds tol_G·λ_max, else None.
 
     Sufficient and cheap (no eigendecomposition): block − τI is positive definite with
-    τ = tol_G·‖block‖_F ≥ tol_G·λ_max. Where it fails the caller truncates with eigh."""
+    τ = tol_G·‖block‖_F ≥ tol_G·λ_max. Where it fails the caller truncates with eigh. The
+    test's factorisation and block's own are independent, so they are asked for together."""
     tau = tol_G * torch.linalg.matrix_norm(block)
-    eye = torch.eye(block.shape[0], dtype=block.dtype, device=block.device)
-    if tau <= 0 or int(torch.linalg.cholesky_ex(block - tau * eye).info) != 0:
+    if tau <= 0:
         return None
-    L, info = torch.linalg.cholesky_ex(block)
-    return L if int(info) == 0 else None
+    shifted = block.clone()
+    shifted.diagonal().sub_(tau)
+    (_, info_shifted), (L, info) = yield (Call(_cholesky, shifted), Call(_cholesky, block))
+    return L if int(info_shifted) == 0 and int(info) == 0 else None
 
 
-def whitening(G: Tensor, center: bool, include_bias: bool, tol_G: float) -> Whitening:
+def whitening(G: Tensor, center: bool, include_bias: bool, tol_G: float) -> Steps[Whitening]:
     """S with G = S Sᵀ on the directions kept at tol_G: a Cholesky factor when G (its covariance
     block when centred with the slot) is well conditioned at tol_G, so that nothing is dropped
     (O(d³/3), no eigendecomposition), else U D^{1/2} from eigh with D_i ≤ tol_G·max D dropped."""
     slot_first = center and include_bias
     block = data_block(G, center, include_bias)
-    Lc = _cholesky_if_well_conditioned(block, tol_G)
-    if Lc is None:
-        U, D, slot_first = _activation_eig(G, center, include_bias, tol_G)
-        root = D.sqrt()
-        return Whitening(U * root, lambda V: (U / root) @ V, slot_first)
-    d = block.shape[0]
-    if not slot_first:
-        return Whitening(Lc, lambda V: torch.linalg.solve_triangular(Lc.T, V, upper=True), False)
-    S = torch.zeros(d + 1, d + 1, dtype=G.dtype, device=G.device)
-    S[d, 0] = 1.0
-    S[:d, 1:] = Lc
-
-    def unwhiten_T(V: Tensor) -> Tensor:
-        out = torch.zeros(d + 1, V.shape[1], dtype=V.dtype, device=V.device)
-        out[d] = V[0]
-        out[:d] = torch.linalg.solve_triangular(Lc.T, V[1:], upper=True)
-        return out
-    return Whitening(S, unwhiten_T, True)
+    Lc = yield from _cholesky_if_well_conditioned(block, tol_G)
+    if Lc is not None:
+        return Whitening(Lc, lambda V: torch.linalg.solve_triangular(Lc.T, V, upper=True), slot_first)
+    U, D, slot_first = yield from _activation_eig(G, center, include_bias, tol_G)
+    U, root = (U[:-1, 1:], D[1:].sqrt()) if slot_first else (U, D.sqrt())
+    return Whitening(U * root, lambda V: (U / root) @ V, slot_first)
 
 
 @serial_lapack
+def _psd_factor(M: Tensor) -> Tensor:
+    """F with M = Fᵀ F (see :func:`gram_factor`), on one CPU thread."""
+    L, info = torch.linalg.cholesky_ex(M)
+    if int(info) == 0:
+        return L.T
+    vals, vecs = torch.linalg.eigh(M)
+    keep = vals > 0
+    return vals[keep].sqrt()[:, None] * vecs[:, keep].T
+
+
 def gram_factor(M: Tensor, P: Tensor | None = None) -> Tensor:
     """F with Pᵀ M P = Fᵀ F for the PSD matrix M (r, r); P: (r, d). F = Lᵀ P from the Cholesky
     factor M = L Lᵀ when M is positive definite, else from the eigendecomposition of M (its
-    positive part; F has one row per positive eigenvalue)."""
-    M = (M + M.T) / 2
-    L, info = torch.linalg.cholesky_ex(M)
-    if int(info) == 0:
-        F = L.T
-    else:
-        vals, vecs = torch.linalg.eigh(M)
-        keep = vals > 0
-        F = vals[keep].sqrt()[:, None] * vecs[:, keep].T
+    positive part; F has one row per positive eigenvalue). The product with P keeps every thread."""
+    F = _psd_factor((M + M.T) / 2)
     return F if P is None else F @ P
 
 
-def rotate(G: Tensor, F: Tensor | None, mean: Tensor, *, center: bool, include_bias: bool,
-           tol_G: float, tol_M: float, scaling: str = "sqrt", kind: str = "interaction") -> Rotation:
+def rotation_steps(G: Tensor, F: Tensor | None, mean: Tensor, *, center: bool, include_bias: bool,
+                   tol_G: float, tol_M: float, scaling: str = "sqrt", kind: str = "interaction"
+                   ) -> Steps[Rotation]:
     """Rotation of one node layer. G: (d_aug, d_aug) float64; mean: (d,); F: (r, d_aug), a
     factor of the Jacobian Gram M = Fᵀ F (from :func:`gram_factor`).
 
@@ -255,17 +266,16 @@ def rotate(G: Tensor, F: Tensor | None, mean: Tensor, *, center: bool, include_b
         C, Cinv = _times_YT(mean, eye, slot_first)[:, order], _times_Yinv(mean, eye, slot_first)[:, order]
         return Rotation(C, Cinv, torch.diagonal(G)[order].clone(), slot_first)
     if kind == "pca":
-        U, D, bias_dir = _activation_eig(G, center, include_bias, tol_G)
+        U, D, bias_dir = yield from _activation_eig(G, center, include_bias, tol_G)
         C, Cinv = _fix_signs(_times_YT(mean, U, slot_first), _times_Yinv(mean, U, slot_first), n_data)
         return Rotation(C, Cinv, D, bias_dir)
     if kind != "interaction":
         raise ValueError(f"kind must be 'interaction', 'pca' or 'neuron', got {kind!r}")
-    white = whitening(G, center, include_bias, tol_G)
+    white = yield from whitening(G, center, include_bias, tol_G)
     bias_dir = white.slot_first
-    W_inv = _times_Yinv(mean, white.S, slot_first)   # (d_aug, k_G): f_aug = W_inv f̃
-    Ft = F @ W_inv                                    # M̃ = Ftᵀ Ft
+    Ft = white.right(_right_times_Yinv(mean, F, slot_first))   # F Y⁻¹ S: M̃ = Ftᵀ Ft
     if bias_dir:
-        lam, V = _svd_eig(Ft[:, 1:])
+        lam, V = yield from _svd_eig_steps(Ft[:, 1:])
         keep = _keep(lam, tol_M)
         lam, V = lam[keep], V[:, keep]
         lam0 = (Ft[:, 0] ** 2).sum()
@@ -278,13 +288,24 @@ def rotate(G: Tensor, F: Tensor | None, mean: Tensor, *, center: bool, include_b
         lam = torch.cat([lam0.reshape(1), lam]) if bias_dir else lam
         V = Vfull
     else:
-        lam, V = _svd_eig(Ft)
+        lam, V = yield from _svd_eig_steps(Ft)
         keep = _keep(lam, tol_M)
         lam, V = lam[keep], V[:, keep]
     if scaling not in ("sqrt", "inverse"):
         raise ValueError(f"scaling must be 'sqrt' or 'inverse', got {scaling!r}")
     s = lam.sqrt() if scaling == "sqrt" else 1.0 / lam.sqrt()
     C = _times_YT(mean, white.unwhiten_T(V), slot_first) * s   # Wᵀ V, f̃ = W f_aug, W = S⁺ Y
-    Cinv = W_inv @ V / s
+    Cinv = _times_Yinv(mean, white.left(V), slot_first) / s
     C, Cinv = _fix_signs(C, Cinv, n_data)
     return Rotation(C, Cinv, lam, bias_dir)
+
+
+def rotate(G: Tensor, F: Tensor | None, mean: Tensor, **options: Any) -> Rotation:
+    """One layer's rotation (:func:`rotation_steps`; ``options``: its keyword arguments)."""
+    return run_one(rotation_steps(G, F, mean, **options))
+
+
+def rotate_all(layers: Sequence[tuple[Tensor, Tensor | None, Tensor]], **options: Any) -> list[Rotation]:
+    """:func:`rotate` of several independent layers, (G, F, mean) each, with the same options:
+    their decompositions run side by side (:func:`~intermod.analysis.core.lapack.run_steps`)."""
+    return run_steps([rotation_steps(G, F, mean, **options) for G, F, mean in layers])
