@@ -363,3 +363,28 @@ def test_float32_compute_is_close_to_float64(target):
         big = e64 > 1e-6 * top                 # w > 1e-3·max(w)
         rel = np.abs(e32[big] - e64[big]) / e64[big]
         assert rel.max() < 1e-4, rel.max()
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_sigma_moments_equal_the_float64_sums(binary):
+    """S = Σ w a aᵀ and σ̄ = Σ w a. With a ∈ {0, 1} (ReLU) S is summed in float32, where its
+    integer entries (≤ N) are exact in any summation order, so it equals the float64 sum
+    exactly; any other a (here a multiple of 0.3) must keep float64 sums (1e-13)."""
+    from intermod.analysis.core.structured import ActivationMoments
+
+    g = torch.Generator().manual_seed(3)
+    a = (torch.rand(700, 150, generator=g, dtype=torch.float64) > 0.5).double()
+    if not binary:
+        a = a * 0.3 + (1 / 3)
+    w = (torch.rand(700, generator=g) > 0.2).double()
+    mom = ActivationMoments(150, torch.device("cpu"))
+    mom.add(a[:400], w[:400])
+    mom.add(a[400:], w[400:])
+    aw = (a * w[:, None]).numpy()
+    want = aw.T @ aw
+    if binary:
+        np.testing.assert_array_equal(mom.S.numpy(), want)
+    else:
+        np.testing.assert_allclose(mom.S.numpy(), want, rtol=1e-13, atol=1e-13 * want.max())
+    np.testing.assert_allclose(mom.sigma.numpy(), aw.sum(0), rtol=1e-13)
+    assert mom.n == float(w.sum()) and mom.S.dtype == torch.float64

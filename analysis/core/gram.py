@@ -52,7 +52,9 @@ class MomentAccumulator:
             self.shift = (w * x).sum(0) / w.sum().clamp_min(1.0)
             self.s1 = torch.zeros_like(self.shift)
             self.s2 = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
-        xc = (x - self.shift) * w
+        xc = x - self.shift
+        if not bool((w == 1).all()):
+            xc *= w
         col = xc.sum(0)   # a NaN or Inf anywhere in x (masked samples too: NaN·0 = NaN) leaves it here
         if not torch.isfinite(col).all():
             raise FloatingPointError("non-finite values (NaN/Inf)")

@@ -240,8 +240,12 @@ class ActivationMoments:
         self.n = 0.0
 
     def add(self, a: Tensor, w: Tensor) -> None:
-        """a: (N, h) derivatives, w: (N,) weights in {0, 1}."""
+        """a: (N, h) derivatives, w: (N,) weights in {0, 1}. Where every a is 0 or 1 (ReLU),
+        S's products and sums are integers ≤ N, exact in float32 (N < 2²⁴): its Gram runs
+        there, at twice the speed of float64, with the same result."""
         aw = a * w[:, None]
+        if aw.dtype == torch.float64 and aw.shape[0] < 1 << 24 and bool(((aw == 0) | (aw == 1)).all()):
+            aw = aw.float()
         self.S += gram(aw).to(torch.float64)
         self.sigma += aw.sum(0).to(torch.float64)
         self.n += float(w.sum())
