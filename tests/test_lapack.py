@@ -118,3 +118,37 @@ def test_rotate_all_equals_rotating_each_layer_alone(two_threads):
         for a, b in ((rot.C, alone.C), (rot.Cinv, alone.Cinv), (rot.Lambda, alone.Lambda)):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12 * float(b.abs().max()))
     assert basis["0"].k == 30   # 29 varying inputs and the constant: input 0 is no direction of its own
+
+
+@pytest.mark.parametrize("n", [1, 5, 256, 257, 600, 785])
+def test_triangular_products_by_blocks_equal_the_dense_products(n):
+    """lower_times / times_lower = tril(L) X and X tril(L) on either side of the block size
+    and at odd sizes (1e-12); the upper triangle, filled with garbage here, is never read."""
+    from intermod.analysis.core.rotation import lower_times, times_lower
+
+    g = torch.Generator().manual_seed(n)
+    L = torch.randn(n, n, generator=g, dtype=torch.float64)
+    X, Y = torch.randn(n, 7, generator=g, dtype=torch.float64), torch.randn(9, n, generator=g, dtype=torch.float64)
+    low = L.tril()
+    scale = float(L.abs().max()) * n ** 0.5
+    torch.testing.assert_close(lower_times(L, X), low @ X, rtol=1e-12, atol=1e-12 * scale)
+    torch.testing.assert_close(times_lower(Y, L), Y @ low, rtol=1e-12, atol=1e-12 * scale)
+
+
+@pytest.mark.parametrize("target", ["output", "next_layer"])
+def test_the_basis_puts_independent_decompositions_in_one_round(target, monkeypatch):
+    """output: every layer's G and M are known after one pass, so one round holds the SVDs of
+    several layers. next_layer: layer l's M needs C_{l+1}, but its whitening needs only G, so
+    a round holds layer l+1's SVD beside layer l's two Choleskys."""
+    rounds = []
+    real = lapack._run_round
+    monkeypatch.setattr(lapack, "_run_round", lambda calls: rounds.append([c.fn.__name__ for c in calls]) or real(calls))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 20), nn.ReLU(), nn.Linear(20, 20), nn.ReLU(), nn.Linear(20, 4)).double()
+    ia.compute_basis(model, torch.randn(300, 12, dtype=torch.float64), ["0", "2", "4", "output"],
+                     jacobian_target=target, progress=False)
+    if target == "output":
+        assert max(r.count("_thin_svd") for r in rounds) >= 3
+    else:
+        assert any("_thin_svd" in r and r.count("_cholesky") == 2 for r in rounds)
+        assert all(r.count("_thin_svd") <= 1 for r in rounds)

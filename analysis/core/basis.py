@@ -34,11 +34,12 @@ from .jacobian_grams import (
     terminal_M,
 )
 from .jacobians import DEFAULT_MAX_MEMORY, SavedNumel
+from .lapack import run_steps
 from .layout import LayoutSpec
 from .nodes import OUTPUT, OutputFn
 from .progress import Callback
 from .reprs import summary_repr
-from .rotation import Rotation, gram_factor, kept_eigenvalues, rotate, rotate_all
+from .rotation import Rotation, Whitening, gram_factor, kept_eigenvalues, rotate_all, rotation_steps, whitening
 from .setup import prepare
 from .structured import next_layer_gram, section_derivative
 
@@ -229,14 +230,20 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     rotation_options = dict(center=center, include_bias=include_bias, tol_G=tol_G, tol_M=tol_M,
                             scaling=scaling, kind=kind)
 
-    def rot(n: str) -> Rotation:
-        return rotate(G[n], F[n], stats[n][1], **rotation_options)
-
     rots: dict[str, Rotation] = {}
+
+    def rotate_beside(n: str, white: Whitening | None, below: str | None) -> Whitening | None:
+        """Rotate layer n (with its whitening ``white`` when made already); the whitening of the
+        layer ``below``, which needs only its G, is factorised in the same rounds, beside n's SVD."""
+        steps: list = [rotation_steps(G[n], F[n], stats[n][1], white=white, **rotation_options)]
+        done = run_steps(steps + ([whitening(G[below], center, include_bias, tol_G)] if below else []))
+        rots[n] = done[0]
+        return done[1] if below else None
+
     timings = s.progress.timings
     t0 = time.perf_counter()
     if kind == "interaction" and jacobian_target == "next_layer":
-        rots[OUTPUT] = rot(OUTPUT)
+        white = rotate_beside(OUTPUT, None, chain[T - 1] if T > 0 else None)
         for j in range(T - 1, -1, -1):
             found = conv_gram(s, convs[j], rots[chain[j + 1]].C) if j in convs else None
             if found is not None:
@@ -250,7 +257,7 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
                 total, n = next_layer_jacobians(s, j, rots[chain[j + 1]].C, n_probes)
             t0 = time.perf_counter()
             F[chain[j]] = gram_factor(total / n, net.pullback(chain[j]))
-            rots[chain[j]] = rot(chain[j])
+            white = rotate_beside(chain[j], white, chain[j - 1] if j > 0 else None)
             timings["rotations"] = timings.get("rotations", 0.0) + time.perf_counter() - t0
     else:   # independent layers: their decompositions run side by side
         rots = dict(zip(chain, rotate_all([(G[n], F[n], stats[n][1]) for n in chain], **rotation_options)))
