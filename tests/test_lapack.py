@@ -9,7 +9,7 @@ import torch
 from intermod import analysis as ia
 from intermod.analysis.core import lapack
 from intermod.analysis.core.lapack import SERIAL_LAPACK_MAX, Call, run_one, run_steps
-from intermod.analysis.core.rotation import gram_factor, rotate, rotate_all
+from intermod.analysis.core.rotation import gram_factor, rotate_all
 from torch import nn
 
 
@@ -97,7 +97,7 @@ def test_serial_lapack_runs_small_cpu_decompositions_on_one_thread(two_threads):
     assert inside(torch.zeros(SERIAL_LAPACK_MAX + 1, 1)) == 2
 
 
-def test_rotate_all_equals_rotating_each_layer_alone(two_threads):
+def test_rotating_layers_together_equals_rotating_each_alone(two_threads):
     """The output-target basis rotates its layers side by side; rotating each one alone with
     the same Grams gives the same C, C⁻¹ and Λ (also through the eigh whitening, forced by a
     constant input feature that makes G singular)."""
@@ -113,7 +113,7 @@ def test_rotate_all_equals_rotating_each_layer_alone(two_threads):
         jobs.append((torch.as_tensor(lb.G), gram_factor(torch.as_tensor(lb.M)), torch.as_tensor(lb.mean)))
     together = rotate_all(jobs, **opts)
     for job, rot in zip(jobs, together):
-        alone = rotate(*job, **opts)
+        (alone,) = rotate_all([job], **opts)
         assert rot.bias_direction == alone.bias_direction
         for a, b in ((rot.C, alone.C), (rot.Cinv, alone.Cinv), (rot.Lambda, alone.Lambda)):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12 * float(b.abs().max()))

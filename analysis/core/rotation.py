@@ -338,12 +338,8 @@ def rotation_steps(G: Tensor, F: Tensor | None, mean: Tensor, *, center: bool, i
     return Rotation(C, Cinv, lam, bias_dir)
 
 
-def rotate(G: Tensor, F: Tensor | None, mean: Tensor, **options: Any) -> Rotation:
-    """One layer's rotation (:func:`rotation_steps`; ``options``: its keyword arguments)."""
-    return run_one(rotation_steps(G, F, mean, **options))
-
-
 def rotate_all(layers: Sequence[tuple[Tensor, Tensor | None, Tensor]], **options: Any) -> list[Rotation]:
-    """:func:`rotate` of several independent layers, (G, F, mean) each, with the same options:
-    their decompositions run side by side (:func:`~intermod.analysis.core.lapack.run_steps`)."""
+    """:func:`rotation_steps` of independent layers, (G, F, mean) each, with the same keyword
+    ``options``: their decompositions run side by side
+    (:func:`~intermod.analysis.core.lapack.run_steps`)."""
     return run_steps([rotation_steps(G, F, mean, **options) for G, F, mean in layers])
