@@ -223,7 +223,8 @@ def test_svd_eig_is_the_eigendecomposition_of_ftf(shape):
     """_svd_eig(F) = the eigenpairs of FᵀF with λ > 0, on both sides of the QR switch (k ≥ 1.5 r):
     λ against numpy's eigvalsh to 1e-12 · λ_max, orthonormal vectors, residual FᵀF V − V λ ≈ 0,
     also for a rank-deficient F (rank 25) whose spectrum spans 1e8."""
-    from intermod.analysis.core.rotation import WIDE_SVD, _svd_eig
+    from intermod.analysis.core.lapack import run_one
+    from intermod.analysis.core.rotation import WIDE_SVD, _svd_eig_steps
 
     r, k = shape
     assert (k >= WIDE_SVD * r) == (shape in [(40, 100), (40, 61)])
@@ -232,7 +233,7 @@ def test_svd_eig_is_the_eigendecomposition_of_ftf(shape):
     for rank in (min(r, k), 25):
         A = torch.randn(r, rank, generator=g, dtype=torch.float64) * scale[:rank]
         F = A @ torch.randn(rank, k, generator=g, dtype=torch.float64)
-        lam, V = _svd_eig(F)
+        lam, V = run_one(_svd_eig_steps(F))
         assert lam.shape == (min(r, k),) and V.shape == (k, min(r, k))
         M = (F.T @ F).numpy()
         ref = np.sort(np.linalg.eigvalsh(M))[::-1][:min(r, k)]

@@ -17,9 +17,10 @@ no barriers between the workers, so a loaded core only slows its own call.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -40,15 +41,26 @@ def serial_lapack(fn: Callable[..., _T]) -> Callable[..., _T]:
     thread (module docstring); larger matrices and other devices keep every thread."""
     @functools.wraps(fn)
     def run(A: Tensor, *args, **kwargs) -> _T:
-        threads = torch.get_num_threads()
-        if threads == 1 or not _serial_applies(A):
+        if not _serial_applies(A):
             return fn(A, *args, **kwargs)
-        torch.set_num_threads(1)
-        try:
+        with _one_thread():
             return fn(A, *args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
     return run
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch's thread count lowered to one for the block, then restored (untouched when one
+    already, e.g. inside a round's workers: a thread only ever restores a count it read)."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -69,16 +81,12 @@ Steps = Generator[tuple[Call, ...], list[Any], _T]   # yields calls, receives th
 def _run_round(calls: Sequence[Call]) -> list[Any]:
     """Every call's result, side by side on one-thread workers when there are several, all small
     CPU matrices and more than one torch thread; else one after another."""
-    threads = torch.get_num_threads()
-    workers = min(len(calls), threads)
+    workers = min(len(calls), torch.get_num_threads())
     if workers < 2 or not all(_serial_applies(c.A) for c in calls):
         return [c() for c in calls]
-    torch.set_num_threads(1)   # fresh workers start with the global count: one thread each
-    try:
+    with _one_thread():   # fresh workers start with the global count: one thread each
         with ThreadPoolExecutor(workers, thread_name_prefix="intermod-lapack") as pool:
             return list(pool.map(Call.__call__, calls))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run_steps(steps: Sequence[Steps[_T]]) -> list[_T]:

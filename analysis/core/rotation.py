@@ -22,14 +22,14 @@ input layer (784 × 784: 3 ms against 120 ms here).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .lapack import Call, Steps, run_one, run_steps, serial_lapack
+from .lapack import Call, Steps, run_steps, serial_lapack
 
 
 @dataclass
@@ -75,11 +75,6 @@ def _svd_eig_steps(F: Tensor) -> Steps[tuple[Tensor, Tensor]]:
         return sv ** 2, torch.ormqr(householder, tau, torch.cat([U, U.new_zeros(k - r, U.shape[1])]))
     (_, sv, Vh), = yield (Call(_thin_svd, F),)
     return sv ** 2, Vh.T
-
-
-def _svd_eig(F: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`_svd_eig_steps` on its own."""
-    return run_one(_svd_eig_steps(F))
 
 
 def _keep(vals: Tensor, tol: float) -> Tensor:
@@ -131,20 +126,24 @@ def data_block(G: Tensor, center: bool, include_bias: bool) -> Tensor:
     return G[:-1, :-1] if center and include_bias else G
 
 
+def _kept_eig(block: Tensor, tol_G: float) -> Steps[tuple[Tensor, Tensor]]:
+    """(U, D): the eigenvectors and eigenvalues (descending) of ``block`` with D_i > tol_G·max D."""
+    (D, U), = yield (Call(eigh_desc, block),)
+    keep = _keep(D, tol_G)
+    return U[:, keep], D[keep]
+
+
 def _activation_eig(G: Tensor, center: bool, include_bias: bool, tol_G: float
                     ) -> Steps[tuple[Tensor, Tensor, bool]]:
     """(U, D, bias_direction): kept eigenvectors and eigenvalues of G, slot first when centred."""
-    (D, U), = yield (Call(eigh_desc, data_block(G, center, include_bias)),)
-    if center and include_bias:
-        d = G.shape[0] - 1
-        keep = _keep(D, tol_G)
-        D, U = D[keep], U[:, keep]
-        Ufull = torch.zeros(d + 1, U.shape[1] + 1, dtype=G.dtype, device=G.device)
-        Ufull[d, 0] = 1.0
-        Ufull[:d, 1:] = U
-        return Ufull, torch.cat([torch.ones(1, dtype=G.dtype, device=G.device), D]), True
-    keep = _keep(D, tol_G)
-    return U[:, keep], D[keep], False
+    U, D = yield from _kept_eig(data_block(G, center, include_bias), tol_G)
+    if not (center and include_bias):
+        return U, D, False
+    d = G.shape[0] - 1
+    Ufull = torch.zeros(d + 1, U.shape[1] + 1, dtype=G.dtype, device=G.device)
+    Ufull[d, 0] = 1.0
+    Ufull[:d, 1:] = U
+    return Ufull, torch.cat([torch.ones(1, dtype=G.dtype, device=G.device), D]), True
 
 
 def kept_eigenvalues(G: Tensor, center: bool, include_bias: bool, tol_G: float) -> Tensor:
@@ -194,13 +193,19 @@ class Whitening:
     gives the same C (S = S₀ O for an orthogonal O moves the right singular vectors of
     F Y⁻¹ S to Oᵀ V). Kept as its data block R (d, k′): S = R, or with ``slot_first``
     (centred, with the slot) S = [[0, R], [1, 0]], column 0 the slot with D = 1, so that no
-    (d+1)² matrix is formed; ``R_pinv_T(V)`` is R⁺ᵀ V; ``lower``: R is lower triangular (a
-    Cholesky factor), whose products skip its zero half."""
+    (d+1)² matrix is formed. ``lower``: R is G's (block's) lower-triangular Cholesky factor,
+    whose products skip its zero half; else R = U D^{1/2} with orthonormal U."""
 
     R: Tensor
-    R_pinv_T: Callable[[Tensor], Tensor]
     slot_first: bool
     lower: bool
+
+    def _pinv_T_R(self, V: Tensor) -> Tensor:
+        """R⁺ᵀ V: R⁻ᵀ V by a triangular solve, or U D^{-1/2} V = R D⁻¹ V (D = R's squared column
+        norms)."""
+        if self.lower:
+            return torch.linalg.solve_triangular(self.R.T, V, upper=True)
+        return (self.R / self.R.square().sum(0)) @ V
 
     def _right_R(self, X: Tensor) -> Tensor:
         return times_lower(X, self.R) if self.lower else X @ self.R
@@ -223,8 +228,8 @@ class Whitening:
     def unwhiten_T(self, V: Tensor) -> Tensor:
         """S⁺ᵀ V for V (k_G, m)."""
         if not self.slot_first:
-            return self.R_pinv_T(V)
-        return torch.cat([self.R_pinv_T(V[1:]), V[:1]], 0)
+            return self._pinv_T_R(V)
+        return torch.cat([self._pinv_T_R(V[1:]), V[:1]], 0)
 
 
 @serial_lapack
@@ -256,10 +261,9 @@ def whitening(G: Tensor, center: bool, include_bias: bool, tol_G: float) -> Step
     block = data_block(G, center, include_bias)
     Lc = yield from _cholesky_if_well_conditioned(block, tol_G)
     if Lc is not None:
-        return Whitening(Lc, lambda V: torch.linalg.solve_triangular(Lc.T, V, upper=True), slot_first, True)
-    U, D, slot_first = yield from _activation_eig(G, center, include_bias, tol_G)
-    U, root = (U[:-1, 1:], D[1:].sqrt()) if slot_first else (U, D.sqrt())
-    return Whitening(U * root, lambda V: (U / root) @ V, slot_first, False)
+        return Whitening(Lc, slot_first, True)
+    U, D = yield from _kept_eig(block, tol_G)
+    return Whitening(U * D.sqrt(), slot_first, False)
 
 
 @serial_lapack
