@@ -244,7 +244,9 @@ def test_chunks_split_anywhere(path, monkeypatch):
 
 def test_sections_that_are_not_local_take_the_plain_cotangents():
     """No colouring for a module not known to be local (LayerNorm over positions' features,
-    Upsample), a global pool, a transposed convolution, or a model that is not a Sequential."""
+    Upsample), a global pool, a transposed convolution, or a model that is not a sequence of
+    modules (a residual block); a class whose forward is a chain is coloured as the same
+    Sequential."""
     X = torch.randn(2, 2, 6, 6, dtype=F64)
     cases = [nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.GroupNorm(1, 2), nn.Conv2d(2, 2, 3, padding=1)),
              nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.Upsample(scale_factor=2), nn.Conv2d(2, 2, 3, padding=1)),
@@ -256,16 +258,25 @@ def test_sections_that_are_not_local_take_the_plain_cotangents():
         assert section_colouring(s.net, 0, tuple(s.net.forward(X)["1"].shape), CPU) is None, model
 
     class Wrapped(nn.Module):
-        def __init__(self):
+        def __init__(self, residual: bool):
             super().__init__()
             self.a, self.b = nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+            self.residual = residual
 
         def forward(self, x):
-            return self.b(torch.relu(self.a(x)))
+            y = self.b(torch.relu(self.a(x)))
+            return x + y if self.residual else y
 
-    s = prepare(Wrapped().double(), X, ["a", "b"], output_fn=None, include_bias=True, dtype=F64,
-                batch_size=2, device="cpu", seed=0, progress=False, callback=None)
-    assert section_colouring(s.net, 0, (2, 2, 6, 6), CPU) is None
+    def colouring(model, layers):
+        s = prepare(model.double(), X, layers, output_fn=None, include_bias=True, dtype=F64,
+                    batch_size=2, device="cpu", seed=0, progress=False, callback=None)
+        return section_colouring(s.net, 0, (2, 2, 6, 6), CPU)
+
+    assert colouring(Wrapped(residual=True), ["a", "b"]) is None
+    chain, seq = colouring(Wrapped(residual=False), ["a", "b"]), colouring(nn.Sequential(
+        nn.Conv2d(2, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1)), ["0", "2"])
+    assert chain is not None and seq is not None
+    assert torch.equal(chain.colour, seq.colour)
 
 
 @pytest.mark.parametrize("kind", ["conv inputs", "both slots", "pool and batch norm"])

@@ -46,6 +46,7 @@ from .folding import add_slot_bias, is_bias, slot_candidate
 from .inputs import Batch, batch_size_of, batch_to, position_mask
 from .layout import CHANNELS_FIRST, Layout, LayoutSpec, requested_layouts, resolve_layout
 from .outputs import OutputFn, default_output, output_getter
+from .sequence import module_sequence
 from .survey import OUTPUT, Survey, survey
 
 __all__ = ["OUTPUT", "NodeModel", "OutputFn", "default_output"]
@@ -143,11 +144,9 @@ class NodeModel:
             name: m for name, m in self.modules.items()
             if isinstance(m, nn.Linear) and head_pays(m)
             and self.layouts[name].kind in ("features", "tokens")}
-        children = [n for n, _ in model.named_children()]
-        self._sequential = (isinstance(model, nn.Sequential)
-                            and all(n in children for n in self.modules)) or None
-        if self._sequential:
-            self._child_index = {n: children.index(n) for n in self.modules}
+        with torch.no_grad(), _eval_mode(model):
+            self._sequence = module_sequence(model, self.layers, example, self.params,
+                                             lambda: self._call(example, self.params))
         name_of = {id(p): n for n, p in model.named_parameters()}
         head_ids = {id(m) for m in self.heads.values()}
         self._slot_modules = {m: name_of[id(m.bias)] for m in model.modules()
@@ -311,8 +310,8 @@ class NodeModel:
         (inside ``fwAD.dual_level``) the other biases carry tangents (see :meth:`bias_tangent`).
         """
         src, dst = self.chain[j], self.chain[j + 1]
-        if self._sequential and point is not None:
-            return self._sequential_section(batch, j, point, alpha, tangent)
+        if self._sequence is not None and point is not None:
+            return self._sequence_section(batch, j, point, alpha, tangent)
         found: dict[str, Tensor] = {}
 
         def cut(x: Tensor) -> Tensor:
@@ -359,20 +358,22 @@ class NodeModel:
                 path, leaf = name.rsplit(".", 1) if "." in name else ("", name)
                 self.model.get_submodule(path)._parameters[leaf] = value
 
-    def _sequential_section(self, batch: Batch, j: int, point: Tensor, alpha: float, tangent: bool
-                            ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Fast path for ``nn.Sequential`` cut at its children: run only the section's modules."""
-        src, dst = self.chain[j], self.chain[j + 1]
-        start = self._child_index[src] + int(src in self.heads)
-        stop = len(self.model) if dst == OUTPUT else self._child_index[dst]
+    def _sequence_bounds(self, j: int) -> tuple[int, int]:
+        """Section j's modules in the model's :class:`~intermod.analysis.core.sequence.ModuleSequence`:
+        start … stop−1."""
+        seq, src, dst = self._sequence, self.chain[j], self.chain[j + 1]
+        assert seq is not None, "not a sequence of modules"
+        start = seq.index(src) + int(src in self.heads)
+        return start, len(seq) if dst == OUTPUT else seq.index(dst)
+
+    def _sequence_section(self, batch: Batch, j: int, point: Tensor, alpha: float, tangent: bool
+                          ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Fast path for a model that applies its modules in sequence: run only the section's."""
         leaf = point.detach().clone().requires_grad_(True)
-        part = self.model[start:stop]
-        names = set(part._modules)
-        params = {k: v for k, v in self.params_scaled(alpha, tangent).items() if k.split(".", 1)[0] in names}
         with torch.enable_grad(), self._hooks():
-            slot = self._new_slot(leaf, src, batch)
-            out = functional_call(part, params, (leaf.clone(),)) if len(part) else leaf.clone()
-            if dst == OUTPUT:
+            slot = self._new_slot(leaf, self.chain[j], batch)
+            out = self._sequence.run(*self._sequence_bounds(j), leaf.clone(), self.params_scaled(alpha, tangent))
+            if self.chain[j + 1] == OUTPUT:
                 out = self.output_fn(out)
         return leaf, out, slot
 
@@ -403,19 +404,18 @@ class NodeModel:
             return (torch.zeros_like(primal) if tan is None else tan).detach()
 
     def section_modules(self, j: int) -> list[nn.Module] | None:
-        """The children of an ``nn.Sequential`` model that section j runs, in order, or None
-        when the model is not a Sequential cut at its children."""
-        if not self._sequential:
+        """The modules that section j runs, in order, or None when the model is not a sequence
+        of modules cut at them (:mod:`~intermod.analysis.core.sequence`)."""
+        if self._sequence is None:
             return None
-        src, dst = self.chain[j], self.chain[j + 1]
-        start = self._child_index[src] + int(src in self.heads)
-        stop = len(self.model) if dst == OUTPUT else self._child_index[dst]
-        return list(self.model)[start:stop]
+        return list(self._sequence.modules[slice(*self._sequence_bounds(j))])
 
     def modules_before(self, name: str) -> list[nn.Module] | None:
-        """The children of an ``nn.Sequential`` model that run from its input to node layer
-        ``name`` (the input of its module), or None (not a Sequential cut at its children)."""
-        return list(self.model)[:self._child_index[name]] if self._sequential and name != OUTPUT else None
+        """The modules that run from the model's input to node layer ``name`` (the input of its
+        module), or None (not a sequence of modules cut at them)."""
+        if self._sequence is None or name == OUTPUT:
+            return None
+        return list(self._sequence.modules[:self._sequence.index(name)])
 
     def slot_hooked(self, module: nn.Module) -> bool:
         """Whether ``module``'s bias is scaled by the slot through a forward hook."""

@@ -1,0 +1,216 @@
+"""core/sequence.py: models written as classes whose forward is a chain of modules and
+elementwise functions get the closed forms of the same nn.Sequential (float64, 1e-10 against
+the Sequential and against batched VJPs); anything else keeps the generic path."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from intermod import analysis as ia
+from intermod.analysis.core import jacobian_grams, sequence
+from intermod.analysis.core.sequence import ModuleSequence, module_sequence
+from intermod.analysis.core.setup import prepare
+from intermod.analysis.core.structured import affine_section
+from torch import nn
+
+pytestmark = pytest.mark.usefixtures("float64_default")
+
+
+class FunctionalMLP(nn.Module):
+    """fc1 → torch.relu → fc2 → F.gelu(tanh) → dropout → fc3 → x.tanh() → fc4."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2, self.fc3, self.fc4 = nn.Linear(6, 9), nn.Linear(9, 7), nn.Linear(7, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.fc1(x))
+        x = F.dropout(F.gelu(self.fc2(x), approximate="tanh"), 0.2, self.training)
+        return self.fc4(self.fc3(x).tanh())
+
+    def as_sequential(self) -> nn.Sequential:
+        return nn.Sequential(self.fc1, nn.ReLU(), self.fc2, nn.GELU("tanh"), nn.Dropout(0.2), self.fc3, nn.Tanh(),
+                             self.fc4)
+
+
+class Block(nn.Module):
+    def __init__(self, a: int, b: int, act: bool):
+        super().__init__()
+        self.linear = nn.Linear(a, b)
+        self.activation = nn.ReLU() if act else None
+
+    def forward(self, x):
+        x = self.linear(x)
+        return x if self.activation is None else self.activation(x)
+
+
+class BlockMLP(nn.Module):
+    """Blocks of Linear and ReLU in a ModuleList, cut at the blocks ("layers.1")."""
+
+    def __init__(self, sizes=(6, 8, 8, 3)):
+        super().__init__()
+        torch.manual_seed(1)
+        self.layers = nn.ModuleList([Block(a, b, i < len(sizes) - 2) for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def _net(model, layers, X):
+    return prepare(model, X, layers, output_fn=None, include_bias=True, dtype=torch.float64, batch_size=16,
+                   device="cpu", seed=0, progress=False, callback=None).net
+
+
+def _same(a, b, ga, gb):
+    """Two bases of one network (layers in order, whatever their names) and their graphs."""
+    for n, m in zip(a.layers, b.layers, strict=True):
+        np.testing.assert_allclose(a[n].Lambda, b[m].Lambda, rtol=1e-10, atol=1e-13 * b[m].Lambda.max())
+        np.testing.assert_allclose(a[n].C, b[m].C, rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(ga.w, gb.w, rtol=1e-9, atol=1e-12 * gb.w.max())
+
+
+@pytest.mark.parametrize("target", ["output", "next_layer"])
+@pytest.mark.parametrize("center,include_bias", [(True, True), (False, False)])
+def test_a_functional_mlp_is_read_as_its_sequential(target, center, include_bias):
+    model = FunctionalMLP().double()
+    X = torch.randn(40, 6, dtype=torch.float64)
+    net = _net(model, ["fc1", "fc2", "fc3", "fc4", "output"], X)
+    assert set(net.heads) == {"fc2", "fc3", "fc4"}          # fc1 widens: no head, its W₁ is in section 0
+    kinds = [[type(m) for m in net.section_modules(j)] for j in range(4)]   # stand-ins for the functions
+    assert kinds == [[nn.Linear, nn.ReLU], [nn.GELU, nn.Identity], [nn.Tanh], []], kinds
+    assert net.section_modules(1)[0].approximate == "tanh"
+    assert all(affine_section(net, j) is not None for j in range(4))
+    opts = dict(jacobian_target=target, center=center, include_bias=include_bias, batch_size=16, progress=False)
+    seq = model.as_sequential()
+    runs = [(model, ["fc1", "fc2", "fc3", "fc4", "output"], True), (seq, ["0", "2", "5", "7", "output"], True),
+            (model, ["fc1", "fc2", "fc3", "fc4", "output"], False)]
+    results = []
+    for m, layers, structured in runs:
+        b = ia.compute_basis(m, X, layers, structured=structured, **opts)
+        results.append((b, ia.build_graph(m, X, b, batch_size=16, progress=False, structured=structured)))
+    (a, ga), (s, gs), (v, gv) = results
+    _same(a, s, ga, gs)
+    _same(a, v, ga, gv)
+
+
+def test_blocks_cut_at_their_paths_take_the_closed_forms(monkeypatch):
+    """Layers named by blocks whose forward is itself a chain ("layers.0"): the output target
+    pulls its cotangents back in closed form (no VJP runs) and equals the generic path."""
+    model = BlockMLP().double()
+    X = torch.randn(30, 6, dtype=torch.float64)
+    layers = ["layers.0", "layers.1", "layers.2", "output"]
+    plain = ia.compute_basis(model, X, layers, structured=False, progress=False)
+    monkeypatch.setattr(jacobian_grams, "vjp", lambda *a: pytest.fail("a VJP ran"))
+    fast = ia.compute_basis(model, X, layers, progress=False)
+    monkeypatch.undo()
+    g_fast = ia.build_graph(model, X, fast, progress=False)
+    g_plain = ia.build_graph(model, X, plain, progress=False, structured=False)
+    _same(fast, plain, g_fast, g_plain)
+    net = _net(model, layers, X)
+    assert [type(m) for m in net.section_modules(0)] == [nn.Linear, nn.ReLU]
+    assert net.modules_before("layers.2") == [model.layers[0].linear, model.layers[0].activation,
+                                              model.layers[1].linear, model.layers[1].activation]
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return x + self.b(torch.relu(self.a(x)))
+
+
+class Twice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(torch.relu(self.a(x)))))
+
+
+class Branching(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(h if bool(h.sum() > 0) else -h)   # on data: not traceable
+
+
+class RawWeight(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.W = nn.Linear(4, 4), nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x):
+        return torch.relu(self.a(x)) @ self.W
+
+
+class Reshaping(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.b(self.a(x).view(x.size(0), -1))
+
+
+@pytest.mark.parametrize("model,X,cut", [(Residual(), torch.randn(5, 4), "a"), (Twice(), torch.randn(5, 4), "b"),
+                                         (Branching(), torch.randn(5, 4), "a"), (RawWeight(), torch.randn(5, 4), "a"),
+                                         (Reshaping(), torch.randn(5, 2, 4), "a")])
+def test_models_that_are_not_chains_keep_the_generic_path(model, X, cut):
+    """A residual sum, a module called twice (weights shared along the chain), a branch on data,
+    a parameter used outside a module, a reshape that reads the tensor's size."""
+    model = model.double()
+    X = X.double()
+    net = _net(model, [cut, "output"], X)
+    assert net.section_modules(0) is None and net.modules_before(cut) is None
+    basis = ia.compute_basis(model, X, [cut, "output"], progress=False)     # and still runs
+    assert basis[cut].k > 0
+
+
+def test_a_trace_that_does_not_reproduce_the_model_is_not_used(monkeypatch):
+    """The traced chain is checked against the model's own output: a chain missing a function
+    (here the ReLU) is rejected; so is one checked against a model in training mode (dropout)."""
+    model = FunctionalMLP().double().eval()
+    X = torch.randn(8, 6, dtype=torch.float64)
+    params = dict(model.named_parameters())
+    right = sequence._traced(model)
+    found = module_sequence(model, ["fc1", "fc3"], X, params, lambda: model(X))
+    assert right is not None and found is not None and found.paths == right.paths
+    wrong = ModuleSequence(right.modules[:1] + right.modules[2:], right.paths[:1] + right.paths[2:],
+                           right.scopes[:1] + right.scopes[2:])
+    assert module_sequence(model.train(), ["fc1", "fc3"], X, params, lambda: model(X)) is None
+    monkeypatch.setattr(sequence, "_traced", lambda m: wrong)
+    assert module_sequence(model.eval(), ["fc1", "fc3"], X, params, lambda: model(X)) is None
+
+
+class PoolingCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.c1, self.c2, self.fc = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.c1(x)), 2)
+        return self.fc(torch.flatten(F.relu(self.c2(x)), 1))
+
+
+def test_a_cnn_class_with_pooling_and_flatten_functions_equals_the_generic_path():
+    model = PoolingCNN().double()
+    X = torch.randn(6, 2, 4, 4, dtype=torch.float64)
+    layers = ["c1", "c2", "fc", "output"]
+    net = _net(model, layers, X)
+    assert [type(m) for m in net.section_modules(0)] == [nn.Conv2d, nn.ReLU, nn.MaxPool2d]
+    assert [type(m) for m in net.section_modules(1)][-1] is nn.Flatten
+    for target in ("output", "next_layer"):
+        fast, plain = (ia.compute_basis(model, X, layers, jacobian_target=target, structured=s, progress=False)
+                       for s in (True, False))
+        _same(fast, plain, ia.build_graph(model, X, fast, progress=False),
+              ia.build_graph(model, X, plain, progress=False, structured=False))
