@@ -162,7 +162,7 @@ def mlp_row(model, X: torch.Tensor, target: str, device: str, repeats: int) -> d
         gflop = floor_gflop(model, r["k"], X.shape[0])
         out[name] = {"basis_s": round(r["basis_s"], 3), "edges_s": round(r["edges_s"], 3),
                      "total_s": round(r["total_s"], 3), "k": r["k"],
-                     "edge_gflops": round(gflop / r["edges_s"], 1)}
+                     "edge_gflops": float(f"{gflop / r['edges_s']:.3g}")}   # the smoke run's are ~0.01
     b64, b32 = runs["float64"]["_basis"], runs["float32"]["_basis"]
     out["float32_lambda_rel_err"] = max(_rel_err(b32[n].Lambda, b64[n].Lambda) for n in b64.layers)
     out["float32_edge_rel_err"] = _edge_err(runs["float32"]["_graph"], runs["float64"]["_graph"])

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.usefixtures("float64_default")
 
 def tiny_mlp():
     torch.manual_seed(1)
-    # "0": Linear 6->4, "2": Linear 4->5, "4": Linear 5->2: all Linear heads (nodes.head_pays)
+    # "0": Linear 6->4, "2": Linear 4->5, "4": Linear 5->2: all Linear heads (heads.head_pays)
     return nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)).double()
 
 

@@ -97,22 +97,29 @@ def test_a_functional_mlp_is_read_as_its_sequential(target, center, include_bias
 
 
 def test_blocks_cut_at_their_paths_take_the_closed_forms(monkeypatch):
-    """Layers named by blocks whose forward is itself a chain ("layers.0"): the output target
-    pulls its cotangents back in closed form (no VJP runs) and equals the generic path."""
-    model = BlockMLP().double()
+    """Layers named by blocks whose forward is itself a chain ("layers.0" = Linear, ReLU): the
+    blocks' Linears are the layers' heads, the output target pulls its cotangents back in closed
+    form (no VJP runs), and basis and edges equal the generic path's and those of the same
+    nn.Sequential cut at its Linears."""
+    model = BlockMLP(sizes=(6, 8, 8, 3)).double()
     X = torch.randn(30, 6, dtype=torch.float64)
     layers = ["layers.0", "layers.1", "layers.2", "output"]
-    plain = ia.compute_basis(model, X, layers, structured=False, progress=False)
-    monkeypatch.setattr(jacobian_grams, "vjp", lambda *a: pytest.fail("a VJP ran"))
-    fast = ia.compute_basis(model, X, layers, progress=False)
-    monkeypatch.undo()
-    g_fast = ia.build_graph(model, X, fast, progress=False)
-    g_plain = ia.build_graph(model, X, plain, progress=False, structured=False)
-    _same(fast, plain, g_fast, g_plain)
     net = _net(model, layers, X)
-    assert [type(m) for m in net.section_modules(0)] == [nn.Linear, nn.ReLU]
+    assert net.heads == {f"layers.{i}": model.layers[i].linear for i in range(3)}
+    assert [[type(m) for m in net.section_modules(j)] for j in range(3)] == [[nn.ReLU], [nn.ReLU], []]
     assert net.modules_before("layers.2") == [model.layers[0].linear, model.layers[0].activation,
                                               model.layers[1].linear, model.layers[1].activation]
+    seq = nn.Sequential(*(m for block in model.layers for m in (block.linear, block.activation) if m is not None))
+    for target in ("output", "next_layer"):
+        opts = dict(jacobian_target=target, progress=False)
+        plain = ia.compute_basis(model, X, layers, structured=False, **opts)
+        as_seq = ia.compute_basis(seq, X, ["0", "2", "4", "output"], **opts)
+        monkeypatch.setattr(jacobian_grams, "vjp", lambda *a: pytest.fail("a VJP ran"))
+        fast = ia.compute_basis(model, X, layers, **opts)
+        monkeypatch.undo()
+        g_fast = ia.build_graph(model, X, fast, progress=False)
+        _same(fast, plain, g_fast, ia.build_graph(model, X, plain, progress=False, structured=False))
+        _same(fast, as_seq, g_fast, ia.build_graph(seq, X, as_seq, progress=False))
 
 
 class Residual(nn.Module):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from intermod import analysis as ia
+from intermod.analysis.core.heads import head_pays
 from intermod.analysis.core.jacobian_grams import affine_chain, output_closed_forms
-from intermod.analysis.core.nodes import head_pays
 from intermod.analysis.core.setup import prepare
 from intermod.analysis.core.structured import affine_section
 from torch import nn

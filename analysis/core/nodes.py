@@ -23,10 +23,10 @@ input's valid positions (see :func:`~intermod.analysis.core.layout.spread_slot`)
 modules that are not called as modules (e.g. ``nn.MultiheadAttention``'s ``out_proj``) carry
 forward-mode tangents instead.
 
-Linear heads. When the module at a cut point is ``nn.Linear`` and it pays (:func:`head_pays`),
-derivatives are taken with respect to its output z = W f + b s (the *point*) and pulled back
-exactly through the augmented weight P = [[W, b], [0, 1]]: per-sample work then scales with
-d_out, not d_in.
+Linear heads. When the module at a cut point is, or begins with, ``nn.Linear`` and it pays
+(:mod:`~intermod.analysis.core.heads`), derivatives are taken with respect to its output
+z = W f + b s (the *point*; post hooks of the layer go on that Linear) and pulled back exactly
+through the augmented weight P = [[W, b], [0, 1]]: per-sample work then scales with d_out.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .folding import add_slot_bias, is_bias, slot_candidate
+from .heads import linear_heads
 from .inputs import Batch, batch_size_of, batch_to, position_mask
 from .layout import CHANNELS_FIRST, Layout, LayoutSpec, requested_layouts, resolve_layout
 from .outputs import OutputFn, default_output, output_getter
@@ -54,17 +55,6 @@ __all__ = ["OUTPUT", "NodeModel", "OutputFn", "default_output"]
 
 class _Stop(Exception):
     """Raised by a hook to end the forward pass once the next node layer is reached."""
-
-
-def head_pays(linear: nn.Linear) -> bool:
-    """Whether derivatives at z = W f + b (h = d_out) cost less than at f (d = d_in).
-
-    Per sample and cotangent, at z: the Gram (h+1)² and the rotation into the basis h·(d+1);
-    at f: the backward through W (h·d), the Gram (d+1)² and the rotation d·(d+1) (k ≤ d+1
-    basis directions): about h² + hd against hd + 2d², so z pays unless the layer widens by √2 or more.
-    """
-    h, d = linear.out_features, linear.in_features
-    return (h + 1) ** 2 + h * (d + 1) < h * d + (d + 1) ** 2 + d * (d + 1)
 
 
 def _primal(x: Tensor) -> Tensor:
@@ -140,13 +130,10 @@ class NodeModel:
         self.layouts: dict[str, Layout] = {
             n: resolve_layout(n, shapes[n], requested[n], evidence=found.evidence.get(n),
                               model_has_channels=has_channels) for n in self.chain}
-        self.heads: dict[str, nn.Linear] = {
-            name: m for name, m in self.modules.items()
-            if isinstance(m, nn.Linear) and head_pays(m)
-            and self.layouts[name].kind in ("features", "tokens")}
         with torch.no_grad(), _eval_mode(model):
             self._sequence = module_sequence(model, self.layers, example, self.params,
                                              lambda: self._call(example, self.params))
+        self.heads = linear_heads(self.modules, self._sequence, self.layouts)
         name_of = {id(p): n for n, p in model.named_parameters()}
         head_ids = {id(m) for m in self.heads.values()}
         self._slot_modules = {m: name_of[id(m.bias)] for m in model.modules()
@@ -188,9 +175,10 @@ class NodeModel:
 
     @contextmanager
     def _hooks(self, pre: Mapping[str, Callable] | None = None, post: Mapping[str, Callable] | None = None):
-        """Node hooks plus the bias-slot hooks, in eval mode; everything removed afterwards."""
+        """Node hooks (``pre`` on the layers' modules, ``post`` on their Linear heads) plus the
+        bias-slot hooks, in eval mode; everything removed afterwards."""
         handles = [self.modules[n].register_forward_pre_hook(h) for n, h in (pre or {}).items()]
-        handles += [self.modules[n].register_forward_hook(h) for n, h in (post or {}).items()]
+        handles += [self.heads[n].register_forward_hook(h) for n, h in (post or {}).items()]
         handles += [m.register_forward_hook(self._slot_hook(name)) for m, name in self._slot_modules.items()]
         try:
             with _eval_mode(self.model):
@@ -276,25 +264,17 @@ class NodeModel:
         self.last_slots = [slots.get(n) for n in self.chain[:-1]]
         return {n: acts[n] for n in self.chain}
 
-    def run_replacing(self, batch: Batch, replace: Mapping[str, Callable[[Tensor], Tensor]],
-                      replace_out: Mapping[str, Callable[[Tensor], Tensor]] | None = None) -> Tensor:
+    def run_replacing(self, batch: Batch, replace: Mapping[str, Callable[[Tensor], Tensor]]) -> Tensor:
         """The output ``output_fn(model(batch))`` with the activation f of every node layer in
         ``replace`` swapped for ``replace[layer](f)`` on its way in (the ``"output"`` entry, if
-        any, maps the output itself) and, for layers in ``replace_out``, the module's output z
-        swapped for ``replace_out[layer](z)``. No gradients."""
+        any, maps the output itself). No gradients."""
         def make_pre(fn: Callable[[Tensor], Tensor]):
             def hook(module, args):
                 return (fn(args[0]),) + tuple(args[1:])
             return hook
 
-        def make_post(fn: Callable[[Tensor], Tensor]):
-            def hook(module, args, out):
-                return fn(out)
-            return hook
-
         pre = {n: make_pre(fn) for n, fn in replace.items() if n != OUTPUT}
-        post = {n: make_post(fn) for n, fn in (replace_out or {}).items()}
-        with torch.no_grad(), self._hooks(pre, post):
+        with torch.no_grad(), self._hooks(pre):
             y = self.output_fn(self._call(batch, self.params))
         return replace[OUTPUT](y) if OUTPUT in replace else y
 
