@@ -175,10 +175,11 @@ class NodeModel:
 
     @contextmanager
     def _hooks(self, pre: Mapping[str, Callable] | None = None, post: Mapping[str, Callable] | None = None):
-        """Node hooks (``pre`` on the layers' modules, ``post`` on their Linear heads) plus the
-        bias-slot hooks, in eval mode; everything removed afterwards."""
+        """Node hooks (``pre`` on the layers' modules, ``post`` on their Linear heads where they
+        have one, else on the modules) plus the bias-slot hooks, in eval mode; everything
+        removed afterwards."""
         handles = [self.modules[n].register_forward_pre_hook(h) for n, h in (pre or {}).items()]
-        handles += [self.heads[n].register_forward_hook(h) for n, h in (post or {}).items()]
+        handles += [self.heads.get(n, self.modules[n]).register_forward_hook(h) for n, h in (post or {}).items()]
         handles += [m.register_forward_hook(self._slot_hook(name)) for m, name in self._slot_modules.items()]
         try:
             with _eval_mode(self.model):
@@ -264,17 +265,25 @@ class NodeModel:
         self.last_slots = [slots.get(n) for n in self.chain[:-1]]
         return {n: acts[n] for n in self.chain}
 
-    def run_replacing(self, batch: Batch, replace: Mapping[str, Callable[[Tensor], Tensor]]) -> Tensor:
+    def run_replacing(self, batch: Batch, replace: Mapping[str, Callable[[Tensor], Tensor]],
+                      replace_out: Mapping[str, Callable[[Tensor], Tensor]] | None = None) -> Tensor:
         """The output ``output_fn(model(batch))`` with the activation f of every node layer in
         ``replace`` swapped for ``replace[layer](f)`` on its way in (the ``"output"`` entry, if
-        any, maps the output itself). No gradients."""
+        any, maps the output itself) and, for layers in ``replace_out``, the module's output z
+        swapped for ``replace_out[layer](z)``. No gradients."""
         def make_pre(fn: Callable[[Tensor], Tensor]):
             def hook(module, args):
                 return (fn(args[0]),) + tuple(args[1:])
             return hook
 
+        def make_post(fn: Callable[[Tensor], Tensor]):
+            def hook(module, args, out):
+                return fn(out)
+            return hook
+
         pre = {n: make_pre(fn) for n, fn in replace.items() if n != OUTPUT}
-        with torch.no_grad(), self._hooks(pre):
+        post = {n: make_post(fn) for n, fn in (replace_out or {}).items()}
+        with torch.no_grad(), self._hooks(pre, post):
             y = self.output_fn(self._call(batch, self.params))
         return replace[OUTPUT](y) if OUTPUT in replace else y
 
