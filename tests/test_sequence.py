@@ -165,7 +165,7 @@ class Reshaping(nn.Module):
         self.a, self.b = nn.Linear(4, 4), nn.Linear(8, 2)
 
     def forward(self, x):
-        return self.b(self.a(x).view(x.size(0), -1))
+        return self.b(self.a(x).view(-1, x.size(1) * 4))   # reads the size of the input, not the chain's
 
 
 @pytest.mark.parametrize("model,X,cut", [(Residual(), torch.randn(5, 4), "a"), (Twice(), torch.randn(5, 4), "b"),
@@ -173,7 +173,7 @@ class Reshaping(nn.Module):
                                          (Reshaping(), torch.randn(5, 2, 4), "a")])
 def test_models_that_are_not_chains_keep_the_generic_path(model, X, cut):
     """A residual sum, a module called twice (weights shared along the chain), a branch on data,
-    a parameter used outside a module, a reshape that reads the tensor's size."""
+    a parameter used outside a module, a reshape that reads a size other than the batch's."""
     model = model.double()
     X = X.double()
     net = _net(model, [cut, "output"], X)
@@ -199,23 +199,32 @@ def test_a_trace_that_does_not_reproduce_the_model_is_not_used(monkeypatch):
 
 
 class PoolingCNN(nn.Module):
-    def __init__(self):
+    def __init__(self, flatten: str):
         super().__init__()
         torch.manual_seed(2)
         self.c1, self.c2, self.fc = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(16, 3)
+        self.flatten = flatten
 
     def forward(self, x):
-        x = F.max_pool2d(F.relu(self.c1(x)), 2)
-        return self.fc(torch.flatten(F.relu(self.c2(x)), 1))
+        x = F.relu(self.c2(F.max_pool2d(F.relu(self.c1(x)), 2)))
+        if self.flatten == "torch.flatten":
+            x = torch.flatten(x, 1)
+        elif self.flatten == "view":
+            x = x.view(x.size(0), -1)
+        else:
+            x = x.reshape(x.shape[0], -1)
+        return self.fc(x)
 
 
-def test_a_cnn_class_with_pooling_and_flatten_functions_equals_the_generic_path():
-    model = PoolingCNN().double()
+@pytest.mark.parametrize("flatten", ["torch.flatten", "view", "reshape"])
+def test_a_cnn_class_with_pooling_and_flatten_functions_equals_the_generic_path(flatten):
+    model = PoolingCNN(flatten).double()
     X = torch.randn(6, 2, 4, 4, dtype=torch.float64)
     layers = ["c1", "c2", "fc", "output"]
     net = _net(model, layers, X)
     assert [type(m) for m in net.section_modules(0)] == [nn.Conv2d, nn.ReLU, nn.MaxPool2d]
-    assert [type(m) for m in net.section_modules(1)][-1] is nn.Flatten
+    flat = net.section_modules(1)[-1]
+    assert isinstance(flat, nn.Flatten) and flat.start_dim == 1 and flat.end_dim == -1
     for target in ("output", "next_layer"):
         fast, plain = (ia.compute_basis(model, X, layers, jacobian_target=target, structured=s, progress=False)
                        for s in (True, False))

@@ -17,6 +17,7 @@ parameters used outside modules) keeps the generic path: sections by hooks and b
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -106,7 +107,8 @@ def _traced(model: nn.Module) -> ModuleSequence | None:
             graph = fx.symbolic_trace(model).graph
     except Exception:   # any Python the tracer cannot follow: not a chain it can read
         return None
-    nodes = list(graph.nodes)
+    sizes = _batch_sizes(graph)
+    nodes = [n for n in graph.nodes if n not in sizes]
     if len(nodes) < 2 or nodes[0].op != "placeholder" or nodes[-1].op != "output":
         return None
     modules: list[nn.Module] = []
@@ -114,24 +116,43 @@ def _traced(model: nn.Module) -> ModuleSequence | None:
     scopes: list[frozenset[str]] = []
     previous = nodes[0]
     for node in nodes[1:-1]:
-        if len(previous.users) != 1 or not node.args or node.args[0] is not previous:
+        if len(set(previous.users).difference(sizes)) != 1 or not node.args or node.args[0] is not previous:
             return None
-        if any(isinstance(a, fx.Node) for a in list(node.args[1:]) + list(node.kwargs.values())):
+        if node in sizes.values():   # x.view(x.size(0), -1): a flatten of every axis after the first
+            stand_in: nn.Module | None = nn.Flatten(1)
+        elif any(isinstance(a, fx.Node) for a in list(node.args[1:]) + list(node.kwargs.values())):
             return None
-        if node.op == "call_module" and len(node.args) == 1 and not node.kwargs:
-            modules.append(model.get_submodule(node.target))
-            paths.append(node.target)
-        elif node.op in ("call_function", "call_method") and (stand_in := _stand_in(node)) is not None:
-            modules.append(stand_in)
-            paths.append(None)
-        else:
+        elif node.op == "call_module" and len(node.args) == 1 and not node.kwargs:
+            stand_in = None
+        elif node.op not in ("call_function", "call_method") or (stand_in := _stand_in(node)) is None:
             return None
+        modules.append(model.get_submodule(node.target) if stand_in is None else stand_in)
+        paths.append(node.target if stand_in is None else None)
         scopes.append(frozenset(node.meta.get("nn_module_stack", {})) | ({node.target} if paths[-1] else set()))
         previous = node
     called = [m for m, path in zip(modules, paths) if path is not None]
     if nodes[-1].args[0] is not previous or len(previous.users) != 1 or len({id(m) for m in called}) < len(called):
         return None   # not ending in the chain, or a module called twice (one cut, two inputs)
     return ModuleSequence(tuple(modules), tuple(paths), tuple(scopes))
+
+
+def _batch_sizes(graph: fx.Graph) -> dict[fx.Node, fx.Node]:
+    """The nodes that read x.size(0) or x.shape[0] only to reshape x to (batch, −1)
+    (``x.view(x.size(0), -1)``, ``x.reshape(x.shape[0], -1)``), each mapped to its reshape."""
+    found: dict[fx.Node, fx.Node] = {}
+    for node in graph.nodes:
+        if not (node.op == "call_method" and node.target in ("view", "reshape") and len(node.args) == 3
+                and node.args[2] == -1 and isinstance(node.args[1], fx.Node) and not node.kwargs):
+            continue
+        x, size = node.args[0], node.args[1]
+        if size.op == "call_method" and size.target == "size" and size.args == (x, 0) and len(size.users) == 1:
+            found[size] = node
+        elif (size.op == "call_function" and size.target is operator.getitem and size.args[1] == 0
+              and len(size.users) == 1 and isinstance(shape := size.args[0], fx.Node)
+              and shape.op == "call_function" and shape.target is getattr and shape.args == (x, "shape")
+              and len(shape.users) == 1):
+            found[size] = found[shape] = node
+    return found
 
 
 def _without(kwargs: Mapping[str, Any], *names: str) -> dict[str, Any]:
