@@ -1,0 +1,112 @@
+"""One MLP written three ways: basis + edges, same weights and inputs.
+
+    python bench/class_models.py [--widths 100 400] [--n 2000] [--repeats 2] [--out bench/class_results]
+
+The MLP 784-w-w-10 of bench/run.py as
+- "Sequential": the ``nn.Sequential`` of bench/run.py, layers "0", "2", "4";
+- "functional": a class holding fc1…fc3 whose forward calls ``torch.relu`` between them,
+  layers "fc1", "fc2", "fc3";
+- "blocks": a ``ModuleList`` of Linear-then-ReLU blocks, cut at the blocks ("layers.0", …),
+  as the reference implementation names its MLP's node layers.
+The classes are read as the chain of modules they apply (core/sequence.py), so all three should
+take the same closed forms and the same time; each (width, target, model) is the best of
+``repeats`` runs in one process, beside the plain float64 matmul rate timed in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from run import inputs, machine, matmul_gflops, mlp  # noqa: E402
+
+
+class Block(nn.Module):
+    def __init__(self, linear: nn.Linear, relu: bool):
+        super().__init__()
+        self.linear, self.activation = linear, (nn.ReLU() if relu else None)
+
+    def forward(self, x):
+        x = self.linear(x)
+        return x if self.activation is None else self.activation(x)
+
+
+class Blocks(nn.Module):
+    def __init__(self, linears: list[nn.Linear]):
+        super().__init__()
+        self.layers = nn.ModuleList([Block(lin, i < len(linears) - 1) for i, lin in enumerate(linears)])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class Functional(nn.Module):
+    def __init__(self, linears: list[nn.Linear]):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = linears
+
+    def forward(self, x):
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def models(width: int) -> dict[str, tuple[nn.Module, list[str]]]:
+    seq = mlp(width)
+    linears = [m for m in seq if isinstance(m, nn.Linear)]
+    return {"Sequential": (seq, ["0", "2", "4", "output"]),
+            "functional": (Functional(linears), ["fc1", "fc2", "fc3", "output"]),
+            "blocks": (Blocks(linears), ["layers.0", "layers.1", "layers.2", "output"])}
+
+
+def time_one(model: nn.Module, layers: list[str], X: torch.Tensor, target: str, repeats: int) -> dict:
+    from intermod import analysis as ia
+
+    best = {"basis_s": float("inf"), "edges_s": float("inf")}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        basis = ia.compute_basis(model, X, layers, jacobian_target=target, progress=False)
+        t1 = time.perf_counter()
+        ia.build_graph(model, X, basis, progress=False)
+        t2 = time.perf_counter()
+        best = {"basis_s": min(best["basis_s"], t1 - t0), "edges_s": min(best["edges_s"], t2 - t1)}
+    return {k: round(v, 3) for k, v in best.items()} | {"total_s": round(best["basis_s"] + best["edges_s"], 3)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--widths", type=int, nargs="+", default=[100, 400])
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", default=str(HERE / "class_results"))
+    args = ap.parse_args(argv)
+    X = inputs(args.n)
+    res: dict = {"machine": machine(), "matmul_gflops": round(matmul_gflops(), 1), "n": args.n, "rows": []}
+    for w in args.widths:
+        for target in ("next_layer", "output"):
+            for name, (model, layers) in models(w).items():
+                row = {"width": w, "target": target, "model": name} | time_one(model, layers, X, target, args.repeats)
+                print(row, flush=True)
+                res["rows"].append(row)
+    lines = [f"MLP 784-w-w-10, n = {args.n}, float64, basis + edges in seconds (best of {args.repeats}); "
+             f"matmul {res['matmul_gflops']} GFLOP/s; {res['machine']}", "",
+             "| w | target | model | basis s | edges s | total s |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['width']} | {r['target']} | {r['model']} | {r['basis_s']} | {r['edges_s']} | {r['total_s']} |"
+              for r in res["rows"]]
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return res
+
+
+if __name__ == "__main__":
+    main()
