@@ -191,8 +191,7 @@ def test_a_trace_that_does_not_reproduce_the_model_is_not_used(monkeypatch):
     right = sequence._traced(model)
     found = module_sequence(model, ["fc1", "fc3"], X, params, lambda: model(X))
     assert right is not None and found is not None and found.paths == right.paths
-    wrong = ModuleSequence(right.modules[:1] + right.modules[2:], right.paths[:1] + right.paths[2:],
-                           right.scopes[:1] + right.scopes[2:])
+    wrong = ModuleSequence(*(field[:1] + field[2:] for field in (right.modules, right.paths, right.scopes, right.names)))
     assert module_sequence(model.train(), ["fc1", "fc3"], X, params, lambda: model(X)) is None
     monkeypatch.setattr(sequence, "_traced", lambda m: wrong)
     assert module_sequence(model.eval(), ["fc1", "fc3"], X, params, lambda: model(X)) is None
@@ -225,6 +224,34 @@ def test_a_cnn_class_with_pooling_and_flatten_functions_equals_the_generic_path(
     assert [type(m) for m in net.section_modules(0)] == [nn.Conv2d, nn.ReLU, nn.MaxPool2d]
     flat = net.section_modules(1)[-1]
     assert isinstance(flat, nn.Flatten) and flat.start_dim == 1 and flat.end_dim == -1
+    for target in ("output", "next_layer"):
+        fast, plain = (ia.compute_basis(model, X, layers, jacobian_target=target, structured=s, progress=False)
+                       for s in (True, False))
+        _same(fast, plain, ia.build_graph(model, X, fast, progress=False),
+              ia.build_graph(model, X, plain, progress=False, structured=False))
+
+
+class Tied(nn.Module):
+    """fc2 shares fc1's weight: the model lists it once, as "fc1.weight"."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.fc1, self.fc2, self.out = nn.Linear(5, 5), nn.Linear(5, 5), nn.Linear(5, 2)
+        self.fc2.weight = self.fc1.weight
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def test_a_weight_shared_by_two_modules_is_read_under_the_models_name():
+    """A float32 model analysed in float64: each module of the chain takes the float64 copy of
+    its tensors, the shared one too (under the name the model lists it by)."""
+    model = Tied().float()
+    X = torch.randn(30, 5, dtype=torch.float32)
+    layers = ["fc1", "fc2", "out", "output"]
+    net = _net(model, layers, X)
+    assert net.section_modules(0) is not None and "fc2.weight" not in net.params
     for target in ("output", "next_layer"):
         fast, plain = (ia.compute_basis(model, X, layers, jacobian_target=target, structured=s, progress=False)
                        for s in (True, False))

@@ -40,6 +40,7 @@ class ModuleSequence:
     modules: tuple[nn.Module, ...]
     paths: tuple[str | None, ...]
     scopes: tuple[frozenset[str], ...]
+    names: tuple[dict[str, str], ...]   # module i's parameter and buffer names -> the model's
 
     def index(self, path: str) -> int:
         """The first module that runs inside the module at ``path``: node layer ``path`` (the
@@ -56,15 +57,11 @@ class ModuleSequence:
 
     def run(self, start: int, stop: int, x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
         """Modules start … stop−1 applied to x, each with its parameters and buffers taken from
-        ``params`` (the model's names: ``"fc1.weight"``), through functional calls (the modules'
-        own hooks run)."""
-        for module, path in zip(self.modules[start:stop], self.paths[start:stop]):
-            if path is None:
-                x = module(x)
-                continue
-            prefix = path + "."
-            own = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
-            x = functional_call(module, own, (x,))
+        ``params`` (by the model's names, ``"fc1.weight"``; a tensor shared by two modules has
+        the one name the model lists it under), through functional calls (the modules' own
+        hooks run)."""
+        for module, names in zip(self.modules[start:stop], self.names[start:stop]):
+            x = functional_call(module, {own: params[name] for own, name in names.items()}, (x,))
         return x
 
 
@@ -81,7 +78,7 @@ def module_sequence(model: nn.Module, layers: Sequence[str], example: Any, param
     wanted = [n for n in layers if n != "output"]
     children = dict(model.named_children())
     if isinstance(model, nn.Sequential) and all(n in children for n in wanted):
-        return ModuleSequence(tuple(children.values()), tuple(children), tuple(frozenset([n]) for n in children))
+        return _sequence(model, list(children.values()), list(children), [frozenset([n]) for n in children])
     if not isinstance(example, Tensor):
         return None
     found = _traced(model)
@@ -132,7 +129,17 @@ def _traced(model: nn.Module) -> ModuleSequence | None:
     called = [m for m, path in zip(modules, paths) if path is not None]
     if nodes[-1].args[0] is not previous or len(previous.users) != 1 or len({id(m) for m in called}) < len(called):
         return None   # not ending in the chain, or a module called twice (one cut, two inputs)
-    return ModuleSequence(tuple(modules), tuple(paths), tuple(scopes))
+    return _sequence(model, modules, paths, scopes)
+
+
+def _sequence(model: nn.Module, modules: list[nn.Module], paths: list[str | None],
+              scopes: list[frozenset[str]]) -> ModuleSequence:
+    """The sequence, with each module's tensors named as ``model`` lists them."""
+    listed = {id(t): name for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    names = [{own: listed[id(t)] for own, t in [*m.named_parameters(remove_duplicate=False),
+                                                 *m.named_buffers(remove_duplicate=False)]}
+             if path is not None else {} for m, path in zip(modules, paths)]
+    return ModuleSequence(tuple(modules), tuple(paths), tuple(scopes), tuple(names))
 
 
 def _batch_sizes(graph: fx.Graph) -> dict[fx.Node, fx.Node]:
