@@ -73,14 +73,14 @@ def test_closed_form_equals_batched_vjps(kind, target, center, include_bias):
 def test_per_sample_and_chunked_edges_agree(kind, dtype, monkeypatch):
     """The per-sample path (GEMMs over the rows where ā ≠ 0, float32 sums flushed to float64)
     equals the chunked GEMMs and the batched VJPs (ReLU: a ∈ {0, 1}; GELU: a dense)."""
-    from intermod.analysis.core import structured
+    from intermod.analysis.core import affine_edges
 
     model, layers = model_and_layers(kind)
     X = torch.randn(41, 2, model[0].in_features)
     basis = ia.compute_basis(model.double(), X, layers, jacobian_target="next_layer", progress=False)
     graphs = {}
     for name, threshold, closed in (("chunks", 1 << 62, True), ("samples", 0, True), ("vjp", 0, False)):
-        monkeypatch.setattr(structured, "PER_SAMPLE_MIN_MACS", threshold)
+        monkeypatch.setattr(affine_edges, "PER_SAMPLE_MIN_MACS", threshold)
         graphs[name] = ia.build_graph(model, X, basis, edge_method="integrated", n_alpha=3, batch_size=16,
                                       dtype=dtype, progress=False, structured=closed)
     tol = dict(rtol=1e-10, atol=1e-13) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-7)
@@ -97,7 +97,7 @@ def test_edge_sums_by_chunks_and_by_samples_equal_a_loop(k_next, k, relu):
     """E = Σ_x (L diag(a(x)) R ⊙ f_w(x))² by a plain loop over samples, against the chunked
     GEMMs (scaling L when k' < k, R otherwise; chunks of 1 sample and of all) and the per-sample
     GEMMs over the rows with a ≠ 0."""
-    from intermod.analysis.core import structured
+    from intermod.analysis.core import affine_edges, structured
 
     gen = torch.Generator().manual_seed(k_next * 10 + k)
     rows, n = 6, 13
@@ -111,15 +111,15 @@ def test_edge_sums_by_chunks_and_by_samples_equal_a_loop(k_next, k, relu):
     per_sample = 8 * (rows * min(k_next, k) + k_next * k)
     for budget in (per_sample, 1 << 30):                          # one sample per chunk, one chunk
         E = torch.zeros(k_next, k, dtype=torch.float64)
-        structured._chunk_by_chunk(L, R, a, f_w, E, budget, structured.Workspace(), None)
+        affine_edges._chunk_by_chunk(L, R, a, f_w, E, budget, structured.Workspace(), None)
         torch.testing.assert_close(E, ref, rtol=1e-12, atol=1e-12)
     E = torch.zeros(k_next, k, dtype=torch.float64)
-    structured._sample_by_sample(L, R, a, f_w, E, None)
+    affine_edges._sample_by_sample(L, R, a, f_w, E, None)
     torch.testing.assert_close(E, ref, rtol=1e-12, atol=1e-12)
 
 
 def test_per_sample_gemms_are_chosen_by_cost():
-    from intermod.analysis.core.structured import per_sample_pays
+    from intermod.analysis.core.affine_edges import per_sample_pays
 
     cpu = torch.device("cpu")
     assert per_sample_pays(401, 401, 401, cpu) and per_sample_pays(801, 801, 801, cpu)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .affine_edges import edge_sums
 from .basis import Basis
 from .colouring import coloured_cotangents, split_slot, to_owner
 from .convolution import conv_edge_sums, conv_section
@@ -34,7 +35,7 @@ from .layout import spread_slot
 from .nodes import OutputFn
 from .progress import Callback
 from .setup import prepare
-from .structured import Workspace, affine_section, edge_sums
+from .structured import Workspace, affine_section
 
 EDGE_METHODS = ("gradient", "integrated")
 
