@@ -257,3 +257,77 @@ def test_a_weight_shared_by_two_modules_is_read_under_the_models_name():
                        for s in (True, False))
         _same(fast, plain, ia.build_graph(model, X, fast, progress=False),
               ia.build_graph(model, X, plain, progress=False, structured=False))
+
+
+class ResBlock(nn.Module):
+    def __init__(self, d: int, h: int, act: nn.Module, norm: bool = False, post: bool = False):
+        super().__init__()
+        self.norm = nn.LayerNorm(d) if norm else nn.Identity()
+        self.fc1, self.act, self.fc2 = nn.Linear(d, h), act, nn.Linear(h, d)
+        self.post = post
+
+    def forward(self, x):
+        y = x + self.fc2(self.act(self.fc1(self.norm(x))))
+        return torch.relu(y) if self.post else y
+
+
+class ResMLP(nn.Module):
+    """Linear in, residual blocks x + W₂σ(W₁x) cut at the blocks, Linear out."""
+
+    def __init__(self, blocks):
+        super().__init__()
+        torch.manual_seed(4)
+        self.inp, self.out = nn.Linear(5, 6), nn.Linear(6, 3)
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x):
+        x = torch.tanh(self.inp(x))
+        for block in self.blocks:
+            x = block(x)
+        return self.out(x)
+
+
+RES_LAYERS = ["blocks.0", "blocks.1", "out", "output"]
+
+
+@pytest.mark.parametrize("target", ["output", "next_layer"])
+@pytest.mark.parametrize("center,include_bias", [(True, True), (False, True), (False, False)])
+def test_residual_blocks_take_their_closed_form(target, center, include_bias, monkeypatch):
+    """J = I + W₂ diag(σ′) W₁: the Grams (next-layer and output target, no VJP runs) and the
+    edges (gradient and integrated; chunked GEMMs and per-sample GEMMs) equal the generic path
+    within 1e-10."""
+    from intermod.analysis.core import affine_edges
+
+    model = ResMLP([ResBlock(6, 9, nn.ReLU()), ResBlock(6, 4, nn.GELU())]).double()
+    X = torch.randn(45, 5, dtype=torch.float64)
+    net = _net(model, RES_LAYERS, X)
+    sections = [affine_section(net, j) for j in range(2)]
+    assert all(sec is not None and sec.residual for sec in sections)
+    opts = dict(jacobian_target=target, center=center, include_bias=include_bias, batch_size=16, progress=False)
+    plain = ia.compute_basis(model, X, RES_LAYERS, structured=False, **opts)
+    monkeypatch.setattr(jacobian_grams, "vjp", lambda *a: pytest.fail("a VJP ran"))
+    fast = ia.compute_basis(model, X, RES_LAYERS, **opts)
+    monkeypatch.undo()
+    for method in ("gradient", "integrated"):
+        g_plain = ia.build_graph(model, X, plain, edge_method=method, n_alpha=3, batch_size=16, progress=False,
+                                 structured=False)
+        for threshold in (1 << 62, 0):                     # chunked GEMMs, then one GEMM per sample
+            monkeypatch.setattr(affine_edges, "PER_SAMPLE_MIN_MACS", threshold)
+            g_fast = ia.build_graph(model, X, fast, edge_method=method, n_alpha=3, batch_size=16, progress=False)
+            _same(fast, plain, g_fast, g_plain)
+
+
+def test_residual_blocks_without_the_form_keep_batched_vjps():
+    """A LayerNorm before the block's Linear, or a ReLU after the sum: the model is still a
+    chain of residual units (its sections run alone), the sections have no closed form, and the
+    result equals the generic path."""
+    model = ResMLP([ResBlock(6, 9, nn.ReLU(), norm=True), ResBlock(6, 4, nn.GELU(), post=True)]).double()
+    X = torch.randn(30, 5, dtype=torch.float64)
+    net = _net(model, RES_LAYERS, X)
+    assert net.section_modules(0) is not None
+    assert affine_section(net, 0) is None and affine_section(net, 1) is None
+    for target in ("output", "next_layer"):
+        fast, plain = (ia.compute_basis(model, X, RES_LAYERS, jacobian_target=target, structured=s, progress=False)
+                       for s in (True, False))
+        _same(fast, plain, ia.build_graph(model, X, fast, progress=False),
+              ia.build_graph(model, X, plain, progress=False, structured=False))

@@ -5,9 +5,10 @@ u = C_dataᵀ b₂ + c_slot).
 **Edges.** With Q = P_l C⁻¹_l (d_p+1, k) (P_l: the Linear-head pull-back), R = W₁' Q (h, k)
 and v = e_sᵀ Q (k,) (the slot row of Q), the Jacobian in basis coordinates is
 
-    Ĵ(x) = ∂f̂^{l+1}/∂f̂^l = L diag(ā(x)) R + u vᵀ   (k', k)
+    Ĵ(x) = ∂f̂^{l+1}/∂f̂^l = L diag(ā(x)) R + u vᵀ (+ T)   (k', k)
 
-with ā = σ′(z) ("gradient") or its quadrature average Σ_q w_q σ′(z_q) along the path
+(T = C_dataᵀ Q_data for a residual unit f = p + W₂ σ(W₁ p + b₁ s) + b₂ s, whose identity
+part is constant along any path), with ā = σ′(z) ("gradient") or its quadrature average Σ_q w_q σ′(z_q) along the path
 z_q = z₀ + α_q (z − z₀) ("integrated": Ĵ is affine in a and Σ_q w_q = 1; z₀ = 0 with the
 slot, which scales p and every bias by α; z₀ = W₁ p₀ + b₁ at the baseline point p₀ without
 it). Then A_ij(x) = Ĵ_ij(x) f̂_j(x) and
@@ -63,11 +64,13 @@ def edge_sums(sec: AffineSection, point: Tensor, baseline: Tensor | None, f_hat:
         L, R = torch.cat([L, u[:, None]], 1), torch.cat([R, v[None]], 0)
         a_bar = torch.cat([a_bar, torch.ones_like(a_bar[:, :1])], 1)
     f_w = fh * wo[:, None]                                            # (n, k), 0 at masked samples
+    d = C_next.shape[0] - int(include_bias)
+    T = (C_next[:d].T @ Q[:d]).to(dtype) if sec.residual else None   # f = p + …: Ĵ gains C_dataᵀ Q_data
     k_next, rows = L.shape
     if per_sample_pays(k_next, rows, R.shape[1], p.device):
-        _sample_by_sample(L, R, a_bar, f_w, E, heartbeat)
+        _sample_by_sample(L, R, a_bar, f_w, E, heartbeat, T)
     else:
-        _chunk_by_chunk(L, R, a_bar, f_w, E, max_memory, workspace or Workspace(), heartbeat)
+        _chunk_by_chunk(L, R, a_bar, f_w, E, max_memory, workspace or Workspace(), heartbeat, T)
 
 
 PER_SAMPLE_MIN_MACS = 1 << 22   # k'·(h+1)·k from which one GEMM per sample beats chunked GEMMs on CPU
@@ -83,8 +86,9 @@ def per_sample_pays(k_next: int, rows: int, k: int, device: torch.device) -> boo
 
 
 def _chunk_by_chunk(L: Tensor, R: Tensor, a: Tensor, f_w: Tensor, E: Tensor, max_memory: int,
-                    ws: Workspace, heartbeat: Callable[[], None] | None) -> None:
-    """E += Σ_x (L diag(a(x)) R ⊙ f_w(x))² by one GEMM per chunk of N samples, the per-sample
+                    ws: Workspace, heartbeat: Callable[[], None] | None, T: Tensor | None = None) -> None:
+    """E += Σ_x ((L diag(a(x)) R + T) ⊙ f_w(x))² (T: a residual unit's constant, else 0) by one
+    GEMM per chunk of N samples, the per-sample
     scaling applied on the narrower side: with k' < k, the stacked a(x) ⊙ L (N·k', r) times
     R (r, k); else L (k', r) times the stacked a(x) ⊙ R (r, N·k). Either way k'·r·k
     multiply-adds per sample, but the scaled operand that each chunk writes has r·min(k', k)
@@ -113,13 +117,16 @@ def _chunk_by_chunk(L: Tensor, R: Tensor, a: Tensor, f_w: Tensor, E: Tensor, max
             torch.mul(a_t[:, sl, None], R[:, None, :], out=X)
             torch.matmul(L, X.view(rows, N * k), out=A.view(k_next, N * k))
         samples = 0 if scale_L else 1                                # A's sample axis
+        if T is not None:
+            A += T.unsqueeze(samples)
         A.mul_(f_w[sl].unsqueeze(1 - samples))                       # A_ij = Ĵ_ij f̂_j
         E += A.square_().sum(samples).to(torch.float64)
 
 
 def _sample_by_sample(L: Tensor, R: Tensor, a: Tensor, f_w: Tensor, E: Tensor,
-                      heartbeat: Callable[[], None] | None) -> None:
-    """E += Σ_x (L_S diag(a_S) R_S diag(f_w(x)))² with S = {r : a_r(x) ≠ 0}: one GEMM per sample
+                      heartbeat: Callable[[], None] | None, T: Tensor | None = None) -> None:
+    """E += Σ_x ((L_S diag(a_S) R_S + T) diag(f_w(x)))² with S = {r : a_r(x) ≠ 0} (T: a residual
+    unit's constant, else 0): one GEMM per sample
     over the rows where the derivative is non-zero (about half of them for ReLU, all of them for
     smooth activations), skipping masked samples. Sums run in the compute dtype and are added
     to the float64 E every FLUSH_SAMPLES samples."""
@@ -144,6 +151,8 @@ def _sample_by_sample(L: Tensor, R: Tensor, a: Tensor, f_w: Tensor, E: Tensor,
         R_S.mul_(f_w[x])
         L_S = torch.index_select(LT, 0, S, out=L_buf[:len(S)])       # (|S|, k')
         torch.matmul(L_S.T, R_S, out=A)                              # A_ij = Ĵ_ij(x) f̂_j(x)
+        if T is not None:
+            A.addcmul_(T, f_w[x])
         acc.addcmul_(A, A)
         pending += 1
         if acc is not E and pending == FLUSH_SAMPLES:

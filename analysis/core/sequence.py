@@ -5,13 +5,14 @@ traced symbolically (:func:`torch.fx.symbolic_trace`), is a chain: one tensor in
 that each take the previous result as their only tensor argument, of submodules or of
 elementwise functions and reshapes (``torch.relu``, ``F.gelu``, ``x.tanh()``,
 ``torch.flatten``, ``F.max_pool2d``, …), to the output. A function call stands in as the
-module that computes the same (``nn.ReLU``, ``nn.GELU(approximate)``, ``nn.Flatten``, …). On
+module that computes the same (``nn.ReLU``, ``nn.GELU(approximate)``, ``nn.Flatten``, …), and a
+sum x + body(x) of the chain's value and a chain from it as a :class:`Residual` unit. On
 such a model, sections run their own modules only, and the closed forms of
 :mod:`~intermod.analysis.core.structured` and :mod:`~intermod.analysis.core.convolution` read
 them: an MLP written as a class gets the same fast paths as the same ``nn.Sequential``.
 
 A traced chain is used only when it reproduces the model's output on the example batch; any
-model that does not trace as a chain (branches on data, residual additions, several inputs,
+model that does not trace as a chain (branches on data, other sums, several inputs,
 parameters used outside modules) keeps the generic path: sections by hooks and batched VJPs.
 """
 
@@ -28,14 +29,15 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.func import functional_call
 
-__all__ = ["ModuleSequence", "module_sequence"]
+__all__ = ["ModuleSequence", "Residual", "module_sequence"]
 
 
 @dataclass(frozen=True)
 class ModuleSequence:
     """The modules a model applies in order. ``paths[i]``: module i's path in the model, or None
-    for the stand-in of a function call; ``scopes[i]``: the paths of every module whose forward
-    runs module i (its own path, and those of the modules it is nested in)."""
+    for the stand-in of a function call or a :class:`Residual` unit; ``scopes[i]``: the paths of
+    every module whose forward runs module i (its own path, and those of the modules it is
+    nested in; for a residual unit, those around its sum)."""
 
     modules: tuple[nn.Module, ...]
     paths: tuple[str | None, ...]
@@ -110,26 +112,87 @@ def _traced(model: nn.Module) -> ModuleSequence | None:
     modules: list[nn.Module] = []
     paths: list[str | None] = []
     scopes: list[frozenset[str]] = []
-    previous = nodes[0]
-    for node in nodes[1:-1]:
-        if len(set(previous.users).difference(sizes)) != 1 or not node.args or node.args[0] is not previous:
-            return None
-        if node in sizes.values():   # x.view(x.size(0), -1): a flatten of every axis after the first
-            stand_in: nn.Module | None = nn.Flatten(1)
-        elif any(isinstance(a, fx.Node) for a in list(node.args[1:]) + list(node.kwargs.values())):
-            return None
-        elif node.op == "call_module" and len(node.args) == 1 and not node.kwargs:
-            stand_in = None
-        elif node.op not in ("call_function", "call_method") or (stand_in := _stand_in(node)) is None:
-            return None
-        modules.append(model.get_submodule(node.target) if stand_in is None else stand_in)
-        paths.append(node.target if stand_in is None else None)
-        scopes.append(frozenset(node.meta.get("nn_module_stack", {})) | ({node.target} if paths[-1] else set()))
-        previous = node
-    called = [m for m, path in zip(modules, paths) if path is not None]
+    called: list[nn.Module] = []           # the model's own modules, to refuse one called twice
+    previous, i = nodes[0], 1
+    while i < len(nodes) - 1:
+        users = set(previous.users).difference(sizes)
+        if len(users) == 2:                # x + body(x)
+            unit = _residual(model, previous, users, nodes, i, sizes)
+            if unit is None:
+                return None
+            body, i = unit
+            modules.append(Residual([module for module, _ in body]))
+            paths.append(None)
+            scopes.append(frozenset(nodes[i].meta.get("nn_module_stack", {})))   # the modules around the sum
+            called += [module for module, path in body if path]
+        else:
+            element = _element(model, nodes[i], previous, sizes) if len(users) == 1 else None
+            if element is None:
+                return None
+            module, path = element
+            modules.append(module)
+            paths.append(path)
+            scopes.append(frozenset(nodes[i].meta.get("nn_module_stack", {})) | ({path} if path else set()))
+            called += [module] if path else []
+        previous, i = nodes[i], i + 1
     if nodes[-1].args[0] is not previous or len(previous.users) != 1 or len({id(m) for m in called}) < len(called):
         return None   # not ending in the chain, or a module called twice (one cut, two inputs)
     return _sequence(model, modules, paths, scopes)
+
+
+def _element(model: nn.Module, node: fx.Node, previous: fx.Node, sizes: Mapping[fx.Node, fx.Node]
+             ) -> tuple[nn.Module, str | None] | None:
+    """(module, its path or None for a stand-in) of a call that takes ``previous`` as its only
+    tensor argument, or None."""
+    if not node.args or node.args[0] is not previous:
+        return None
+    if node in sizes.values():   # x.view(x.size(0), -1): a flatten of every axis after the first
+        return nn.Flatten(1), None
+    if any(isinstance(a, fx.Node) for a in list(node.args[1:]) + list(node.kwargs.values())):
+        return None
+    if node.op == "call_module" and len(node.args) == 1 and not node.kwargs:
+        return model.get_submodule(node.target), node.target
+    stand_in = _stand_in(node) if node.op in ("call_function", "call_method") else None
+    return None if stand_in is None else (stand_in, None)
+
+
+_SUMS = (operator.add, operator.iadd, torch.add)
+
+
+def _residual(model: nn.Module, x: fx.Node, users: set[fx.Node], nodes: list[fx.Node], i: int,
+              sizes: Mapping[fx.Node, fx.Node]) -> tuple[list[tuple[nn.Module, str | None]], int] | None:
+    """(the body's (module, path) pairs, the index of the sum) when nodes[i:] are a chain from x
+    whose end is added to x (x + body(x), either order), else None."""
+    if nodes[i] not in users:
+        return None
+    (total,) = users - {nodes[i]}
+    if (total.op != "call_function" or total.target not in _SUMS or total.kwargs
+            or len(total.args) != 2 or x not in total.args):
+        return None
+    body: list[tuple[nn.Module, str | None]] = []
+    previous = x
+    while nodes[i] is not total:
+        element = _element(model, nodes[i], previous, sizes)
+        if element is None or len(set(nodes[i].users).difference(sizes)) != 1:
+            return None
+        body.append(element)
+        previous, i = nodes[i], i + 1
+    return (body, i) if body and set(total.args) == {x, previous} else None
+
+
+class Residual(nn.Module):
+    """x + body(x): a residual unit of a traced chain; ``body`` holds the model's own modules
+    (and stand-ins), so their hooks run."""
+
+    def __init__(self, body: Sequence[nn.Module]):
+        super().__init__()
+        self.body = nn.ModuleList(body)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x
+        for module in self.body:
+            y = module(y)
+        return x + y
 
 
 def _sequence(model: nn.Module, modules: list[nn.Module], paths: list[str | None],
@@ -138,7 +201,7 @@ def _sequence(model: nn.Module, modules: list[nn.Module], paths: list[str | None
     listed = {id(t): name for name, t in [*model.named_parameters(), *model.named_buffers()]}
     names = [{own: listed[id(t)] for own, t in [*m.named_parameters(remove_duplicate=False),
                                                  *m.named_buffers(remove_duplicate=False)]}
-             if path is not None else {} for m, path in zip(modules, paths)]
+             for m in modules]
     return ModuleSequence(tuple(modules), tuple(paths), tuple(scopes), tuple(names))
 
 

@@ -7,7 +7,10 @@ of node layer l, with the bias slot s, to
 
     f = W₂ σ(z) + b₂ s,   z = W₁ p + b₁ s   (h,)
 
-(a missing Linear is the identity, a missing σ is the identity). In augmented coordinates
+(a missing Linear is the identity, a missing σ is the identity), or, for a residual unit of a
+traced chain (:class:`~intermod.analysis.core.sequence.Residual`), f = p + W₂ σ(z) + b₂ s, whose
+Jacobian gains the identity on p (``AffineSection.residual``; :func:`pull_back` adds g, and
+:func:`next_layer_gram` the terms of Γ = [C_dataᵀ, 0]). In augmented coordinates
 p_aug = (p, s), f_aug = (f, s) its Jacobian is exactly
 
     J(x) = W₂' diag(a(x)) W₁' + K₀,   a = σ′(z) (h,)
@@ -43,6 +46,7 @@ from torch import Tensor, nn
 from .gram import gram
 from .jacobians import chunk_budget
 from .nodes import OUTPUT, NodeModel, default_output
+from .sequence import Residual
 
 ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.ELU, nn.Softplus,
                nn.Hardtanh, nn.Mish)
@@ -82,6 +86,7 @@ class AffineSection:
     act: nn.Module | None
     W2: Tensor | None
     b2: Tensor | None
+    residual: bool = False   # f = p + W₂ σ(W₁ p + b₁ s) + b₂ s
 
     def preactivation(self, p: Tensor) -> Tensor:
         """z = W₁ p + b₁ for points p (…, d_p)."""
@@ -116,7 +121,7 @@ class AffineSection:
     @property
     def identity(self) -> bool:
         """No Linear and no activation: f = p."""
-        return all(t is None for t in (self.W1, self.b1, self.act, self.W2, self.b2))
+        return not self.residual and all(t is None for t in (self.W1, self.b1, self.act, self.W2, self.b2))
 
     def width(self, d_p: int) -> int:
         """h, the size of z."""
@@ -161,6 +166,9 @@ def affine_section(net: NodeModel, j: int) -> AffineSection | None:
         return None
     layout = axes.pop()
     mods = [m for m in section if not isinstance(m, _SKIPPED)]
+    residual = len(mods) == 1 and isinstance(mods[0], Residual)
+    if residual:
+        mods = [m for m in mods[0].body if not isinstance(m, _SKIPPED)]
     first = second = act = None
     if mods and _feature_map(mods[0]) == layout:
         first = mods.pop(0)
@@ -180,7 +188,7 @@ def affine_section(net: NodeModel, j: int) -> AffineSection | None:
         return t.reshape(t.shape[0], -1) if leaf == "weight" else t   # a 1×1 kernel: (out, in)
 
     return AffineSection(param(first, "weight"), param(first, "bias"), act,
-                         param(second, "weight"), param(second, "bias"))
+                         param(second, "weight"), param(second, "bias"), residual)
 
 
 @dataclass
@@ -246,6 +254,24 @@ def next_layer_gram(sec: AffineSection, moments: ActivationMoments, C_next: Tens
         M[:, -1] += cross
         M[-1, :] += cross
         M[-1, -1] += moments.n * (u @ u)
+    if sec.residual:
+        M += _residual_terms(W, L, u, C_next[:d_p], moments)
+    return M
+
+
+def _residual_terms(W: Tensor, L: Tensor, u: Tensor | None, C_data: Tensor, moments: ActivationMoments
+                    ) -> Tensor:
+    """What f = p + … adds to Σ_x Jᵀ C Cᵀ J: with Γ = [C_dataᵀ, 0] (k', d_p [+1]), the
+    identity's part of CᵀJ, Σ_x (Γ + L D W₁' + u e_sᵀ)ᵀ(…) gains Γᵀ L diag(σ̄) W₁' and its
+    transpose, n (Γᵀu e_sᵀ + e_s uᵀΓ) and n ΓᵀΓ (Γ's slot column is 0)."""
+    Gamma = torch.zeros(L.shape[0], W.shape[1], dtype=W.dtype, device=W.device)
+    Gamma[:, :C_data.shape[0]] = C_data.T
+    X = Gamma.T @ (L * moments.sigma) @ W
+    M = X + X.T + moments.n * (Gamma.T @ Gamma)
+    if u is not None:
+        cross = moments.n * (Gamma.T @ u)
+        M[:, -1] += cross
+        M[-1, :] += cross
     return M
 
 
@@ -259,7 +285,7 @@ def pull_back(sec: AffineSection, g: Tensor, slot: Tensor | None, a: Tensor,
               scratch: Callable[[tuple[int, ...]], Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
     """Cotangents of f carried back to the section's point: (g_p, s_p)ᵀ = (g, s)ᵀ J(x), i.e.
 
-        g_z = (g W₂) ⊙ a(x),   g_p = g_z W₁,   s_p = s + g·b₂ + g_z·b₁
+        g_z = (g W₂) ⊙ a(x),   g_p = g_z W₁ (+ g for a residual unit),   s_p = s + g·b₂ + g_z·b₁
 
     (module docstring; a missing Linear is the identity, a missing σ leaves g_z = g W₂).
     g: (K, d) the same for every sample, or (K, N, d) per sample; slot: (K,) or (K, N) with the
@@ -292,4 +318,7 @@ def pull_back(sec: AffineSection, g: Tensor, slot: Tensor | None, a: Tensor,
             slot = slot[:, None]
         if sec.b1 is not None:
             slot = slot + g_z @ sec.b1
-    return (g_z if sec.W1 is None else times(g_z, sec.W1)), slot
+    g_p = g_z if sec.W1 is None else times(g_z, sec.W1)
+    if sec.residual:   # f = p + …: g also reaches p directly
+        g_p = g_p + (g if g.ndim == g_p.ndim else g[:, None, :])
+    return g_p, slot
