@@ -72,6 +72,15 @@ def _same(a, b, ga, gb):
     np.testing.assert_allclose(ga.w, gb.w, rtol=1e-9, atol=1e-12 * gb.w.max())
 
 
+def _same_as_generic(model, X, layers):
+    """Basis and edges with the sequence's fast paths = with batched VJPs, both targets."""
+    for target in ("output", "next_layer"):
+        fast, plain = (ia.compute_basis(model, X, layers, jacobian_target=target, structured=s, progress=False)
+                       for s in (True, False))
+        _same(fast, plain, ia.build_graph(model, X, fast, progress=False),
+              ia.build_graph(model, X, plain, progress=False, structured=False))
+
+
 @pytest.mark.parametrize("target", ["output", "next_layer"])
 @pytest.mark.parametrize("center,include_bias", [(True, True), (False, False)])
 def test_a_functional_mlp_is_read_as_its_sequential(target, center, include_bias):
@@ -224,11 +233,7 @@ def test_a_cnn_class_with_pooling_and_flatten_functions_equals_the_generic_path(
     assert [type(m) for m in net.section_modules(0)] == [nn.Conv2d, nn.ReLU, nn.MaxPool2d]
     flat = net.section_modules(1)[-1]
     assert isinstance(flat, nn.Flatten) and flat.start_dim == 1 and flat.end_dim == -1
-    for target in ("output", "next_layer"):
-        fast, plain = (ia.compute_basis(model, X, layers, jacobian_target=target, structured=s, progress=False)
-                       for s in (True, False))
-        _same(fast, plain, ia.build_graph(model, X, fast, progress=False),
-              ia.build_graph(model, X, plain, progress=False, structured=False))
+    _same_as_generic(model, X, layers)
 
 
 class Tied(nn.Module):
@@ -252,11 +257,7 @@ def test_a_weight_shared_by_two_modules_is_read_under_the_models_name():
     layers = ["fc1", "fc2", "out", "output"]
     net = _net(model, layers, X)
     assert net.section_modules(0) is not None and "fc2.weight" not in net.params
-    for target in ("output", "next_layer"):
-        fast, plain = (ia.compute_basis(model, X, layers, jacobian_target=target, structured=s, progress=False)
-                       for s in (True, False))
-        _same(fast, plain, ia.build_graph(model, X, fast, progress=False),
-              ia.build_graph(model, X, plain, progress=False, structured=False))
+    _same_as_generic(model, X, layers)
 
 
 class ResBlock(nn.Module):
@@ -326,8 +327,4 @@ def test_residual_blocks_without_the_form_keep_batched_vjps():
     net = _net(model, RES_LAYERS, X)
     assert net.section_modules(0) is not None
     assert affine_section(net, 0) is None and affine_section(net, 1) is None
-    for target in ("output", "next_layer"):
-        fast, plain = (ia.compute_basis(model, X, RES_LAYERS, jacobian_target=target, structured=s, progress=False)
-                       for s in (True, False))
-        _same(fast, plain, ia.build_graph(model, X, fast, progress=False),
-              ia.build_graph(model, X, plain, progress=False, structured=False))
+    _same_as_generic(model, X, RES_LAYERS)
