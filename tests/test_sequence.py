@@ -328,3 +328,46 @@ def test_residual_blocks_without_the_form_keep_batched_vjps():
     assert net.section_modules(0) is not None
     assert affine_section(net, 0) is None and affine_section(net, 1) is None
     _same_as_generic(model, X, RES_LAYERS)
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.c2(torch.relu(self.c1(x)))
+
+
+class ResCNN(nn.Module):
+    """A ResNet-like stack: stem, two residual blocks x + conv(relu(conv(x))), 1×1 head, pool."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.stem, self.head = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 2, 1)
+        self.b1, self.b2 = ConvBlock(3), ConvBlock(3)
+
+    def forward(self, x):
+        x = self.b2(self.b1(torch.relu(self.stem(x))))
+        return torch.flatten(F.adaptive_avg_pool2d(self.head(x), 1), 1)
+
+
+@pytest.mark.parametrize("include_bias", [True, False])
+def test_residual_conv_blocks_are_coloured(include_bias):
+    """A residual unit of local convolutions is local (its map: the body's and the identity's):
+    its sections take coloured cotangents, and basis and edges equal the plain VJPs."""
+    from intermod.analysis.core.colouring import section_colouring
+
+    model = ResCNN().double()
+    X = torch.randn(5, 2, 8, 8, dtype=torch.float64)
+    layers = ["b1", "b2", "head", "output"]
+    net = prepare(model, X, layers, output_fn=None, include_bias=include_bias, dtype=torch.float64,
+                  batch_size=16, device="cpu", seed=0, progress=False, callback=None).net
+    col = section_colouring(net, 0, (5, 3, 8, 8), torch.device("cpu"))
+    assert col is not None and int(col.colour.max()) + 1 < 64          # fewer colours than positions
+    for target in ("output", "next_layer"):
+        opts = dict(jacobian_target=target, include_bias=include_bias, center=include_bias, progress=False)
+        fast, plain = (ia.compute_basis(model, X, layers, structured=s, **opts) for s in (True, False))
+        _same(fast, plain, ia.build_graph(model, X, fast, progress=False),
+              ia.build_graph(model, X, plain, progress=False, structured=False))

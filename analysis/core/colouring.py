@@ -55,6 +55,7 @@ from torch import Tensor, nn
 
 from .jacobians import chunk_size
 from .nodes import OUTPUT, NodeModel, default_output
+from .sequence import Residual
 from .structured import ELEMENTWISE
 
 POINTWISE = ELEMENTWISE + (nn.modules.batchnorm._BatchNorm, nn.Identity, nn.Dropout, nn.Dropout1d,
@@ -117,6 +118,29 @@ def _flat(modules: list[nn.Module]) -> Iterator[nn.Module]:
             yield m
 
 
+def _through(modules: list[nn.Module], x: Tensor, onehot: Tensor, hooked: Callable[[nn.Module], bool],
+             include_bias: bool) -> tuple[Tensor, bool] | None:
+    """x's dependency map through ``modules`` (a residual unit: its body's plus x's own), and
+    whether a hooked bias sat where the positions differ from the section input's (``onehot``)."""
+    mean_hooks = False
+    for m in modules:
+        if isinstance(m, Residual):
+            found = _through(list(_flat(list(m.body))), x, onehot, hooked, include_bias)
+            if found is None or found[0].shape != x.shape:
+                return None
+            x, mean_hooks = x + found[0], mean_hooks or found[1]
+            continue
+        x = _structural(m, x)
+        if x is None:
+            return None
+        if include_bias and hooked(m):
+            if x.shape[2:] == onehot.shape[2:]:
+                x = x + onehot
+            else:
+                mean_hooks = True
+    return x, mean_hooks
+
+
 def position_dependency(modules: list[nn.Module], spatial: tuple[int, ...],
                         hooked: Callable[[nn.Module], bool], include_bias: bool
                         ) -> tuple[sp.csr_matrix, bool] | None:
@@ -133,16 +157,11 @@ def position_dependency(modules: list[nn.Module], spatial: tuple[int, ...],
         onehot = torch.zeros(n, P_in, dtype=torch.float64)
         onehot[torch.arange(n), torch.arange(start, start + n)] = 1.0
         onehot = onehot.reshape((n, 1) + spatial)
-        x = onehot
-        for m in modules:
-            x = _structural(m, x)
-            if x is None:
-                return None
-            if include_bias and hooked(m):
-                if tuple(x.shape[2:]) == spatial:
-                    x = x + onehot
-                else:
-                    mean_hooks = True
+        found = _through(modules, onehot, onehot, hooked, include_bias)
+        if found is None:
+            return None
+        x, hooks = found
+        mean_hooks |= hooks
         flat = x.reshape(n, -1)
         P_out = flat.shape[1]
         if include_bias and P_out == P_in:
