@@ -64,8 +64,8 @@ def edge_sums(sec: AffineSection, point: Tensor, baseline: Tensor | None, f_hat:
         L, R = torch.cat([L, u[:, None]], 1), torch.cat([R, v[None]], 0)
         a_bar = torch.cat([a_bar, torch.ones_like(a_bar[:, :1])], 1)
     f_w = fh * wo[:, None]                                            # (n, k), 0 at masked samples
-    d = C_next.shape[0] - int(include_bias)
-    T = (C_next[:d].T @ Q[:d]).to(dtype) if sec.residual else None   # f = p + …: Ĵ gains C_dataᵀ Q_data
+    Gamma = sec.skip(C_next.to(torch.float64), include_bias)
+    T = None if Gamma is None else Gamma.to(dtype) @ Q              # f = p + …: Ĵ gains Γ Q = C_dataᵀ Q_data
     k_next, rows = L.shape
     if per_sample_pays(k_next, rows, R.shape[1], p.device):
         _sample_by_sample(L, R, a_bar, f_w, E, heartbeat, T)

@@ -118,6 +118,16 @@ class AffineSection:
             u = u + C_data.T @ self.b2.to(C_next.dtype)
         return L, u
 
+    def skip(self, C_next: Tensor, include_bias: bool) -> Tensor | None:
+        """Γ = [C_dataᵀ, 0] (k', d [+1]), the part of Cᵀ J(x) that a residual unit's f = p + …
+        adds (its slot column 0: p's identity does not touch the slot); None for other sections."""
+        if not self.residual:
+            return None
+        Gamma = C_next.T.clone()
+        if include_bias:
+            Gamma[:, -1] = 0.0
+        return Gamma
+
     @property
     def identity(self) -> bool:
         """No Linear and no activation: f = p."""
@@ -254,18 +264,17 @@ def next_layer_gram(sec: AffineSection, moments: ActivationMoments, C_next: Tens
         M[:, -1] += cross
         M[-1, :] += cross
         M[-1, -1] += moments.n * (u @ u)
-    if sec.residual:
-        M += _residual_terms(W, L, u, C_next[:d_p], moments)
+    Gamma = sec.skip(C_next, include_bias)
+    if Gamma is not None:
+        M += _residual_terms(W, L, u, Gamma, moments)
     return M
 
 
-def _residual_terms(W: Tensor, L: Tensor, u: Tensor | None, C_data: Tensor, moments: ActivationMoments
+def _residual_terms(W: Tensor, L: Tensor, u: Tensor | None, Gamma: Tensor, moments: ActivationMoments
                     ) -> Tensor:
-    """What f = p + … adds to Σ_x Jᵀ C Cᵀ J: with Γ = [C_dataᵀ, 0] (k', d_p [+1]), the
-    identity's part of CᵀJ, Σ_x (Γ + L D W₁' + u e_sᵀ)ᵀ(…) gains Γᵀ L diag(σ̄) W₁' and its
-    transpose, n (Γᵀu e_sᵀ + e_s uᵀΓ) and n ΓᵀΓ (Γ's slot column is 0)."""
-    Gamma = torch.zeros(L.shape[0], W.shape[1], dtype=W.dtype, device=W.device)
-    Gamma[:, :C_data.shape[0]] = C_data.T
+    """What f = p + … adds to Σ_x Jᵀ C Cᵀ J: with Γ (:meth:`AffineSection.skip`),
+    Σ_x (Γ + L D W₁' + u e_sᵀ)ᵀ(…) gains Γᵀ L diag(σ̄) W₁' and its transpose,
+    n (Γᵀu e_sᵀ + e_s uᵀΓ) and n ΓᵀΓ."""
     X = Gamma.T @ (L * moments.sigma) @ W
     M = X + X.T + moments.n * (Gamma.T @ Gamma)
     if u is not None:
