@@ -198,12 +198,12 @@ def test_a_trace_that_does_not_reproduce_the_model_is_not_used(monkeypatch):
     X = torch.randn(8, 6, dtype=torch.float64)
     params = dict(model.named_parameters())
     right = sequence._traced(model)
-    found = module_sequence(model, ["fc1", "fc3"], X, params, lambda: model(X))
+    found = module_sequence(model, ["fc1", "fc3"], X, params, model(X))
     assert right is not None and found is not None and found.paths == right.paths
     wrong = ModuleSequence(*(field[:1] + field[2:] for field in (right.modules, right.paths, right.scopes, right.names)))
-    assert module_sequence(model.train(), ["fc1", "fc3"], X, params, lambda: model(X)) is None
+    assert module_sequence(model.train(), ["fc1", "fc3"], X, params, model(X)) is None
     monkeypatch.setattr(sequence, "_traced", lambda m: wrong)
-    assert module_sequence(model.eval(), ["fc1", "fc3"], X, params, lambda: model(X)) is None
+    assert module_sequence(model.eval(), ["fc1", "fc3"], X, params, model(X)) is None
 
 
 class PoolingCNN(nn.Module):

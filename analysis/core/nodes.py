@@ -121,7 +121,7 @@ class NodeModel:
         self._slot_now: Tensor | None = None
         self._slot_share: Tensor | None = None
         self._share_tangent = False   # mean_slot_tangent: the mean slot carries tangent 1
-        found = self._forward_order(example, layers)
+        found, raw_output = self._forward_order(example, layers)
         shapes, called = found.shapes, found.called
         self.layers = found.order
         self.chain = self.layers + ([] if self.layers[-1] == OUTPUT else [OUTPUT])
@@ -131,8 +131,7 @@ class NodeModel:
             n: resolve_layout(n, shapes[n], requested[n], evidence=found.evidence.get(n),
                               model_has_channels=has_channels) for n in self.chain}
         with torch.no_grad(), _eval_mode(model):
-            self._sequence = module_sequence(model, self.layers, example, self.params,
-                                             lambda: self._call(example, self.params))
+            self._sequence = module_sequence(model, self.layers, example, self.params, raw_output)
         self.heads = linear_heads(self.modules, self._sequence, self.layouts)
         name_of = {id(p): n for n, p in model.named_parameters()}
         head_ids = {id(m) for m in self.heads.values()}
@@ -215,16 +214,21 @@ class NodeModel:
         self._slot_now = torch.ones(shape, dtype=like.dtype, device=like.device, requires_grad=True)
         return self._slot_now
 
-    def _forward_order(self, example: Batch, layers: list[str]) -> Survey:
-        """One plain forward pass of ``example`` that surveys the cut points (:func:`survey`)."""
+    def _forward_order(self, example: Batch, layers: list[str]) -> tuple[Survey, Any]:
+        """One plain forward pass of ``example`` that surveys the cut points (:func:`survey`);
+        also returns the model's raw output there."""
+        raw: list[Any] = []
+
+        def run() -> Any:
+            raw.append(self._call(example, self.params))
+            return self.output_fn(raw[-1])
         with torch.no_grad(), self._hooks():
-            found = survey(self.modules, self.model.modules(),
-                           lambda: self.output_fn(self._call(example, self.params)), batch_size_of(example))
+            found = survey(self.modules, self.model.modules(), run, batch_size_of(example))
         missing = [n for n in self.modules if n not in found.order]
         if missing:
             raise ValueError(f"layers {missing} are never called in the forward pass")
         found.order += [OUTPUT] if OUTPUT in layers else []
-        return found
+        return found, raw[-1]
 
     def forward(self, batch: Batch, *, grad: bool = False) -> dict[str, Tensor]:
         """Natural forward pass: activations at every chain layer (``"output"`` included).

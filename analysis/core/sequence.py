@@ -68,15 +68,15 @@ class ModuleSequence:
 
 
 def module_sequence(model: nn.Module, layers: Sequence[str], example: Any, params: Mapping[str, Tensor],
-                    run: Callable[[], Any]) -> ModuleSequence | None:
+                    expected: Any) -> ModuleSequence | None:
     """The chain of modules of ``model`` when it has one in which every layer in ``layers``
     (module paths; ``"output"`` aside) runs as one unbroken run of modules (a leaf module, or
     one whose forward is itself a chain, e.g. a block of Linear and ReLU), else None.
 
     An ``nn.Sequential`` whose layers are its children is taken as it is. Any other model is
     traced, and its chain kept only when, run on ``example`` with ``params`` (the model's
-    names), it gives ``run()``, the model's own output there (to 1e-6 relative; call both in
-    eval mode)."""
+    names), it gives ``expected``, the model's own output there (to 1e-6 relative; in eval
+    mode)."""
     wanted = [n for n in layers if n != "output"]
     children = dict(model.named_children())
     if isinstance(model, nn.Sequential) and all(n in children for n in wanted):
@@ -87,7 +87,6 @@ def module_sequence(model: nn.Module, layers: Sequence[str], example: Any, param
     if found is None or not all(found.cuts_at(n) for n in wanted):
         return None
     with torch.no_grad():
-        expected = run()   # also overwrites any attribute the traced forward assigned a symbol to
         try:
             got = found.run(0, len(found), example, params)
             same = (isinstance(expected, Tensor) and expected.is_floating_point() and got.shape == expected.shape
