@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import inputs, machine, matmul_gflops, mlp  # noqa: E402
+from run import inputs, machine, matmul_gflops, mlp, pipeline  # noqa: E402
 
 
 class Block(nn.Module):
@@ -95,16 +94,9 @@ def models(width: int) -> dict[str, tuple[nn.Module, list[str]]]:
 
 def time_one(model: nn.Module, layers: list[str], X: torch.Tensor, target: str, repeats: int,
              structured: bool = True) -> dict:
-    from intermod import analysis as ia
-
-    best = {"basis_s": float("inf"), "edges_s": float("inf")}
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        basis = ia.compute_basis(model, X, layers, jacobian_target=target, progress=False, structured=structured)
-        t1 = time.perf_counter()
-        ia.build_graph(model, X, basis, progress=False, structured=structured)
-        t2 = time.perf_counter()
-        best = {"basis_s": min(best["basis_s"], t1 - t0), "edges_s": min(best["edges_s"], t2 - t1)}
+    """Each stage's best over ``repeats`` runs of bench/run.py's pipeline."""
+    runs = [pipeline(model, X, target, modules=False, layers=layers, structured=structured) for _ in range(repeats)]
+    best = {k: min(r[k] for r in runs) for k in ("basis_s", "edges_s")}
     return {k: round(v, 3) for k, v in best.items()} | {"total_s": round(best["basis_s"] + best["edges_s"], 3)}
 
 

@@ -78,15 +78,18 @@ def matmul_gflops(n: int = 1500, repeats: int = 5) -> float:
     return 2 * n ** 3 * repeats / (time.perf_counter() - t) / 1e9
 
 
-def pipeline(model, data, target: str, device: str = "cpu", dtype=torch.float64, modules: bool = True) -> dict:
-    """Basis + edges (+ modules): seconds per stage; ``_basis`` and ``_graph`` hold the results."""
+def pipeline(model, data, target: str, device: str = "cpu", dtype=torch.float64, modules: bool = True,
+             layers: list[str] | None = None, structured: bool = True) -> dict:
+    """Basis + edges (+ modules): seconds per stage; ``_basis`` and ``_graph`` hold the results.
+    ``layers``: the cut points (default: the inputs of a Sequential's Linears, and the output)."""
     from intermod import analysis as ia
 
-    layers = cut_points(model)
+    layers = cut_points(model) if layers is None else layers
     t0 = time.perf_counter()
-    basis = ia.compute_basis(model, data, layers, jacobian_target=target, progress=False, device=device, dtype=dtype)
+    basis = ia.compute_basis(model, data, layers, jacobian_target=target, progress=False, device=device, dtype=dtype,
+                             structured=structured)
     t1 = time.perf_counter()
-    graph = ia.build_graph(model, data, basis, progress=False, device=device, dtype=dtype)
+    graph = ia.build_graph(model, data, basis, progress=False, device=device, dtype=dtype, structured=structured)
     t2 = time.perf_counter()
     part = ia.find_modules(graph, epsilon=1e-4) if modules else None
     t3 = time.perf_counter()
