@@ -8,6 +8,7 @@ state_dict names (``"0.weight"``, ``"0.bias"``). New layer types are added with
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -223,10 +224,13 @@ def load_model(spec: Spec, weights: Mapping[str, torch.Tensor]) -> nn.Sequential
     dtypes = {t.dtype for t in weights.values()}
     if len(dtypes) > 1:
         raise SpecError("weights", f"tensors mix dtypes {sorted(map(str, dtypes))}")
-    model = model.to_empty(device="cpu")
-    if dtypes:
-        model = model.to(dtypes.pop())
-    model.load_state_dict(dict(weights), strict=True)
+    # assign=True puts copies of the weights in place of the meta tensors: no uninitialised
+    # model first, and none of to_empty's meta-tensor machinery (which imports sympy, ~0.5 s).
+    model.load_state_dict({k: v.detach().clone() for k, v in weights.items()}, strict=True, assign=True)
+    unset = [name for name, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
+    if unset:
+        raise SpecError("spec", f"tensors {unset} are not in the weights and have no value (buffers "
+                                "that are not saved with the model)")
     return model.eval()
 
 

@@ -61,3 +61,34 @@ def test_register_layer_extends_the_format(monkeypatch):
     spec, weights = describe_model(model)
     x = torch.randn(4, 2, dtype=torch.float64)
     assert torch.equal(load_model(spec, weights)(x), model(x))
+
+
+class _Shifted(nn.Module):
+    """x + a buffer that is not saved with the model (persistent=False)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.register_buffer("shift", torch.ones(width), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.shift
+
+
+def test_loaded_models_hold_the_uploaded_weights_and_nothing_unset(monkeypatch):
+    """load_model puts copies of the weights in place (the caller's tensors are not shared, so
+    nothing done to the model reaches them); a registered layer with a tensor the weights do
+    not carry (a non-persistent buffer) is refused by name instead of left without a value."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    spec, weights = describe_model(model)
+    before = {k: v.clone() for k, v in weights.items()}
+    loaded = load_model(spec, weights)
+    assert loaded[0].weight.dtype == torch.float64 and not loaded[0].weight.is_meta
+    with torch.no_grad():
+        loaded[0].weight.zero_()
+    assert all(torch.equal(weights[k], before[k]) for k in weights)
+    monkeypatch.setattr(model_spec, "LAYER_TYPES", dict(model_spec.LAYER_TYPES))
+    model_spec.register_layer("shifted", lambda spec, width: (_Shifted(width), width),
+                              lambda m: {"type": "shifted"} if type(m) is _Shifted else None)
+    spec, weights = describe_model(nn.Sequential(nn.Linear(2, 3), _Shifted(3)).double())
+    with pytest.raises(SpecError, match="shift"):
+        load_model(spec, weights)
