@@ -388,3 +388,26 @@ def test_sigma_moments_equal_the_float64_sums(binary):
         np.testing.assert_allclose(mom.S.numpy(), want, rtol=1e-13, atol=1e-13 * want.max())
     np.testing.assert_allclose(mom.sigma.numpy(), aw.sum(0), rtol=1e-13)
     assert mom.n == float(w.sum()) and mom.S.dtype == torch.float64
+
+
+@pytest.mark.parametrize("has_W1", [True, False])
+@pytest.mark.parametrize("has_b1", [True, False])
+@pytest.mark.parametrize("include_bias", [True, False])
+def test_products_with_the_first_map_equal_the_explicit_matrix(has_W1, has_b1, include_bias):
+    """first_times / times_first = W₁' X and Y W₁' with W₁' = [W₁, b₁] (or W₁) written out, the
+    identity for a missing W₁ (a section after a Linear head) included, which they never form."""
+    from intermod.analysis.core.structured import AffineSection
+
+    g = torch.Generator().manual_seed(2)
+    d_p = 6
+    W1 = torch.randn(9, d_p, dtype=torch.float64, generator=g) if has_W1 else None
+    h = 9 if has_W1 else d_p
+    b1 = torch.randn(h, dtype=torch.float64, generator=g) if has_b1 else None
+    sec = AffineSection(W1, b1, nn.ReLU(), None, None)
+    W = torch.eye(d_p, dtype=torch.float64) if W1 is None else W1
+    if include_bias:
+        W = torch.cat([W, (torch.zeros(h, dtype=torch.float64) if b1 is None else b1)[:, None]], 1)
+    X = torch.randn(W.shape[1], 4, dtype=torch.float64, generator=g)
+    Y = torch.randn(3, h, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(sec.first_times(X, include_bias), W @ X, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(sec.times_first(Y, include_bias), Y @ W, rtol=1e-13, atol=1e-13)

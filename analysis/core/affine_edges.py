@@ -51,10 +51,9 @@ def edge_sums(sec: AffineSection, point: Tensor, baseline: Tensor | None, f_hat:
     p = point.reshape(-1, point.shape[-1]).to(dtype)
     fh = f_hat.reshape(-1, f_hat.shape[-1])
     wo = w_out.reshape(-1).to(dtype)
-    W = sec.first(include_bias, p.shape[-1]).to(dtype)
     L64, u64 = sec.readout(C_next.to(torch.float64), include_bias)
     L = L64.to(dtype)
-    R = W @ Q                                             # (h, k)
+    R = sec.first_times(Q, include_bias)                  # W₁' Q (h, k)
     v = Q[-1] if include_bias else None
     u = None if u64 is None else u64.to(dtype)
     z = sec.preactivation(p)

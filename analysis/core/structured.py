@@ -97,14 +97,22 @@ class AffineSection:
         """a = σ′(z) (:func:`activation_derivative`)."""
         return activation_derivative(self.act, z)
 
-    def first(self, include_bias: bool, d_p: int) -> Tensor:
-        """W₁' = [W₁, b₁] (h, d_p + 1) with the slot, W₁ (h, d_p) without; float64."""
-        W = torch.eye(d_p, dtype=torch.float64) if self.W1 is None else self.W1.to(torch.float64)
-        W = W.to(self.device)
+    def first_times(self, X: Tensor, include_bias: bool) -> Tensor:
+        """W₁' X for X (d_p [+1], m), W₁' = [W₁, b₁] with the slot (W₁ without it): (h, m).
+        A missing W₁ (the identity, e.g. after a Linear head) is never formed as a matrix."""
+        Xd = X[:-1] if include_bias else X
+        out = Xd if self.W1 is None else self.W1.to(X.dtype) @ Xd
+        if include_bias and self.b1 is not None:
+            out = out + torch.outer(self.b1.to(X.dtype), X[-1])
+        return out
+
+    def times_first(self, Y: Tensor, include_bias: bool) -> Tensor:
+        """Y W₁' for Y (m, h): (m, d_p [+1]), without forming a missing W₁ (:meth:`first_times`)."""
+        out = Y if self.W1 is None else Y @ self.W1.to(Y.dtype)
         if not include_bias:
-            return W
-        b = torch.zeros(W.shape[0], dtype=torch.float64, device=W.device) if self.b1 is None else self.b1.to(torch.float64)
-        return torch.cat([W, b[:, None]], 1)
+            return out
+        slot = Y @ self.b1.to(Y.dtype) if self.b1 is not None else Y.new_zeros(Y.shape[0])
+        return torch.cat([out, slot[:, None]], 1)
 
     def readout(self, C_next: Tensor, include_bias: bool) -> tuple[Tensor, Tensor | None]:
         """(L = C_dataᵀ W₂ (k', h), u = C_dataᵀ b₂ + c_slot (k',) or None without the slot)."""
@@ -252,30 +260,28 @@ class ActivationMoments:
         self.n += float(w.sum())
 
 
-def next_layer_gram(sec: AffineSection, moments: ActivationMoments, C_next: Tensor,
-                    include_bias: bool, d_p: int) -> Tensor:
+def next_layer_gram(sec: AffineSection, moments: ActivationMoments, C_next: Tensor, include_bias: bool) -> Tensor:
     """Σ_x Jᵀ C Cᵀ J in point coordinates (d_p [+1], d_p [+1]), float64 (module docstring)."""
     C_next = C_next.to(torch.float64)
-    W = sec.first(include_bias, d_p)
     L, u = sec.readout(C_next, include_bias)
-    M = W.T @ ((L.T @ L) * moments.S) @ W
+    M = sec.times_first(sec.times_first((L.T @ L) * moments.S, include_bias).T, include_bias)   # W₁'ᵀ (…) W₁'
     if include_bias:
-        cross = W.T @ (moments.sigma * (L.T @ u))
+        cross = sec.times_first((moments.sigma * (L.T @ u))[None], include_bias)[0]
         M[:, -1] += cross
         M[-1, :] += cross
         M[-1, -1] += moments.n * (u @ u)
     Gamma = sec.skip(C_next, include_bias)
     if Gamma is not None:
-        M += _residual_terms(W, L, u, Gamma, moments)
+        M += _residual_terms(sec, L, u, Gamma, moments, include_bias)
     return M
 
 
-def _residual_terms(W: Tensor, L: Tensor, u: Tensor | None, Gamma: Tensor, moments: ActivationMoments
-                    ) -> Tensor:
+def _residual_terms(sec: AffineSection, L: Tensor, u: Tensor | None, Gamma: Tensor, moments: ActivationMoments,
+                    include_bias: bool) -> Tensor:
     """What f = p + … adds to Σ_x Jᵀ C Cᵀ J: with Γ (:meth:`AffineSection.skip`),
     Σ_x (Γ + L D W₁' + u e_sᵀ)ᵀ(…) gains Γᵀ L diag(σ̄) W₁' and its transpose,
     n (Γᵀu e_sᵀ + e_s uᵀΓ) and n ΓᵀΓ."""
-    X = Gamma.T @ (L * moments.sigma) @ W
+    X = Gamma.T @ sec.times_first(L * moments.sigma, include_bias)
     M = X + X.T + moments.n * (Gamma.T @ Gamma)
     if u is not None:
         cross = moments.n * (Gamma.T @ u)
