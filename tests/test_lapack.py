@@ -110,7 +110,7 @@ def test_rotating_layers_together_equals_rotating_each_alone(two_threads):
     jobs = []
     for n in basis.layers:
         lb = basis[n]
-        jobs.append((torch.as_tensor(lb.G), gram_factor(torch.as_tensor(lb.M)), torch.as_tensor(lb.mean)))
+        jobs.append((torch.as_tensor(lb.G), gram_factor(torch.as_tensor(lb.M)), torch.as_tensor(lb.mean), None))
     together = rotate_all(jobs, **opts)
     for job, rot in zip(jobs, together):
         (alone,) = rotate_all([job], **opts)
@@ -152,3 +152,38 @@ def test_the_basis_puts_independent_decompositions_in_one_round(target, monkeypa
     else:
         assert any("_thin_svd" in r and r.count("_cholesky") == 2 for r in rounds)
         assert all(r.count("_thin_svd") <= 1 for r in rounds)
+
+
+@pytest.mark.parametrize("target", ["output", "next_layer"])
+@pytest.mark.parametrize("kind", ["interaction", "pca"])
+@pytest.mark.parametrize("center", [True, False])
+@pytest.mark.parametrize("include_bias", [True, False])
+def test_fewer_samples_than_dimensions_decompose_g_from_the_samples(target, kind, center, include_bias, monkeypatch):
+    """n = 50 samples of 120-wide layers: G has rank ≤ 50, and its eigendecomposition comes from
+    the SVD of the samples (no eigh of the 120 × 120 block, no Cholesky attempt). The basis equals
+    the one from eigh of G (ROWS_KEPT = 0: samples never kept) within 1e-10: same k, C, C⁻¹, Λ."""
+    from intermod.analysis.core import gram as gram_module
+    from intermod.analysis.core import rotation
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 120), nn.ReLU(), nn.Linear(120, 120), nn.ReLU(), nn.Linear(120, 5)).double()
+    X = torch.randn(50, 30, dtype=torch.float64)
+    sizes: list[int] = []
+    eigh = rotation.eigh_desc
+    cholesky = rotation._cholesky
+    monkeypatch.setattr(rotation, "eigh_desc", lambda A: sizes.append(A.shape[0]) or eigh(A))
+    monkeypatch.setattr(rotation, "_cholesky", lambda A: sizes.append(A.shape[0]) or cholesky(A))
+    opts = dict(jacobian_target=target, kind=kind, center=center, include_bias=include_bias, progress=False,
+                batch_size=16)
+    from_samples = ia.compute_basis(model, X, ["0", "2", "4", "output"], **opts)
+    assert all(size < 120 for size in sizes)
+    monkeypatch.setattr(gram_module, "ROWS_KEPT", 0.0)
+    sizes.clear()
+    from_G = ia.compute_basis(model, X, ["0", "2", "4", "output"], **opts)
+    assert 120 in sizes or 121 in sizes   # the check above can fail
+    for n in from_G.layers:
+        a, b = from_samples[n], from_G[n]
+        assert a.k == b.k and a.bias_direction == b.bias_direction
+        for x, y in ((a.C, b.C), (a.Cinv, b.Cinv), (a.Lambda, b.Lambda)):
+            assert np.abs(x - y).max() <= 1e-10 * np.abs(y).max()
+    assert from_samples["2"].k <= 51

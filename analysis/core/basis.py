@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .conv_grams import conv_moments
 from .distributed import all_reduce_float, all_reduce_sum
-from .gram import GramSum, MomentAccumulator, augmented_gram, gram
+from .gram import GramSum, MomentAccumulator, augmented_gram, augmented_rows, gram
 from .inputs import Inputs
 from .jacobian_grams import (
     affine_chain,
@@ -220,10 +220,13 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     totals = {j: all_reduce_sum(gs.total) for j, gs in sums.items()}
     G = {n: augmented_gram(mean, cov, center=center, include_bias=include_bias)
          for n, (_, mean, cov) in stats.items()}
+    rows = {n: None if (R := m.rows(center)) is None else
+            augmented_rows(R, stats[n][0], center=center, include_bias=include_bias)
+            for n, m in moments.items()}   # fewer samples than dimensions: G's SVD from them
     F: dict[str, Tensor | None] = {n: None for n in chain}   # M = Fᵀ F
     F[OUTPUT] = terminal_M(net.dims[OUTPUT], include_bias, s.device)
     for j, (sec, sigma, R) in out_closed.items():
-        totals[j] = all_reduce_sum(next_layer_gram(sec, sigma, R, include_bias, net.point_dims[chain[j]]))
+        totals[j] = all_reduce_sum(next_layer_gram(sec, sigma, R, include_bias))
     for j, total in totals.items():
         F[chain[j]] = gram_factor(total / stats[chain[j]][0], net.pullback(chain[j]))
 
@@ -235,8 +238,8 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     def rotate_beside(n: str, white: Whitening | None, below: str | None) -> Whitening | None:
         """Rotate layer n (with its whitening ``white`` when made already); the whitening of the
         layer ``below``, which needs only its G, is factorised in the same rounds, beside n's SVD."""
-        steps: list = [rotation_steps(G[n], F[n], stats[n][1], white=white, **rotation_options)]
-        done = run_steps(steps + ([whitening(G[below], center, include_bias, tol_G)] if below else []))
+        steps: list = [rotation_steps(G[n], F[n], stats[n][1], white=white, rows=rows[n], **rotation_options)]
+        done = run_steps(steps + ([whitening(G[below], center, include_bias, tol_G, rows[below])] if below else []))
         rots[n] = done[0]
         return done[1] if below else None
 
@@ -250,8 +253,7 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
                 total, n = found
             elif j in closed:
                 sec, sigma = closed[j]
-                total = all_reduce_sum(next_layer_gram(sec, sigma, rots[chain[j + 1]].C, net.include_bias,
-                                                       net.point_dims[chain[j]]))
+                total = all_reduce_sum(next_layer_gram(sec, sigma, rots[chain[j + 1]].C, net.include_bias))
                 n = all_reduce_float(sigma.n, s.device)
             else:
                 total, n = next_layer_jacobians(s, j, rots[chain[j + 1]].C, n_probes)
@@ -260,7 +262,7 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
             white = rotate_beside(chain[j], white, chain[j - 1] if j > 0 else None)
             timings["rotations"] = timings.get("rotations", 0.0) + time.perf_counter() - t0
     else:   # independent layers: their decompositions run side by side
-        rots = dict(zip(chain, rotate_all([(G[n], F[n], stats[n][1]) for n in chain], **rotation_options)))
+        rots = dict(zip(chain, rotate_all([(G[n], F[n], stats[n][1], rows[n]) for n in chain], **rotation_options)))
         timings["rotations"] = time.perf_counter() - t0
 
     def np64(t: Tensor | None) -> np.ndarray | None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .distributed import all_reduce_float, all_reduce_max, all_reduce_sum
+from .distributed import all_reduce_float, all_reduce_max, all_reduce_sum, rank_world
 
 GRAM_TILE = 128   # gram(): columns per block row
+ROWS_KEPT = 0.5   # MomentAccumulator keeps its samples while n ≤ ROWS_KEPT·d (measured crossover ~0.6)
 
 
 def gram(X: Tensor) -> Tensor:
@@ -36,6 +37,11 @@ class MomentAccumulator:
     Cov = Σ w (f − μ)(f − μ)ᵀ / n. Sums are taken around a fixed shift c (the first batch's
     mean) so that a large mean does not cancel the covariance: Cov = S/n − δδᵀ with
     S = Σ w (f − c)(f − c)ᵀ and δ = Σ w (f − c) / n.
+
+    While there are at most d·ROWS_KEPT samples (d: their width), the samples themselves are
+    kept as well (:meth:`rows`): then G has rank ≤ n < d, and its eigendecomposition is cheaper
+    from the SVD of the n samples than from the d × d matrix (O(n²d) against O(d³)). Past that
+    count they are dropped, so memory stays flat in n (≤ d²·ROWS_KEPT numbers).
     """
 
     def __init__(self) -> None:
@@ -43,6 +49,7 @@ class MomentAccumulator:
         self.shift: Tensor | None = None
         self.s1: Tensor | None = None
         self.s2: Tensor | None = None
+        self._rows: list[Tensor] | None = []
 
     def add(self, x: Tensor, w: Tensor) -> None:
         """x: (B, P, d) samples, w: (B, P) weights."""
@@ -61,6 +68,17 @@ class MomentAccumulator:
         self.s1 += col
         self.s2 += gram(xc)
         self.n += float(w.sum())
+        if self._rows is not None:
+            self._rows = [*self._rows, xc[w[:, 0] != 0]] if self.n <= ROWS_KEPT * x.shape[1] else None
+
+    def rows(self, centred: bool) -> Tensor | None:
+        """The samples (n, d) with weight 1, f − μ when ``centred`` else f, while there are at
+        most d·ROWS_KEPT of them in a single process; None otherwise."""
+        if self._rows is None or not self._rows or rank_world()[1] > 1:
+            return None
+        assert self.shift is not None and self.s1 is not None
+        X = torch.cat(self._rows)
+        return X - self.s1 / self.n if centred else X + self.shift
 
     def result(self, device: torch.device) -> tuple[float, Tensor, Tensor]:
         """(n, μ (d,), Cov (d, d)), combined over all processes of a process group.
@@ -72,17 +90,20 @@ class MomentAccumulator:
         n_r = self.n
         if n_r > 0:
             mu_r = self.shift + self.s1 / n_r
-            cov_r = self.s2 / n_r - torch.outer(self.s1 / n_r, self.s1 / n_r)
+            cov_r = torch.addr(self.s2, self.s1, self.s1, beta=1 / n_r, alpha=-1 / n_r ** 2)   # one pass over d²
         else:
             mu_r = torch.zeros(d, dtype=torch.float64, device=device)
             cov_r = torch.zeros(d, d, dtype=torch.float64, device=device)
         n = all_reduce_float(n_r, device)
         if n == 0:
             raise ValueError("no samples")
-        mu = all_reduce_sum(n_r * mu_r) / n
-        dm = mu_r - mu
-        cov = all_reduce_sum(n_r * (cov_r + torch.outer(dm, dm))) / n
-        return n, mu, (cov + cov.T) / 2
+        if rank_world()[1] == 1:   # n = n_r, μ = μ_r: the combination below is the identity
+            mu, cov = mu_r, cov_r
+        else:
+            mu = all_reduce_sum(n_r * mu_r) / n
+            dm = mu_r - mu
+            cov = all_reduce_sum(n_r * (cov_r + torch.outer(dm, dm))) / n
+        return n, mu, (cov + cov.T).mul_(0.5)
 
 
 def augmented_gram(mean: Tensor, cov: Tensor, *, center: bool, include_bias: bool) -> Tensor:
@@ -101,6 +122,18 @@ def augmented_gram(mean: Tensor, cov: Tensor, *, center: bool, include_bias: boo
         G[:d, d] = G[d, :d] = mean
     G[d, d] = 1.0
     return G
+
+
+def augmented_rows(rows: Tensor, n: float, *, center: bool, include_bias: bool) -> Tensor:
+    """R (n, d_block) with RᵀR = the block of G the rotation decomposes
+    (:func:`~intermod.analysis.core.rotation.data_block`), from the samples ``rows`` (f − μ when
+    ``center``, else f; see :meth:`MomentAccumulator.rows`): R = rows/√n, with a column 1/√n
+    for the slot when ``include_bias`` without ``center`` (G = E[f_aug f_augᵀ], f_aug = (f, 1));
+    centred, the block is the covariance (:func:`augmented_gram`)."""
+    R = rows / n ** 0.5
+    if include_bias and not center:
+        R = torch.cat([R, R.new_full((R.shape[0], 1), n ** -0.5)], 1)
+    return R
 
 
 class GramSum:

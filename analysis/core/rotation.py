@@ -126,17 +126,24 @@ def data_block(G: Tensor, center: bool, include_bias: bool) -> Tensor:
     return G[:-1, :-1] if center and include_bias else G
 
 
-def _kept_eig(block: Tensor, tol_G: float) -> Steps[tuple[Tensor, Tensor]]:
-    """(U, D): the eigenvectors and eigenvalues (descending) of ``block`` with D_i > tol_G·max D."""
-    (D, U), = yield (Call(eigh_desc, block),)
+def _kept_eig(block: Tensor, tol_G: float, rows: Tensor | None = None) -> Steps[tuple[Tensor, Tensor]]:
+    """(U, D): the eigenvectors and eigenvalues (descending) of ``block`` with D_i > tol_G·max D.
+    ``rows``: R (n, d) with RᵀR = block and n < d (:func:`~intermod.analysis.core.gram.augmented_rows`),
+    whose SVD R = P s Uᵀ gives D = s² in O(n²d) instead of eigh's O(d³), and D to high relative
+    accuracy (no squared matrix is decomposed)."""
+    if rows is not None:
+        D, U = yield from _svd_eig_steps(rows)
+    else:
+        (D, U), = yield (Call(eigh_desc, block),)
     keep = _keep(D, tol_G)
     return U[:, keep], D[keep]
 
 
-def _activation_eig(G: Tensor, center: bool, include_bias: bool, tol_G: float
+def _activation_eig(G: Tensor, center: bool, include_bias: bool, tol_G: float, rows: Tensor | None = None
                     ) -> Steps[tuple[Tensor, Tensor, bool]]:
-    """(U, D, bias_direction): kept eigenvectors and eigenvalues of G, slot first when centred."""
-    U, D = yield from _kept_eig(data_block(G, center, include_bias), tol_G)
+    """(U, D, bias_direction): kept eigenvectors and eigenvalues of G, slot first when centred
+    (``rows``: see :func:`_kept_eig`)."""
+    U, D = yield from _kept_eig(data_block(G, center, include_bias), tol_G, rows)
     if not (center and include_bias):
         return U, D, False
     d = G.shape[0] - 1
@@ -253,16 +260,19 @@ def _cholesky_if_well_conditioned(block: Tensor, tol_G: float) -> Steps[Tensor |
     return L if int(info_shifted) == 0 and int(info) == 0 else None
 
 
-def whitening(G: Tensor, center: bool, include_bias: bool, tol_G: float) -> Steps[Whitening]:
+def whitening(G: Tensor, center: bool, include_bias: bool, tol_G: float,
+              rows: Tensor | None = None) -> Steps[Whitening]:
     """S with G = S Sᵀ on the directions kept at tol_G: a Cholesky factor when G (its covariance
     block when centred with the slot) is well conditioned at tol_G, so that nothing is dropped
-    (O(d³/3), no eigendecomposition), else U D^{1/2} from eigh with D_i ≤ tol_G·max D dropped."""
+    (O(d³/3), no eigendecomposition), else U D^{1/2} from eigh with D_i ≤ tol_G·max D dropped.
+    With ``rows`` (fewer samples than dimensions, so G is singular): U D^{1/2} from their SVD
+    (:func:`_kept_eig`), and no Cholesky is tried."""
     slot_first = center and include_bias
     block = data_block(G, center, include_bias)
-    Lc = yield from _cholesky_if_well_conditioned(block, tol_G)
+    Lc = None if rows is not None else (yield from _cholesky_if_well_conditioned(block, tol_G))
     if Lc is not None:
         return Whitening(Lc, slot_first, True)
-    U, D = yield from _kept_eig(block, tol_G)
+    U, D = yield from _kept_eig(block, tol_G, rows)
     return Whitening(U * D.sqrt(), slot_first, False)
 
 
@@ -287,7 +297,7 @@ def gram_factor(M: Tensor, P: Tensor | None = None) -> Tensor:
 
 def rotation_steps(G: Tensor, F: Tensor | None, mean: Tensor, *, center: bool, include_bias: bool,
                    tol_G: float, tol_M: float, scaling: str = "sqrt", kind: str = "interaction",
-                   white: Whitening | None = None) -> Steps[Rotation]:
+                   white: Whitening | None = None, rows: Tensor | None = None) -> Steps[Rotation]:
     """Rotation of one node layer. G: (d_aug, d_aug) float64; mean: (d,); F: (r, d_aug), a
     factor of the Jacobian Gram M = Fᵀ F (from :func:`gram_factor`).
 
@@ -297,7 +307,8 @@ def rotation_steps(G: Tensor, F: Tensor | None, mean: Tensor, *, center: bool, i
 
     kind="interaction": the interaction basis above. kind="pca": C = Yᵀ U, Λ = D (activation
     PCA, no Jacobians). kind="neuron": C = Yᵀ (the neurons, centred when ``center``), Λ = diag G.
-    ``white``: G's :func:`whitening`, when it was made beforehand.
+    ``white``: G's :func:`whitening`, when it was made beforehand; ``rows``: R with RᵀR = G's
+    decomposed block when there are fewer samples than dimensions (:func:`_kept_eig`).
     """
     n_data = mean.shape[0]
     slot_first = center and include_bias
@@ -307,13 +318,13 @@ def rotation_steps(G: Tensor, F: Tensor | None, mean: Tensor, *, center: bool, i
         C, Cinv = _times_YT(mean, eye, slot_first)[:, order], _times_Yinv(mean, eye, slot_first)[:, order]
         return Rotation(C, Cinv, torch.diagonal(G)[order].clone(), slot_first)
     if kind == "pca":
-        U, D, bias_dir = yield from _activation_eig(G, center, include_bias, tol_G)
+        U, D, bias_dir = yield from _activation_eig(G, center, include_bias, tol_G, rows)
         C, Cinv = _fix_signs(_times_YT(mean, U, slot_first), _times_Yinv(mean, U, slot_first), n_data)
         return Rotation(C, Cinv, D, bias_dir)
     if kind != "interaction":
         raise ValueError(f"kind must be 'interaction', 'pca' or 'neuron', got {kind!r}")
     if white is None:
-        white = yield from whitening(G, center, include_bias, tol_G)
+        white = yield from whitening(G, center, include_bias, tol_G, rows)
     bias_dir = white.slot_first
     Ft = white.right(_right_times_Yinv(mean, F, slot_first))   # F Y⁻¹ S: M̃ = Ftᵀ Ft
     if bias_dir:
@@ -342,8 +353,9 @@ def rotation_steps(G: Tensor, F: Tensor | None, mean: Tensor, *, center: bool, i
     return Rotation(C, Cinv, lam, bias_dir)
 
 
-def rotate_all(layers: Sequence[tuple[Tensor, Tensor | None, Tensor]], **options: Any) -> list[Rotation]:
-    """:func:`rotation_steps` of independent layers, (G, F, mean) each, with the same keyword
-    ``options``: their decompositions run side by side
+def rotate_all(layers: Sequence[tuple[Tensor, Tensor | None, Tensor, Tensor | None]], **options: Any
+               ) -> list[Rotation]:
+    """:func:`rotation_steps` of independent layers, (G, F, mean, rows) each, with the same
+    keyword ``options``: their decompositions run side by side
     (:func:`~intermod.analysis.core.lapack.run_steps`)."""
-    return run_steps([rotation_steps(G, F, mean, **options) for G, F, mean in layers])
+    return run_steps([rotation_steps(G, F, mean, rows=rows, **options) for G, F, mean, rows in layers])
