@@ -36,6 +36,7 @@ bench: install
 	$(BIN)/python bench/transformer_models.py --out out/bench
 	$(BIN)/python bench/conv_models.py
 	$(BIN)/python bench/class_models.py
+	$(BIN)/python bench/wide_models.py
 
 # The prepared GPU check (docs/performance.md, "GPU"): tests/test_cuda.py, then bench/gpu.py,
 # into $${OUT:-out/gpu}. No install step: it runs where there is no network, with .venv when
