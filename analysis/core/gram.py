@@ -49,7 +49,7 @@ class MomentAccumulator:
         self.shift: Tensor | None = None
         self.s1: Tensor | None = None
         self.s2: Tensor | None = None
-        self._rows: list[Tensor] | None = []
+        self._rows: list[Tensor] | None = [] if rank_world()[1] == 1 else None   # one process's samples only
 
     def add(self, x: Tensor, w: Tensor) -> None:
         """x: (B, P, d) samples, w: (B, P) weights."""
@@ -74,7 +74,7 @@ class MomentAccumulator:
     def rows(self, centred: bool) -> Tensor | None:
         """The samples (n, d) with weight 1, f − μ when ``centred`` else f, while there are at
         most d·ROWS_KEPT of them in a single process; None otherwise."""
-        if self._rows is None or not self._rows or rank_world()[1] > 1:
+        if not self._rows:
             return None
         assert self.shift is not None and self.s1 is not None
         X = torch.cat(self._rows)
