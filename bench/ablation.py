@@ -10,12 +10,11 @@ in seconds and in multiples of one plain forward pass over the data. The cut mus
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
-from run import cut_points, inputs, machine, mlp
+from run import cut_points, inputs, machine, mlp, write_results
 
 HERE = Path(__file__).resolve().parent
 Q = {"progress": False, "device": "cpu"}
@@ -90,9 +89,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "ablation_results"))
     args = ap.parse_args()
     res = {"machine": machine(), **run()}
-    Path(args.out + ".json").write_text(json.dumps(res, indent=1))
-    Path(args.out + ".md").write_text(markdown(res))
-    print(markdown(res))
+    write_results(args.out, res, markdown(res))
 
 
 if __name__ == "__main__":

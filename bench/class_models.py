@@ -19,7 +19,6 @@ Then a residual MLP, 784 → 256, two blocks x + W₂ ReLU(W₁ x) of width 1024
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import inputs, machine, matmul_gflops, mlp, pipeline  # noqa: E402
+from run import inputs, machine, matmul_gflops, mlp, pipeline, write_results  # noqa: E402
 
 
 class Block(nn.Module):
@@ -128,10 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     lines += [f"| {r['width']} | {r['target']} | {r['model']} | {r['basis_s']} | {r['edges_s']} | {r['total_s']} |"
               for r in res["rows"]]
     lines += ["", "residual MLP: 784 → 256, two blocks x + W₂ ReLU(W₁ x) of width 1024, 256 → 10 (one run each)"]
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, res, "\n".join(lines) + "\n")
     return res
 
 

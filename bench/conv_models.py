@@ -38,7 +38,7 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import machine, matmul_gflops  # noqa: E402
+from run import machine, matmul_gflops, write_results  # noqa: E402
 
 KINDS = ("3×3", "pool", "batch norm", "overlapping pool")
 
@@ -130,8 +130,7 @@ def main() -> None:
                     row.update(plain=p, rel_diff=rel_err(w, w_plain))
                 res["rows"].append(row)
                 print(json.dumps(row), flush=True)
-    Path(args.out + ".json").write_text(json.dumps(res, indent=1))
-    Path(args.out + ".md").write_text(markdown(res))
+    write_results(args.out, res, markdown(res))
     print(markdown(res))
 
 

@@ -315,6 +315,13 @@ def leiden(n_edges: int) -> dict:
             "igraph_leiden_s": round(bare, 3), "modules": part.n_modules}
 
 
+def write_results(out: str, res: dict, text: str) -> None:
+    """``res`` to OUT.json and ``text`` (its tables) to OUT.md, and print the tables."""
+    Path(out + ".json").write_text(json.dumps(res, indent=1))
+    Path(out + ".md").write_text(text)
+    print(text)
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -416,9 +423,7 @@ def main() -> None:
     depths = [2, 4] if args.quick else [2, 4, 8]
     res["depth_scaling"] = scaling([dict(n=X.shape[0], hidden=h) for h in depths], 100, args.device, args.repeats)
     res["leiden"] = [leiden(e) for e in ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])]
-    Path(args.out + ".json").write_text(json.dumps(res, indent=1))
-    Path(args.out + ".md").write_text(markdown(res))
-    print(markdown(res))
+    write_results(args.out, res, markdown(res))
 
 
 if __name__ == "__main__":

@@ -14,13 +14,12 @@ the samples (core/gram.py, ``ROWS_KEPT``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import floor_gflop, machine, matmul_gflops, mlp, sub  # noqa: E402
+from run import floor_gflop, machine, matmul_gflops, mlp, sub, write_results  # noqa: E402
 
 
 def point(width: int, n: int, target: str) -> dict:
@@ -53,10 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     lines += [f"| {r['width']} | {r['n']} | {r['target']} | {r['k']} | {r['basis_s']} | {r['edges_s']} | "
               f"{r['total_s']} | {r['basis_share']} | {r['edge_gflops']} | {r['matmul_gflops']} | {r['peak_rss_mb']} |"
               for r in res["rows"]]
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, res, "\n".join(lines) + "\n")
     return res
 
 
