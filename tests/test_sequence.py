@@ -331,22 +331,33 @@ def test_residual_blocks_without_the_form_keep_batched_vjps():
 
 
 class ConvBlock(nn.Module):
-    def __init__(self, c: int):
+    """x + c2(relu(c1(x))), with batch norms after the convolutions (``bn``), or x + c1(x)
+    (``single``)."""
+
+    def __init__(self, c: int, bn: bool = False, single: bool = False):
         super().__init__()
         self.c1, self.c2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+        self.n1, self.n2 = (nn.BatchNorm2d(c), nn.BatchNorm2d(c)) if bn else (nn.Identity(), nn.Identity())
+        self.single = single
 
     def forward(self, x):
-        return x + self.c2(torch.relu(self.c1(x)))
+        if self.single:
+            return x + self.c1(x)
+        return x + self.n2(self.c2(torch.relu(self.n1(self.c1(x)))))
 
 
 class ResCNN(nn.Module):
     """A ResNet-like stack: stem, two residual blocks x + conv(relu(conv(x))), 1×1 head, pool."""
 
-    def __init__(self):
+    def __init__(self, bn: bool = False, single: bool = False):
         super().__init__()
         torch.manual_seed(5)
         self.stem, self.head = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 2, 1)
-        self.b1, self.b2 = ConvBlock(3), ConvBlock(3)
+        self.b1, self.b2 = ConvBlock(3, bn), ConvBlock(3, bn, single)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):   # eval-mode statistics that are not the identity
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+                m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.5, 0.5)
 
     def forward(self, x):
         x = self.b2(self.b1(torch.relu(self.stem(x))))
@@ -354,20 +365,34 @@ class ResCNN(nn.Module):
 
 
 @pytest.mark.parametrize("include_bias", [True, False])
-def test_residual_conv_blocks_are_coloured(include_bias):
+@pytest.mark.parametrize("block", ["plain", "batch norm", "single conv"])
+def test_residual_conv_blocks_take_the_conv_edges_and_coloured_grams(include_bias, block, monkeypatch):
     """A residual unit of local convolutions is local (its map: the body's and the identity's):
-    its sections take coloured cotangents, and basis and edges equal the plain VJPs."""
+    its next-layer Gram takes coloured cotangents, and its edges the conv closed form with the
+    identity's term T = C_dataᵀ Q_data at each position (no VJP); basis and edges, gradient and
+    integrated, equal the plain VJPs (1e-9). Batch norms fold into their convolutions; a block
+    x + conv(x) has no activation."""
+    from intermod.analysis.core import convolution, edges
     from intermod.analysis.core.colouring import section_colouring
 
-    model = ResCNN().double()
+    model = ResCNN(bn=block == "batch norm", single=block == "single conv").double().eval()
     X = torch.randn(5, 2, 8, 8, dtype=torch.float64)
     layers = ["b1", "b2", "head", "output"]
     net = prepare(model, X, layers, output_fn=None, include_bias=include_bias, dtype=torch.float64,
                   batch_size=16, device="cpu", seed=0, progress=False, callback=None).net
     col = section_colouring(net, 0, (5, 3, 8, 8), torch.device("cpu"))
     assert col is not None and int(col.colour.max()) + 1 < 64          # fewer colours than positions
+    secs = [convolution.conv_section(net, j) for j in range(2)]        # the sections b1 -> b2 -> head
+    assert all(sec is not None and sec.residual and not sec.gram_closed for sec in secs)
+    assert (secs[1].act is None) == (block == "single conv")
+    calls = []
+    monkeypatch.setattr(edges, "conv_edge_sums", lambda sec, *a, **k: calls.append(sec.residual)
+                        or convolution.conv_edge_sums(sec, *a, **k))
     for target in ("output", "next_layer"):
         opts = dict(jacobian_target=target, include_bias=include_bias, center=include_bias, progress=False)
         fast, plain = (ia.compute_basis(model, X, layers, structured=s, **opts) for s in (True, False))
-        _same(fast, plain, ia.build_graph(model, X, fast, progress=False),
-              ia.build_graph(model, X, plain, progress=False, structured=False))
+        for method in ("gradient", "integrated"):
+            calls.clear()
+            _same(fast, plain, ia.build_graph(model, X, fast, edge_method=method, n_alpha=3, progress=False),
+                  ia.build_graph(model, X, plain, edge_method=method, n_alpha=3, progress=False, structured=False))
+            assert calls == [True, True]                               # the two blocks' sections

@@ -30,6 +30,9 @@ same sums run as GEMMs over (map, output position) pairs instead (:func:`_tap_ge
 A_{t,·,j} = L_cat X_t, X_t[(h,δ), j] = ā_{u(t,δ),h} Q_{h,j} f̂_{u(t,δ),j}, u(t,δ) the position
 tap δ of t reads). E_ij = Σ_x Σ_t w_t A²_{t,i,j}, accumulated in float64.
 
+A residual unit p + [Conv] [activation] [Conv] (ResNet blocks; ``ConvSection.residual``) adds
+the identity's T_{·,j} f̂_{t,j}, T = C_dataᵀ Q_data, to A_{t,·,j} at the same position t.
+
 **Next-layer Gram** of a section with one convolution, [activation] [Conv] or [Conv]
 [activation], from per-tap σ′ moments summed in the activation pass (:func:`~intermod.analysis.core.conv_grams.conv_next_layer_gram`;
 the formulas are in :mod:`~intermod.analysis.core.conv_grams`); with two convolutions the Gram
@@ -48,6 +51,7 @@ from torch import Tensor, nn
 
 from .jacobians import VJP_CHUNK_BYTES, chunk_budget
 from .nodes import OUTPUT, NodeModel, default_output
+from .sequence import Residual
 from .structured import _SKIPPED, ELEMENTWISE, activation_derivative, path_derivative, samples_per_chunk
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -103,12 +107,15 @@ class PoolMap:
 class ConvSection:
     """f = W₂ ⋆ pool(σ(W₁ ⋆ p + b₁)) + b₂ (module docstring): ``first`` / ``second`` ConvMaps or
     None (identity), ``act`` an elementwise module or None (identity), ``pool`` a
-    non-overlapping :class:`PoolMap` or None."""
+    non-overlapping :class:`PoolMap` or None. ``residual``: f = p + … (a residual unit, no pool),
+    whose identity adds T = C_dataᵀ Q_data to the attribution at each position,
+    A_{t,·,j} += T_{·,j} f̂_{t,j}."""
 
     first: ConvMap | None
     act: nn.Module | None
     second: ConvMap | None
     pool: PoolMap | None = None
+    residual: bool = False
 
     def preactivation(self, p: Tensor) -> Tensor:
         """z = W₁ ⋆ p + b₁ for maps p (N, d, *S)."""
@@ -151,7 +158,10 @@ class ConvSection:
     @property
     def gram_closed(self) -> bool:
         """Whether the next-layer Gram has a closed form (:func:`~intermod.analysis.core.conv_grams.conv_next_layer_gram`): one
-        convolution at most, no first convolution before a pool, and not the identity."""
+        convolution at most, no first convolution before a pool, not the identity, and no
+        residual unit (whose identity term it does not carry)."""
+        if self.residual:
+            return False
         if self.first is not None:
             return self.second is None and self.pool is None
         return self.second is not None or self.pool is not None
@@ -178,13 +188,17 @@ def _is_conv(m: nn.Module) -> bool:
 def conv_section(net: NodeModel, j: int) -> ConvSection | None:
     """The closed form of section j of ``net`` when it is [Conv [BN]] [activation] [pool]
     [Conv [BN]] between two conv maps (batch norms in eval mode folded into their convolution;
-    with the slot, every bias scaled by a slot hook), else None."""
+    with the slot, every bias scaled by a slot hook), or a residual unit p + [Conv [BN]]
+    [activation] [Conv [BN]] (its edges only: :attr:`ConvSection.gram_closed` is False), else None."""
     modules = net.section_modules(j)
     src, dst = net.chain[j], net.chain[j + 1]
     if (modules is None or any(net.layouts[n].kind != "channels" for n in (src, dst))
             or dst == OUTPUT and net.output_fn is not default_output):
         return None
     mods = [m for m in modules if not isinstance(m, _SKIPPED)]
+    residual = len(mods) == 1 and isinstance(mods[0], Residual)
+    if residual:
+        mods = [m for m in mods[0].body if not isinstance(m, _SKIPPED)]
     first, act, second = _take_conv(mods), None, None
     if mods and isinstance(mods[0], ELEMENTWISE):
         act = mods.pop(0)
@@ -192,14 +206,14 @@ def conv_section(net: NodeModel, j: int) -> ConvSection | None:
     if pool is not None:
         mods.pop(0)
     second = _take_conv(mods)
-    if mods or first is None and second is None and pool is None:
+    if mods or first is None and second is None and pool is None or residual and pool is not None:
         return None
     if act is None and second is None and pool is None:
         first, second = None, first      # a lone convolution: W₂ = W, no σ
     biased = [m for pair in (first, second) if pair is not None for m in pair if m is not None]
     if net.include_bias and any(getattr(m, "bias", None) is not None and not net.slot_hooked(m) for m in biased):
         return None
-    return ConvSection(_conv_map(net, first), act, _conv_map(net, second), pool)
+    return ConvSection(_conv_map(net, first), act, _conv_map(net, second), pool, residual)
 
 
 def _take_conv(mods: list[nn.Module]) -> tuple[nn.Module, nn.Module | None] | None:
@@ -283,7 +297,8 @@ def conv_edge_sums(sec: ConvSection, point: Tensor, baseline: Tensor | None, f_h
     per_sample = dtype.itemsize * k * (2 * h * z[0, 0].numel() + 2 * k_next * w_out.shape[1])
     step = max(1, chunk_budget(max_memory, VJP_CHUNK_BYTES, f_map.device) // max(per_sample, 1))
     tap_gemm = (dtype == torch.float64 and sec.first is None and sec.pool is None and second is not None
-                and _slot_rules_agree(second, S, f_hat.shape[1]))
+                and not sec.residual and _slot_rules_agree(second, S, f_hat.shape[1]))
+    T = C_data.T @ Q[:d] if sec.residual else None                        # (k', k): the identity's term
     for start in range(0, B, step):
         if heartbeat is not None:
             heartbeat()
@@ -316,6 +331,8 @@ def conv_edge_sums(sec: ConvSection, point: Tensor, baseline: Tensor | None, f_h
             flat = (slot_drive[0][sl].reshape(N, k, -1) if y.shape[-1] == f_hat.shape[1]
                     else slot_drive[1][sl][..., None])                     # the next slot: spread_slot's rule
             y = y + C_next[d_next].to(dtype)[None, None, :, None] * flat[:, :, None, :]
+        if T is not None:                                                  # p + …: same positions, P_out = P_in
+            y = y + T.T[None, :, :, None] * f_map[sl].reshape(N, k, 1, -1)
         y = y * w_out[sl][:, None, None, :]
         E += y.square().sum((0, 3)).T.to(torch.float64)
 
