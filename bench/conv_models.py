@@ -14,7 +14,10 @@ of the activations (and the output):
   sections [ReLU, Conv, BN] take the closed forms with the batch norm folded into the conv;
 - "overlapping pool": a ResNet-like stem, conv(3→16)-BN-ReLU-maxpool(3, stride 2, padding 1)-
   conv(16→32)-ReLU-conv(32→10)-pool-flatten: the section [ReLU, MaxPool 3/2, Conv] has no
-  closed form (overlapping windows) and takes coloured cotangents (core/colouring.py).
+  closed form (overlapping windows) and takes coloured cotangents (core/colouring.py);
+- "residual": a ResNet-like stack, conv(3→16)-ReLU, two blocks x + conv(ReLU(conv(x))) of 16
+  channels (3×3, padding 1) cut at the blocks, conv(16→10, 1×1)-pool-flatten: the blocks'
+  Grams take coloured cotangents, their edges the conv closed form with the identity's term.
 
 The last section (to the 10 logits) is not local and takes batched VJPs of its 10 cotangents.
 
@@ -40,11 +43,33 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from run import machine, matmul_gflops, write_results  # noqa: E402
 
-KINDS = ("3×3", "pool", "batch norm", "overlapping pool")
+KINDS = ("3×3", "pool", "batch norm", "overlapping pool", "residual")
 
 
-def cnn(kind: str) -> tuple[nn.Sequential, list[str]]:
+class ResidualBlock(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.c2(torch.relu(self.c1(x)))
+
+
+class ResidualCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 10, 1)
+        self.b1, self.b2 = ResidualBlock(16), ResidualBlock(16)
+
+    def forward(self, x):
+        x = self.b2(self.b1(torch.relu(self.stem(x))))
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.head(x), 1), 1)
+
+
+def cnn(kind: str) -> tuple[nn.Module, list[str]]:
     torch.manual_seed(0)
+    if kind == "residual":
+        return ResidualCNN().double().eval(), ["b1", "b2", "head", "output"]
     if kind == "3×3":
         m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
                           nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(32, 10, 3, padding=1),
@@ -115,12 +140,13 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "conv_results"))
     ap.add_argument("--quick", action="store_true", help="small maps only (a smoke test)")
     ap.add_argument("--plain-max", type=int, default=16, help="largest H also run with structured=False")
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     args = ap.parse_args()
     sizes = [8] if args.quick else [8, 16, 32]
     res = {"machine": machine(), "matmul_gflops": round(matmul_gflops(), 1), "rows": []}
-    for kind in KINDS:                     # warm-up (first calls, allocator)
+    for kind in args.kinds:                # warm-up (first calls, allocator)
         run(kind, 8, 8, "next_layer", True)
-    for kind in KINDS:
+    for kind in args.kinds:
         for H in sizes:
             for target in ("next_layer", "output"):
                 s, w = run(kind, H, 64, target, True)
@@ -131,7 +157,6 @@ def main() -> None:
                 res["rows"].append(row)
                 print(json.dumps(row), flush=True)
     write_results(args.out, res, markdown(res))
-    print(markdown(res))
 
 
 if __name__ == "__main__":
