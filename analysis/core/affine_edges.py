@@ -51,7 +51,8 @@ def edge_sums(sec: AffineSection, point: Tensor, baseline: Tensor | None, f_hat:
     p = point.reshape(-1, point.shape[-1]).to(dtype)
     fh = f_hat.reshape(-1, f_hat.shape[-1])
     wo = w_out.reshape(-1).to(dtype)
-    L64, u64 = sec.readout(C_next.to(torch.float64), include_bias)
+    C64 = C_next.to(torch.float64)
+    L64, u64 = sec.readout(C64, include_bias)
     L = L64.to(dtype)
     R = sec.first_times(Q, include_bias)                  # W₁' Q (h, k)
     v = Q[-1] if include_bias else None
@@ -63,7 +64,7 @@ def edge_sums(sec: AffineSection, point: Tensor, baseline: Tensor | None, f_hat:
         L, R = torch.cat([L, u[:, None]], 1), torch.cat([R, v[None]], 0)
         a_bar = torch.cat([a_bar, torch.ones_like(a_bar[:, :1])], 1)
     f_w = fh * wo[:, None]                                            # (n, k), 0 at masked samples
-    Gamma = sec.skip(C_next.to(torch.float64), include_bias)
+    Gamma = sec.skip(C64, include_bias)
     T = None if Gamma is None else Gamma.to(dtype) @ Q              # f = p + …: Ĵ gains Γ Q = C_dataᵀ Q_data
     k_next, rows = L.shape
     if per_sample_pays(k_next, rows, R.shape[1], p.device):

@@ -51,8 +51,14 @@ from torch import Tensor, nn
 
 from .jacobians import VJP_CHUNK_BYTES, chunk_budget
 from .nodes import OUTPUT, NodeModel, default_output
-from .sequence import Residual
-from .structured import _SKIPPED, ELEMENTWISE, activation_derivative, path_derivative, samples_per_chunk
+from .structured import (
+    ELEMENTWISE,
+    activation_derivative,
+    path_derivative,
+    samples_per_chunk,
+    section_body,
+    skip_readout,
+)
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -195,10 +201,7 @@ def conv_section(net: NodeModel, j: int) -> ConvSection | None:
     if (modules is None or any(net.layouts[n].kind != "channels" for n in (src, dst))
             or dst == OUTPUT and net.output_fn is not default_output):
         return None
-    mods = [m for m in modules if not isinstance(m, _SKIPPED)]
-    residual = len(mods) == 1 and isinstance(mods[0], Residual)
-    if residual:
-        mods = [m for m in mods[0].body if not isinstance(m, _SKIPPED)]
+    mods, residual = section_body(modules)
     first, act, second = _take_conv(mods), None, None
     if mods and isinstance(mods[0], ELEMENTWISE):
         act = mods.pop(0)
@@ -298,7 +301,7 @@ def conv_edge_sums(sec: ConvSection, point: Tensor, baseline: Tensor | None, f_h
     step = max(1, chunk_budget(max_memory, VJP_CHUNK_BYTES, f_map.device) // max(per_sample, 1))
     tap_gemm = (dtype == torch.float64 and sec.first is None and sec.pool is None and second is not None
                 and not sec.residual and _slot_rules_agree(second, S, f_hat.shape[1]))
-    T = C_data.T @ Q[:d] if sec.residual else None                        # (k', k): the identity's term
+    T = skip_readout(C_next, include_bias).to(dtype) @ Q if sec.residual else None   # (k', k): the identity's term
     for start in range(0, B, step):
         if heartbeat is not None:
             heartbeat()

@@ -53,6 +53,26 @@ ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.
 _SKIPPED = (nn.Identity, nn.Dropout)
 
 
+def section_body(modules: Sequence[nn.Module]) -> tuple[list[nn.Module], bool]:
+    """(the modules a section applies, skipping identities and dropout; whether they form a
+    residual unit p + body(p)): a section that is one :class:`~intermod.analysis.core.sequence.Residual`
+    unit gives its body's modules and True."""
+    mods = [m for m in modules if not isinstance(m, _SKIPPED)]
+    if len(mods) == 1 and isinstance(mods[0], Residual):
+        return [m for m in mods[0].body if not isinstance(m, _SKIPPED)], True
+    return mods, False
+
+
+def skip_readout(C_next: Tensor, include_bias: bool) -> Tensor:
+    """Γ = [C_dataᵀ, 0] (k', d [+1]): the part of Cᵀ J(x) that a residual unit's identity adds
+    (its slot column 0: p's identity does not touch the slot); Γ Q = C_dataᵀ Q_data is its term
+    in basis coordinates."""
+    Gamma = C_next.T.clone()
+    if include_bias:
+        Gamma[:, -1] = 0.0
+    return Gamma
+
+
 def activation_derivative(act: nn.Module | None, z: Tensor) -> Tensor:
     """a = σ′(z), elementwise (forward-mode derivative of the activation module; 1 without one).
     z is not modified, also by an in-place activation (z may be a recorded activation itself)."""
@@ -127,14 +147,8 @@ class AffineSection:
         return L, u
 
     def skip(self, C_next: Tensor, include_bias: bool) -> Tensor | None:
-        """Γ = [C_dataᵀ, 0] (k', d [+1]), the part of Cᵀ J(x) that a residual unit's f = p + …
-        adds (its slot column 0: p's identity does not touch the slot); None for other sections."""
-        if not self.residual:
-            return None
-        Gamma = C_next.T.clone()
-        if include_bias:
-            Gamma[:, -1] = 0.0
-        return Gamma
+        """Γ (:func:`skip_readout`) for a residual unit f = p + …; None for other sections."""
+        return skip_readout(C_next, include_bias) if self.residual else None
 
     @property
     def identity(self) -> bool:
@@ -183,10 +197,7 @@ def affine_section(net: NodeModel, j: int) -> AffineSection | None:
     if len(axes) != 1:                   # samples and features must correspond one to one
         return None
     layout = axes.pop()
-    mods = [m for m in section if not isinstance(m, _SKIPPED)]
-    residual = len(mods) == 1 and isinstance(mods[0], Residual)
-    if residual:
-        mods = [m for m in mods[0].body if not isinstance(m, _SKIPPED)]
+    mods, residual = section_body(section)
     first = second = act = None
     if mods and _feature_map(mods[0]) == layout:
         first = mods.pop(0)
