@@ -153,12 +153,14 @@ CASES = [(True, True), (False, True), (False, False), (True, False)]
 
 def test_these_sections_take_the_paths_under_test():
     """Every section of the test models between conv maps is coloured, and the conv closed form
-    takes the [Conv] [activation] [Conv] ones (G: its Gram too, with one convolution), so that
-    the tests below compare each structured path with the plain one, not with itself."""
+    takes the [Conv] [activation] [Conv] ones (G: its Gram too, with one convolution or two
+    without a pool; two convolutions that move the slot's positions, "both slots" with the slot,
+    fall back to the coloured VJPs when summed), so that the tests below compare each structured
+    path with the plain one, not with itself."""
     colours = {"same positions": [9, 9], "strided": [4, 4], "both slots": [9, 9],
                "pool and batch norm": [1, 9, 9], "off-centre kernel": [7, 9], "conv inputs": [9, 4, 6, None], "pools": [9, 9, 1, 1], "conv before pool": [4, 9], "conv and batch norm": [9, 4],
                "1-d dilated": [3, 2], "pool undone": [2, 3]}
-    closed = {"same positions": ["G", "G"], "strided": ["G", "G"], "both slots": ["E", "G"],
+    closed = {"same positions": ["G", "G"], "strided": ["G", "G"], "both slots": ["G", "G"],
               "pool and batch norm": ["G", "G", None], "off-centre kernel": ["G", "G"],
               "conv inputs": ["G", "G", "G", "G"], "pools": ["G", "G", "G", "G"],
               "conv before pool": ["E", "G"], "conv and batch norm": ["G", "G"], "1-d dilated": ["G", "G"],
@@ -187,7 +189,7 @@ def test_conv_moments_refuse_batches_they_cannot_sum():
     s = prepare(model.double().eval(), torch.randn((2,) + shape, dtype=F64), layers, output_fn=None,
                 include_bias=True, dtype=F64, batch_size=2, device="cpu", seed=0, progress=False, callback=None)
     sec = conv_section(s.net, 0)
-    mom = conv_moments(sec, (4,) + shape[1:], CPU)
+    mom = conv_moments(sec, (4,) + shape[1:], True, CPU)
     point = torch.randn(2, 4, *shape[1:], dtype=F64)
     mom.add(sec, point, torch.ones(2, point[0, 0].numel(), dtype=F64))
     C = torch.randn(4, 3, dtype=F64)

@@ -366,13 +366,14 @@ class ResCNN(nn.Module):
 
 @pytest.mark.parametrize("include_bias", [True, False])
 @pytest.mark.parametrize("block", ["plain", "batch norm", "single conv"])
-def test_residual_conv_blocks_take_the_conv_edges_and_coloured_grams(include_bias, block, monkeypatch):
+def test_residual_conv_blocks_take_the_conv_edges_and_grams(include_bias, block, monkeypatch):
     """A residual unit of local convolutions is local (its map: the body's and the identity's):
-    its next-layer Gram takes coloured cotangents, and its edges the conv closed form with the
-    identity's term T = C_dataᵀ Q_data at each position (no VJP); basis and edges, gradient and
-    integrated, equal the plain VJPs (1e-9). Batch norms fold into their convolutions; a block
-    x + conv(x) has no activation."""
-    from intermod.analysis.core import convolution, edges
+    its edges take the conv closed form with the identity's term T = C_dataᵀ Q_data at each
+    position (no VJP), and a body of two convolutions its next-layer Gram from paired σ′ moments
+    (core/two_conv_grams.py; a single convolution x + conv(x), coloured cotangents); basis and
+    edges, gradient and integrated, equal the plain VJPs (1e-9). Batch norms fold into their
+    convolutions; a block x + conv(x) has no activation."""
+    from intermod.analysis.core import conv_grams, convolution, edges
     from intermod.analysis.core.colouring import section_colouring
 
     model = ResCNN(bn=block == "batch norm", single=block == "single conv").double().eval()
@@ -383,14 +384,22 @@ def test_residual_conv_blocks_take_the_conv_edges_and_coloured_grams(include_bia
     col = section_colouring(net, 0, (5, 3, 8, 8), torch.device("cpu"))
     assert col is not None and int(col.colour.max()) + 1 < 64          # fewer colours than positions
     secs = [convolution.conv_section(net, j) for j in range(2)]        # the sections b1 -> b2 -> head
-    assert all(sec is not None and sec.residual and not sec.gram_closed for sec in secs)
+    assert all(sec is not None and sec.residual for sec in secs)
+    assert [sec.gram_closed for sec in secs] == [True, block != "single conv"]
     assert (secs[1].act is None) == (block == "single conv")
-    calls = []
+    calls, grams = [], []
     monkeypatch.setattr(edges, "conv_edge_sums", lambda sec, *a, **k: calls.append(sec.residual)
                         or convolution.conv_edge_sums(sec, *a, **k))
+    two_conv = conv_grams.two_conv_next_layer_gram
+    monkeypatch.setattr(conv_grams, "two_conv_next_layer_gram",
+                        lambda *a, **k: grams.append(out := two_conv(*a, **k)) or out)
     for target in ("output", "next_layer"):
         opts = dict(jacobian_target=target, include_bias=include_bias, center=include_bias, progress=False)
-        fast, plain = (ia.compute_basis(model, X, layers, structured=s, **opts) for s in (True, False))
+        grams.clear()
+        fast = ia.compute_basis(model, X, layers, **opts)
+        assert [g is not None for g in grams] == ([True] * (1 + (block != "single conv"))
+                                                  if target == "next_layer" else [])
+        plain = ia.compute_basis(model, X, layers, structured=False, **opts)
         for method in ("gradient", "integrated"):
             calls.clear()
             _same(fast, plain, ia.build_graph(model, X, fast, edge_method=method, n_alpha=3, progress=False),

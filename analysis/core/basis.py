@@ -207,7 +207,7 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
         for j, form in convs.items():            # per-tap σ′ moments of [activation] [Conv] sections
             point = net.last_points[chain[j]].detach()
             if form.moments is None:
-                form.moments = conv_moments(form.section, tuple(point.shape[1:]), s.device)
+                form.moments = conv_moments(form.section, tuple(point.shape[1:]), include_bias, s.device)
             form.moments.add(form.section, point, net.layouts[chain[j]].weights(point.shape, mask, s.dtype, s.device))
         for n, a in acts.items():
             x, w = net.layouts[n].samples(a.detach(), mask)

@@ -38,9 +38,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .convolution import ConvMap, ConvSection, tap_kernels
+from .convolution import ConvMap, ConvSection, read_index, tap_kernels
 from .gram import gram
 from .structured import activation_derivative
+from .two_conv_grams import PairMoments, pair_moments, two_conv_next_layer_gram
 
 
 @dataclass
@@ -75,11 +76,15 @@ class ConvMoments:
         self.n += float(point.shape[0])
 
 
-def conv_moments(sec: ConvSection, in_shape: tuple[int, ...], device: torch.device) -> ConvMoments | None:
-    """An empty :class:`ConvMoments` for section ``sec`` on input maps of ``in_shape``
-    (channels, *spatial), or None when its Gram has no closed form (``sec.gram_closed``)."""
+def conv_moments(sec: ConvSection, in_shape: tuple[int, ...], include_bias: bool, device: torch.device
+                 ) -> ConvMoments | PairMoments | None:
+    """Empty moments for section ``sec`` on input maps of ``in_shape`` (channels, *spatial):
+    :class:`ConvMoments` with one convolution, :class:`~intermod.analysis.core.two_conv_grams.PairMoments`
+    with two; None when its Gram has no closed form (``sec.gram_closed``)."""
     if not sec.gram_closed:
         return None
+    if sec.first is not None and sec.second is not None:
+        return pair_moments(sec, in_shape, include_bias, device)
     d, spatial = in_shape[0], tuple(in_shape[1:])
     if sec.first is not None:
         masks, h = _valid_taps(sec.first, spatial), sec.first.weight.shape[0]
@@ -126,18 +131,18 @@ def _valid_taps(conv: ConvMap, spatial: tuple[int, ...]) -> Tensor:
 
 def _self_taps(conv: ConvMap, spatial: tuple[int, ...]) -> Tensor:
     """(n_taps,) 1 for the taps through which output position t reads input position t."""
-    P = int(torch.tensor(spatial).prod())
-    index = torch.arange(1, P + 1, dtype=torch.float64).reshape((1, 1) + spatial)
-    y = conv(index, tap_kernels(conv)).flatten(2)[0]     # the input index + 1 each tap reads, 0: padding
-    return (y == index.flatten()[None]).any(1).to(torch.float64)
+    return (read_index(conv, spatial) == torch.arange(math.prod(spatial))[None]).any(1).to(torch.float64)
 
 
-def conv_next_layer_gram(sec: ConvSection, mom: ConvMoments, C_next: Tensor, include_bias: bool
+def conv_next_layer_gram(sec: ConvSection, mom: ConvMoments | PairMoments, C_next: Tensor, include_bias: bool
                          ) -> Tensor | None:
     """Σ_x Σ_s Jᵀ C Cᵀ J of a one-convolution section in point coordinates (d [+1], d [+1]),
     float64 (module docstring); None when the moments are not exact, the positions are kept in
     count but not in shape (the slot rules would disagree), or kept behind a pool (output t then
-    reads input t through the pool's window, not through one tap of the convolution)."""
+    reads input t through the pool's window, not through one tap of the convolution). Two
+    convolutions: :func:`~intermod.analysis.core.two_conv_grams.two_conv_next_layer_gram`."""
+    if isinstance(mom, PairMoments):
+        return two_conv_next_layer_gram(sec, mom, C_next, include_bias)
     if not mom.exact:
         return None
     conv = sec.second if sec.first is None else sec.first

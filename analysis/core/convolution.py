@@ -34,8 +34,9 @@ A residual unit p + [Conv] [activation] [Conv] (ResNet blocks; ``ConvSection.res
 the identity's T_{·,j} f̂_{t,j}, T = C_dataᵀ Q_data, to A_{t,·,j} at the same position t.
 
 **Next-layer Gram** of a section with one convolution, [activation] [Conv] or [Conv]
-[activation], from per-tap σ′ moments summed in the activation pass (:func:`~intermod.analysis.core.conv_grams.conv_next_layer_gram`;
-the formulas are in :mod:`~intermod.analysis.core.conv_grams`); with two convolutions the Gram
+[activation], from per-tap σ′ moments summed in the activation pass (:mod:`~intermod.analysis.core.conv_grams`),
+and of [Conv] [activation] [Conv], residual or not, from σ′ moments of pairs of positions
+(:mod:`~intermod.analysis.core.two_conv_grams`); with a pool after a first convolution the Gram
 takes the coloured VJPs.
 """
 
@@ -163,13 +164,17 @@ class ConvSection:
 
     @property
     def gram_closed(self) -> bool:
-        """Whether the next-layer Gram has a closed form (:func:`~intermod.analysis.core.conv_grams.conv_next_layer_gram`): one
-        convolution at most, no first convolution before a pool, not the identity, and no
-        residual unit (whose identity term it does not carry)."""
+        """Whether the next-layer Gram has a closed form: one convolution (and no first
+        convolution before a pool; :func:`~intermod.analysis.core.conv_grams.conv_next_layer_gram`)
+        or two without a pool, residual or not
+        (:func:`~intermod.analysis.core.two_conv_grams.two_conv_next_layer_gram`); not the
+        identity, nor a residual unit of one convolution."""
+        if self.first is not None and self.second is not None:
+            return self.pool is None
         if self.residual:
             return False
         if self.first is not None:
-            return self.second is None and self.pool is None
+            return self.pool is None
         return self.second is not None or self.pool is not None
 
     def out_spatial(self, spatial: tuple[int, ...], channels: int, like: Tensor) -> tuple[int, ...]:
@@ -195,7 +200,7 @@ def conv_section(net: NodeModel, j: int) -> ConvSection | None:
     """The closed form of section j of ``net`` when it is [Conv [BN]] [activation] [pool]
     [Conv [BN]] between two conv maps (batch norms in eval mode folded into their convolution;
     with the slot, every bias scaled by a slot hook), or a residual unit p + [Conv [BN]]
-    [activation] [Conv [BN]] (its edges only: :attr:`ConvSection.gram_closed` is False), else None."""
+    [activation] [Conv [BN]], else None."""
     modules = net.section_modules(j)
     src, dst = net.chain[j], net.chain[j + 1]
     if (modules is None or any(net.layouts[n].kind != "channels" for n in (src, dst))
@@ -398,6 +403,15 @@ def _drive(slot_drive: tuple[Tensor, Tensor], sl: slice, S: Sequence[int], S_mod
     if tuple(S_mod) == tuple(S):
         return per_pos[sl]
     return mean[sl].reshape(mean[sl].shape + (1,) * len(S_mod))
+
+
+def read_index(conv: ConvMap, spatial: Sequence[int]) -> Tensor:
+    """(n_taps, P_out) int64: the flat index of the input position that each tap of each output
+    position reads on maps of ``spatial`` positions, −1 where it reads the padding (the
+    convolution of the map of indices + 1 with the one-hot kernels e_δ)."""
+    P = math.prod(spatial)
+    index = torch.arange(1, P + 1, dtype=torch.float64).reshape((1, 1) + tuple(spatial))
+    return (conv(index, tap_kernels(conv)).flatten(2)[0].round().long() - 1)
 
 
 def tap_kernels(conv: ConvMap) -> Tensor:
