@@ -18,8 +18,8 @@ So, summed over the maps x, input positions s and outputs (t, i),
 over the combinations κ = (δ₁, δ₁', δ₂, δ₂') through which one output t reads u = u(t, δ₂) and
 u' = u(t, δ₂') and these read one s, T_κ = Σ_x Σ_u m_κ(u) a_u a_{u+Δ_κ}ᵀ (Δ_κ = u' − u, the
 same for every t: a translation) and σ_{δ₁δ₂} = Σ_x Σ_u m_{δ₁δ₂}(u) a_u (t = s reads u by δ₂,
-u reads s by δ₁). Positions u with the same masks m form a class (the interior, the bands along
-the edges): the moments are summed per class and offset, #offsets·n·P·h² multiply-adds,
+u reads s by δ₁). At each offset, the positions u with the same masks form a class (the
+interior, the bands along the edges): the moments are summed per class, #offsets·n·P·h² multiply-adds,
 against n_colours·k' backward passes over the whole map for the coloured VJPs. With the slot,
 both convolutions must keep the input's positions (every bias is then driven per position);
 otherwise the coloured VJPs take the section.
@@ -43,8 +43,9 @@ PAIR_CHUNK_BYTES = 1 << 26    # the (positions, h, h) per-position moments of on
 @dataclass
 class PairMoments:
     """σ′ moments of a two-convolution section on input maps of ``spatial`` positions: for each
-    (offset Δ, class c) pair that some combination needs, T (n_pairs, h, h) = Σ_x Σ_{u∈c}
-    a_u a_{u+Δ}ᵀ, and per class sigma (n_classes, h) = Σ_x Σ_{u∈c} a_u; ``exact`` turns False
+    offset Δ and class c of the positions with the same masks m_κ at that offset (those with
+    some m_κ > 0), T (n_pairs, h, h) = Σ_x Σ_{u∈c} a_u a_{u+Δ}ᵀ, and per class of the masks
+    m_{δ₁δ₂}, sigma (n_classes, h) = Σ_x Σ_{u∈c} a_u; ``exact`` turns False
     when a batch cannot be summed this way (other positions, a mask), or is False from the start
     when the slot's rules or the geometry do not allow it."""
 
@@ -52,9 +53,9 @@ class PairMoments:
     n_taps1: int                   # W₁'s taps, the virtual slot tap included
     combos: Tensor                 # (n_κ, 4) δ₁, δ₁', δ₂, δ₂' of each combination
     weights: Tensor                # (n_κ, n_pairs) m_κ of each (Δ, c) pair
-    firsts: Tensor                 # (n_taps1, n_taps₂, n_classes) m_{δ₁δ₂} of each class
+    firsts: Tensor                 # (n_taps1, n_taps₂, n_classes) m_{δ₁δ₂} of each class of ``classes``
     pairs: list[tuple[Tensor, Tensor, Tensor]]   # per offset Δ: positions u, u + Δ and their (Δ, c) pair
-    classes: Tensor                # (P₁,) the class of each position of the activation
+    classes: Tensor                # (P₁,) each position's class for sigma (same masks m_{δ₁δ₂})
     T: Tensor
     sigma: Tensor
     n: float = 0.0
@@ -135,27 +136,31 @@ def pair_moments(sec: ConvSection, in_shape: tuple[int, ...], include_bias: bool
     if found is None or not len(found[0]):
         return _inexact(spatial, device)
     combos, offsets, masks = found
-    n_k, n2 = len(masks), len(idx2)
-    firsts = _first_masks(idx1, idx2) if include_bias or sec.residual else masks[:0]
-    columns, classes = torch.unique(torch.cat([masks, firsts]).T, dim=0, return_inverse=True)   # (n_classes, …)
-    n_classes = len(columns)
-    k, c = columns[:, :n_k].T.nonzero().unbind(1)                     # every (κ, class) with m_κ > 0
-    codes, pair = torch.unique(offsets[k] * n_classes + c, return_inverse=True)   # (Δ, class) pairs
-    weights = torch.zeros(n_k, len(codes), dtype=torch.float64)
-    weights[k, pair] = columns[c, k].to(torch.float64)
-    off, cls = codes.div(n_classes, rounding_mode="floor"), codes.remainder(n_classes)
-    pair_of = torch.full((len(codes) and int(off.max() - off.min()) + 1, n_classes), -1, dtype=torch.int64)
-    pair_of[off - off.min(), cls] = torch.arange(len(codes))
-    pairs = []
-    for o in off.unique().tolist():
-        q = pair_of[o - off.min(), classes]                          # each position's pair at this offset
+    pairs, rows, cols, vals, n_pairs = [], [], [], [], 0
+    for o in offsets.unique().tolist():                # classes per offset: positions with the same masks there
+        ks = (offsets == o).nonzero().view(-1)
+        columns, cls = torch.unique(masks[ks].T, dim=0, return_inverse=True)   # (n_c, n_κ at o)
+        used = columns.any(1)
+        pair_of = torch.full((len(columns),), -1, dtype=torch.int64)
+        pair_of[used] = torch.arange(n_pairs, n_pairs + int(used.sum()))
+        q = pair_of[cls]
         u = (q >= 0).nonzero().view(-1)
         pairs.append((u.to(device), (u + o).to(device), q[u].to(device)))
-    firsts_t = columns[:, n_k:].T.reshape(len(idx1), n2 if len(firsts) else 0, n_classes).to(torch.float64)
+        c, k = columns.nonzero().unbind(1)
+        rows.append(ks[k]), cols.append(pair_of[c]), vals.append(columns[c, k])
+        n_pairs += int(used.sum())
+    weights = torch.zeros(len(masks), n_pairs, dtype=torch.float64)
+    weights[torch.cat(rows), torch.cat(cols)] = torch.cat(vals)
+    n1, n2, P1 = len(idx1), len(idx2), idx1.shape[1]
+    if include_bias or sec.residual:                   # σ per class of the masks m_{δ₁δ₂}
+        columns, classes = torch.unique(_first_masks(idx1, idx2).T, dim=0, return_inverse=True)
+        firsts = columns.T.reshape(n1, n2, len(columns))
+    else:
+        classes, firsts = torch.zeros(P1, dtype=torch.int64), torch.zeros(n1, 0, 1, dtype=torch.float64)
     h = sec.first.weight.shape[0]
     z = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)   # noqa: E731
-    return PairMoments(spatial, len(idx1), combos.to(device), weights.to(device), firsts_t.to(device), pairs,
-                       classes.to(device), z(len(codes), h, h), z(n_classes, h))
+    return PairMoments(spatial, n1, combos.to(device), weights.to(device), firsts.to(device), pairs,
+                       classes.to(device), z(n_pairs, h, h), z(firsts.shape[2], h))
 
 
 def _inexact(spatial: tuple[int, ...], device: torch.device) -> PairMoments:
