@@ -17,6 +17,7 @@ from intermod.analysis.core import jacobian_grams as grams_module
 from intermod.analysis.core.colouring import greedy_colours, position_dependency, section_colouring
 from intermod.analysis.core.conv_grams import conv_moments, conv_next_layer_gram
 from intermod.analysis.core.convolution import conv_section
+from intermod.analysis.core.sequence import Residual
 from intermod.analysis.core.setup import prepare
 from torch import nn
 
@@ -45,6 +46,9 @@ SECTIONS = {   # (modules, in channels, spatial shape)
     "3-d": ([nn.Conv3d(1, 2, 3, padding=1), nn.Tanh()], 1, (4, 3, 4)),
     "max pool": ([nn.Tanh(), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3, padding=1)], 2, (8, 6)),
     "avg pool padded": ([nn.AvgPool2d(3, stride=2, padding=1), nn.Conv2d(2, 2, 2)], 2, (7, 7)),
+    "residual, wider shortcut": ([Residual([nn.Conv2d(2, 2, 1), nn.Tanh()], [nn.Conv2d(2, 2, 3, padding=1)])], 2, (6, 5)),
+    "residual projection": ([Residual([nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.Tanh(), nn.Conv2d(3, 3, 3, padding=1)],
+                                      [nn.Conv2d(2, 3, 1, stride=2)]), nn.Softplus()], 2, (9, 8)),
 }
 
 

@@ -405,3 +405,82 @@ def test_residual_conv_blocks_take_the_conv_edges_and_grams(include_bias, block,
             _same(fast, plain, ia.build_graph(model, X, fast, edge_method=method, n_alpha=3, progress=False),
                   ia.build_graph(model, X, plain, edge_method=method, n_alpha=3, progress=False, structured=False))
             assert calls == [True, True]                               # the two blocks' sections
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet block: one ReLU module called twice, ``out += identity`` in place,
+    a projection ``downsample`` (1×1 stride-2 conv and batch norm) where the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class TorchvisionResNet(nn.Module):
+    """Stem, a block, a downsampling block, pool, Linear: torchvision's ResNet in small."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.conv1, self.bn1, self.relu = nn.Conv2d(2, 3, 3, 1, 1, bias=False), nn.BatchNorm2d(3), nn.ReLU(inplace=True)
+        self.layer1 = nn.Sequential(BasicBlock(3, 3), BasicBlock(3, 4, 2))
+        self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(4, 3)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):   # eval-mode statistics that are not the identity
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+                m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.5, 0.5)
+
+    def forward(self, x):
+        x = self.layer1(self.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+@pytest.mark.parametrize("include_bias", [True, False])
+def test_torchvision_resnet_blocks_are_read_as_residual_units(include_bias, monkeypatch):
+    """A block whose ReLU module runs twice and whose shortcut is x or a projection is one
+    :class:`Residual` unit (body, shortcut) of the chain; its sections are local, so they take
+    coloured cotangents (fewer colours than positions) instead of one VJP per position, and basis
+    and edges (both targets, gradient and integrated) equal the generic path's, which runs the
+    model itself by hooks (the traced chain switched off), within 1e-10. A cut at the ReLU that
+    runs twice is refused by name."""
+    from intermod.analysis.core import nodes
+    from intermod.analysis.core.colouring import section_colouring
+
+    model = TorchvisionResNet().double().eval()
+    X = torch.randn(3, 2, 12, 12, dtype=torch.float64)
+    layers = ["layer1.0", "layer1.1", "avgpool", "output"]
+    net = prepare(model, X, layers, output_fn=None, include_bias=include_bias, dtype=torch.float64, batch_size=4,
+                  device="cpu", seed=0, progress=False, callback=None).net
+    units = [m for m in net.section_modules(0) + net.section_modules(1) if isinstance(m, sequence.Residual)]
+    assert [len(u.shortcut) for u in units] == [0, 2]                   # x itself, then conv + batch norm
+    acts = net.forward(X)
+    cols = [section_colouring(net, j, tuple(acts[net.chain[j]].shape), torch.device("cpu")) for j in range(2)]
+    assert all(c is not None and c.n_colours < c.n_out for c in cols)
+    with pytest.raises(ValueError, match="runs more than once"):
+        _net(model, ["layer1.0.relu", "output"], X)
+    for target in ("next_layer", "output"):
+        opts = dict(jacobian_target=target, include_bias=include_bias, center=include_bias, progress=False)
+        fast = ia.compute_basis(model, X, layers, **opts)
+        graphs = [ia.build_graph(model, X, fast, edge_method=m, n_alpha=3, progress=False)
+                  for m in ("gradient", "integrated")]
+        with monkeypatch.context() as m:
+            m.setattr(nodes, "module_sequence", lambda *a, **k: None)
+            generic = ia.compute_basis(model, X, layers, structured=False, **opts)
+            assert _net(model, layers, X).section_modules(0) is None
+            plain = [ia.build_graph(model, X, generic, edge_method=m, n_alpha=3, progress=False, structured=False)
+                     for m in ("gradient", "integrated")]
+        for g, p in zip(graphs, plain):
+            _same(fast, generic, g, p)

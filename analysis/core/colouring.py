@@ -120,15 +120,16 @@ def _flat(modules: list[nn.Module]) -> Iterator[nn.Module]:
 
 def _through(modules: list[nn.Module], x: Tensor, onehot: Tensor, hooked: Callable[[nn.Module], bool],
              include_bias: bool) -> tuple[Tensor, bool] | None:
-    """x's dependency map through ``modules`` (a residual unit: its body's plus x's own), and
+    """x's dependency map through ``modules`` (a residual unit: its body's plus its shortcut's), and
     whether a hooked bias sat where the positions differ from the section input's (``onehot``)."""
     mean_hooks = False
     for m in modules:
         if isinstance(m, Residual):
-            found = _through(list(_flat(list(m.body))), x, onehot, hooked, include_bias)
-            if found is None or found[0].shape != x.shape:
+            body = _through(list(_flat(list(m.body))), x, onehot, hooked, include_bias)
+            short = _through(list(_flat(list(m.shortcut))), x, onehot, hooked, include_bias)
+            if body is None or short is None or body[0].shape != short[0].shape:
                 return None
-            x, mean_hooks = x + found[0], mean_hooks or found[1]
+            x, mean_hooks = body[0] + short[0], mean_hooks or body[1] or short[1]
             continue
         x = _structural(m, x)
         if x is None:

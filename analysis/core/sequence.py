@@ -6,7 +6,9 @@ that each take the previous result as their only tensor argument, of submodules 
 elementwise functions and reshapes (``torch.relu``, ``F.gelu``, ``x.tanh()``,
 ``torch.flatten``, ``F.max_pool2d``, …), to the output. A function call stands in as the
 module that computes the same (``nn.ReLU``, ``nn.GELU(approximate)``, ``nn.Flatten``, …), and a
-sum x + body(x) of the chain's value and a chain from it as a :class:`Residual` unit. On
+sum body(x) + shortcut(x) of two chains from the chain's value (the shortcut x itself, or a
+projection such as ResNet's ``downsample``) as a :class:`Residual` unit; a module without
+weights (``self.relu``) may be called more than once, but is then no cut point. On
 such a model, sections run their own modules only, and the closed forms of
 :mod:`~intermod.analysis.core.structured` and :mod:`~intermod.analysis.core.convolution` read
 them: an MLP written as a class gets the same fast paths as the same ``nn.Sequential``.
@@ -119,11 +121,11 @@ def _traced(model: nn.Module) -> ModuleSequence | None:
             unit = _residual(model, previous, users, nodes, i, sizes)
             if unit is None:
                 return None
-            body, i = unit
-            modules.append(Residual([module for module, _ in body]))
+            body, shortcut, i = unit
+            modules.append(Residual([module for module, _ in body], [module for module, _ in shortcut]))
             paths.append(None)
             scopes.append(frozenset(nodes[i].meta.get("nn_module_stack", {})))   # the modules around the sum
-            called += [module for module, path in body if path]
+            called += [module for module, path in body + shortcut if path]
         else:
             element = _element(model, nodes[i], previous, sizes) if len(users) == 1 else None
             if element is None:
@@ -134,8 +136,9 @@ def _traced(model: nn.Module) -> ModuleSequence | None:
             scopes.append(frozenset(nodes[i].meta.get("nn_module_stack", {})) | ({path} if path else set()))
             called += [module] if path else []
         previous, i = nodes[i], i + 1
-    if nodes[-1].args[0] is not previous or len(previous.users) != 1 or len({id(m) for m in called}) < len(called):
-        return None   # not ending in the chain, or a module called twice (one cut, two inputs)
+    stateful = [m for m in called if next(iter([*m.parameters(), *m.buffers()]), None) is not None]
+    if nodes[-1].args[0] is not previous or len(previous.users) != 1 or len({id(m) for m in stateful}) < len(stateful):
+        return None   # not ending in the chain, or a module with weights called twice (shared along the chain)
     return _sequence(model, modules, paths, scopes)
 
 
@@ -159,39 +162,57 @@ _SUMS = (operator.add, operator.iadd, torch.add)
 
 
 def _residual(model: nn.Module, x: fx.Node, users: set[fx.Node], nodes: list[fx.Node], i: int,
-              sizes: Mapping[fx.Node, fx.Node]) -> tuple[list[tuple[nn.Module, str | None]], int] | None:
-    """(the body's (module, path) pairs, the index of the sum) when nodes[i:] are a chain from x
-    whose end is added to x (x + body(x), either order), else None."""
-    if nodes[i] not in users:
+              sizes: Mapping[fx.Node, fx.Node]
+              ) -> tuple[list[tuple[nn.Module, str | None]], list[tuple[nn.Module, str | None]], int] | None:
+    """(the body's and the shortcut's (module, path) pairs, the index of the sum) when nodes[i:]
+    are two chains from x whose ends are added, body(x) + shortcut(x) (the shortcut empty for
+    x itself, either order; ResNet's projection ``downsample(x)`` otherwise), and nothing else
+    runs before the sum; else None."""
+    chains = [_chain_to_sum(model, x, start, sizes) for start in sorted(users, key=nodes.index)]
+    if any(c is None for c in chains) or chains[0][2] is not chains[1][2]:   # type: ignore[index]
         return None
-    (total,) = users - {nodes[i]}
-    if (total.op != "call_function" or total.target not in _SUMS or total.kwargs
-            or len(total.args) != 2 or x not in total.args):
+    (a, end_a, total), (b, end_b, _) = chains   # type: ignore[misc]
+    stop = nodes.index(total)
+    if (total.kwargs or len(total.args) != 2 or set(total.args) != {end_a, end_b} or not (a or b)
+            or set(nodes[i:stop]) != {node for _, node in a + b}):
         return None
-    body: list[tuple[nn.Module, str | None]] = []
-    previous = x
-    while nodes[i] is not total:
-        element = _element(model, nodes[i], previous, sizes)
-        if element is None or len(set(nodes[i].users).difference(sizes)) != 1:
+    body, shortcut = (a, b) if len(a) >= len(b) else (b, a)
+    return [e for e, _ in body], [e for e, _ in shortcut], stop
+
+
+def _chain_to_sum(model: nn.Module, x: fx.Node, start: fx.Node, sizes: Mapping[fx.Node, fx.Node]
+                  ) -> tuple[list[tuple[tuple[nn.Module, str | None], fx.Node]], fx.Node, fx.Node] | None:
+    """(the elements of the chain from x that begins at ``start``, each with its node; the
+    chain's last node (x when ``start`` is the sum itself); the sum it ends in), or None."""
+    elements: list[tuple[tuple[nn.Module, str | None], fx.Node]] = []
+    previous, node = x, start
+    while not (node.op == "call_function" and node.target in _SUMS):
+        element = _element(model, node, previous, sizes)
+        users = set(node.users).difference(sizes)
+        if element is None or len(users) != 1:
             return None
-        body.append(element)
-        previous, i = nodes[i], i + 1
-    return (body, i) if body and set(total.args) == {x, previous} else None
+        elements.append((element, node))
+        previous, (node,) = node, users
+    return elements, previous, node
 
 
 class Residual(nn.Module):
-    """x + body(x): a residual unit of a traced chain; ``body`` holds the model's own modules
-    (and stand-ins), so their hooks run."""
+    """body(x) + shortcut(x): a residual unit of a traced chain, the shortcut empty for x itself;
+    both hold the model's own modules (and stand-ins), so their hooks run."""
 
-    def __init__(self, body: Sequence[nn.Module]):
+    def __init__(self, body: Sequence[nn.Module], shortcut: Sequence[nn.Module] = ()):
         super().__init__()
         self.body = nn.ModuleList(body)
+        self.shortcut = nn.ModuleList(shortcut)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = x
-        for module in self.body:
-            y = module(y)
-        return x + y
+        return _apply(self.body, x) + _apply(self.shortcut, x)
+
+
+def _apply(modules: nn.ModuleList, x: Tensor) -> Tensor:
+    for module in modules:
+        x = module(x)
+    return x
 
 
 def _sequence(model: nn.Module, modules: list[nn.Module], paths: list[str | None],

@@ -56,9 +56,9 @@ _SKIPPED = (nn.Identity, nn.Dropout)
 def section_body(modules: Sequence[nn.Module]) -> tuple[list[nn.Module], bool]:
     """(the modules a section applies, skipping identities and dropout; whether they form a
     residual unit p + body(p)): a section that is one :class:`~intermod.analysis.core.sequence.Residual`
-    unit gives its body's modules and True."""
+    unit with the identity as its shortcut gives its body's modules and True."""
     mods = [m for m in modules if not isinstance(m, _SKIPPED)]
-    if len(mods) == 1 and isinstance(mods[0], Residual):
+    if len(mods) == 1 and isinstance(mods[0], Residual) and not mods[0].shortcut:
         return [m for m in mods[0].body if not isinstance(m, _SKIPPED)], True
     return mods, False
 
