@@ -16,8 +16,11 @@ of the activations (and the output):
   conv(16→32)-ReLU-conv(32→10)-pool-flatten: the section [ReLU, MaxPool 3/2, Conv] has no
   closed form (overlapping windows) and takes coloured cotangents (core/colouring.py);
 - "residual": a ResNet-like stack, conv(3→16)-ReLU, two blocks x + conv(ReLU(conv(x))) of 16
-  channels (3×3, padding 1) cut at the blocks, conv(16→10, 1×1)-pool-flatten: the blocks'
-  Grams take coloured cotangents, their edges the conv closed form with the identity's term.
+  channels (3×3, padding 1) cut at the blocks, conv(16→10, 1×1)-pool-flatten: the blocks take
+  the two-convolution closed forms (Grams from paired σ′ moments, edges with the identity's term);
+- "torchvision blocks": torchvision's ResNet in small, stem conv(3→16)-BN-ReLU, a BasicBlock of
+  16 channels and a downsampling one to 32 (projection shortcut), pool, Linear → 10, cut at the
+  blocks: a ReLU after each sum, so no closed form; the blocks take coloured cotangents.
 
 The last section (to the 10 logits) is not local and takes batched VJPs of its 10 cotangents.
 
@@ -43,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from run import machine, matmul_gflops, write_results  # noqa: E402
 
-KINDS = ("3×3", "pool", "batch norm", "overlapping pool", "residual")
+KINDS = ("3×3", "pool", "batch norm", "overlapping pool", "residual", "torchvision blocks")
 
 
 class ResidualBlock(nn.Module):
@@ -66,10 +69,45 @@ class ResidualCNN(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.head(x), 1), 1)
 
 
+class BasicBlock(nn.Module):
+    """torchvision's: conv-BN-ReLU-conv-BN, + x or a 1×1 projection, ReLU (one module, twice)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
+
+
+class TorchvisionResNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1, self.relu = nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()
+        self.layer1, self.layer2 = BasicBlock(16, 16), BasicBlock(16, 32, 2)
+        self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(self.relu(self.bn1(self.conv1(x)))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
 def cnn(kind: str) -> tuple[nn.Module, list[str]]:
     torch.manual_seed(0)
     if kind == "residual":
         return ResidualCNN().double().eval(), ["b1", "b2", "head", "output"]
+    if kind == "torchvision blocks":
+        m = TorchvisionResNet()
+        for bn in m.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                _statistics(bn)
+        return m.double().eval(), ["layer1", "layer2", "avgpool", "output"]
     if kind == "3×3":
         m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
                           nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(32, 10, 3, padding=1),

@@ -346,6 +346,14 @@ class ConvBlock(nn.Module):
         return x + self.n2(self.c2(torch.relu(self.n1(self.c1(x)))))
 
 
+def _batch_norm_statistics(model: nn.Module) -> None:
+    """Eval-mode statistics and affine parameters that are not the identity."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.5, 0.5)
+
+
 class ResCNN(nn.Module):
     """A ResNet-like stack: stem, two residual blocks x + conv(relu(conv(x))), 1×1 head, pool."""
 
@@ -354,10 +362,7 @@ class ResCNN(nn.Module):
         torch.manual_seed(5)
         self.stem, self.head = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 2, 1)
         self.b1, self.b2 = ConvBlock(3, bn), ConvBlock(3, bn, single)
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):   # eval-mode statistics that are not the identity
-                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
-                m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.5, 0.5)
+        _batch_norm_statistics(self)
 
     def forward(self, x):
         x = self.b2(self.b1(torch.relu(self.stem(x))))
@@ -438,10 +443,7 @@ class TorchvisionResNet(nn.Module):
         self.conv1, self.bn1, self.relu = nn.Conv2d(2, 3, 3, 1, 1, bias=False), nn.BatchNorm2d(3), nn.ReLU(inplace=True)
         self.layer1 = nn.Sequential(BasicBlock(3, 3), BasicBlock(3, 4, 2))
         self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(4, 3)
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):   # eval-mode statistics that are not the identity
-                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
-                m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.5, 0.5)
+        _batch_norm_statistics(self)
 
     def forward(self, x):
         x = self.layer1(self.relu(self.bn1(self.conv1(x))))
