@@ -451,17 +451,22 @@ class TorchvisionResNet(nn.Module):
 
 
 @pytest.mark.parametrize("include_bias", [True, False])
-def test_torchvision_resnet_blocks_are_read_as_residual_units(include_bias, monkeypatch):
+@pytest.mark.parametrize("activation", ["relu", "softplus"])
+def test_torchvision_resnet_blocks_are_read_as_residual_units(include_bias, activation, monkeypatch):
     """A block whose ReLU module runs twice and whose shortcut is x or a projection is one
-    :class:`Residual` unit (body, shortcut) of the chain; its sections are local, so they take
-    coloured cotangents (fewer colours than positions) instead of one VJP per position, and basis
+    :class:`Residual` unit (body, shortcut) of the chain; its sections are local, so their Grams
+    take coloured cotangents (fewer colours than positions) instead of one VJP per position, and
+    their edges the conv closed form with the activation after the sum (core/conv_post.py); basis
     and edges (both targets, gradient and integrated) equal the generic path's, which runs the
     model itself by hooks (the traced chain switched off), within 1e-10. A cut at the ReLU that
     runs twice is refused by name."""
-    from intermod.analysis.core import nodes
+    from intermod.analysis.core import convolution, edges, nodes
     from intermod.analysis.core.colouring import section_colouring
 
     model = TorchvisionResNet().double().eval()
+    if activation == "softplus":   # a smooth σ and σ_post: the integrated path differs from the gradient
+        for block in model.layer1:
+            block.relu = nn.Softplus()
     X = torch.randn(3, 2, 12, 12, dtype=torch.float64)
     layers = ["layer1.0", "layer1.1", "avgpool", "output"]
     net = prepare(model, X, layers, output_fn=None, include_bias=include_bias, dtype=torch.float64, batch_size=4,
@@ -473,11 +478,19 @@ def test_torchvision_resnet_blocks_are_read_as_residual_units(include_bias, monk
     assert all(c is not None and c.n_colours < c.n_out for c in cols)
     with pytest.raises(ValueError, match="runs more than once"):
         _net(model, ["layer1.0.relu", "output"], X)
+    secs = [convolution.conv_section(net, j) for j in range(2)]
+    assert [(s.shortcut is not None, s.post is not None, s.gram_closed) for s in secs] == [(False, True, False),
+                                                                                          (True, True, False)]
+    calls = []
+    monkeypatch.setattr(edges, "conv_edge_sums", lambda sec, *a, **k: calls.append(sec.post is not None)
+                        or convolution.conv_edge_sums(sec, *a, **k))
     for target in ("next_layer", "output"):
         opts = dict(jacobian_target=target, include_bias=include_bias, center=include_bias, progress=False)
         fast = ia.compute_basis(model, X, layers, **opts)
         graphs = [ia.build_graph(model, X, fast, edge_method=m, n_alpha=3, progress=False)
                   for m in ("gradient", "integrated")]
+        assert calls == [True, True] * 2
+        calls.clear()
         with monkeypatch.context() as m:
             m.setattr(nodes, "module_sequence", lambda *a, **k: None)
             generic = ia.compute_basis(model, X, layers, structured=False, **opts)

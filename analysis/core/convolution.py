@@ -31,7 +31,10 @@ A_{t,·,j} = L_cat X_t, X_t[(h,δ), j] = ā_{u(t,δ),h} Q_{h,j} f̂_{u(t,δ),j},
 tap δ of t reads). E_ij = Σ_x Σ_t w_t A²_{t,i,j}, accumulated in float64.
 
 A residual unit p + [Conv] [activation] [Conv] (ResNet blocks; ``ConvSection.residual``) adds
-the identity's T_{·,j} f̂_{t,j}, T = C_dataᵀ Q_data, to A_{t,·,j} at the same position t.
+the identity's T_{·,j} f̂_{t,j}, T = C_dataᵀ Q_data, to A_{t,·,j} at the same position t; with a
+projection shortcut or an activation after the sum (torchvision's blocks) the attribution runs
+in the output's channels with both derivatives per quadrature node
+(:mod:`~intermod.analysis.core.conv_post`).
 
 **Next-layer Gram** of a section with one convolution, [activation] [Conv] or [Conv]
 [activation], from per-tap σ′ moments summed in the activation pass (:mod:`~intermod.analysis.core.conv_grams`),
@@ -50,12 +53,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .conv_post import post_attribution
 from .jacobians import VJP_CHUNK_BYTES, chunk_budget
 from .nodes import OUTPUT, NodeModel, default_output
 from .structured import (
     ELEMENTWISE,
     activation_derivative,
     path_derivative,
+    residual_unit,
     samples_per_chunk,
     section_body,
     skip_readout,
@@ -123,6 +128,8 @@ class ConvSection:
     second: ConvMap | None
     pool: PoolMap | None = None
     residual: bool = False
+    shortcut: ConvMap | None = None   # a projection shortcut (residual; None: the identity)
+    post: nn.Module | None = None     # an elementwise activation after the sum (residual)
 
     def preactivation(self, p: Tensor) -> Tensor:
         """z = W₁ ⋆ p + b₁ for maps p (N, d, *S)."""
@@ -169,6 +176,8 @@ class ConvSection:
         or two without a pool, residual or not
         (:func:`~intermod.analysis.core.two_conv_grams.two_conv_next_layer_gram`); not the
         identity, nor a residual unit of one convolution."""
+        if self.shortcut is not None or self.post is not None:
+            return False
         if self.first is not None and self.second is not None:
             return self.pool is None
         if self.residual:
@@ -200,13 +209,20 @@ def conv_section(net: NodeModel, j: int) -> ConvSection | None:
     """The closed form of section j of ``net`` when it is [Conv [BN]] [activation] [pool]
     [Conv [BN]] between two conv maps (batch norms in eval mode folded into their convolution;
     with the slot, every bias scaled by a slot hook), or a residual unit p + [Conv [BN]]
-    [activation] [Conv [BN]], else None."""
+    [activation] [Conv [BN]] (its shortcut p or a projection [Conv [BN]], optionally an
+    elementwise activation after the sum: then the edges only), else None."""
     modules = net.section_modules(j)
     src, dst = net.chain[j], net.chain[j + 1]
     if (modules is None or any(net.layouts[n].kind != "channels" for n in (src, dst))
             or dst == OUTPUT and net.output_fn is not default_output):
         return None
     mods, residual = section_body(modules)
+    shortcut, post, unit = None, None, None if residual else residual_unit(modules)
+    if unit is not None:                  # a projection shortcut or an activation after the sum
+        mods, short_mods, post = unit
+        shortcut, residual = _take_conv(short_mods), True
+        if short_mods:
+            return None
     first, act, second = _take_conv(mods), None, None
     if mods and isinstance(mods[0], ELEMENTWISE):
         act = mods.pop(0)
@@ -218,10 +234,13 @@ def conv_section(net: NodeModel, j: int) -> ConvSection | None:
         return None
     if act is None and second is None and pool is None:
         first, second = None, first      # a lone convolution: W₂ = W, no σ
-    biased = [m for pair in (first, second) if pair is not None for m in pair if m is not None]
+    if unit is not None and (first is None or second is None):
+        return None
+    biased = [m for pair in (first, second, shortcut) if pair is not None for m in pair if m is not None]
     if net.include_bias and any(getattr(m, "bias", None) is not None and not net.slot_hooked(m) for m in biased):
         return None
-    return ConvSection(_conv_map(net, first), act, _conv_map(net, second), pool, residual)
+    return ConvSection(_conv_map(net, first), act, _conv_map(net, second), pool, residual, _conv_map(net, shortcut),
+                       post)
 
 
 def _take_conv(mods: list[nn.Module]) -> tuple[nn.Module, nn.Module | None] | None:
@@ -288,7 +307,8 @@ def conv_edge_sums(sec: ConvSection, point: Tensor, baseline: Tensor | None, f_h
     h, S1 = z.shape[1], tuple(z.shape[2:])
     z0 = (sec.path_start(nd + 2) if baseline is None
           else sec.preactivation(_along_channels(baseline, nd + 2).expand(1, d, *S)))
-    a_bar = sec.path_weights(z, z0, alphas, weights, heartbeat)
+    post = sec.post is not None or sec.shortcut is not None   # conv_post: derivatives per node
+    a_bar = None if post else sec.path_weights(z, z0, alphas, weights, heartbeat)
     d_next = C_next.shape[0] - int(include_bias)
     C_data = C_next[:d_next].to(dtype)                                     # (d', k')
     k_next = C_data.shape[1]
@@ -306,7 +326,8 @@ def conv_edge_sums(sec: ConvSection, point: Tensor, baseline: Tensor | None, f_h
     step = max(1, chunk_budget(max_memory, VJP_CHUNK_BYTES, f_map.device) // max(per_sample, 1))
     tap_gemm = (dtype == torch.float64 and sec.first is None and sec.pool is None and second is not None
                 and not sec.residual and _slot_rules_agree(second, S, f_hat.shape[1]))
-    T = skip_readout(C_next, include_bias).to(dtype) @ Q if sec.residual else None   # (k', k): the identity's term
+    T = skip_readout(C_next, include_bias).to(dtype) @ Q if sec.residual and not post else None   # the identity's term
+    S2 = sec.out_spatial(tuple(S), d, point)
     for start in range(0, B, step):
         if heartbeat is not None:
             heartbeat()
@@ -326,21 +347,24 @@ def conv_edge_sums(sec: ConvSection, point: Tensor, baseline: Tensor | None, f_h
             zj = f_map[sl][:, :, None] * Q[:d].T.reshape((1, k, d) + (1,) * nd)
         if slot_drive is not None and sec.first is not None and sec.first.bias is not None:
             zj = zj + sec.first.bias.reshape((1, 1, h) + (1,) * nd) * _drive(slot_drive, sl, S, S1)[:, :, None]
-        x = (zj * a_bar[sl][:, None]).reshape(N * k, h, *S1)
-        if sec.pool is not None:
-            x = sec.pool.window_sum(x)
-        y = torch.einsum("ci,nc...->ni...", C_data, x) if second is None else second(x, L)
-        S2 = tuple(y.shape[2:])
-        y = y.reshape(N, k, k_next, -1)                                     # (N, k, k', P_out)
+        drive = None if slot_drive is None else _drive(slot_drive, sl, S, S2)
+        if post:
+            y = post_attribution(sec, point[sl], baseline, z[sl], z0, zj, f_map[sl], Q[:d], drive, C_data, alphas,
+                                 weights)
+        else:
+            x = (zj * a_bar[sl][:, None]).reshape(N * k, h, *S1)
+            if sec.pool is not None:
+                x = sec.pool.window_sum(x)
+            y = torch.einsum("ci,nc...->ni...", C_data, x) if second is None else second(x, L)
+            y = y.reshape(N, k, k_next, -1)                                 # (N, k, k', P_out)
+            if drive is not None and second is not None and second.bias is not None:
+                y = y + (C_data.T @ second.bias)[None, None, :, None] * drive.reshape(N, k, 1, -1)
+            if T is not None:                                              # p + …: same positions, P_out = P_in
+                y = y + T.T[None, :, :, None] * f_map[sl].reshape(N, k, 1, -1)
         if slot_drive is not None:
-            if second is not None and second.bias is not None:
-                u2 = C_data.T @ second.bias
-                y = y + u2[None, None, :, None] * _drive(slot_drive, sl, S, S2).reshape(N, k, 1, -1)
             flat = (slot_drive[0][sl].reshape(N, k, -1) if y.shape[-1] == f_hat.shape[1]
                     else slot_drive[1][sl][..., None])                     # the next slot: spread_slot's rule
             y = y + C_next[d_next].to(dtype)[None, None, :, None] * flat[:, :, None, :]
-        if T is not None:                                                  # p + …: same positions, P_out = P_in
-            y = y + T.T[None, :, :, None] * f_map[sl].reshape(N, k, 1, -1)
         y = y * w_out[sl][:, None, None, :]
         E += y.square().sum((0, 3)).T.to(torch.float64)
 

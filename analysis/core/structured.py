@@ -63,6 +63,18 @@ def section_body(modules: Sequence[nn.Module]) -> tuple[list[nn.Module], bool]:
     return mods, False
 
 
+def residual_unit(modules: Sequence[nn.Module]) -> tuple[list[nn.Module], list[nn.Module], nn.Module | None] | None:
+    """(body, shortcut, the activation after the sum or None) of a section that is one
+    :class:`~intermod.analysis.core.sequence.Residual` unit, optionally followed by an
+    elementwise activation (torchvision's ResNet blocks), identities and dropout skipped; else None."""
+    mods = [m for m in modules if not isinstance(m, _SKIPPED)]
+    if not mods or not isinstance(mods[0], Residual) or len(mods) > 2 or len(mods) == 2 and not isinstance(
+            mods[1], ELEMENTWISE):
+        return None
+    keep = lambda ms: [m for m in ms if not isinstance(m, _SKIPPED)]   # noqa: E731
+    return keep(mods[0].body), keep(mods[0].shortcut), mods[1] if len(mods) == 2 else None
+
+
 def skip_readout(C_next: Tensor, include_bias: bool) -> Tensor:
     """Γ = [C_dataᵀ, 0] (k', d [+1]): the part of Cᵀ J(x) that a residual unit's identity adds
     (its slot column 0: p's identity does not touch the slot); Γ Q = C_dataᵀ Q_data is its term
