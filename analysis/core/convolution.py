@@ -322,7 +322,8 @@ def conv_edge_sums(sec: ConvSection, point: Tensor, baseline: Tensor | None, f_h
         per_pos = f_map * _along_channels(Q[d], nd + 2)                    # (B, k, *S)
         mean = torch.einsum("bs,bsj->bj", share, f_hat) * Q[d]             # (B, k)
         slot_drive = (per_pos, mean)
-    per_sample = dtype.itemsize * k * (2 * h * z[0, 0].numel() + 2 * k_next * w_out.shape[1])
+    out_width = 4 * d_next if post else 2 * k_next                         # conv_post: sum, body, σ_post′, its A
+    per_sample = dtype.itemsize * k * (2 * h * z[0, 0].numel() + out_width * w_out.shape[1])
     step = max(1, chunk_budget(max_memory, VJP_CHUNK_BYTES, f_map.device) // max(per_sample, 1))
     tap_gemm = (dtype == torch.float64 and sec.first is None and sec.pool is None and second is not None
                 and not sec.residual and _slot_rules_agree(second, S, f_hat.shape[1]))
