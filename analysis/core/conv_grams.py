@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .convolution import ConvMap, ConvSection, read_index, tap_kernels
+from .convolution import ConvMap, ConvSection, read_index
 from .gram import gram
 from .structured import activation_derivative
 from .two_conv_grams import PairMoments, pair_moments, two_conv_next_layer_gram
@@ -114,19 +114,16 @@ def _window_of(spatial: tuple[int, ...], kernel: tuple[int, ...]) -> Tensor:
 
 
 def _tap_masks(conv: ConvMap, spatial: tuple[int, ...]) -> Tensor:
-    """(n_taps, P_in) m_δ(s) ∈ {0, 1}: whether tap δ of some output position reads position s
-    (the gradient of Σ_t y_t for the one-hot kernel e_δ: nonzero exactly there)."""
-    E = tap_kernels(conv)
-    x = torch.zeros((1, 1) + spatial, dtype=torch.float64, requires_grad=True)
-    y = conv(x, E).flatten(2)[0]                                              # (n_taps, P_out)
-    rows = [torch.autograd.grad(y[t].sum(), x, retain_graph=True)[0].flatten() for t in range(len(E))]
-    return (torch.stack(rows) > 0).to(torch.float64)
+    """(n_taps, P_in) m_δ(s) ∈ {0, 1}: whether tap δ of some output position reads position s."""
+    idx = read_index(conv, spatial)
+    hits = torch.zeros(len(idx), math.prod(spatial) + 1, dtype=torch.float64)
+    hits.scatter_(1, torch.where(idx >= 0, idx, hits.shape[1] - 1), 1.0)     # the padding: the last column
+    return hits[:, :-1]
 
 
 def _valid_taps(conv: ConvMap, spatial: tuple[int, ...]) -> Tensor:
     """(n_taps, P_out) m_δ(t) ∈ {0, 1}: whether tap δ of output position t reads inside the map."""
-    ones = torch.ones((1, 1) + spatial, dtype=torch.float64)
-    return (conv(ones, tap_kernels(conv)).flatten(2)[0] > 0).to(torch.float64)
+    return (read_index(conv, spatial) >= 0).to(torch.float64)
 
 
 def _self_taps(conv: ConvMap, spatial: tuple[int, ...]) -> Tensor:

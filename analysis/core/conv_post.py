@@ -28,21 +28,7 @@ from torch import Tensor
 from .structured import activation_derivative
 
 if TYPE_CHECKING:
-    from .convolution import ConvMap, ConvSection
-
-
-def _channels(v: Tensor, ndim: int) -> Tensor:
-    """(C,) -> (1, C, 1, …) for maps of ``ndim`` axes."""
-    return v.reshape((1, -1) + (1,) * (ndim - 2))
-
-
-def _offsets(conv: ConvMap, x: Tensor, scale: float) -> Tensor:
-    """W ⋆ x + scale·b + const (the bias scaled with the slot along the path, the folded batch
-    norm's offset never)."""
-    y = conv(x)
-    if conv.bias is not None:
-        y = y + scale * _channels(conv.bias, y.ndim)
-    return y if conv.const is None else y + _channels(conv.const, y.ndim)
+    from .convolution import ConvSection
 
 
 def post_attribution(sec: ConvSection, point: Tensor, baseline: Tensor | None, z: Tensor, z0: Tensor | float,
@@ -66,13 +52,13 @@ def post_attribution(sec: ConvSection, point: Tensor, baseline: Tensor | None, z
     if drive is not None and second.bias is not None:
         sj = sj + second.bias.reshape((1, 1, -1) + (1,) * (sj.ndim - 3)) * drive[:, :, None]
     slot = baseline is None
-    base = None if slot else _channels(baseline.to(point.dtype), point.ndim)
+    base = None if slot else baseline.to(point.dtype).reshape((1, -1) + (1,) * (point.ndim - 2))
     total = torch.zeros_like(sj)
     for alpha, wq in zip(alphas, weights):
         zq = z0 + alpha * (z - z0)
         body = second((zj * activation_derivative(sec.act, zq)[:, None]).flatten(0, 1))
         pq = alpha * point if slot else base + alpha * (point - base)
-        pre = _offsets(second, sec.activation(zq), alpha if slot else 1.0) + (
-            pq if short is None else _offsets(short, pq, alpha if slot else 1.0))
+        scale = alpha if slot else 1.0                                      # the biases along the path
+        pre = second.affine(sec.activation(zq), scale) + (pq if short is None else short.affine(pq, scale))
         total += wq * activation_derivative(sec.post, pre)[:, None] * (body.view(sj.shape) + sj)
     return torch.einsum("ci,nkc...->nki...", C_data, total).reshape(N, k, C_data.shape[1], -1)

@@ -87,6 +87,14 @@ class ConvMap:
         w = self.weight if weight is None else weight
         return _CONV[w.ndim - 2](x, w, None, self.stride, self.padding, self.dilation, groups)
 
+    def affine(self, x: Tensor, bias_scale: float = 1.0) -> Tensor:
+        """W ⋆ x + bias_scale·b + const: the bias scales with the slot along an integrated path,
+        the folded batch norm's offset never."""
+        y = self(x)
+        if self.bias is not None:
+            y = y + bias_scale * _along_channels(self.bias, y.ndim)
+        return y if self.const is None else y + _along_channels(self.const, y.ndim)
+
 
 _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
@@ -133,13 +141,7 @@ class ConvSection:
 
     def preactivation(self, p: Tensor) -> Tensor:
         """z = W₁ ⋆ p + b₁ for maps p (N, d, *S)."""
-        if self.first is None:
-            return p
-        z = self.first(p)
-        for offset in (self.first.bias, self.first.const):
-            if offset is not None:
-                z = z + _along_channels(offset, z.ndim)
-        return z
+        return p if self.first is None else self.first.affine(p)
 
     def path_start(self, ndim: int) -> Tensor | float:
         """z at the start of the integrated path with the slot (the point and every bias scaled
@@ -328,7 +330,7 @@ def conv_edge_sums(sec: ConvSection, point: Tensor, baseline: Tensor | None, f_h
     tap_gemm = (dtype == torch.float64 and sec.first is None and sec.pool is None and second is not None
                 and not sec.residual and _slot_rules_agree(second, S, f_hat.shape[1]))
     T = skip_readout(C_next, include_bias).to(dtype) @ Q if sec.residual and not post else None   # the identity's term
-    S2 = sec.out_spatial(tuple(S), d, point)
+    S2 = None if slot_drive is None else sec.out_spatial(tuple(S), d, point)   # where the output's biases sit
     for start in range(0, B, step):
         if heartbeat is not None:
             heartbeat()
