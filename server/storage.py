@@ -127,11 +127,20 @@ class Store:
         return rows[0] if rows else None
 
     def interrupt_unfinished_jobs(self, reason: str) -> int:
-        """Mark jobs left queued or running by a previous server process as interrupted."""
+        """Mark jobs left queued or running by a previous server process as interrupted; a job
+        whose graph was stored had finished (the process died between storing the graph and
+        marking the job), so it is marked succeeded with that graph instead (first: a kill
+        between the two updates leaves the rest for the next start)."""
+        now = time.time()
         with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET state='succeeded', error='', finished=?, "
+                "graph_id=(SELECT g.id FROM graphs g WHERE g.job_id = jobs.id) "
+                "WHERE state IN ('queued','running') AND EXISTS (SELECT 1 FROM graphs g WHERE g.job_id = jobs.id)",
+                (now,))
             cur = self._db.execute(
                 "UPDATE jobs SET state='interrupted', error=?, finished=? "
-                "WHERE state IN ('queued','running')", (reason, time.time()))
+                "WHERE state IN ('queued','running')", (reason, now))
             return cur.rowcount
 
     # graphs

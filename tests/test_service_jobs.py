@@ -67,3 +67,22 @@ def test_cancel_raises_from_the_progress_callback(tmp_path):
     seen = asyncio.run(main())
     assert seen[-1].state == "cancelled" and seen[-1].graph_id == ""
     assert 0 < seen[-2].fraction < 0.5  # basis phase: the first half of the overall fraction
+
+
+def test_a_job_whose_graph_was_stored_is_succeeded_after_a_crash(tmp_path):
+    """A process killed between storing a job's graph and marking the job leaves the job
+    'running' with its graph listed: the next start marks it succeeded with that graph (so a
+    listed graph always belongs to a finished job), and the jobs without a graph interrupted."""
+    store = Store(tmp_path)
+    for i in range(3):
+        store.add_job({"id": f"j{i}", "model_id": "m", "request": "{}", "state": "running", "device": "cpu",
+                       "created": time.time()})
+    store.update_job("j2", state="queued")
+    store.add_graph({"id": "g0", "job_id": "j0", "model_id": "m", "path": "g0.safetensors", "layers": ["0"],
+                     "n_nodes": 1, "n_edges": 0, "n_samples": 1, "summary": {}, "created": time.time()})
+    assert store.interrupt_unfinished_jobs("the server stopped") == 2
+    rows = [store.job(f"j{i}") for i in range(3)]
+    assert (rows[0]["state"], rows[0]["graph_id"], rows[0]["error"]) == ("succeeded", "g0", "")
+    assert [r["state"] for r in rows[1:]] == ["interrupted", "interrupted"]
+    assert all(r["finished"] is not None for r in rows)
+    store.close()
