@@ -13,8 +13,8 @@ with S(Q_j f̂_j) = Q_j f̂_j for the identity and W_p ⋆ (Q_j f̂_j) + b_p δ�
 a_post,q = σ_post′ of the sum at the node's point (p and every bias scaled by α with the slot,
 p₀ + α (p − p₀) without; the folded batch norms' −s μ by neither). The convolutions run in the
 output's d' channels, not the k' of C_dataᵀ W₂: n·P·k·(h·|kernel₁| + d'·h·|kernel₂|) per node.
-The Gram of such a section has no closed form (its σ′ moments would be of fourth order) and
-takes the coloured cotangents.
+The Gram of such a section has no closed form (its σ′ moments would be of fourth order); it is
+summed over each output's receptive field (:mod:`~intermod.analysis.core.field_grams`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 By batched VJPs: the output target's K cotangents serve every layer in the activation pass
 (:func:`output_jacobians`); the next-layer target takes one pass per layer
 (:func:`next_layer_jacobians`), with coloured cotangents where the section is local
-(:mod:`~intermod.analysis.core.colouring`). From closed forms: sections of Linear maps and one
+(:mod:`~intermod.analysis.core.colouring`); two-convolution sections without a closed form (a
+ResNet block's activation after the sum, a mean slot) are summed over each output's receptive
+field (:mod:`~intermod.analysis.core.field_grams`). From closed forms: sections of Linear maps and one
 activation (:mod:`~intermod.analysis.core.structured`) and [activation] [Conv] sections
 (:mod:`~intermod.analysis.core.convolution`), whose σ′ moments are summed in the activation pass.
 """
@@ -23,6 +25,7 @@ from .colouring import Colouring, at_owner, coloured_cotangents, missing_slot_sq
 from .conv_grams import ConvMoments, conv_next_layer_gram
 from .convolution import ConvSection, conv_section
 from .distributed import all_reduce_float, all_reduce_sum
+from .field_grams import Fields, field_gram, field_section, receptive_fields
 from .gram import GramSum
 from .jacobians import ProbeDraw, SavedNumel, chunk_size, joint_cotangents, rotated_cotangents, vjp
 from .layout import spread_slot
@@ -165,7 +168,22 @@ def next_layer_jacobians(s: Setup, j: int, C_next: Tensor, n_probes: int | None)
     src, dst = net.layouts[net.chain[j]], net.layouts[net.chain[j + 1]]
     total = GramSum(net.point_dims[net.chain[j]] + aug, s.device)
     n = 0.0
+    sec = conv_section(net, j) if s.structured and n_probes is None else None
+    fields: dict[tuple[int, ...], Fields | None] = {}
     for batch, mask, draw in s.batches(f"jacobians {net.chain[j]}", stream=j + 1):
+        if field_section(sec):           # two convolutions: GEMMs over each output's receptive field
+            with torch.no_grad():
+                net.forward(batch)
+            point = net.last_points[net.chain[j]].detach()
+            wi = src.weights(point.shape, mask, s.dtype, s.device)
+            shape = tuple(point.shape[1:])
+            if shape not in fields:
+                fields[shape] = receptive_fields(sec, shape, bool(aug))
+            if fields[shape] is not None and bool((wi == 1).all()):
+                s.progress.heartbeat()
+                total.total += field_gram(sec, fields[shape], point, C_next, bool(aug), s.max_memory)
+                n += float(wi.sum())
+                continue
         with SavedNumel(net.params.values()) as saved:
             point, f_out, slot_leaf = net.section(batch, j)
         beta = dst.to_samples(net.bias_tangent(batch, j)) if net.needs_tangent else None

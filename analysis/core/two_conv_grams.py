@@ -125,8 +125,8 @@ def pair_moments(sec: ConvSection, in_shape: tuple[int, ...], include_bias: bool
     """Empty :class:`PairMoments` of the two-convolution section ``sec`` on input maps of
     ``in_shape`` (channels, *spatial)."""
     spatial = tuple(in_shape[1:])
-    mid = _spatial_after(sec.first, in_shape)
-    out = _spatial_after(sec.second, (sec.first.weight.shape[0],) + mid)
+    mid = spatial_after(sec.first, in_shape)
+    out = spatial_after(sec.second, (sec.first.weight.shape[0],) + mid)
     same = mid == spatial and out == spatial
     idx1 = read_index(sec.first, spatial)                                    # (n_taps₁, P₁)
     if _virtual_tap(sec, include_bias):
@@ -168,7 +168,7 @@ def _inexact(spatial: tuple[int, ...], device: torch.device) -> PairMoments:
     return PairMoments(spatial, 0, e.long(), e, e, [], e.long(), e, e, exact=False)
 
 
-def _spatial_after(conv: ConvMap, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+def spatial_after(conv: ConvMap, in_shape: tuple[int, ...]) -> tuple[int, ...]:
     """The positions of conv's output on inputs of ``in_shape`` (channels, *spatial)."""
     x = torch.zeros((1,) + tuple(in_shape), dtype=conv.weight.dtype, device=conv.weight.device)
     return tuple(conv(x).shape[2:])

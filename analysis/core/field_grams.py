@@ -1,0 +1,242 @@
+"""Next-layer Jacobian Grams of two-convolution sections over their receptive fields.
+
+A section [Conv [BN]] [activation] [Conv [BN]], alone or in a residual unit with the identity or a
+projection shortcut and optionally an activation after the sum (torchvision's ResNet blocks,
+:mod:`~intermod.analysis.core.conv_post`), maps the input map p (d, positions s) to
+
+    f = σ_post(W₂ ⋆ σ(z) + b₂ s + S(p)),   z = W₁ ⋆ p + b₁ s,   S(p) = 0, p or W_p ⋆ p + b_p s
+
+(σ_post the identity without an activation after the sum). With σ_post its Gram has no closed
+form (the σ′ moments it needs are of fourth order), nor with a mean slot
+(:mod:`~intermod.analysis.core.two_conv_grams`). But output position t reads the input only on
+its receptive field, the positions o(t) + r for a fixed set of offsets r (o(t) = stride·t: a
+translation; checked on the read indices, else the coloured VJPs take the section). So the
+gradient of f̂_{t,i} = C_iᵀ f_t + c_i s'_t at the field's positions is a chain of small GEMMs
+per sample and output position, with e = a_post,t ⊙ C_i (d'), a_post = σ_post′ at t:
+
+    m_{δ₂} = a_{u(t,δ₂)} ⊙ W₂[δ₂]ᵀ e                   (h; 0 where tap δ₂ of t reads the padding)
+    ĝ(o(t) + r) = Σ_{(δ₂,δ₁) → r} W₁[δ₁]ᵀ m_{δ₂} + Σ_{δ_p → r} W_p[δ_p]ᵀ e     (data, d)
+
+and M = Σ_x Σ_{t,i} Σ_r ĝ ĝᵀ over the offsets whose position lies on the map.
+
+The slot coordinate (docs/models.md, "The bias slot when positions change"): a bias on a map that
+keeps the input's positions is driven by the slot of its own position, so ĝ's slot entry gets
+m_{δ₂}·b₁ at s = u(t, δ₂) (middle map kept) and eᵀ(b₂ + b_p) + c_i at s = t (output kept). The
+others, and the next slot where the output moves the positions, are driven by the mean slot
+s̄ = Σ_s ŵ_s s_s (ŵ = 1/P_in): their γ reaches every input position as ŵ γ, on the field's rows
+and, for the P_in − |field(t)| positions outside it, as the slot–slot term ŵ² γ² (P_in − |field(t)|).
+
+All of it is linear in v = (m_{δ₂} for every δ₂, e, c_i): ĝ(o(t) + r) = vᵀ K_r. So the maps and
+output positions are summed first, V_c = Σ v vᵀ over the outputs of each class c (the same offsets
+on the map: the interior, the bands along the edges), and M = Σ_c Σ_{r on the map} K_rᵀ V_c K_r:
+n·P_out·k'·(d'·n₂·h + (n₂·h + d' + 1)²) multiply-adds, against n_colours·k' backward passes over
+the whole map for the coloured VJPs (:mod:`~intermod.analysis.core.colouring`). Every sample
+weight must be 1 (a masked batch takes the coloured VJPs).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .convolution import ConvSection, read_index
+from .gram import gram
+from .jacobians import chunk_size
+from .structured import activation_derivative
+from .two_conv_grams import spatial_after
+
+
+def field_section(sec: ConvSection | None) -> bool:
+    """Whether ``sec`` is a two-convolution section this module sums: both convolutions, no pool."""
+    return sec is not None and sec.first is not None and sec.second is not None and sec.pool is None
+
+
+@dataclass(frozen=True)
+class Fields:
+    """The receptive fields of a section's output positions on input maps of ``spatial``
+    positions: R offsets r (slot R collects taps that never land on the map)."""
+
+    spatial: tuple[int, ...]
+    mid_kept: bool        # with the slot, the middle map keeps the input's positions: b₁ driven per position
+    out_kept: bool        # with the slot, the output keeps them: b₂, b_p and the next slot per position
+    mid: Tensor           # (n₂, P_out) the middle position tap δ₂ of t reads (clamped)
+    mid_ok: Tensor        # (n₂, P_out) that position is on the middle map
+    first: Tensor         # (n₂, n₁) the offset of each pair of taps (δ₂, δ₁)
+    virtual: Tensor       # (n₂,) the offset of u(t, δ₂) itself (b₁'s slot tap; mid_kept), else empty
+    short: Tensor         # (n_p,) the offset of each shortcut tap (identity: one), empty without one
+    own: int              # the offset of s = t (out_kept), else R
+    patterns: Tensor      # (n_classes, R) the offsets whose position o(t) + r lies on the map, per class
+    members: list[Tensor]  # the output positions t of each class
+
+    @property
+    def R(self) -> int:
+        return int(self.patterns.shape[1])
+
+
+def _coords(index: Tensor, spatial: tuple[int, ...]) -> Tensor:
+    """(…, ndim) coordinates of flat indices on a grid of ``spatial`` positions."""
+    out = []
+    for size in reversed(spatial):
+        out.append(index % size)
+        index = index // size
+    return torch.stack(out[::-1], -1)
+
+
+def _offsets(reads: Tensor, base: Tensor, spatial: tuple[int, ...]) -> tuple[Tensor, Tensor] | None:
+    """(offsets (n, ndim), used (n,)) of read indices (n, P_out) (−1: the padding) relative to
+    base (P_out, ndim), or None when an offset varies with t."""
+    ok = reads >= 0
+    delta = _coords(reads.clamp_min(0), spatial) - base
+    ref = delta[torch.arange(len(reads)), ok.to(torch.int8).argmax(1)]
+    if bool((ok[..., None] & (delta != ref[:, None])).any()):
+        return None
+    return ref, ok.any(1)
+
+
+def receptive_fields(sec: ConvSection, in_shape: tuple[int, ...], include_bias: bool) -> Fields | None:
+    """The :class:`Fields` of a two-convolution section (:func:`field_section`) on input maps of
+    ``in_shape`` (channels, *spatial), or None where this module does not apply (an offset that
+    is not a translation, a shortcut that reads elsewhere)."""
+    spatial = tuple(in_shape[1:])
+    mid_sp = spatial_after(sec.first, in_shape)
+    out_sp = spatial_after(sec.second, (sec.first.weight.shape[0],) + mid_sp)
+    idx1, idx2 = read_index(sec.first, spatial), read_index(sec.second, mid_sp)      # (n₁, P₁), (n₂, P_out)
+    n1, n2, P_out = len(idx1), len(idx2), idx2.shape[1]
+    stride = torch.tensor([a * b for a, b in zip(sec.first.stride, sec.second.stride)])
+    base = _coords(torch.arange(P_out), out_sp) * stride
+    reads = torch.where(idx2[None] >= 0, idx1[:, idx2.clamp_min(0)], -1).transpose(0, 1).flatten(0, 1)
+    groups = [reads]
+    if sec.residual and sec.shortcut is None:
+        if out_sp != spatial:
+            return None
+        groups.append(torch.arange(P_out)[None])
+    elif sec.shortcut is not None:
+        short = read_index(sec.shortcut, spatial)
+        if short.shape[1] != P_out:
+            return None
+        groups.append(short)
+    mid_kept, out_kept = include_bias and mid_sp == spatial, include_bias and out_sp == spatial
+    if mid_kept:
+        groups.append(idx2)                                         # b₁'s slot tap
+    if out_kept:
+        groups.append(torch.arange(P_out)[None])                   # s = t
+    found = [_offsets(g, base, spatial) for g in groups]
+    if any(f is None for f in found):
+        return None
+    offs = torch.cat([f[0] for f in found])
+    used = torch.cat([f[1] for f in found])
+    table, inverse = torch.unique(offs[used], dim=0, return_inverse=True)
+    R = len(table)
+    slot = torch.full((len(offs),), R, dtype=torch.int64)
+    slot[used] = inverse
+    sizes = torch.tensor(spatial)
+    pos = base[:, None] + table[None]                               # (P_out, R, ndim)
+    on_map = ((pos >= 0) & (pos < sizes)).all(-1)
+    parts = list(slot.split([len(g) for g in groups]))
+    first = parts.pop(0).view(n2, n1)
+    short = parts.pop(0) if sec.residual else torch.zeros(0, dtype=torch.int64)
+    virtual = parts.pop(0) if mid_kept else torch.zeros(0, dtype=torch.int64)
+    own = int(parts.pop(0)) if out_kept else R
+    patterns, classes = torch.unique(on_map, dim=0, return_inverse=True)
+    members = [(classes == c).nonzero().view(-1) for c in range(len(patterns))]
+    return Fields(spatial, mid_kept, out_kept, idx2.clamp_min(0), idx2 >= 0, first, virtual, short, own, patterns,
+                  members)
+
+
+def field_map(sec: ConvSection, fields: Fields, include_bias: bool, dtype: torch.dtype) -> Tensor:
+    """K (n₂·h + d' [+1], R, d [+1]) with ĝ(o(t) + r) = vᵀ K[:, r] for v = (m_{δ₂} for every δ₂,
+    e [, c_i]) (module docstring): the W₁[δ₁] blocks at the offset of each pair of taps, the
+    shortcut's at its taps', and the slot column: b₁ at u(t, δ₂) where the middle map keeps the
+    positions, b₂ + b_p and c_i at s = t where the output does, and the mean slot's share
+    ŵ vᵀ k_γ at every offset (:func:`slot_drive`)."""
+    W1, dev = sec.first.weight.to(dtype).flatten(2), sec.first.weight.device                     # (h, d, n₁)
+    h, d, n1 = W1.shape
+    d_out, n2, R = sec.second.weight.shape[0], fields.first.shape[0], fields.R
+    aug = int(include_bias)
+    K = torch.zeros(n2 * h + d_out + aug, R + 1, d + aug, dtype=dtype, device=dev)
+    for d2 in range(n2):
+        K[d2 * h:(d2 + 1) * h, :, :d].index_add_(1, fields.first[d2].to(dev), W1.permute(0, 2, 1))
+    e = slice(n2 * h, n2 * h + d_out)
+    if sec.residual:
+        Wp = (torch.eye(d, dtype=dtype, device=dev)[:, :, None] if sec.shortcut is None
+              else sec.shortcut.weight.to(dtype).flatten(2))                                      # (d', d, n_p)
+        K[e, :, :d].index_add_(1, fields.short.to(dev), Wp.permute(0, 2, 1))
+    if include_bias:
+        if fields.out_kept:
+            K[e, fields.own, d] = _output_bias(sec, dtype)
+            K[-1, fields.own, d] = 1.0
+        if fields.mid_kept and sec.first.bias is not None:
+            K[:n2 * h, :, d].view(n2, h, R + 1)[torch.arange(n2, device=dev), :, fields.virtual.to(dev)] = \
+                sec.first.bias.to(dtype)
+        K[:, :, d] += slot_drive(sec, fields, dtype)[:, None] / math.prod(fields.spatial)
+    return K[:, :R]
+
+
+def _output_bias(sec: ConvSection, dtype: torch.dtype) -> Tensor:
+    """b₂ + b_p (d'): the biases added at the output's positions."""
+    b = torch.zeros(sec.second.weight.shape[0], dtype=dtype, device=sec.second.weight.device)
+    for conv in (sec.second, sec.shortcut):
+        if conv is not None and conv.bias is not None:
+            b = b + conv.bias.to(dtype)
+    return b
+
+
+def slot_drive(sec: ConvSection, fields: Fields, dtype: torch.dtype) -> Tensor:
+    """k_γ (n₂·h + d' + 1) with γ = vᵀ k_γ the derivative by the mean slot: b₁ at every tap of the
+    second convolution where the middle map moves the positions, b₂ + b_p and 1 (the next slot's
+    c_i) where the output does; 0 where they are driven per position."""
+    dev = sec.second.weight.device
+    h, n2 = sec.first.weight.shape[0], fields.first.shape[0]
+    b1 = sec.first.bias
+    b1 = torch.zeros(h, dtype=dtype, device=dev) if b1 is None or fields.mid_kept else b1.to(dtype)
+    out = torch.cat([_output_bias(sec, dtype), torch.ones(1, dtype=dtype, device=dev)])
+    return torch.cat([b1.repeat(n2), out * (not fields.out_kept)])
+
+
+def field_gram(sec: ConvSection, fields: Fields, point: Tensor, C_next: Tensor, include_bias: bool,
+               max_memory: int) -> Tensor:
+    """Σ_x Σ_{t,i} Σ_s ĝ ĝᵀ (d [+1], d [+1]) float64 of a batch of input maps point (B, d, *S),
+    every sample weight 1 (module docstring): V_c = Σ v vᵀ over the maps and the output positions
+    of each class c (those whose field has the same offsets on the map, ``Fields.members``), then
+    M = Σ_c Σ_{r on the map} K_rᵀ V_c K_r (+ ŵ² (P_in − |field|) k_γᵀ V_c k_γ with a mean slot)."""
+    dt, dev = point.dtype, point.device
+    B, d = point.shape[:2]
+    aug = int(include_bias)
+    z = sec.preactivation(point)
+    a = activation_derivative(sec.act, z).flatten(2).transpose(1, 2)                   # (B, P₁, h)
+    y = sec.second.affine(sec.activation(z))
+    if sec.residual:
+        y = y + (point if sec.shortcut is None else sec.shortcut.affine(point))
+    a_post = activation_derivative(sec.post, y).flatten(2).transpose(1, 2)            # (B, P_out, d')
+    h, P_in = a.shape[2], math.prod(fields.spatial)
+    d_out, n2 = sec.second.weight.shape[0], fields.first.shape[0]
+    C = C_next.to(dt)
+    C_data, k = C[:d_out], C.shape[1]
+    W2 = sec.second.weight.flatten(2).permute(0, 2, 1).reshape(d_out, n2 * h)         # (d', n₂·h)
+    D = n2 * h + d_out + aug
+    mid, mid_ok = fields.mid.T.to(dev), fields.mid_ok.T.to(dev).to(dt)                 # (P_out, n₂)
+    V = torch.zeros(len(fields.patterns), D, D, dtype=torch.float64, device=dev)
+    step = chunk_size(B * len(mid), k * 2 * D, dt, max_memory, dev)
+    for c, ts in enumerate(fields.members):
+        ts = ts.to(dev)
+        for lo in range(0, B * len(ts), step):
+            items = torch.arange(lo, min(lo + step, B * len(ts)), device=dev)
+            b, t = items // len(ts), ts[items % len(ts)]
+            v = torch.empty(len(items), k, D, dtype=dt, device=dev)
+            e = torch.mul(a_post[b, t][:, None, :], C_data.T[None], out=v[..., n2 * h:n2 * h + d_out])
+            m = torch.matmul(e, W2).view(len(items), k, n2, h)
+            torch.mul(m, (a[b[:, None], mid[t]] * mid_ok[t][..., None])[:, None], out=v[..., :n2 * h].view(m.shape))
+            if aug:
+                v[..., -1] = C[d_out]
+            V[c] += gram(v.view(-1, D).to(torch.float64))
+    K = field_map(sec, fields, include_bias, torch.float64)                            # (D, R, d [+1])
+    VK = torch.einsum("cab,brx->carx", V, K)
+    M = torch.einsum("cr,arx,cary->xy", fields.patterns.to(device=dev, dtype=torch.float64), K, VK)
+    if include_bias and not (fields.mid_kept and fields.out_kept):
+        k_gamma = slot_drive(sec, fields, torch.float64)
+        outside = P_in - fields.patterns.sum(1).to(device=dev, dtype=torch.float64)    # (n_classes,)
+        M[d, d] += outside @ torch.einsum("a,cab,b->c", k_gamma, V, k_gamma) / P_in ** 2
+    return M
