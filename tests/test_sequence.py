@@ -454,13 +454,14 @@ class TorchvisionResNet(nn.Module):
 @pytest.mark.parametrize("activation", ["relu", "softplus"])
 def test_torchvision_resnet_blocks_are_read_as_residual_units(include_bias, activation, monkeypatch):
     """A block whose ReLU module runs twice and whose shortcut is x or a projection is one
-    :class:`Residual` unit (body, shortcut) of the chain; its sections are local, so their Grams
-    take coloured cotangents (fewer colours than positions) instead of one VJP per position, and
-    their edges the conv closed form with the activation after the sum (core/conv_post.py); basis
+    :class:`Residual` unit (body, shortcut) of the chain; its sections are local (fewer colours
+    than positions), their next-layer Grams are summed over receptive fields (core/field_grams.py)
+    instead of one VJP per position, and their edges take the conv closed form with the activation
+    after the sum (core/conv_post.py); basis
     and edges (both targets, gradient and integrated) equal the generic path's, which runs the
     model itself by hooks (the traced chain switched off), within 1e-10. A cut at the ReLU that
     runs twice is refused by name."""
-    from intermod.analysis.core import convolution, edges, nodes
+    from intermod.analysis.core import convolution, edges, field_grams, jacobian_grams, nodes
     from intermod.analysis.core.colouring import section_colouring
 
     model = TorchvisionResNet().double().eval()
@@ -481,12 +482,16 @@ def test_torchvision_resnet_blocks_are_read_as_residual_units(include_bias, acti
     secs = [convolution.conv_section(net, j) for j in range(2)]
     assert [(s.shortcut is not None, s.post is not None, s.gram_closed) for s in secs] == [(False, True, False),
                                                                                           (True, True, False)]
-    calls = []
+    calls, fields = [], []
     monkeypatch.setattr(edges, "conv_edge_sums", lambda sec, *a, **k: calls.append(sec.post is not None)
                         or convolution.conv_edge_sums(sec, *a, **k))
+    monkeypatch.setattr(jacobian_grams, "field_gram", lambda sec, *a, **k: fields.append(sec.post is not None)
+                        or field_grams.field_gram(sec, *a, **k))
     for target in ("next_layer", "output"):
         opts = dict(jacobian_target=target, include_bias=include_bias, center=include_bias, progress=False)
         fast = ia.compute_basis(model, X, layers, **opts)
+        assert fields == ([True, True] if target == "next_layer" else [])   # both blocks, one batch
+        fields.clear()
         graphs = [ia.build_graph(model, X, fast, edge_method=m, n_alpha=3, progress=False)
                   for m in ("gradient", "integrated")]
         small = ia.build_graph(model, X, fast, max_memory=1 << 14, progress=False)   # one map per chunk
