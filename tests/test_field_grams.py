@@ -1,9 +1,10 @@
-"""core/field_grams.py: the next-layer Jacobian Gram of two-convolution sections summed over each
-output position's receptive field equals the plain VJPs' (1e-10), slot row and column included, on
+"""core/field_grams.py: the next-layer Jacobian Gram of conv sections summed over each output
+position's receptive field equals the plain VJPs' (1e-10), slot row and column included, on
 residual units with an activation after the sum and / or a projection shortcut (torchvision's
-ResNet blocks) and on plain [Conv] [activation] [Conv] sections whose slot moves positions (the
-mean slot, b₁ and b₂ driven by different rules), in 1-d, 2-d and 3-d, with strides, dilation,
-valid padding, batch norms and no activation; the sum does not depend on the chunk size."""
+ResNet blocks), on plain [Conv] [activation] [Conv] sections whose slot moves positions (the
+mean slot, b₁ and b₂ driven by different rules) and on a convolution before a max or average
+pool (with or without a second convolution), in 1-d, 2-d and 3-d, with strides, dilation, valid
+and 'same' padding, batch norms and no activation; the sum does not depend on the chunk size."""
 
 import numpy as np
 import pytest
@@ -21,15 +22,17 @@ BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 
 
 class Unit(nn.Module):
-    """post(bn₂(conv₂(σ(bn₁(conv₁ x)))) + shortcut(x)): shortcut None (no residual), "identity" or
-    a [Conv, BN] projection; post None or an activation module."""
+    """post(bn₂(conv₂(pool(σ(bn₁(conv₁ x))))) + shortcut(x)): shortcut None (no residual),
+    "identity" or a [Conv, BN] projection; post, pool and conv₂ None or a module (conv2 None: no
+    second convolution)."""
 
-    def __init__(self, nd, cin, cout, conv1, conv2, act, shortcut, post, bn):
+    def __init__(self, nd, cin, cout, conv1, conv2, act, shortcut, post, bn, pool=None):
         super().__init__()
         C, B = CONV[nd], BN[nd]
-        self.conv1, self.conv2 = C(cin, 4, **conv1), C(4, cout, **conv2)
+        self.conv1 = C(cin, 4, **conv1)
+        self.conv2 = nn.Identity() if conv2 is None else C(4, cout, **conv2)
         self.bn1, self.bn2 = (B(4), B(cout)) if bn else (nn.Identity(), nn.Identity())
-        self.act, self.post = act, post
+        self.act, self.post, self.pool = act, post, pool
         self.downsample = shortcut if isinstance(shortcut, nn.Module) else None
         self.identity = shortcut == "identity"
 
@@ -38,6 +41,8 @@ class Unit(nn.Module):
         out = self.bn1(out)
         if self.act is not None:
             out = self.act(out)
+        if self.pool is not None:
+            out = self.pool(out)
         out = self.bn2(self.conv2(out))
         if self.downsample is not None:
             out = out + self.downsample(x)
@@ -61,7 +66,7 @@ def _projection(nd, cout, stride):
 
 
 P1 = dict(kernel_size=3, padding=1)
-KINDS = {   # nd, cout, conv1, conv2, act, shortcut, post, bn, spatial
+KINDS = {   # nd, cout, conv1, conv2, act, shortcut, post, bn, spatial[, pool]
     "identity, post": (2, 3, P1, P1, nn.ReLU(), "identity", nn.ReLU(), True, (9, 8)),
     "projection, stride 2, post": (2, 4, dict(P1, stride=2), P1, nn.ReLU(), "proj 2", nn.ReLU(), True, (9, 8)),
     "projection, stride 1, softplus": (2, 4, P1, P1, nn.Softplus(), "proj 1", nn.Softplus(), True, (7, 8)),
@@ -77,15 +82,25 @@ KINDS = {   # nd, cout, conv1, conv2, act, shortcut, post, bn, spatial
                      (10, 9)),
     "plain, valid then padded": (2, 3, dict(kernel_size=3), dict(kernel_size=3, padding=2), nn.ReLU(), None, None,
                                  False, (8, 7)),
+    "even 'same'": (2, 3, dict(kernel_size=2, padding="same"), dict(kernel_size=(2, 3), padding="same"), nn.ReLU(),
+                    "identity", nn.ReLU(), True, (6, 5)),
+    "field wider than the map": (2, 3, dict(kernel_size=5, padding=2), dict(kernel_size=5, padding=2), nn.ReLU(),
+                                 "identity", nn.ReLU(), True, (3, 3)),
+    "conv, max pool": (2, 4, P1, None, nn.ReLU(), None, None, False, (9, 8), nn.MaxPool2d(2)),
+    "conv, avg pool, conv": (2, 3, P1, P1, nn.GELU(), None, None, False, (8, 8), nn.AvgPool2d(2)),
+    "strided conv, max pool, conv": (2, 3, dict(P1, stride=2), dict(kernel_size=2), nn.ReLU(), None, None, True,
+                                     (11, 9), nn.MaxPool2d(2)),
+    "1-d conv, max pool 3": (1, 4, dict(kernel_size=5, padding=2), None, nn.Tanh(), None, None, False, (16,),
+                             nn.MaxPool1d(3)),
 }
 
 
 def _model(kind):
     torch.manual_seed(11)
-    nd, cout, conv1, conv2, act, shortcut, post, bn, spatial = KINDS[kind]
+    nd, cout, conv1, conv2, act, shortcut, post, bn, spatial, *pool = KINDS[kind]
     if isinstance(shortcut, str) and shortcut.startswith("proj"):
         shortcut = _projection(nd, cout, int(shortcut[-1]))
-    model = Net(nd, Unit(nd, 3, cout, conv1, conv2, act, shortcut, post, bn), cout)
+    model = Net(nd, Unit(nd, 3, cout, conv1, conv2, act, shortcut, post, bn, *pool), cout)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):   # trained-looking statistics
             m.running_mean.normal_(0, 0.3), m.running_var.uniform_(0.5, 2.0)

@@ -39,9 +39,9 @@ in the output's channels with both derivatives per quadrature node
 **Next-layer Gram** of a section with one convolution, [activation] [Conv] or [Conv]
 [activation], from per-tap σ′ moments summed in the activation pass (:mod:`~intermod.analysis.core.conv_grams`),
 and of [Conv] [activation] [Conv], residual or not, from σ′ moments of pairs of positions
-(:mod:`~intermod.analysis.core.two_conv_grams`), else over receptive fields
-(:mod:`~intermod.analysis.core.field_grams`); with a pool after a first convolution the Gram
-takes the coloured VJPs.
+(:mod:`~intermod.analysis.core.two_conv_grams`), else (a pool after a first convolution, an
+activation after a residual sum, a mean slot) over receptive fields
+(:mod:`~intermod.analysis.core.field_grams`).
 """
 
 from __future__ import annotations

@@ -1,35 +1,42 @@
-"""Next-layer Jacobian Grams of two-convolution sections over their receptive fields.
+"""Next-layer Jacobian Grams of conv sections over their receptive fields.
 
-A section [Conv [BN]] [activation] [Conv [BN]], alone or in a residual unit with the identity or a
-projection shortcut and optionally an activation after the sum (torchvision's ResNet blocks,
-:mod:`~intermod.analysis.core.conv_post`), maps the input map p (d, positions s) to
+A section [Conv [BN]] [activation] [pool] [Conv [BN]] (a first convolution, then a
+non-overlapping pool or a second convolution or both), alone or, without the pool, in a
+residual unit with the identity or a projection shortcut and optionally an activation after the
+sum (torchvision's ResNet blocks, :mod:`~intermod.analysis.core.conv_post`), maps the input map
+p (d, positions s) to
 
-    f = σ_post(W₂ ⋆ σ(z) + b₂ s + S(p)),   z = W₁ ⋆ p + b₁ s,   S(p) = 0, p or W_p ⋆ p + b_p s
+    f = σ_post(W₂ ⋆ pool(σ(z)) + b₂ s + S(p)),   z = W₁ ⋆ p + b₁ s,   S(p) = 0, p or W_p ⋆ p + b_p s
 
 (σ_post the identity without an activation after the sum). With σ_post its Gram has no closed
 form (the σ′ moments it needs are of fourth order), nor with a mean slot
-(:mod:`~intermod.analysis.core.two_conv_grams`). But output position t reads the input only on
-its receptive field, the positions o(t) + r for a fixed set of offsets r (o(t) = stride·t: a
-translation; checked on the read indices, else the coloured VJPs take the section). So the
-gradient of f̂_{t,i} = C_iᵀ f_t + c_i s'_t at the field's positions is a chain of small GEMMs
-per sample and output position, with e = a_post,t ⊙ C_i (d'), a_post = σ_post′ at t:
+(:mod:`~intermod.analysis.core.two_conv_grams`) or a pool after the first convolution. The pool
+and the second convolution act as one map with taps τ = (δ₂, window element) and weights
+W₂[δ₂] (the identity without a second convolution); at a point the pool is linear, its weights
+(the argmax indicator, or 1/|window|) multiply a = σ′(z) (:func:`second_taps`).
 
-    m_{δ₂} = a_{u(t,δ₂)} ⊙ W₂[δ₂]ᵀ e                   (h; 0 where tap δ₂ of t reads the padding)
-    ĝ(o(t) + r) = Σ_{(δ₂,δ₁) → r} W₁[δ₁]ᵀ m_{δ₂} + Σ_{δ_p → r} W_p[δ_p]ᵀ e     (data, d)
+Output position t reads the input only on its receptive field, the positions o(t) + r for a
+fixed set of offsets r (o(t) = stride·t: a translation; checked on the read indices, else the
+coloured VJPs take the section). So the gradient of f̂_{t,i} = C_iᵀ f_t + c_i s'_t at the field's
+positions is a chain of small products per sample and output position, with
+e = a_post,t ⊙ C_i (d'), a_post = σ_post′ at t:
+
+    m_τ = a_{u(t,τ)} ⊙ W₂[τ]ᵀ e                        (h; 0 where tap τ of t reads the padding)
+    ĝ(o(t) + r) = Σ_{(τ,δ₁) → r} W₁[δ₁]ᵀ m_τ + Σ_{δ_p → r} W_p[δ_p]ᵀ e        (data, d)
 
 and M = Σ_x Σ_{t,i} Σ_r ĝ ĝᵀ over the offsets whose position lies on the map.
 
 The slot coordinate (docs/models.md, "The bias slot when positions change"): a bias on a map that
 keeps the input's positions is driven by the slot of its own position, so ĝ's slot entry gets
-m_{δ₂}·b₁ at s = u(t, δ₂) (middle map kept) and eᵀ(b₂ + b_p) + c_i at s = t (output kept). The
+m_τ·b₁ at s = u(t, τ) (middle map kept) and eᵀ(b₂ + b_p) + c_i at s = t (output kept). The
 others, and the next slot where the output moves the positions, are driven by the mean slot
 s̄ = Σ_s ŵ_s s_s (ŵ = 1/P_in): their γ reaches every input position as ŵ γ, on the field's rows
 and, for the P_in − |field(t)| positions outside it, as the slot–slot term ŵ² γ² (P_in − |field(t)|).
 
-All of it is linear in v = (m_{δ₂} for every δ₂, e, c_i): ĝ(o(t) + r) = vᵀ K_r. So the maps and
+All of it is linear in v = (m_τ for every τ, e, c_i): ĝ(o(t) + r) = vᵀ K_r. So the maps and
 output positions are summed first, V_c = Σ v vᵀ over the outputs of each class c (the same offsets
 on the map: the interior, the bands along the edges), and M = Σ_c Σ_{r on the map} K_rᵀ V_c K_r:
-n·P_out·k'·(d'·n₂·h + (n₂·h + d' + 1)²) multiply-adds, against n_colours·k' backward passes over
+n·P_out·k'·(d'·n_τ·h + (n_τ·h + d' + 1)²) multiply-adds, against n_colours·k' backward passes over
 the whole map for the coloured VJPs (:mod:`~intermod.analysis.core.colouring`). Every sample
 weight must be 1 (a masked batch takes the coloured VJPs).
 """
@@ -42,7 +49,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .convolution import ConvSection, read_index
+from .convolution import ConvMap, ConvSection, PoolMap, read_index
 from .gram import gram
 from .jacobians import chunk_size
 from .structured import activation_derivative
@@ -50,8 +57,46 @@ from .two_conv_grams import spatial_after
 
 
 def field_section(sec: ConvSection | None) -> bool:
-    """Whether ``sec`` is a two-convolution section this module sums: both convolutions, no pool."""
-    return sec is not None and sec.first is not None and sec.second is not None and sec.pool is None
+    """Whether this module sums ``sec``: a first convolution, then a second one or a pool or both."""
+    return sec is not None and sec.first is not None and (sec.second is not None or sec.pool is not None)
+
+
+def _pool_index(pool: PoolMap, spatial: tuple[int, ...]) -> Tensor:
+    """(|window|, P_pooled) the position each element of each pooling window reads."""
+    grid = ConvMap(torch.zeros((1, 1) + pool.kernel, dtype=torch.float64), None, pool.kernel,
+                   (0,) * len(pool.kernel), (1,) * len(pool.kernel))
+    return read_index(grid, spatial)
+
+
+def second_taps(sec: ConvSection, mid: tuple[int, ...]) -> tuple[Tensor, tuple[int, ...], tuple[int, ...]]:
+    """The map from the activation (positions ``mid``) to the output as taps τ = (δ₂, window
+    element): (the middle position each tap of each output reads (n_τ, P_out), −1 in the
+    padding; the output's positions; the stride of the output over the middle map)."""
+    idx, out, stride = None, mid, (1,) * len(mid)
+    if sec.pool is not None:
+        idx = _pool_index(sec.pool, mid)
+        out = tuple(n // k for n, k in zip(mid, sec.pool.kernel))
+        stride = sec.pool.kernel
+    if sec.second is not None:
+        idx2 = read_index(sec.second, out)
+        if idx is not None:                                          # δ₂ major, then the window
+            idx = torch.where(idx2[:, None] >= 0, idx[:, idx2.clamp_min(0)].transpose(0, 1), -1).flatten(0, 1)
+        else:
+            idx = idx2
+        stride = tuple(a * b for a, b in zip(stride, sec.second.stride))
+        out = spatial_after(sec.second, (sec.first.weight.shape[0],) + out)
+    return idx, out, stride
+
+
+def second_weight(sec: ConvSection, n_taps: int) -> Tensor:
+    """W₂' (d', h, n_τ): the second convolution's taps, each repeated over the pool's window (the
+    identity without a second convolution)."""
+    h = sec.first.weight.shape[0]
+    if sec.second is None:
+        return torch.eye(h, dtype=sec.first.weight.dtype, device=sec.first.weight.device)[:, :, None].expand(
+            h, h, n_taps)
+    W2 = sec.second.weight.flatten(2)
+    return W2.repeat_interleave(n_taps // W2.shape[2], dim=2)
 
 
 @dataclass(frozen=True)
@@ -62,10 +107,10 @@ class Fields:
     spatial: tuple[int, ...]
     mid_kept: bool        # with the slot, the middle map keeps the input's positions: b₁ driven per position
     out_kept: bool        # with the slot, the output keeps them: b₂, b_p and the next slot per position
-    mid: Tensor           # (n₂, P_out) the middle position tap δ₂ of t reads (clamped)
-    mid_ok: Tensor        # (n₂, P_out) that position is on the middle map
-    first: Tensor         # (n₂, n₁) the offset of each pair of taps (δ₂, δ₁)
-    virtual: Tensor       # (n₂,) the offset of u(t, δ₂) itself (b₁'s slot tap; mid_kept), else empty
+    mid: Tensor           # (n_τ, P_out) the middle position tap τ of t reads (clamped)
+    mid_ok: Tensor        # (n_τ, P_out) that position is on the middle map
+    first: Tensor         # (n_τ, n₁) the offset of each pair of taps (τ, δ₁)
+    virtual: Tensor       # (n_τ,) the offset of u(t, τ) itself (b₁'s slot tap; mid_kept), else empty
     short: Tensor         # (n_p,) the offset of each shortcut tap (identity: one), empty without one
     own: int              # the offset of s = t (out_kept), else R
     patterns: Tensor      # (n_classes, R) the offsets whose position o(t) + r lies on the map, per class
@@ -102,10 +147,10 @@ def receptive_fields(sec: ConvSection, in_shape: tuple[int, ...], include_bias: 
     is not a translation, a shortcut that reads elsewhere)."""
     spatial = tuple(in_shape[1:])
     mid_sp = spatial_after(sec.first, in_shape)
-    out_sp = spatial_after(sec.second, (sec.first.weight.shape[0],) + mid_sp)
-    idx1, idx2 = read_index(sec.first, spatial), read_index(sec.second, mid_sp)      # (n₁, P₁), (n₂, P_out)
+    idx2, out_sp, stride2 = second_taps(sec, mid_sp)                                # (n_τ, P_out)
+    idx1 = read_index(sec.first, spatial)                                          # (n₁, P₁)
     n1, n2, P_out = len(idx1), len(idx2), idx2.shape[1]
-    stride = torch.tensor([a * b for a, b in zip(sec.first.stride, sec.second.stride)])
+    stride = torch.tensor([a * b for a, b in zip(sec.first.stride, stride2)])
     base = _coords(torch.arange(P_out), out_sp) * stride
     reads = torch.where(idx2[None] >= 0, idx1[:, idx2.clamp_min(0)], -1).transpose(0, 1).flatten(0, 1)
     groups = [reads]
@@ -147,14 +192,14 @@ def receptive_fields(sec: ConvSection, in_shape: tuple[int, ...], include_bias: 
 
 
 def field_map(sec: ConvSection, fields: Fields, include_bias: bool, dtype: torch.dtype) -> Tensor:
-    """K (n₂·h + d' [+1], R, d [+1]) with ĝ(o(t) + r) = vᵀ K[:, r] for v = (m_{δ₂} for every δ₂,
-    e [, c_i]) (module docstring): the W₁[δ₁] blocks at the offset of each pair of taps, the
-    shortcut's at its taps', and the slot column: b₁ at u(t, δ₂) where the middle map keeps the
+    """K (n_τ·h + d' [+1], R, d [+1]) with ĝ(o(t) + r) = vᵀ K[:, r] for v = (m_τ for every τ,
+    e [, c_i]) (module docstring): the W₁[δ₁] blocks at the offset of each pair of taps (τ, δ₁), the
+    shortcut's at its taps', and the slot column: b₁ at u(t, τ) where the middle map keeps the
     positions, b₂ + b_p and c_i at s = t where the output does, and the mean slot's share
     ŵ vᵀ k_γ at every offset (:func:`slot_drive`)."""
     W1, dev = sec.first.weight.to(dtype).flatten(2), sec.first.weight.device                     # (h, d, n₁)
     h, d, n1 = W1.shape
-    d_out, n2, R = sec.second.weight.shape[0], fields.first.shape[0], fields.R
+    d_out, n2, R = _width(sec), fields.first.shape[0], fields.R
     aug = int(include_bias)
     K = torch.zeros(n2 * h + d_out + aug, R + 1, d + aug, dtype=dtype, device=dev)
     for d2 in range(n2):
@@ -175,9 +220,14 @@ def field_map(sec: ConvSection, fields: Fields, include_bias: bool, dtype: torch
     return K[:, :R]
 
 
+def _width(sec: ConvSection) -> int:
+    """d': the output's channels."""
+    return (sec.first if sec.second is None else sec.second).weight.shape[0]
+
+
 def _output_bias(sec: ConvSection, dtype: torch.dtype) -> Tensor:
     """b₂ + b_p (d'): the biases added at the output's positions."""
-    b = torch.zeros(sec.second.weight.shape[0], dtype=dtype, device=sec.second.weight.device)
+    b = torch.zeros(_width(sec), dtype=dtype, device=sec.first.weight.device)
     for conv in (sec.second, sec.shortcut):
         if conv is not None and conv.bias is not None:
             b = b + conv.bias.to(dtype)
@@ -188,7 +238,7 @@ def slot_drive(sec: ConvSection, fields: Fields, dtype: torch.dtype) -> Tensor:
     """k_γ (n₂·h + d' + 1) with γ = vᵀ k_γ the derivative by the mean slot: b₁ at every tap of the
     second convolution where the middle map moves the positions, b₂ + b_p and 1 (the next slot's
     c_i) where the output does; 0 where they are driven per position."""
-    dev = sec.second.weight.device
+    dev = sec.first.weight.device
     h, n2 = sec.first.weight.shape[0], fields.first.shape[0]
     b1 = sec.first.bias
     b1 = torch.zeros(h, dtype=dtype, device=dev) if b1 is None or fields.mid_kept else b1.to(dtype)
@@ -206,16 +256,21 @@ def field_gram(sec: ConvSection, fields: Fields, point: Tensor, C_next: Tensor, 
     B, d = point.shape[:2]
     aug = int(include_bias)
     z = sec.preactivation(point)
-    a = activation_derivative(sec.act, z).flatten(2).transpose(1, 2)                   # (B, P₁, h)
-    y = sec.second.affine(sec.activation(z))
-    if sec.residual:
-        y = y + (point if sec.shortcut is None else sec.shortcut.affine(point))
-    a_post = activation_derivative(sec.post, y).flatten(2).transpose(1, 2)            # (B, P_out, d')
+    a = activation_derivative(sec.act, z)
+    if sec.pool is not None:                                                           # ā = a ⊙ the pool's weights
+        a = a * sec.pool.weights(sec.activation(z))
+    a = a.flatten(2).transpose(1, 2)                                                   # (B, P₁, h)
     h, P_in = a.shape[2], math.prod(fields.spatial)
-    d_out, n2 = sec.second.weight.shape[0], fields.first.shape[0]
+    d_out, n2 = _width(sec), fields.first.shape[0]
+    P_out = len(fields.mid_ok.T)
+    if sec.post is None:
+        a_post = torch.ones(B, P_out, d_out, dtype=dt, device=dev)
+    else:
+        y = sec.second.affine(sec.activation(z)) + (point if sec.shortcut is None else sec.shortcut.affine(point))
+        a_post = activation_derivative(sec.post, y).flatten(2).transpose(1, 2)        # (B, P_out, d')
     C = C_next.to(dt)
     C_data, k = C[:d_out], C.shape[1]
-    W2 = sec.second.weight.flatten(2).permute(0, 2, 1).reshape(d_out, n2 * h)         # (d', n₂·h)
+    W2 = second_weight(sec, n2).permute(0, 2, 1).reshape(d_out, n2 * h)               # (d', n_τ·h)
     D = n2 * h + d_out + aug
     mid, mid_ok = fields.mid.T.to(dev), fields.mid_ok.T.to(dev).to(dt)                 # (P_out, n₂)
     V = torch.zeros(len(fields.patterns), D, D, dtype=torch.float64, device=dev)
