@@ -20,3 +20,49 @@ def pooled_cnn(channels: tuple[int, int, int], flat: int, hidden: int, out: int)
         conv2=nn.Conv2d(c1, c2, 3, padding=1, dtype=f64), relu2=nn.ReLU(), pool2=nn.MaxPool2d(2),
         flatten=nn.Flatten(), fc1=nn.Linear(flat, hidden, dtype=f64), tanh=nn.Tanh(),
         fc2=nn.Linear(hidden, out, dtype=f64)))
+
+
+def batch_norm_statistics(model: nn.Module) -> None:
+    """Eval-mode statistics and affine parameters that are not the identity."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.5, 0.5)
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet block: one ReLU module called twice, ``out += identity`` in place,
+    a projection ``downsample`` (1×1 stride-2 conv and batch norm) where the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class TorchvisionResNet(nn.Module):
+    """Stem, a block, a downsampling block, pool, Linear: torchvision's ResNet in small."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.conv1, self.bn1, self.relu = nn.Conv2d(2, 3, 3, 1, 1, bias=False), nn.BatchNorm2d(3), nn.ReLU(inplace=True)
+        self.layer1 = nn.Sequential(BasicBlock(3, 3), BasicBlock(3, 4, 2))
+        self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(4, 3)
+        batch_norm_statistics(self)
+
+    def forward(self, x):
+        x = self.layer1(self.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))

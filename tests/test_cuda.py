@@ -1,8 +1,9 @@
 """CUDA: the GPU path computes the CPU's numbers, on the GPU (every test skips without CUDA).
 
-Three small models cover the three kinds of section: an MLP (the Linear–activation closed
-forms), a CNN (conv maps read as channels at positions: conv closed forms, coloured
-cotangents across max-pooling) and a two-block GPT-2 built from a ``GPT2Config`` (attention,
+Four small models cover the kinds of section: an MLP (the Linear–activation closed forms), a
+CNN (conv maps read as channels at positions: conv closed forms, receptive-field Grams across
+max-pooling), torchvision's ResNet blocks in small (the conv edges with an activation after the
+sum, receptive-field Grams with the mean slot) and a two-block GPT-2 built from a ``GPT2Config`` (attention,
 LayerNorm, HF's Conv1D, padded positions). Each runs ``compute_basis`` + ``build_graph`` with
 ``device="cuda"`` and on the CPU, for both Jacobian targets, and the two must agree:
 
@@ -19,7 +20,7 @@ LayerNorm, HF's Conv1D, padded positions). Each runs ``compute_basis`` + ``build
   basis isolate the edge arithmetic: E to 5e-5 (the CPU shows ≤ 4.1e-6 on these models).
   The whole pipeline in float32: Λ to 2e-5 (CPU ≤ 4.5e-7), and E to 10× the error float32
   shows on the CPU on the same model (measured 2026-12-06: 2.5e-5 / 2.5e-3 / 1.1e-4 for the
-  MLP / CNN / GPT-2): that error sits on edges between directions with close Λ, which a basis
+  MLP / CNN / GPT-2; 2026-12-07: 3.3e-6 for the ResNet blocks, whose tolerance is 15× that): that error sits on edges between directions with close Λ, which a basis
   computed from float32 data turns by about rounding / gap (docs/performance.md), so it is a
   property of the model, not of the device.
 - bfloat16 on CUDA runs and keeps Λ within 5 % (8-bit mantissa; 1e-2 on the CPU); its edges
@@ -46,7 +47,7 @@ import pytest
 import torch
 from intermod import analysis as ia
 from intermod.analysis.models import hf
-from nets import pooled_cnn
+from nets import TorchvisionResNet, pooled_cnn
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -58,11 +59,11 @@ pytestmark = [
 
 F64 = torch.float64
 TARGETS = ("output", "next_layer")
-MODELS = ("mlp", "cnn", "gpt2")
+MODELS = ("mlp", "cnn", "resnet", "gpt2")
 C_GAP = 1e-4          # columns of C compared: Λ separated from its neighbours by this · max Λ
 EDGE_FLOOR = 1e-6     # E compared where E > EDGE_FLOOR · max E (w > 1e-3 · max w)
-F32_EDGE_TOL = {"mlp": 3e-4, "cnn": 2.5e-2, "gpt2": 1.5e-3}   # relative, E above EDGE_FLOOR
-PROBES = {"mlp": None, "cnn": None, "gpt2": 4}   # ±1 probes are hashed, so equal on every device
+F32_EDGE_TOL = {"mlp": 3e-4, "cnn": 2.5e-2, "resnet": 5e-5, "gpt2": 1.5e-3}   # relative, E above EDGE_FLOOR
+PROBES = {"mlp": None, "cnn": None, "resnet": None, "gpt2": 4}   # ±1 probes are hashed, so equal on every device
 
 
 # ------------------------------------------------------------------------------ models
@@ -79,11 +80,19 @@ def mlp_case() -> tuple[nn.Module, torch.Tensor, list[str]]:
 def cnn_case() -> tuple[nn.Module, torch.Tensor, list[str]]:
     """(2, 8, 8) maps: conv 3×3 → ReLU → max-pool → conv 3×3 → ReLU → max-pool → flatten →
     Linear → tanh → Linear, float64; 512 samples. Node layers: the input map and conv2's
-    input map (channels at positions; the edges between them take coloured cotangents), the
-    flat hidden layer, the output."""
+    input map (channels at positions; the section between them, [Conv] [ReLU] [MaxPool], takes
+    the conv edges and the receptive-field Gram), the flat hidden layer, the output."""
     model = pooled_cnn((2, 4, 6), flat=24, hidden=10, out=3)
     x = torch.randn(512, 2, 8, 8, generator=torch.Generator().manual_seed(1), dtype=F64)
     return model.eval(), x, ["conv1", "conv2", "fc1", "output"]
+
+
+def resnet_case() -> tuple[nn.Module, torch.Tensor, list[str]]:
+    """torchvision's ResNet in small (tests/nets.py): stem, a BasicBlock, a downsampling one with
+    a projection shortcut, pool, Linear, cut at the blocks, float64; 256 maps of (2, 8, 8). The
+    blocks take the conv edges with the ReLU after the sum and the receptive-field Grams."""
+    x = torch.randn(256, 2, 8, 8, generator=torch.Generator().manual_seed(1), dtype=F64)
+    return TorchvisionResNet().double().eval(), x, ["layer1.0", "layer1.1", "avgpool", "output"]
 
 
 def gpt2_case() -> tuple[nn.Module, dict[str, torch.Tensor], list[str]]:
@@ -102,7 +111,7 @@ def gpt2_case() -> tuple[nn.Module, dict[str, torch.Tensor], list[str]]:
     return model, inputs, hf.cut_points(model)
 
 
-CASES = {"mlp": mlp_case, "cnn": cnn_case, "gpt2": gpt2_case}
+CASES = {"mlp": mlp_case, "cnn": cnn_case, "resnet": resnet_case, "gpt2": gpt2_case}
 
 
 def run(name: str, target: str, device: str, dtype: torch.dtype = F64, case=None):

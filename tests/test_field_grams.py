@@ -13,6 +13,7 @@ from intermod import analysis as ia
 from intermod.analysis.core import field_grams, jacobian_grams
 from intermod.analysis.core.convolution import conv_section
 from intermod.analysis.core.setup import prepare
+from nets import batch_norm_statistics
 from torch import nn
 
 pytestmark = pytest.mark.usefixtures("float64_default")
@@ -101,10 +102,7 @@ def _model(kind):
     if isinstance(shortcut, str) and shortcut.startswith("proj"):
         shortcut = _projection(nd, cout, int(shortcut[-1]))
     model = Net(nd, Unit(nd, 3, cout, conv1, conv2, act, shortcut, post, bn, *pool), cout)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):   # trained-looking statistics
-            m.running_mean.normal_(0, 0.3), m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5), m.bias.data.normal_(0, 0.2)
+    batch_norm_statistics(model)
     return model.double().eval(), ["unit", "head", "output"], (2,) + spatial
 
 

@@ -11,6 +11,7 @@ from intermod.analysis.core import jacobian_grams, sequence
 from intermod.analysis.core.sequence import ModuleSequence, module_sequence
 from intermod.analysis.core.setup import prepare
 from intermod.analysis.core.structured import affine_section
+from nets import TorchvisionResNet, batch_norm_statistics
 from torch import nn
 
 pytestmark = pytest.mark.usefixtures("float64_default")
@@ -346,14 +347,6 @@ class ConvBlock(nn.Module):
         return x + self.n2(self.c2(torch.relu(self.n1(self.c1(x)))))
 
 
-def _batch_norm_statistics(model: nn.Module) -> None:
-    """Eval-mode statistics and affine parameters that are not the identity."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.5, 0.5)
-
-
 class ResCNN(nn.Module):
     """A ResNet-like stack: stem, two residual blocks x + conv(relu(conv(x))), 1×1 head, pool."""
 
@@ -362,7 +355,7 @@ class ResCNN(nn.Module):
         torch.manual_seed(5)
         self.stem, self.head = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 2, 1)
         self.b1, self.b2 = ConvBlock(3, bn), ConvBlock(3, bn, single)
-        _batch_norm_statistics(self)
+        batch_norm_statistics(self)
 
     def forward(self, x):
         x = self.b2(self.b1(torch.relu(self.stem(x))))
@@ -410,44 +403,6 @@ def test_residual_conv_blocks_take_the_conv_edges_and_grams(include_bias, block,
             _same(fast, plain, ia.build_graph(model, X, fast, edge_method=method, n_alpha=3, progress=False),
                   ia.build_graph(model, X, plain, edge_method=method, n_alpha=3, progress=False, structured=False))
             assert calls == [True, True]                               # the two blocks' sections
-
-
-class BasicBlock(nn.Module):
-    """torchvision's ResNet block: one ReLU module called twice, ``out += identity`` in place,
-    a projection ``downsample`` (1×1 stride-2 conv and batch norm) where the shape changes."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
-        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                           if stride != 1 or cin != cout else None)
-
-    def forward(self, x):
-        identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out += identity
-        return self.relu(out)
-
-
-class TorchvisionResNet(nn.Module):
-    """Stem, a block, a downsampling block, pool, Linear: torchvision's ResNet in small."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(6)
-        self.conv1, self.bn1, self.relu = nn.Conv2d(2, 3, 3, 1, 1, bias=False), nn.BatchNorm2d(3), nn.ReLU(inplace=True)
-        self.layer1 = nn.Sequential(BasicBlock(3, 3), BasicBlock(3, 4, 2))
-        self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(4, 3)
-        _batch_norm_statistics(self)
-
-    def forward(self, x):
-        x = self.layer1(self.relu(self.bn1(self.conv1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 @pytest.mark.parametrize("include_bias", [True, False])
