@@ -206,36 +206,43 @@ def test_conv_moments_refuse_batches_they_cannot_sum():
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("target", ["next_layer", "output"])
 @pytest.mark.parametrize("center,include_bias", CASES)
-@pytest.mark.parametrize("path", ["closed forms", "coloured VJPs"])
+@pytest.mark.parametrize("path", ["closed forms", "coloured VJPs", "forward JVPs"])
 def test_structured_paths_equal_the_plain_vjps(kind, target, center, include_bias, path, monkeypatch):
     """The conv closed forms (where a section is [Conv] [activation] [Conv]) and, with them
-    switched off, the coloured VJPs give the plain VJPs' M, Λ and edges."""
-    if path == "coloured VJPs":
+    switched off, the coloured VJPs give the plain VJPs' M, Λ and edges; so do the edges by
+    forward JVPs (core/tangent_edges.py), which take the coloured sections unless switched off."""
+    if path != "closed forms":
         monkeypatch.setattr(grams_module, "conv_section", lambda net, j: None)
         monkeypatch.setattr(edges_module, "conv_section", lambda net, j: None)
+    if path == "coloured VJPs":
+        monkeypatch.setattr(edges_module, "_forward_pays", lambda *a: False)
     model, layers, shape = _model(kind)
     model = model.double().eval()
     X = torch.randn((11,) + shape, dtype=F64)
     opts = dict(jacobian_target=target, center=center, include_bias=include_bias, batch_size=4, progress=False)
-    a, b = (ia.compute_basis(model, X, layers, structured=s, **opts) for s in (True, False))
-    for n in layers:
-        if b[n].M is not None:
-            np.testing.assert_allclose(a[n].M, b[n].M, rtol=1e-10, atol=1e-12 * np.abs(b[n].M).max())
-        np.testing.assert_allclose(a[n].Lambda, b[n].Lambda, rtol=1e-10, atol=1e-13 * b[n].Lambda.max())
+    b = ia.compute_basis(model, X, layers, structured=False, **opts)
+    if path != "forward JVPs":                      # the JVPs change the edges only
+        a = ia.compute_basis(model, X, layers, **opts)
+        for n in layers:
+            if b[n].M is not None:
+                np.testing.assert_allclose(a[n].M, b[n].M, rtol=1e-10, atol=1e-12 * np.abs(b[n].M).max())
+            np.testing.assert_allclose(a[n].Lambda, b[n].Lambda, rtol=1e-10, atol=1e-13 * b[n].Lambda.max())
     for method, n_alpha in (("gradient", 1), ("integrated", 3)):
         ga, gb = (ia.build_graph(model, X, b, edge_method=method, n_alpha=n_alpha, batch_size=4, progress=False,
                                  structured=s) for s in (True, False))
         np.testing.assert_allclose(ga.w ** 2, gb.w ** 2, rtol=1e-10, atol=1e-12 * (gb.w ** 2).max())
 
 
-@pytest.mark.parametrize("path", ["closed forms", "coloured VJPs"])
+@pytest.mark.parametrize("path", ["closed forms", "coloured VJPs", "forward JVPs"])
 def test_chunks_split_anywhere(path, monkeypatch):
     """Chunks bounded by a tiny max_memory (a colour's directions split over several chunks and
     the graphs of the quadrature rebuilt per chunk; the conv closed forms' samples and
-    positions split) give the same Gram and edges."""
-    if path == "coloured VJPs":
+    positions split; the JVPs' input directions split) give the same Gram and edges."""
+    if path != "closed forms":
         monkeypatch.setattr(grams_module, "conv_section", lambda net, j: None)
         monkeypatch.setattr(edges_module, "conv_section", lambda net, j: None)
+    if path == "coloured VJPs":
+        monkeypatch.setattr(edges_module, "_forward_pays", lambda *a: False)
     model, layers, shape = _model("both slots")
     model = model.double().eval()
     X = torch.randn((6,) + shape, dtype=F64)

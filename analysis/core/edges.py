@@ -36,6 +36,7 @@ from .nodes import OutputFn
 from .progress import Callback
 from .setup import prepare
 from .structured import Workspace, affine_section
+from .tangent_edges import tangent_edge_sums
 
 EDGE_METHODS = ("gradient", "integrated")
 
@@ -98,6 +99,9 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
     closed = [affine_section(net, j) if structured and n_probes is None else None for j in range(len(E))]
     convs = [conv_section(net, j) if structured and n_probes is None and closed[j] is None else None
              for j in range(len(E))]
+    tangents = [structured and n_probes is None and closed[j] is None and convs[j] is None
+                and net.section_modules(j) is not None
+                and all(net.layouts[n].kind == "channels" for n in layers[j:j + 2]) for j in range(len(E))]
     workspace = Workspace()
     for batch, mask, draw in s.batches("edges"):
         with torch.no_grad():
@@ -122,6 +126,10 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
             if convs[j] is not None:
                 conv_edge_sums(convs[j], points[src], baselines[j], f_hat, w_in, w_out, as_t[dst][0], Q[j], alphas,
                                weights, bool(aug), E[j], s.max_memory, s.progress.heartbeat)
+                continue
+            if tangents[j] and _forward_pays(s, j, points[src], w_in, w_out):
+                tangent_edge_sums(net, batch, j, points[src], baselines[j], f_hat, w_in, w_out, as_t[dst][0], Q[j],
+                                  alphas, weights, E[j], s.max_memory, s.progress.heartbeat)
                 continue
             _section_edges(s, batch, mask, draw, j, points[src], baselines[j], f_hat, w_in, w_out,
                            as_t[dst][0], Q[j], alphas, weights, n_probes, E[j])
@@ -148,6 +156,16 @@ def _baseline(net, name: str, mean: np.ndarray, center: bool) -> Tensor | None:
     p0 = f0 if P is None else P @ f0
     b = net.head_bias(name)
     return (p0.to(net.dtype) + b) if b is not None else p0.to(net.dtype)
+
+
+def _forward_pays(s, j: int, point: Tensor, w_in: Tensor, w_out: Tensor) -> bool:
+    """Whether section j's edges take JVPs (:mod:`~intermod.analysis.core.tangent_edges`, one per
+    input direction) rather than VJPs: every sample weight 1, and the VJPs would need more than
+    one pass per output direction (n_colours of them, or one per output position)."""
+    if not bool((w_in == 1).all()):
+        return False
+    col = s.colouring(j, point.shape)
+    return (w_out.shape[1] if col is None else col.n_colours) > 1
 
 
 def _section_edges(s, batch, mask, draw: ProbeDraw, j: int, point: Tensor, baseline: Tensor | None,

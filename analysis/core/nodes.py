@@ -31,7 +31,6 @@ through the augmented weight P = [[W, b], [0, 1]]: per-sample work then scales w
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -48,7 +47,7 @@ from .inputs import Batch, batch_size_of, batch_to, position_mask
 from .layout import CHANNELS_FIRST, Layout, LayoutSpec, requested_layouts, resolve_layout
 from .outputs import OutputFn, default_output, output_getter
 from .sequence import module_sequence
-from .survey import OUTPUT, Survey, survey
+from .survey import OUTPUT, Survey, checked_layers, survey
 
 __all__ = ["OUTPUT", "NodeModel", "OutputFn", "default_output"]
 
@@ -90,23 +89,7 @@ class NodeModel:
     def __init__(self, model: nn.Module, layers: Sequence[str], example: Batch, *,
                  output_fn: OutputFn | None, include_bias: bool, dtype: torch.dtype,
                  device: torch.device, layout: LayoutSpec = None):
-        if isinstance(layers, str) or not layers:
-            raise ValueError("layers must be a non-empty list of module paths (or 'output')")
-        layers = list(layers)
-        if len(set(layers)) != len(layers):
-            raise ValueError(f"layers contains duplicates: {layers}")
-        named = dict(model.named_modules())
-        for name in layers:
-            if name != OUTPUT and name not in named:
-                paths = [n for n in named if n]
-                close = difflib.get_close_matches(name, paths, n=3)
-                hint = f"; did you mean {close}?" if close else ""
-                shown = ", ".join(repr(n) for n in paths[:50]) + (f", … ({len(paths)} in all)"
-                                                                  if len(paths) > 50 else "")
-                raise ValueError(f"unknown layer {name!r}: not a module path of the model{hint}; "
-                                 f"valid layers: {shown} and {OUTPUT!r}")
-            if name == "":
-                raise ValueError("layer '' is the whole model; use its first submodule or 'output'")
+        layers = checked_layers(layers, named := dict(model.named_modules()))
         self.model = model
         self.output_fn = output_getter(output_fn)
         self.include_bias = include_bias
@@ -377,9 +360,7 @@ class NodeModel:
         f^{j+1}. Their effect at output position t is attributed to the slot of position t when
         the section keeps the positions, else spread over the input's (:func:`spread_slot`)."""
         with fwAD.dual_level():
-            _, f_out, _ = self.section(batch, j, point=point, alpha=alpha, tangent=True)
-            primal, tan = fwAD.unpack_dual(f_out)
-            return (torch.zeros_like(primal) if tan is None else tan).detach()
+            return _tangent(self.section(batch, j, point=point, alpha=alpha, tangent=True)[1])
 
     def mean_slot_tangent(self, batch: Batch, j: int, point: Tensor | None = None, alpha: float = 1.0
                           ) -> Tensor:
@@ -390,11 +371,22 @@ class NodeModel:
         with fwAD.dual_level():
             self._share_tangent = True
             try:
-                _, f_out, _ = self.section(batch, j, point=point, alpha=alpha)
+                return _tangent(self.section(batch, j, point=point, alpha=alpha)[1])
             finally:
                 self._share_tangent = False
-            primal, tan = fwAD.unpack_dual(f_out)
-            return (torch.zeros_like(primal) if tan is None else tan).detach()
+
+    def section_jvp(self, batch: Batch, j: int, point: Tensor, alpha: float, d_point: Tensor,
+                    d_slot: Tensor | None) -> Tensor:
+        """∂f^{j+1} along (d_point, d_slot): section j of a traced chain run in forward mode at
+        ``point`` (its biases scaled by ``alpha``), the slot leaf's tangent d_slot (B, *positions)
+        reaching the biases through the slot hooks as in :meth:`section`; same shape as f^{j+1}."""
+        with fwAD.dual_level(), torch.no_grad(), self._hooks():
+            slot = self._new_slot(point, self.chain[j], batch)
+            if slot is not None:
+                self._slot_now = fwAD.make_dual(slot.detach(), d_slot.reshape(slot.shape))
+            out = self._sequence.run(*self._sequence_bounds(j), fwAD.make_dual(point, d_point),
+                                     self.params_scaled(alpha))
+            return _tangent(self.output_fn(out) if self.chain[j + 1] == OUTPUT else out)
 
     def section_modules(self, j: int) -> list[nn.Module] | None:
         """The modules that section j runs, in order, or None when the model is not a sequence
@@ -441,3 +433,9 @@ class NodeModel:
         """The name in ``self.params`` of ``module``'s parameter or buffer ``leaf``."""
         target = getattr(module, leaf)
         return next(n for n, p in [*self.model.named_parameters(), *self.model.named_buffers()] if p is target)
+
+
+def _tangent(y: Tensor) -> Tensor:
+    """The forward-mode tangent of y (zeros where y does not depend on a dual tensor), detached."""
+    primal, tan = fwAD.unpack_dual(y)
+    return (torch.zeros_like(primal) if tan is None else tan).detach()

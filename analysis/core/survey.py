@@ -11,8 +11,9 @@ through forward-mode tangents.
 
 from __future__ import annotations
 
+import difflib
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,28 @@ class Survey:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     evidence: dict[str, str] = field(default_factory=dict)
     called: dict[nn.Module, bool] = field(default_factory=dict)
+
+
+def checked_layers(layers: Sequence[str], named: Mapping[str, nn.Module]) -> list[str]:
+    """``layers`` as a list, or a ValueError that names the problem: not a non-empty list, a
+    duplicate, a path that is not one of the model's modules (``named``; with the closest
+    paths), or '' (the whole model)."""
+    if isinstance(layers, str) or not layers:
+        raise ValueError("layers must be a non-empty list of module paths (or 'output')")
+    layers = list(layers)
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"layers contains duplicates: {layers}")
+    for name in layers:
+        if name != OUTPUT and name not in named:
+            paths = [n for n in named if n]
+            close = difflib.get_close_matches(name, paths, n=3)
+            hint = f"; did you mean {close}?" if close else ""
+            shown = ", ".join(repr(n) for n in paths[:50]) + (f", … ({len(paths)} in all)" if len(paths) > 50 else "")
+            raise ValueError(f"unknown layer {name!r}: not a module path of the model{hint}; "
+                             f"valid layers: {shown} and {OUTPUT!r}")
+        if name == "":
+            raise ValueError("layer '' is the whole model; use its first submodule or 'output'")
+    return layers
 
 
 def same_tensor(t: Any, x: Tensor) -> bool:

@@ -1,0 +1,73 @@
+"""Edges of a traced chain's sections by forward-mode JVPs, one per input direction.
+
+The attribution of input direction j to output (t, i) sums over the input positions s first,
+
+    A_{t,i,j} = Σ_s Ĵ_{(t,i),(s,j)} f̂_{s,j} = C_iᵀ [J (Q_j f̂_j) + ∂_s f · δs⁽ʲ⁾]_t + c_i δs⁽ʲ⁾_next(t),
+
+so for every (t, i) at once it is one Jacobian–vector product of the section along the map
+δp⁽ʲ⁾ = Q_data,j f̂_j, with the slot leaf moving by δs⁽ʲ⁾ = Q_slot,j f̂_j at each position (the
+biases it drives, per position or through the mean slot, see docs/models.md) and the next layer's
+slot, and the biases no slot hook places (β, ``NodeModel.bias_tangent``), by δs⁽ʲ⁾ at t where the
+positions are kept, else by the mean Σ_s ŵ_s δs⁽ʲ⁾_s. With the
+integrated method A is the quadrature sum of the JVPs at the path's nodes (biases scaled by α).
+E_ij = Σ_x Σ_t w_t A²_{t,i,j}, exactly, with k JVPs per node (k input directions, the tangents of
+a chunk of directions stacked along the batch), against one VJP per output position and direction
+(P_out·k', or n_colours·k' coloured; :mod:`~intermod.analysis.core.colouring`) for the backward
+path. It serves sections of a traced chain of modules (:mod:`~intermod.analysis.core.sequence`)
+between conv maps that no closed form covers and that are local over more than one colour: two
+or more ResNet blocks in one section, overlapping pools, grouped convolutions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .jacobians import chunk_size
+from .nodes import NodeModel
+
+
+def tangent_edge_sums(net: NodeModel, batch, j: int, point: Tensor, baseline: Tensor | None, f_hat: Tensor,
+                      w_in: Tensor, w_out: Tensor, C_next: Tensor, Q: Tensor, alphas: Sequence[float],
+                      weights: Sequence[float], E: Tensor, max_memory: int,
+                      heartbeat: Callable[[], None] | None = None) -> None:
+    """Add Σ_x Σ_t w_t A²_{t,i,j} of a batch to E (k', k) (module docstring). point: the maps
+    (B, d, *S) of node layer j; baseline (d,): the path's start without the slot (None with it);
+    f_hat (B, P_in, k); w_in (B, P_in) all ones; w_out (B, P_out); C_next (d' [+1], k');
+    Q (d [+1], k)."""
+    src, dst = net.layouts[net.chain[j]], net.layouts[net.chain[j + 1]]
+    aug = net.include_bias
+    dt = point.dtype
+    B, k = point.shape[0], f_hat.shape[-1]
+    d, d_next = Q.shape[0] - int(aug), C_next.shape[0] - int(aug)
+    C_data, Q_data = C_next[:d_next].to(dt), Q[:d].to(dt)
+    share = w_in / w_in.sum(-1, keepdim=True)
+    P_out = w_out.shape[1]
+    starts = [alpha * point if baseline is None else
+              src.from_samples(baseline + alpha * (src.to_samples(point) - baseline), point.shape) for alpha in alphas]
+    drive = C_next[d_next].to(dt) if aug else None                                 # c_i, + Σ_q w_q C_iᵀ β_q,t
+    if aug and net.needs_tangent:
+        drive = drive + sum(wq * dst.to_samples(net.bias_tangent(batch, j, point=start, alpha=alpha)) @ C_data
+                            for alpha, wq, start in zip(alphas, weights, starts))
+    step = chunk_size(k, 4 * point.numel() * len(alphas), dt, max_memory, point.device)
+    for lo in range(0, k, step):
+        js = torch.arange(lo, min(lo + step, k), device=point.device)
+        K = len(js)
+        f_j = f_hat[..., js].permute(2, 0, 1)                                      # (K, B, P_in)
+        d_point = src.from_samples((f_j[..., None] * Q_data[:, js].T[:, None, None, :]).flatten(0, 1),
+                                   (K * B,) + tuple(point.shape[1:]))
+        d_slot = (f_j * Q[-1, js].to(dt)[:, None, None]).flatten(0, 1) if aug else None   # (K·B, P_in)
+        A = torch.zeros(K, B, P_out, C_data.shape[1], dtype=dt, device=point.device)
+        for alpha, wq, start in zip(alphas, weights, starts):
+            if heartbeat is not None:
+                heartbeat()
+            x = start.repeat((K,) + (1,) * (start.ndim - 1))                       # (K·B, d, *S), k major
+            tangent = net.section_jvp(batch, j, x, alpha, d_point, d_slot)
+            A += wq * (dst.to_samples(tangent) @ C_data).view(A.shape)
+        if aug:                  # the next slot and the biases no hook places (β) move with s at t or s̄
+            moved = d_slot.view(K, B, -1)
+            moved = moved if moved.shape[-1] == P_out else (moved * share).sum(-1, keepdim=True)
+            A += moved[..., None] * drive
+        E[:, js] += (A.square() * w_out[None, :, :, None]).sum((1, 2)).T.to(torch.float64)
