@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .jacobians import chunk_size
+from .jacobians import SavedNumel, chunk_size
 from .nodes import NodeModel
 
 
@@ -51,7 +51,9 @@ def tangent_edge_sums(net: NodeModel, batch, j: int, point: Tensor, baseline: Te
     if aug and net.needs_tangent:
         drive = drive + sum(wq * dst.to_samples(net.bias_tangent(batch, j, point=start, alpha=alpha)) @ C_data
                             for alpha, wq, start in zip(alphas, weights, starts))
-    step = chunk_size(k, 4 * point.numel() * len(alphas), dt, max_memory, point.device)
+    with SavedNumel(net.params.values()) as saved:    # the section's activations, as a VJP would save them
+        net.section(batch, j, point=point)
+    step = chunk_size(k, 2 * (2 * point.numel() + saved.numel), dt, max_memory, point.device)   # primal + tangent
     for lo in range(0, k, step):
         js = torch.arange(lo, min(lo + step, k), device=point.device)
         K = len(js)
