@@ -25,11 +25,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .inputs import Batch
 from .jacobians import SavedNumel, chunk_size
 from .nodes import NodeModel
 
 
-def tangent_edge_sums(net: NodeModel, batch, j: int, point: Tensor, baseline: Tensor | None, f_hat: Tensor,
+def tangent_edge_sums(net: NodeModel, batch: Batch, j: int, point: Tensor, baseline: Tensor | None, f_hat: Tensor,
                       w_in: Tensor, w_out: Tensor, C_next: Tensor, Q: Tensor, alphas: Sequence[float],
                       weights: Sequence[float], E: Tensor, max_memory: int,
                       heartbeat: Callable[[], None] | None = None) -> None:
