@@ -206,22 +206,40 @@ def test_conv_moments_refuse_batches_they_cannot_sum():
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("target", ["next_layer", "output"])
 @pytest.mark.parametrize("center,include_bias", CASES)
-@pytest.mark.parametrize("path", ["closed forms", "coloured VJPs", "forward JVPs"])
+@pytest.mark.parametrize("path", ["closed forms", "coloured VJPs"])
 def test_structured_paths_equal_the_plain_vjps(kind, target, center, include_bias, path, monkeypatch):
     """The conv closed forms (where a section is [Conv] [activation] [Conv]) and, with them
-    switched off, the coloured VJPs give the plain VJPs' M, Λ and edges; so do the edges by
-    forward JVPs (core/tangent_edges.py), which take the coloured sections unless switched off."""
-    if path != "closed forms":
-        monkeypatch.setattr(grams_module, "conv_section", lambda net, j: None)
-        monkeypatch.setattr(edges_module, "conv_section", lambda net, j: None)
+    switched off, the coloured VJPs give the plain VJPs' M, Λ and edges (the edges' forward JVPs,
+    which would take the coloured sections, switched off too)."""
     if path == "coloured VJPs":
-        monkeypatch.setattr(edges_module, "_forward_pays", lambda *a: False)
+        _coloured_only(monkeypatch)
+    _same_as_plain(kind, target, center, include_bias, basis_too=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("center,include_bias", CASES)
+def test_forward_jvp_edges_equal_the_plain_vjps(kind, center, include_bias, monkeypatch):
+    """With the conv closed forms switched off, the edges of the coloured sections take forward
+    JVPs (core/tangent_edges.py) and equal the plain VJPs'."""
+    monkeypatch.setattr(grams_module, "conv_section", lambda net, j: None)
+    monkeypatch.setattr(edges_module, "conv_section", lambda net, j: None)
+    _same_as_plain(kind, "output", center, include_bias, basis_too=False)
+
+
+def _coloured_only(monkeypatch) -> None:
+    monkeypatch.setattr(grams_module, "conv_section", lambda net, j: None)
+    monkeypatch.setattr(edges_module, "conv_section", lambda net, j: None)
+    monkeypatch.setattr(edges_module, "_forward_pays", lambda *a: False)
+
+
+def _same_as_plain(kind: str, target: str, center: bool, include_bias: bool, basis_too: bool) -> None:
+    """M and Λ (``basis_too``) and the edges (gradient, integrated) equal the plain VJPs'."""
     model, layers, shape = _model(kind)
     model = model.double().eval()
     X = torch.randn((11,) + shape, dtype=F64)
     opts = dict(jacobian_target=target, center=center, include_bias=include_bias, batch_size=4, progress=False)
     b = ia.compute_basis(model, X, layers, structured=False, **opts)
-    if path != "forward JVPs":                      # the JVPs change the edges only
+    if basis_too:
         a = ia.compute_basis(model, X, layers, **opts)
         for n in layers:
             if b[n].M is not None:
@@ -242,7 +260,7 @@ def test_chunks_split_anywhere(path, monkeypatch):
         monkeypatch.setattr(grams_module, "conv_section", lambda net, j: None)
         monkeypatch.setattr(edges_module, "conv_section", lambda net, j: None)
     if path == "coloured VJPs":
-        monkeypatch.setattr(edges_module, "_forward_pays", lambda *a: False)
+        _coloured_only(monkeypatch)
     model, layers, shape = _model("both slots")
     model = model.double().eval()
     X = torch.randn((6,) + shape, dtype=F64)
