@@ -158,8 +158,9 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     ``{"fc": "flatten"}``; ``output_fn`` may name a field of the model's output (``"logits"``).
     ``structured`` uses the exact closed forms of sections made of Linear maps (or convolutions)
     and one elementwise activation (:mod:`~intermod.analysis.core.structured`,
-    :mod:`~intermod.analysis.core.convolution`) and coloured cotangents for the other local
-    sections between conv maps (:mod:`~intermod.analysis.core.colouring`); False: one batched
+    :mod:`~intermod.analysis.core.convolution`), sums over receptive fields for conv sections
+    without one (:mod:`~intermod.analysis.core.field_grams`) and coloured cotangents for the
+    other local sections between conv maps (:mod:`~intermod.analysis.core.colouring`); False: one batched
     VJP per output position and direction everywhere;
     ``max_memory`` bounds the bytes of the temporaries of one chunk of cotangents.
     Returns a :class:`Basis` (layer -> C (d[+1], k), Lambda (k,), …).

@@ -63,10 +63,12 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
     ``n_probes`` replaces the exact sum over output positions by random ±1 probes (sequences).
     ``structured``: sections of Linear maps and one elementwise activation use the closed form
     Ĵ(x) = L diag(σ′) R + u vᵀ as GEMMs over samples (:mod:`~intermod.analysis.core.structured`),
-    [Conv] [activation] [Conv] sections its convolutional form
-    (:mod:`~intermod.analysis.core.convolution`), other local sections between conv maps coloured
-    cotangents (:mod:`~intermod.analysis.core.colouring`; all exact sums only); False: one batched
-    VJP per output position and direction everywhere. ``max_memory``: bytes of temporaries per
+    [Conv] [activation] [pool] [Conv] sections and ResNet blocks its convolutional form
+    (:mod:`~intermod.analysis.core.convolution`), other sections of a traced chain between conv
+    maps one forward-mode JVP per input direction where the VJPs would need more
+    (:mod:`~intermod.analysis.core.tangent_edges`), other local sections coloured cotangents
+    (:mod:`~intermod.analysis.core.colouring`; all exact sums only); False: one batched VJP per
+    output position and direction everywhere. ``max_memory``: bytes of temporaries per
     chunk. ``dtype`` is the compute dtype; E is accumulated in float64 either way.
     """
     if edge_method not in EDGE_METHODS:

@@ -3,9 +3,9 @@
 By batched VJPs: the output target's K cotangents serve every layer in the activation pass
 (:func:`output_jacobians`); the next-layer target takes one pass per layer
 (:func:`next_layer_jacobians`), with coloured cotangents where the section is local
-(:mod:`~intermod.analysis.core.colouring`); two-convolution sections without a closed form (a
-ResNet block's activation after the sum, a mean slot) are summed over each output's receptive
-field (:mod:`~intermod.analysis.core.field_grams`). From closed forms: sections of Linear maps and one
+(:mod:`~intermod.analysis.core.colouring`); conv sections without a closed form (a ResNet
+block's activation after the sum, a mean slot, a convolution before a pool) are summed over each
+output's receptive field (:mod:`~intermod.analysis.core.field_grams`). From closed forms: sections of Linear maps and one
 activation (:mod:`~intermod.analysis.core.structured`) and [activation] [Conv] sections
 (:mod:`~intermod.analysis.core.convolution`), whose σ′ moments are summed in the activation pass.
 """
@@ -171,7 +171,7 @@ def next_layer_jacobians(s: Setup, j: int, C_next: Tensor, n_probes: int | None)
     sec = conv_section(net, j) if s.structured and n_probes is None else None
     fields: dict[tuple[int, ...], Fields | None] = {}
     for batch, mask, draw in s.batches(f"jacobians {net.chain[j]}", stream=j + 1):
-        if field_section(sec):           # two convolutions: GEMMs over each output's receptive field
+        if field_section(sec):           # GEMMs over each output's receptive field
             with torch.no_grad():
                 net.forward(batch)
             point = net.last_points[net.chain[j]].detach()
