@@ -52,15 +52,38 @@ class BasicBlock(nn.Module):
         return self.relu(out)
 
 
-class TorchvisionResNet(nn.Module):
-    """Stem, a block, a downsampling block, pool, Linear: torchvision's ResNet in small."""
+class Bottleneck(nn.Module):
+    """torchvision's ResNet-50 block: 1×1, 3×3 (stride), 1×1 convolutions with batch norms, a
+    projection where the stride changes the map, the ReLU module run three times."""
 
-    def __init__(self):
+    def __init__(self, c: int, width: int, stride: int = 1):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, c, 1, bias=False), nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None if stride == 1 else nn.Sequential(nn.Conv2d(c, c, 1, stride, bias=False),
+                                                                 nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        out = self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
+        out = self.bn3(self.conv3(out))
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
+
+
+class TorchvisionResNet(nn.Module):
+    """Stem, ``layer1`` (default: a block and a downsampling block), pool, Linear: torchvision's
+    ResNet in small; ``blocks`` builds layer1's blocks (after the seed is set), ``width`` is
+    the stem's channels and ``out`` layer1's."""
+
+    def __init__(self, blocks=lambda: [BasicBlock(3, 3), BasicBlock(3, 4, 2)], width: int = 3, out: int = 4):
         super().__init__()
         torch.manual_seed(6)
-        self.conv1, self.bn1, self.relu = nn.Conv2d(2, 3, 3, 1, 1, bias=False), nn.BatchNorm2d(3), nn.ReLU(inplace=True)
-        self.layer1 = nn.Sequential(BasicBlock(3, 3), BasicBlock(3, 4, 2))
-        self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(4, 3)
+        self.conv1, self.bn1 = nn.Conv2d(2, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = nn.Sequential(*blocks())
+        self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(out, 3)
         batch_norm_statistics(self)
 
     def forward(self, x):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from intermod import analysis as ia
 from intermod.analysis.core import edges
-from nets import BasicBlock, batch_norm_statistics
+from nets import BasicBlock, Bottleneck, TorchvisionResNet, batch_norm_statistics
 from torch import nn
 
 pytestmark = pytest.mark.usefixtures("float64_default")
@@ -36,46 +36,6 @@ class Stages(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-class Bottleneck(nn.Module):
-    """torchvision's ResNet-50 block: 1×1, 3×3 (stride), 1×1 convolutions with batch norms, a
-    projection where the stride changes the map, the ReLU module run three times."""
-
-    def __init__(self, c: int, width: int, stride: int = 1):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(c, width, 1, bias=False), nn.BatchNorm2d(width)
-        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
-        self.conv3, self.bn3 = nn.Conv2d(width, c, 1, bias=False), nn.BatchNorm2d(c)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = None if stride == 1 else nn.Sequential(nn.Conv2d(c, c, 1, stride, bias=False),
-                                                                 nn.BatchNorm2d(c))
-
-    def forward(self, x):
-        identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out += identity
-        return self.relu(out)
-
-
-class Bottlenecks(nn.Module):
-    """A stem and two Bottleneck blocks (the second strided), cut at the blocks."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(6)
-        self.conv1, self.bn1, self.relu = nn.Conv2d(2, 4, 3, 1, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU(inplace=True)
-        self.b1, self.b2 = Bottleneck(4, 2), Bottleneck(4, 2, 2)
-        self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(4, 3)
-        batch_norm_statistics(self)
-
-    def forward(self, x):
-        x = self.b2(self.b1(self.relu(self.bn1(self.conv1(x)))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
 def _sequential(middle: list[nn.Module]) -> nn.Sequential:
     torch.manual_seed(5)
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), *middle, nn.Tanh(), nn.Conv2d(3, 2, 3), nn.Flatten())
@@ -87,7 +47,8 @@ def _sequential(middle: list[nn.Module]) -> nn.Sequential:
 
 MODELS = {   # model, layers, input shape, the sections the JVPs take
     "two blocks per section": (Stages, ["layer1", "layer2", "avgpool", "output"], (2, 8, 8), [0, 1]),
-    "bottleneck blocks": (Bottlenecks, ["b1", "b2", "avgpool", "output"], (2, 8, 8), [0, 1]),
+    "bottleneck blocks": (lambda: TorchvisionResNet(lambda: [Bottleneck(4, 2), Bottleneck(4, 2, 2)], 4, 4),
+                          ["layer1.0", "layer1.1", "avgpool", "output"], (2, 8, 8), [0, 1]),
     "overlapping max pool": (lambda: _sequential([nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.Conv2d(3, 3, 3, padding=1)]),
                              ["1", "4", "output"], (2, 8, 7), [0]),
     "group norm": (lambda: _sequential([nn.GroupNorm(1, 3), nn.Conv2d(3, 3, 3, padding=1)]), ["1", "3", "output"],
