@@ -31,12 +31,12 @@ from .distributed import all_reduce_float, all_reduce_sum
 from .graph import InteractionGraph
 from .inputs import Inputs
 from .jacobians import DEFAULT_MAX_MEMORY, ProbeDraw, SavedNumel, per_direction_cotangents, vjp
-from .layout import spread_slot
+from .layout import path_point, spread_slot
 from .nodes import OutputFn
 from .progress import Callback
 from .setup import prepare
 from .structured import Workspace, affine_section
-from .tangent_edges import tangent_edge_sums
+from .tangent_edges import activation_width, tangent_edge_sums
 
 EDGE_METHODS = ("gradient", "integrated")
 
@@ -104,6 +104,7 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
     tangents = [structured and n_probes is None and closed[j] is None and convs[j] is None
                 and net.section_modules(j) is not None
                 and all(net.layouts[n].kind == "channels" for n in layers[j:j + 2]) for j in range(len(E))]
+    widths: dict[int, float] = {}
     workspace = Workspace()
     for batch, mask, draw in s.batches("edges"):
         with torch.no_grad():
@@ -130,8 +131,10 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
                                weights, bool(aug), E[j], s.max_memory, s.progress.heartbeat)
                 continue
             if tangents[j] and _forward_pays(s, j, points[src], w_in, w_out):
+                if j not in widths:      # the section's activations per input element, measured once
+                    widths[j] = activation_width(net, batch, j, points[src])
                 tangent_edge_sums(net, batch, j, points[src], baselines[j], f_hat, w_in, w_out, as_t[dst][0], Q[j],
-                                  alphas, weights, E[j], s.max_memory, s.progress.heartbeat)
+                                  alphas, weights, E[j], widths[j], s.max_memory, s.progress.heartbeat)
                 continue
             _section_edges(s, batch, mask, draw, j, points[src], baselines[j], f_hat, w_in, w_out,
                            as_t[dst][0], Q[j], alphas, weights, n_probes, E[j])
@@ -184,11 +187,8 @@ def _section_edges(s, batch, mask, draw: ProbeDraw, j: int, point: Tensor, basel
     k_next = C_next.shape[1]
     B = f_hat.shape[0]
 
-    def at(alpha: float) -> Tensor:   # the baseline (d,) lies on the layout's feature axis
-        if baseline is None:
-            return alpha * point
-        p = src.to_samples(point)
-        return src.from_samples(baseline + alpha * (p - baseline), point.shape)
+    def at(alpha: float) -> Tensor:
+        return path_point(src, point, baseline, alpha)
 
     # The section's graph at each α is built once and reused by every chunk of cotangents
     # when the graphs of all α fit in half of max_memory (a graph holds `saved.numel` elements);

@@ -123,11 +123,7 @@ class Fields:
 
 def _coords(index: Tensor, spatial: tuple[int, ...]) -> Tensor:
     """(…, ndim) coordinates of flat indices on a grid of ``spatial`` positions."""
-    out = []
-    for size in reversed(spatial):
-        out.append(index % size)
-        index = index // size
-    return torch.stack(out[::-1], -1)
+    return torch.stack(torch.unravel_index(index, spatial), -1)
 
 
 def _offsets(reads: Tensor, base: Tensor, spatial: tuple[int, ...]) -> tuple[Tensor, Tensor] | None:
@@ -246,52 +242,76 @@ def slot_drive(sec: ConvSection, fields: Fields, dtype: torch.dtype) -> Tensor:
     return torch.cat([b1.repeat(n2), out * (not fields.out_kept)])
 
 
-def field_gram(sec: ConvSection, fields: Fields, point: Tensor, C_next: Tensor, include_bias: bool,
-               max_memory: int) -> Tensor:
-    """Σ_x Σ_{t,i} Σ_s ĝ ĝᵀ (d [+1], d [+1]) float64 of a batch of input maps point (B, d, *S),
-    every sample weight 1 (module docstring): V_c = Σ v vᵀ over the maps and the output positions
-    of each class c (those whose field has the same offsets on the map, ``Fields.members``), then
-    M = Σ_c Σ_{r on the map} K_rᵀ V_c K_r (+ ŵ² (P_in − |field|) k_γᵀ V_c k_γ with a mean slot)."""
-    dt, dev = point.dtype, point.device
-    B, d = point.shape[:2]
-    aug = int(include_bias)
+@dataclass
+class FieldSums:
+    """V_c = Σ v vᵀ (n_classes, D, D) float64 of a section on maps of one size, summed over the
+    batches, with what every batch's v needs: C_next in the compute dtype, W₂' (d', n_τ·h), the
+    middle position of each tap and whether it is on the map (P_out, n_τ), on the device."""
+
+    fields: Fields
+    include_bias: bool
+    C: Tensor
+    W2: Tensor
+    mid: Tensor
+    mid_ok: Tensor
+    V: Tensor
+
+
+def field_sums(sec: ConvSection, fields: Fields, C_next: Tensor, include_bias: bool, dtype: torch.dtype
+               ) -> FieldSums:
+    """Empty :class:`FieldSums` of ``sec`` on maps whose fields are ``fields``."""
+    dev = sec.first.weight.device
+    h, d_out, n2 = sec.first.weight.shape[0], _width(sec), fields.first.shape[0]
+    D = n2 * h + d_out + int(include_bias)
+    W2 = second_weight(sec, n2).to(dtype).permute(0, 2, 1).reshape(d_out, n2 * h)
+    return FieldSums(fields, include_bias, C_next.to(device=dev, dtype=dtype), W2, fields.mid.T.to(dev),
+                     fields.mid_ok.T.to(device=dev, dtype=dtype),
+                     torch.zeros(len(fields.patterns), D, D, dtype=torch.float64, device=dev))
+
+
+def field_gram(sec: ConvSection, sums: FieldSums, point: Tensor, max_memory: int) -> None:
+    """Add a batch of input maps point (B, d, *S), every sample weight 1, to V_c = Σ v vᵀ over
+    the maps and the output positions of each class c (those whose field has the same offsets on
+    the map, ``Fields.members``; module docstring); :func:`field_total` makes the Gram."""
+    dt, dev, fields = point.dtype, point.device, sums.fields
+    B = point.shape[0]
     z = sec.preactivation(point)
     a = activation_derivative(sec.act, z)
     if sec.pool is not None:                                                           # ā = a ⊙ the pool's weights
         a = a * sec.pool.weights(sec.activation(z))
     a = a.flatten(2).transpose(1, 2)                                                   # (B, P₁, h)
-    h, P_in = a.shape[2], math.prod(fields.spatial)
-    d_out, n2 = _width(sec), fields.first.shape[0]
-    P_out = len(fields.mid_ok.T)
+    h, (d_out, n2h) = a.shape[2], sums.W2.shape
     if sec.post is None:
-        a_post = torch.ones(B, P_out, d_out, dtype=dt, device=dev)
+        a_post = torch.ones(B, len(sums.mid), d_out, dtype=dt, device=dev)
     else:
         y = sec.second.affine(sec.activation(z)) + (point if sec.shortcut is None else sec.shortcut.affine(point))
         a_post = activation_derivative(sec.post, y).flatten(2).transpose(1, 2)        # (B, P_out, d')
-    C = C_next.to(dt)
-    C_data, k = C[:d_out], C.shape[1]
-    W2 = second_weight(sec, n2).permute(0, 2, 1).reshape(d_out, n2 * h)               # (d', n_τ·h)
-    D = n2 * h + d_out + aug
-    mid, mid_ok = fields.mid.T.to(dev), fields.mid_ok.T.to(dev).to(dt)                 # (P_out, n₂)
-    V = torch.zeros(len(fields.patterns), D, D, dtype=torch.float64, device=dev)
-    step = chunk_size(B * len(mid), k * 2 * D, dt, max_memory, dev)
+    C_data, k, D = sums.C[:d_out], sums.C.shape[1], sums.V.shape[1]
+    step = chunk_size(B * len(sums.mid), k * 2 * D, dt, max_memory, dev)
     for c, ts in enumerate(fields.members):
         ts = ts.to(dev)
         for lo in range(0, B * len(ts), step):
             items = torch.arange(lo, min(lo + step, B * len(ts)), device=dev)
             b, t = items // len(ts), ts[items % len(ts)]
             v = torch.empty(len(items), k, D, dtype=dt, device=dev)
-            e = torch.mul(a_post[b, t][:, None, :], C_data.T[None], out=v[..., n2 * h:n2 * h + d_out])
-            m = torch.matmul(e, W2).view(len(items), k, n2, h)
-            torch.mul(m, (a[b[:, None], mid[t]] * mid_ok[t][..., None])[:, None], out=v[..., :n2 * h].view(m.shape))
-            if aug:
-                v[..., -1] = C[d_out]
-            V[c] += gram(v.view(-1, D).to(torch.float64))
-    K = field_map(sec, fields, include_bias, torch.float64)                            # (D, R, d [+1])
-    VK = torch.einsum("cab,brx->carx", V, K)
-    M = torch.einsum("cr,arx,cary->xy", fields.patterns.to(device=dev, dtype=torch.float64), K, VK)
-    if include_bias and not (fields.mid_kept and fields.out_kept):
+            e = torch.mul(a_post[b, t][:, None, :], C_data.T[None], out=v[..., n2h:n2h + d_out])
+            m = torch.matmul(e, sums.W2).view(len(items), k, -1, h)
+            torch.mul(m, (a[b[:, None], sums.mid[t]] * sums.mid_ok[t][..., None])[:, None],
+                      out=v[..., :n2h].view(m.shape))
+            if sums.include_bias:
+                v[..., -1] = sums.C[d_out]
+            sums.V[c] += gram(v.view(-1, D).to(torch.float64))
+
+
+def field_total(sec: ConvSection, sums: FieldSums) -> Tensor:
+    """Σ_x Σ_{t,i} Σ_s ĝ ĝᵀ (d [+1], d [+1]) float64 from the summed V_c (module docstring):
+    M = Σ_c Σ_{r on the map} K_rᵀ V_c K_r (+ ŵ² (P_in − |field|) k_γᵀ V_c k_γ with a mean slot)."""
+    fields, V = sums.fields, sums.V
+    K = field_map(sec, fields, sums.include_bias, torch.float64)                      # (D, R, d [+1])
+    patterns = fields.patterns.to(device=V.device, dtype=torch.float64)
+    M = torch.einsum("cr,arx,cary->xy", patterns, K, torch.einsum("cab,brx->carx", V, K))
+    if sums.include_bias and not (fields.mid_kept and fields.out_kept):
+        d, P_in = M.shape[0] - 1, math.prod(fields.spatial)
         k_gamma = slot_drive(sec, fields, torch.float64)
-        outside = P_in - fields.patterns.sum(1).to(device=dev, dtype=torch.float64)    # (n_classes,)
-        M[d, d] += outside @ torch.einsum("a,cab,b->c", k_gamma, V, k_gamma) / P_in ** 2
+        M[d, d] += (P_in - patterns.sum(1)) @ torch.einsum("a,cab,b->c", k_gamma, V, k_gamma) / P_in ** 2
     return M

@@ -25,7 +25,7 @@ from .colouring import Colouring, at_owner, coloured_cotangents, missing_slot_sq
 from .conv_grams import ConvMoments, conv_next_layer_gram
 from .convolution import ConvSection, conv_section
 from .distributed import all_reduce_float, all_reduce_sum
-from .field_grams import Fields, field_gram, field_section, receptive_fields
+from .field_grams import FieldSums, field_gram, field_section, field_sums, field_total, receptive_fields
 from .gram import GramSum
 from .jacobians import ProbeDraw, SavedNumel, chunk_size, joint_cotangents, rotated_cotangents, vjp
 from .layout import spread_slot
@@ -169,7 +169,7 @@ def next_layer_jacobians(s: Setup, j: int, C_next: Tensor, n_probes: int | None)
     total = GramSum(net.point_dims[net.chain[j]] + aug, s.device)
     n = 0.0
     sec = conv_section(net, j) if s.structured and n_probes is None else None
-    fields: dict[tuple[int, ...], Fields | None] = {}
+    sums: dict[tuple[int, ...], FieldSums | None] = {}   # per map size: the receptive-field sums
     for batch, mask, draw in s.batches(f"jacobians {net.chain[j]}", stream=j + 1):
         if field_section(sec):           # GEMMs over each output's receptive field
             with torch.no_grad():
@@ -177,11 +177,12 @@ def next_layer_jacobians(s: Setup, j: int, C_next: Tensor, n_probes: int | None)
             point = net.last_points[net.chain[j]].detach()
             wi = src.weights(point.shape, mask, s.dtype, s.device)
             shape = tuple(point.shape[1:])
-            if shape not in fields:
-                fields[shape] = receptive_fields(sec, shape, bool(aug))
-            if fields[shape] is not None and bool((wi == 1).all()):
+            if shape not in sums:
+                fields = receptive_fields(sec, shape, bool(aug))
+                sums[shape] = None if fields is None else field_sums(sec, fields, C_next, bool(aug), s.dtype)
+            if sums[shape] is not None and bool((wi == 1).all()):
                 s.progress.heartbeat()
-                total.total += field_gram(sec, fields[shape], point, C_next, bool(aug), s.max_memory)
+                field_gram(sec, sums[shape], point, s.max_memory)
                 n += float(wi.sum())
                 continue
         with SavedNumel(net.params.values()) as saved:
@@ -209,6 +210,9 @@ def next_layer_jacobians(s: Setup, j: int, C_next: Tensor, n_probes: int | None)
                     down = down + (data * beta).sum(-1)
                 slot = grads[1].reshape(K, B, -1) + spread_slot(down, wi)
             total.add(g, wi, slot)
+    for found in sums.values():
+        if found is not None:
+            total.total += field_total(sec, found)
     return all_reduce_sum(total.total), all_reduce_float(n, s.device)
 
 

@@ -196,3 +196,12 @@ def spread_slot(g: Tensor, w_in: Tensor) -> Tensor:
         return g
     share = w_in / w_in.sum(-1, keepdim=True).clamp_min(1.0)
     return g.sum(-1, keepdim=True) * share
+
+
+def path_point(layout: Layout, point: Tensor, baseline: Tensor | None, alpha: float) -> Tensor:
+    """The point at α of the integrated path: α·point with the slot (``baseline`` None: every
+    input, the slot included, scaled), else baseline + α (point − baseline), the baseline (d,)
+    on the layout's feature axis."""
+    if baseline is None:
+        return alpha * point
+    return layout.from_samples(baseline + alpha * (layout.to_samples(point) - baseline), point.shape)

@@ -117,7 +117,7 @@ def _traced(model: nn.Module) -> ModuleSequence | None:
     previous, i = nodes[0], 1
     while i < len(nodes) - 1:
         users = set(previous.users).difference(sizes)
-        if len(users) == 2:                # x + body(x)
+        if len(users) == 2:                # body(x) + shortcut(x)
             unit = _residual(model, previous, users, nodes, i, sizes)
             if unit is None:
                 return None

@@ -27,17 +27,18 @@ from torch import Tensor
 
 from .inputs import Batch
 from .jacobians import SavedNumel, chunk_size
+from .layout import path_point
 from .nodes import NodeModel
 
 
 def tangent_edge_sums(net: NodeModel, batch: Batch, j: int, point: Tensor, baseline: Tensor | None, f_hat: Tensor,
                       w_in: Tensor, w_out: Tensor, C_next: Tensor, Q: Tensor, alphas: Sequence[float],
-                      weights: Sequence[float], E: Tensor, max_memory: int,
+                      weights: Sequence[float], E: Tensor, width: float, max_memory: int,
                       heartbeat: Callable[[], None] | None = None) -> None:
     """Add Σ_x Σ_t w_t A²_{t,i,j} of a batch to E (k', k) (module docstring). point: the maps
     (B, d, *S) of node layer j; baseline (d,): the path's start without the slot (None with it);
     f_hat (B, P_in, k); w_in (B, P_in) all ones; w_out (B, P_out); C_next (d' [+1], k');
-    Q (d [+1], k)."""
+    Q (d [+1], k); width: :func:`activation_width`, which sizes the chunks of directions."""
     src, dst = net.layouts[net.chain[j]], net.layouts[net.chain[j + 1]]
     aug = net.include_bias
     dt = point.dtype
@@ -46,15 +47,12 @@ def tangent_edge_sums(net: NodeModel, batch: Batch, j: int, point: Tensor, basel
     C_data, Q_data = C_next[:d_next].to(dt), Q[:d].to(dt)
     share = w_in / w_in.sum(-1, keepdim=True)
     P_out = w_out.shape[1]
-    starts = [alpha * point if baseline is None else
-              src.from_samples(baseline + alpha * (src.to_samples(point) - baseline), point.shape) for alpha in alphas]
+    starts = [path_point(src, point, baseline, alpha) for alpha in alphas]
     drive = C_next[d_next].to(dt) if aug else None                                 # c_i, + Σ_q w_q C_iᵀ β_q,t
     if aug and net.needs_tangent:
         drive = drive + sum(wq * dst.to_samples(net.bias_tangent(batch, j, point=start, alpha=alpha)) @ C_data
                             for alpha, wq, start in zip(alphas, weights, starts))
-    with SavedNumel(net.params.values()) as saved:    # the section's activations, as a VJP would save them
-        net.section(batch, j, point=point)
-    step = chunk_size(k, 2 * (2 * point.numel() + saved.numel), dt, max_memory, point.device)   # primal + tangent
+    step = chunk_size(k, int(2 * (2 + width) * point.numel()), dt, max_memory, point.device)   # primal + tangent
     for lo in range(0, k, step):
         js = torch.arange(lo, min(lo + step, k), device=point.device)
         K = len(js)
@@ -74,3 +72,11 @@ def tangent_edge_sums(net: NodeModel, batch: Batch, j: int, point: Tensor, basel
             moved = moved if moved.shape[-1] == P_out else (moved * share).sum(-1, keepdim=True)
             A += moved[..., None] * drive
         E[:, js] += (A.square() * w_out[None, :, :, None]).sum((1, 2)).T.to(torch.float64)
+
+
+def activation_width(net: NodeModel, batch: Batch, j: int, point: Tensor) -> float:
+    """The elements of section j's activations (what a VJP would save) per element of its input
+    ``point``: one pass of the section with autograd, made once per section."""
+    with SavedNumel(net.params.values()) as saved:
+        net.section(batch, j, point=point)
+    return saved.numel / point.numel()
