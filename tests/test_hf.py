@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 from intermod import analysis as ia
+from intermod.analysis.core import edges
 from intermod.analysis.examples.sentences import BY_TOPIC, SENTENCES, TOPICS
 from intermod.analysis.models import hf
 from safetensors.torch import save
+from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
@@ -356,3 +358,86 @@ def test_sequence_classifier_pooled_output_ignores_padding(name):
     assert b0[layers[-2]].M[-1, -1] > 0   # the classifier's bias reaches the last slot
     g0, g1 = (ia.build_graph(model, inputs, b, **QUIET) for inputs, b in runs)
     np.testing.assert_allclose(g1.w, g0.w, rtol=1e-8, atol=1e-12)
+
+
+# ------------------------------------------------------------- edges by forward-mode passes
+
+JVP_MODELS = {   # model, node layers, output_fn
+    "BertModel, residual and MLP cut points": (lambda: _random_model(TINY_BERT),
+                                               lambda m: hf.cut_points(m, ("residual", "mlp")), None),
+    **{name: (lambda name=name: _head_model(name), hf.cut_points, "logits") for name in
+       ["GPT2LMHeadModel", "GPT2ForSequenceClassification", "RobertaForSequenceClassification"]},
+}
+
+
+@pytest.mark.parametrize("name", list(JVP_MODELS))
+@pytest.mark.parametrize("include_bias,center", [(True, True), (False, True), (False, False)])
+def test_attention_edges_by_jvps_equal_the_plain_vjps(name, include_bias, center, monkeypatch):
+    """Sections with positions that are not a traced chain (attention) take one forward-mode
+    pass per input direction, mapped over the directions by vmap (tangent_edges), instead of
+    one VJP per output position and direction: the edges are the same (1e-10 on w², gradient
+    and integrated), on padded batches, at partial cut points inside a block (a Linear head),
+    through GPT-2's Conv1D biases and a classifier that pools the positions (the mean slot)."""
+    make, cut, output_fn = JVP_MODELS[name]
+    model = make()
+    layers = cut(model)
+    batch = _ids(n=6, p=6, seed=4)
+    opts = dict(QUIET, output_fn=output_fn)
+    basis = ia.compute_basis(model, batch, layers, include_bias=include_bias, center=center, **opts)
+    calls = []
+    real = edges.tangent_edge_sums
+    monkeypatch.setattr(edges, "tangent_edge_sums", lambda net, batch, j, *a, **k: calls.append(j) or real(
+        net, batch, j, *a, **k))
+    with_positions = {j for j, n in enumerate(basis.layers[1:]) if basis.options["layout"][n] != "features"}
+    assert with_positions
+    for method, n_alpha in (("gradient", 1), ("integrated", 3)):
+        calls.clear()
+        fast = ia.build_graph(model, batch, basis, edge_method=method, n_alpha=n_alpha, **opts)
+        plain = ia.build_graph(model, batch, basis, edge_method=method, n_alpha=n_alpha, structured=False, **opts)
+        assert set(calls) == with_positions
+        for a, b in zip(basis.layers, basis.layers[1:]):
+            w2, ref = fast.edge_matrix(a, b) ** 2, plain.edge_matrix(a, b) ** 2
+            np.testing.assert_allclose(w2, ref, rtol=1e-10, atol=1e-10 * ref.max())
+
+
+class _Cube(torch.autograd.Function):
+    """x³ with a backward formula only, like many custom kernels: no forward mode, no vmap rule."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x ** 3
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 3 * x ** 2 * g
+
+
+class _CustomOp(nn.Module):
+    """Positions mixed by a mean, then an autograd.Function without a forward-mode derivative."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.a, self.b, self.c = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.b(self.a(x))
+        return self.c(_Cube.apply(h + h.mean(1, keepdim=True)))
+
+
+def test_sections_without_forward_mode_keep_the_vjps():
+    """A section that cannot run in forward mode (a custom autograd.Function with a backward
+    only, in the section or before it) warns once, names the reason, and takes the VJPs: its
+    edges equal the plain VJPs'."""
+    model = _CustomOp().double()
+    X = torch.randn(5, 4, 3, dtype=torch.float64)
+    layers = ["b", "c", "output"]
+    basis = ia.compute_basis(model, X, layers, layout="tokens", **QUIET)
+    with pytest.warns(RuntimeWarning, match="section b -> c: no forward-mode pass") as caught:
+        fast = ia.build_graph(model, X, basis, batch_size=2, **QUIET)   # 3 batches
+    warned = [str(w.message).split(":")[0] for w in caught if "no forward-mode pass" in str(w.message)]
+    assert sorted(warned) == ["section b -> c", "section c -> output"]   # the prefix runs the Function too
+    plain = ia.build_graph(model, X, basis, structured=False, **QUIET)
+    np.testing.assert_allclose(fast.w, plain.w, rtol=1e-10, atol=1e-12)

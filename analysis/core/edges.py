@@ -36,7 +36,7 @@ from .nodes import OutputFn
 from .progress import Callback
 from .setup import prepare
 from .structured import Workspace, affine_section
-from .tangent_edges import activation_width, tangent_edge_sums
+from .tangent_edges import activation_width, forward_mode_works, tangent_edge_sums
 
 EDGE_METHODS = ("gradient", "integrated")
 
@@ -64,9 +64,9 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
     ``structured``: sections of Linear maps and one elementwise activation use the closed form
     Ĵ(x) = L diag(σ′) R + u vᵀ as GEMMs over samples (:mod:`~intermod.analysis.core.structured`),
     [Conv] [activation] [pool] [Conv] sections and ResNet blocks its convolutional form
-    (:mod:`~intermod.analysis.core.convolution`), other sections of a traced chain between conv
-    maps one forward-mode JVP per input direction where the VJPs would need more
-    (:mod:`~intermod.analysis.core.tangent_edges`), other local sections coloured cotangents
+    (:mod:`~intermod.analysis.core.convolution`), other sections with positions (attention, other
+    conv sections) one forward-mode JVP per input direction where those are fewer passes than
+    the VJPs (:mod:`~intermod.analysis.core.tangent_edges`), other local sections coloured cotangents
     (:mod:`~intermod.analysis.core.colouring`; all exact sums only); False: one batched VJP per
     output position and direction everywhere. ``max_memory``: bytes of temporaries per
     chunk. ``dtype`` is the compute dtype; E is accumulated in float64 either way.
@@ -101,9 +101,8 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
     closed = [affine_section(net, j) if structured and n_probes is None else None for j in range(len(E))]
     convs = [conv_section(net, j) if structured and n_probes is None and closed[j] is None else None
              for j in range(len(E))]
-    tangents = [structured and n_probes is None and closed[j] is None and convs[j] is None
-                and net.section_modules(j) is not None
-                and all(net.layouts[n].kind == "channels" for n in layers[j:j + 2]) for j in range(len(E))]
+    tangents: list[bool | None] = [None if structured and n_probes is None and closed[j] is None and convs[j] is None
+                                   else False for j in range(len(E))]   # None: not yet tried
     widths: dict[int, float] = {}
     workspace = Workspace()
     for batch, mask, draw in s.batches("edges"):
@@ -130,7 +129,10 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
                 conv_edge_sums(convs[j], points[src], baselines[j], f_hat, w_in, w_out, as_t[dst][0], Q[j], alphas,
                                weights, bool(aug), E[j], s.max_memory, s.progress.heartbeat)
                 continue
-            if tangents[j] and _forward_pays(s, j, points[src], w_in, w_out):
+            pays = tangents[j] is not False and _forward_pays(s, j, points[src], f_hat.shape[-1], w_out, E[j].shape[0])
+            if pays and tangents[j] is None:     # tried once per section
+                tangents[j] = forward_mode_works(net, batch, j, points[src])
+            if pays and tangents[j]:
                 if j not in widths:      # the section's activations per input element, measured once
                     widths[j] = activation_width(net, batch, j, points[src])
                 tangent_edge_sums(net, batch, j, points[src], baselines[j], f_hat, w_in, w_out, as_t[dst][0], Q[j],
@@ -163,14 +165,13 @@ def _baseline(net, name: str, mean: np.ndarray, center: bool) -> Tensor | None:
     return (p0.to(net.dtype) + b) if b is not None else p0.to(net.dtype)
 
 
-def _forward_pays(s, j: int, point: Tensor, w_in: Tensor, w_out: Tensor) -> bool:
+def _forward_pays(s, j: int, point: Tensor, k: int, w_out: Tensor, k_next: int) -> bool:
     """Whether section j's edges take JVPs (:mod:`~intermod.analysis.core.tangent_edges`, one per
-    input direction) rather than VJPs: every sample weight 1, and the VJPs would need more than
-    one pass per output direction (n_colours of them, or one per output position)."""
-    if not bool((w_in == 1).all()):
-        return False
+    input direction: k) rather than VJPs: the VJPs would need more than one pass per output
+    direction (n_colours of them, or one per output position) and more passes in all."""
     col = s.colouring(j, point.shape)
-    return (w_out.shape[1] if col is None else col.n_colours) > 1
+    passes = w_out.shape[1] if col is None else col.n_colours
+    return passes > 1 and k < passes * k_next
 
 
 def _section_edges(s, batch, mask, draw: ProbeDraw, j: int, point: Tensor, baseline: Tensor | None,

@@ -38,9 +38,9 @@ from typing import Any
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
-from torch.func import functional_call
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.func import functional_call, jvp, vmap
 
+from .eval_mode import eval_mode
 from .folding import add_slot_bias, is_bias, slot_candidate
 from .heads import linear_heads
 from .inputs import Batch, batch_size_of, batch_to, position_mask
@@ -58,23 +58,6 @@ class _Stop(Exception):
 
 def _primal(x: Tensor) -> Tensor:
     return fwAD.unpack_dual(x).primal.detach()
-
-
-@contextmanager
-def _eval_mode(model: nn.Module):
-    """Eval mode (samples must not interact), attention on the math SDPA backend and without
-    nn.MultiheadAttention's fused fast path: the fused kernels support neither forward-mode AD
-    nor fast batched (vmap) backward passes. Everything is restored after."""
-    was_training = model.training
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    model.eval()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with sdpa_kernel([SDPBackend.MATH]):
-            yield
-    finally:
-        model.train(was_training)
-        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 class NodeModel:
@@ -113,7 +96,7 @@ class NodeModel:
         self.layouts: dict[str, Layout] = {
             n: resolve_layout(n, shapes[n], requested[n], evidence=found.evidence.get(n),
                               model_has_channels=has_channels) for n in self.chain}
-        with torch.no_grad(), _eval_mode(model):
+        with torch.no_grad(), eval_mode(model):
             self._sequence = module_sequence(model, self.layers, example, self.params, raw_output)
         self.heads = linear_heads(self.modules, self._sequence, self.layouts)
         name_of = {id(p): n for n, p in model.named_parameters()}
@@ -164,7 +147,7 @@ class NodeModel:
         handles += [self.heads.get(n, self.modules[n]).register_forward_hook(h) for n, h in (post or {}).items()]
         handles += [m.register_forward_hook(self._slot_hook(name)) for m, name in self._slot_modules.items()]
         try:
-            with _eval_mode(self.model):
+            with eval_mode(self.model):
                 yield
         finally:
             self._slot_now = None
@@ -285,39 +268,41 @@ class NodeModel:
         at each position, so a VJP gives their per-position slot derivative. With ``tangent``
         (inside ``fwAD.dual_level``) the other biases carry tangents (see :meth:`bias_tangent`).
         """
-        src, dst = self.chain[j], self.chain[j + 1]
         if self._sequence is not None and point is not None:
             return self._sequence_section(batch, j, point, alpha, tangent)
-        found: dict[str, Tensor] = {}
+        found: dict[str, Tensor | None] = {}
 
         def cut(x: Tensor) -> Tensor:
             value = _primal(x) if point is None else point.detach()
             found["point"] = p = value.clone().requires_grad_(True)
             self._arm_biases(alpha, tangent)
-            found["slot"] = self._new_slot(p, src, batch)
+            found["slot"] = self._new_slot(p, self.chain[j], batch)
             return p.clone()
 
-        def pre_src(module, args):
-            if src not in self.heads:
-                return (cut(args[0]),) + tuple(args[1:])
+        with torch.enable_grad():
+            f_out = self._run_cut(batch, j, cut)
+        return found["point"], f_out, found["slot"]
 
-        def post_src(module, args, out):
-            return cut(out)
+    def _run_cut(self, batch: Batch, j: int, cut: Callable[[Tensor], Tensor]) -> Tensor:
+        """Node layer j+1 when the model runs on ``batch`` with node layer j's point x replaced by
+        ``cut(x)`` (at the module's input, or its Linear head's output); the pass stops there."""
+        src, dst = self.chain[j], self.chain[j + 1]
+        found: dict[str, Tensor] = {}
 
         def pre_dst(module, args):
             found["f_out"] = args[0]
             raise _Stop
 
-        pre = {src: pre_src}
+        pre = {} if src in self.heads else {src: lambda module, args: (cut(args[0]),) + tuple(args[1:])}
         if dst != OUTPUT:
             pre[dst] = pre_dst
-        post = {src: post_src} if src in self.heads else {}
-        with torch.enable_grad(), self._hooks(pre, post):
+        post = {src: lambda module, args, out: cut(out)} if src in self.heads else {}
+        with self._hooks(pre, post):
             try:   # the prefix runs with plain biases; the cut arms the scaled / dual ones
                 found["f_out"] = self.output_fn(self._call(batch, self.params))
             except _Stop:
                 pass
-        return found["point"], found["f_out"], found["slot"]
+        return found["f_out"]
 
     def _arm_biases(self, alpha: float, tangent: bool) -> None:
         """From the cut point on, every bias is scaled by ``alpha`` (and carries tangent b).
@@ -377,16 +362,34 @@ class NodeModel:
 
     def section_jvp(self, batch: Batch, j: int, point: Tensor, alpha: float, d_point: Tensor,
                     d_slot: Tensor | None) -> Tensor:
-        """∂f^{j+1} along (d_point, d_slot): section j of a traced chain run in forward mode at
-        ``point`` (its biases scaled by ``alpha``), the slot leaf's tangent d_slot (B, *positions)
-        reaching the biases through the slot hooks as in :meth:`section`; same shape as f^{j+1}."""
-        with fwAD.dual_level(), torch.no_grad(), self._hooks():
+        """∂f^{j+1} along K tangents (d_point (K, *point.shape), d_slot (K, B, *positions)): section j
+        in forward mode at ``point`` (its biases scaled by ``alpha``), the slot leaf's tangent
+        reaching the biases through the slot hooks as in :meth:`section`; (K, *f^{j+1}.shape).
+        A traced chain runs the K tangents as one batch of K·B samples; any other model maps
+        ``torch.func.jvp`` over them with ``vmap``, so the prefix before the cut runs once."""
+        K, B = d_point.shape[:2]
+        if self._sequence is None:
             slot = self._new_slot(point, self.chain[j], batch)
+            share, self._slot_now = self._slot_share, None
+
+            def run(p: Tensor, s: Tensor | None) -> Tensor:
+                def cut(x: Tensor) -> Tensor:
+                    self._arm_biases(alpha, False)
+                    self._slot_now, self._slot_share = s, share
+                    return p.clone()
+                return self._run_cut(batch, j, cut)
+            if slot is None:
+                return vmap(lambda v: jvp(lambda p: run(p, None), (point,), (v,))[1])(d_point)
+            return vmap(lambda v, s: jvp(run, (point, slot.detach()), (v, s))[1])(d_point, d_slot)
+        x = point.repeat((K,) + (1,) * (point.ndim - 1))                       # (K·B, …), k major
+        with fwAD.dual_level(), torch.no_grad(), self._hooks():
+            slot = self._new_slot(x, self.chain[j], batch)
             if slot is not None:
                 self._slot_now = fwAD.make_dual(slot.detach(), d_slot.reshape(slot.shape))
-            out = self._sequence.run(*self._sequence_bounds(j), fwAD.make_dual(point, d_point),
+            out = self._sequence.run(*self._sequence_bounds(j), fwAD.make_dual(x, d_point.flatten(0, 1)),
                                      self.params_scaled(alpha))
-            return _tangent(self.output_fn(out) if self.chain[j + 1] == OUTPUT else out)
+            out = _tangent(self.output_fn(out) if self.chain[j + 1] == OUTPUT else out)
+        return out.view((K, B) + tuple(out.shape[1:]))
 
     def section_modules(self, j: int) -> list[nn.Module] | None:
         """The modules that section j runs, in order, or None when the model is not a sequence

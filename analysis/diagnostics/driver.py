@@ -23,8 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from ..core.basis import compute_basis, default_tol
+from ..core.eval_mode import eval_mode
 from ..core.inputs import Inputs, batch_to, iter_batches, resolve_device
-from ..core.nodes import OUTPUT, NodeModel, _eval_mode, default_output
+from ..core.nodes import OUTPUT, NodeModel, default_output
 from ..core.progress import Progress
 from .behavioural import BehaviouralResult, behavioural_rank
 from .counting import add_sync_counts, layer_diagnostics
@@ -63,7 +64,7 @@ def diagnose(model: nn.Module, inputs: Inputs, layers: Sequence[str], epsilon: f
     if all(name == OUTPUT for name in layers):
         raise ValueError("layers: diagnose needs a node layer inside the model (a module path), "
                          "not only 'output': the counts compare each layer with the next")
-    with _eval_mode(model):
+    with eval_mode(model):
         return _diagnose(model, inputs, layers, epsilon, include_bias=include_bias, center=center,
                          jacobian_target=jacobian_target, sync_tol=sync_tol,
                          behavioural_max_params=behavioural_max_params, output_fn=output_fn,
