@@ -27,12 +27,13 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 
-def minilm(out: Path, n_sentences: int, edge_sentences: int, n_probes: int, epsilon: float) -> dict:
+def minilm(out: Path, n_sentences: int, edge_sentences: int, n_probes: int, edge_probes: int | None,
+           epsilon: float) -> dict:
     """Part 1 (run in this process): MiniLM summary plus its graph plot."""
     from intermod import analysis as ia
     from intermod.analysis.examples import minilm as ex
 
-    result = ex.analyse(n_sentences=n_sentences, n_probes=n_probes, edge_probes=1,
+    result = ex.analyse(n_sentences=n_sentences, n_probes=n_probes, edge_probes=edge_probes,
                         edge_sentences=edge_sentences, epsilon=epsilon)
     ia.plot_graph(result.graph, result.partition, out / "minilm_graph.png",
                   title=f"MiniLM residual stream, {result.n_tokens} tokens")
@@ -56,7 +57,7 @@ def modadd(out: Path, epsilon: float) -> dict:
 def _subprocess(part: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--part", part, "--out", str(args.out),
            "--sentences", str(args.sentences), "--edge-sentences", str(args.edge_sentences),
-           "--probes", str(args.probes)]
+           "--probes", str(args.probes), "--edge-probes", str(args.edge_probes)]
     done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -67,11 +68,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sentences", type=int, default=300)
     parser.add_argument("--edge-sentences", type=int, default=300)
     parser.add_argument("--probes", type=int, default=8)
+    parser.add_argument("--edge-probes", type=int, default=0, help="probes over positions for the edges; 0: exact")
     parser.add_argument("--part", choices=["minilm", "modadd"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.part == "minilm":
-        print(json.dumps(minilm(args.out, args.sentences, args.edge_sentences, args.probes, 1e-2)))
+        print(json.dumps(minilm(args.out, args.sentences, args.edge_sentences, args.probes, args.edge_probes or None, 1e-2)))
         return {}
     if args.part == "modadd":
         print(json.dumps(modadd(args.out, 1e-2)))

