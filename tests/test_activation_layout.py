@@ -167,8 +167,8 @@ def test_flatten_layout_into_a_conv_equals_a_model_that_unflattens():
 def hooked():
     tl = pytest.importorskip("transformer_lens")
     cfg = tl.HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=6, d_head=4, n_heads=2, d_mlp=16,
-                                     d_vocab=11, act_fn="gelu", normalization_type="LN", seed=0)
-    model = tl.HookedTransformer(cfg).double()
+                                     d_vocab=11, act_fn="gelu", normalization_type="LN", seed=0, dtype=torch.float64)
+    model = tl.HookedTransformer(cfg)   # cfg.dtype float64: with float32 its attention pattern is cast to float32
     with torch.no_grad():   # TransformerLens initialises biases to 0: make them matter
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -194,6 +194,21 @@ def test_transformer_lens_by_module_path_or_hook_name(hooked):
     assert {"blocks.0.attn.b_Q", "blocks.0.mlp.b_in", "unembed.b_U"} <= set(net.bias_names)
     graph = ia.build_graph(model, ids, by_hook, **QUIET)
     assert graph.edge_matrix(hooks[0], hooks[1]).shape == (by_hook[hooks[1]].k, by_hook[hooks[0]].k)
+
+
+@pytest.mark.parametrize("method,n_alpha", [("gradient", 1), ("integrated", 3)])
+def test_transformer_lens_edges_by_jvps_equal_the_plain_vjps(hooked, method, n_alpha):
+    """TransformerLens's sections (attention; biases that are raw parameters, folded through
+    forward-mode tangents β) take one vmapped forward-mode pass per input direction: the same
+    edges as one VJP per output position and direction (1e-10 on w²)."""
+    model, ids = hooked
+    layers = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "output"]
+    basis = ia.compute_basis(model, ids, layers, **QUIET)
+    fast, plain = (ia.build_graph(model, ids, basis, edge_method=method, n_alpha=n_alpha, structured=s, **QUIET)
+                   for s in (True, False))
+    for a, b in zip(layers, layers[1:]):
+        w2, ref = fast.edge_matrix(a, b) ** 2, plain.edge_matrix(a, b) ** 2
+        np.testing.assert_allclose(w2, ref, rtol=1e-10, atol=1e-10 * ref.max())
 
 
 # --------------------------------------------------------------------------- digits_cnn
