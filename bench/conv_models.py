@@ -21,6 +21,10 @@ of the activations (and the output):
 - "torchvision blocks": torchvision's ResNet in small, stem conv(3→16)-BN-ReLU, a BasicBlock of
   16 channels and a downsampling one to 32 (projection shortcut), pool, Linear → 10, cut at the
   blocks: a ReLU after each sum, so no closed form; the blocks take coloured cotangents.
+- "depthwise": MobileNet-style separable convolutions, conv(3→32)-ReLU-depthwise 3×3 (32 groups)-
+  ReLU-conv 1×1 (32→64)-ReLU-depthwise 3×3 stride 2 (64 groups)-ReLU-conv 1×1 (64→10)-pool-
+  flatten, cut at every ReLU: the grouped convolutions take the conv closed forms as ungrouped
+  ones with zero blocks (core/structured.py, dense_weight).
 
 The last section (to the 10 logits) is not local and takes batched VJPs of its 10 cotangents.
 
@@ -46,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from run import machine, matmul_gflops, write_results  # noqa: E402
 
-KINDS = ("3×3", "pool", "batch norm", "overlapping pool", "residual", "torchvision blocks")
+KINDS = ("3×3", "pool", "batch norm", "overlapping pool", "residual", "torchvision blocks", "depthwise")
 
 
 class ResidualBlock(nn.Module):
@@ -117,6 +121,11 @@ def cnn(kind: str) -> tuple[nn.Module, list[str]]:
         m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1),
                           nn.ReLU(), nn.Conv2d(32, 10, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         return m.double().eval(), ["1", "4", "output"]
+    if kind == "depthwise":
+        m = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=32),
+                          nn.ReLU(), nn.Conv2d(32, 64, 1), nn.ReLU(), nn.Conv2d(64, 64, 3, stride=2, padding=1, groups=64),
+                          nn.ReLU(), nn.Conv2d(64, 10, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        return m.double().eval(), ["1", "3", "5", "7", "output"]
     if kind == "overlapping pool":
         m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
                           nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 10, 3, padding=1),

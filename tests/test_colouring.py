@@ -147,11 +147,22 @@ def _model(kind: str) -> tuple[nn.Sequential, list[str], tuple[int, ...]]:
         m = nn.Sequential(nn.Conv1d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(3, 3, 1, padding=2),
                           nn.Tanh(), nn.Conv1d(3, 2, 3, padding=1))
         return m, ["1", "4", "output"], (2, 8)
+    if kind == "grouped":              # groups = 2, a depthwise strided conv, a grouped 1×1 conv
+        m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1, groups=2),
+                          nn.BatchNorm2d(6), nn.Tanh(), nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6), nn.GELU(),
+                          nn.Conv2d(6, 2, 1, groups=2))
+        _random_statistics(m)
+        return m, ["1", "4", "6", "output"], (2, 8, 7)
+    if kind == "grouped two convs":    # [Conv] [activation] [Conv], both grouped
+        m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.ReLU(),
+                          nn.Conv2d(4, 6, 3, padding=1, groups=2), nn.Softplus(), nn.Conv2d(6, 2, 3, padding=1))
+        return m, ["2", "4", "output"], (2, 7, 7)
     raise KeyError(kind)
 
 
 KINDS = ["same positions", "strided", "both slots", "pool and batch norm", "off-centre kernel", "conv inputs",
-         "pools", "conv before pool", "conv and batch norm", "1-d dilated", "pool undone"]
+         "pools", "conv before pool", "conv and batch norm", "1-d dilated", "pool undone", "grouped",
+         "grouped two convs"]
 CASES = [(True, True), (False, True), (False, False), (True, False)]
 
 
@@ -163,12 +174,13 @@ def test_these_sections_take_the_paths_under_test():
     path with the plain one, not with itself."""
     colours = {"same positions": [9, 9], "strided": [4, 4], "both slots": [9, 9],
                "pool and batch norm": [1, 9, 9], "off-centre kernel": [7, 9], "conv inputs": [9, 4, 6, None], "pools": [9, 9, 1, 1], "conv before pool": [4, 9], "conv and batch norm": [9, 4],
-               "1-d dilated": [3, 2], "pool undone": [2, 3]}
+               "1-d dilated": [3, 2], "pool undone": [2, 3], "grouped": [9, 4, 1], "grouped two convs": [9, 25]}
     closed = {"same positions": ["G", "G"], "strided": ["G", "G"], "both slots": ["G", "G"],
               "pool and batch norm": ["G", "G", None], "off-centre kernel": ["G", "G"],
               "conv inputs": ["G", "G", "G", "G"], "pools": ["G", "G", "G", "G"],
               "conv before pool": ["E", "G"], "conv and batch norm": ["G", "G"], "1-d dilated": ["G", "G"],
-              "pool undone": ["G", "G"]}   # its first Gram falls back to the coloured VJPs when summed
+              "pool undone": ["G", "G"], "grouped": ["G", "G", "G"],   # "pool undone": its first Gram
+              "grouped two convs": ["G", "G"]}                          # falls back to the coloured VJPs
     found = {}
     for kind in KINDS:
         model, layers, shape = _model(kind)

@@ -13,7 +13,7 @@ from intermod import analysis as ia
 from intermod.analysis.core.heads import head_pays
 from intermod.analysis.core.jacobian_grams import affine_chain, output_closed_forms
 from intermod.analysis.core.setup import prepare
-from intermod.analysis.core.structured import affine_section
+from intermod.analysis.core.structured import affine_section, dense_weight
 from torch import nn
 
 pytestmark = pytest.mark.usefixtures("float64_default")
@@ -147,15 +147,17 @@ def _sections(model, X, layers):
     return [affine_section(s.net, j) for j in range(len(layers) - 1)]
 
 
+@pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("target", ["output", "next_layer"])
 @pytest.mark.parametrize("center,include_bias", CASES)
-def test_one_by_one_convolutions_have_the_closed_form(target, center, include_bias):
+def test_one_by_one_convolutions_have_the_closed_form(target, center, include_bias, groups):
     """A 1×1 convolution is a Linear on the channels at every position: on channels-first maps
     the closed form (C features per position, positions as samples) equals the batched VJPs
-    (basis within 1e-10, gradient and integrated edges)."""
+    (basis within 1e-10, gradient and integrated edges); grouped ones (two groups, then a
+    depthwise one) too, as block-diagonal Linear maps."""
     torch.manual_seed(4)
-    model = nn.Sequential(nn.Conv2d(3, 6, 1), nn.ReLU(), nn.Conv2d(6, 5, 1), nn.GELU(), nn.Dropout(0.2),
-                          nn.Conv2d(5, 4, 1, bias=False)).double()
+    model = nn.Sequential(nn.Conv2d(3, 6, 1), nn.ReLU(), nn.Conv2d(6, 4, 1, groups=groups), nn.GELU(), nn.Dropout(0.2),
+                          nn.Conv2d(4, 4, 1, groups=1 if groups == 1 else 4, bias=False)).double()
     layers = ["0", "2", "5", "output"]
     X = torch.randn(9, 3, 3, 2, dtype=torch.float64)
     assert all(sec is not None for sec in _sections(model, X, layers))
@@ -165,6 +167,24 @@ def test_one_by_one_convolutions_have_the_closed_form(target, center, include_bi
         ga, gb = (ia.build_graph(model, X, a, edge_method=method, n_alpha=n_alpha, batch_size=4,
                                  progress=False, structured=s) for s in (True, False))
         np.testing.assert_allclose(ga.w, gb.w, rtol=1e-9, atol=1e-12 * gb.w.max())
+
+
+@pytest.mark.parametrize("shape,groups", [((6, 2, 3, 3), 3), ((6, 1, 3, 3), 6), ((4, 3, 5), 2), ((4, 2, 1, 2, 2), 2)])
+def test_a_grouped_convolution_is_the_ungrouped_one_with_zero_blocks(shape, groups):
+    """dense_weight(W, g) convolves like W with ``groups=g``: two and three groups, depthwise,
+    1-d and 3-d (float64, 1e-13), and its off-group blocks are exactly zero."""
+    torch.manual_seed(0)
+    W = torch.randn(shape, dtype=torch.float64)
+    conv = {3: torch.nn.functional.conv1d, 4: torch.nn.functional.conv2d, 5: torch.nn.functional.conv3d}[len(shape)]
+    x = torch.randn((2, shape[1] * groups) + (7,) * (len(shape) - 2), dtype=torch.float64)
+    D = dense_weight(W, groups)
+    assert D.shape == (shape[0], shape[1] * groups) + shape[2:]
+    torch.testing.assert_close(conv(x, D), conv(x, W, groups=groups), rtol=1e-13, atol=1e-13)
+    per_out = shape[0] // groups
+    for o in range(shape[0]):
+        g = o // per_out
+        assert (D[o, :g * shape[1]] == 0).all() and (D[o, (g + 1) * shape[1]:] == 0).all()
+        assert torch.equal(D[o, g * shape[1]:(g + 1) * shape[1]], W[o])
 
 
 def test_maps_that_are_not_per_sample_linear_have_no_linear_closed_form():

@@ -98,11 +98,12 @@ def test_directions_split_over_chunks_anywhere():
 
 
 def test_sections_with_one_pass_per_direction_keep_the_vjps(monkeypatch):
-    """A grouped 1×1 convolution reads one position (one colour): its VJPs need k' passes, no
-    more than the JVPs' k, so the edges keep them; ``structured=False`` keeps them everywhere."""
-    model = _sequential([nn.ReLU(), nn.Conv2d(3, 3, 1, groups=3)]).double().eval()
+    """Two 1×1 convolutions with two activations read one position (one colour, no closed form):
+    their VJPs need k' passes, no more than the JVPs' k, so the edges keep them;
+    ``structured=False`` keeps them everywhere."""
+    model = _sequential([nn.ReLU(), nn.Conv2d(3, 3, 1), nn.Softplus(), nn.Conv2d(3, 3, 1)]).double().eval()
     X = torch.randn(4, 2, 5, 5, dtype=F64)
-    basis = ia.compute_basis(model, X, ["1", "3", "output"], progress=False)
+    basis = ia.compute_basis(model, X, ["1", "5", "output"], progress=False)
     calls = _calls(monkeypatch)
     ia.build_graph(model, X, basis, progress=False)
     assert calls == []

@@ -1,9 +1,9 @@
 """Closed forms of sections made of convolutions, one elementwise activation and a pool.
 
 A section of an ``nn.Sequential`` between two conv maps whose modules are ``[Conv] [activation]
-[pool] [Conv]`` (each optional, at least one convolution or pool; any kernel, stride, padding and
-dilation; one group, zero padding; non-overlapping max or average pooling, :class:`PoolMap`;
-Identity and Dropout skipped) maps the input map p (d, *S) to
+[pool] [Conv]`` (each optional, at least one convolution or pool; any kernel, stride, padding,
+dilation and groups (:func:`~.structured.dense_weight`); zero padding; non-overlapping pools,
+:class:`PoolMap`; Identity and Dropout skipped) maps the input map p (d, *S) to
 
     z = W₁ ⋆ p + b₁ σ₁,   f = W₂ ⋆ pool(σ(z)) + b₂ σ₂      (⋆: the convolution, z (h, *S₁), f (d', *S₂))
 
@@ -60,6 +60,7 @@ from .nodes import OUTPUT, NodeModel, default_output
 from .structured import (
     ELEMENTWISE,
     activation_derivative,
+    dense_weight,
     path_derivative,
     residual_unit,
     samples_per_chunk,
@@ -204,8 +205,7 @@ def _along_channels(v: Tensor, ndim: int) -> Tensor:
 
 
 def _is_conv(m: nn.Module) -> bool:
-    return (isinstance(m, nn.modules.conv._ConvNd) and not m.transposed and m.groups == 1
-            and m.padding_mode == "zeros")
+    return isinstance(m, nn.modules.conv._ConvNd) and not m.transposed and m.padding_mode == "zeros"
 
 
 def conv_section(net: NodeModel, j: int) -> ConvSection | None:
@@ -265,7 +265,7 @@ def _conv_map(net: NodeModel, pair: tuple[nn.Module, nn.Module | None] | None) -
         return None
     conv, bn = pair
     param = lambda m, leaf: None if getattr(m, leaf, None) is None else net.params[net._param_name(m, leaf)]  # noqa: E731
-    W, b = param(conv, "weight"), param(conv, "bias")
+    W, b = dense_weight(param(conv, "weight"), conv.groups), param(conv, "bias")   # groups as zero blocks
     const = None
     if bn is not None:
         mean, var = param(bn, "running_mean"), param(bn, "running_var")

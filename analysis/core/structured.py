@@ -185,14 +185,28 @@ _FEATURE_AXIS = {"features": "last", "tokens": "last", "channels": "channels"}
 def _feature_map(m: nn.Module) -> str | None:
     """The feature axis a module maps linearly at every sample, if it is such a map: a Linear
     acts on the last axis ("features"/"tokens" layouts), a 1×1 convolution (stride 1, no
-    padding, one group) on the channel axis at every position ("channels")."""
+    padding; grouped or not, see :func:`dense_weight`) on the channel axis at every position
+    ("channels")."""
     if isinstance(m, nn.Linear):
         return "last"
-    if (isinstance(m, nn.modules.conv._ConvNd) and not m.transposed and m.groups == 1
+    if (isinstance(m, nn.modules.conv._ConvNd) and not m.transposed
             and all(k == 1 for k in m.kernel_size) and all(st == 1 for st in m.stride)
             and (isinstance(m.padding, str) or all(pd == 0 for pd in m.padding))):
         return "channels"
     return None
+
+
+def dense_weight(W: Tensor, groups: int) -> Tensor:
+    """The weight (out, in, *kernel) of the ungrouped convolution equal to a grouped one whose
+    weight is W (out, in/groups, *kernel): output channel o of group g = o // (out/groups) reads
+    input channels g·in/groups … (g+1)·in/groups − 1 through W[o], every other channel through
+    zeros. Every closed form then holds unchanged (its products with the zeros are exact)."""
+    if groups == 1:
+        return W
+    out, per_in = W.shape[:2]
+    dense = W.new_zeros((out, groups, per_in) + tuple(W.shape[2:]))
+    dense[torch.arange(out), torch.arange(out) // (out // groups)] = W
+    return dense.flatten(1, 2)
 
 
 def affine_section(net: NodeModel, j: int) -> AffineSection | None:
@@ -226,7 +240,9 @@ def affine_section(net: NodeModel, j: int) -> AffineSection | None:
         if m is None or getattr(m, leaf) is None:
             return None
         t = net.params[net._param_name(m, leaf)]
-        return t.reshape(t.shape[0], -1) if leaf == "weight" else t   # a 1×1 kernel: (out, in)
+        if leaf != "weight":
+            return t
+        return dense_weight(t, getattr(m, "groups", 1)).reshape(t.shape[0], -1)   # a 1×1 kernel: (out, in)
 
     return AffineSection(param(first, "weight"), param(first, "bias"), act,
                          param(second, "weight"), param(second, "bias"), residual)
