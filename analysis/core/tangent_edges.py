@@ -15,7 +15,7 @@ a chunk of directions at once: :meth:`NodeModel.section_jvp`), against one VJP p
 position and direction (P_out·k', or n_colours·k' coloured; :mod:`~intermod.analysis.core.colouring`)
 for the backward path. It serves every section with positions that no closed form covers where
 k JVPs are fewer passes than those VJPs: sections of a traced chain of modules between conv maps
-(two or more ResNet blocks in one section, overlapping pools, grouped convolutions) and the
+(two or more ResNet blocks in one section, overlapping pools, GroupNorm, Upsample) and the
 sections of any other model with positions, transformers above all (attention mixes every
 position, so the exact VJPs would take P_out·k' passes; padded positions carry zero tangents).
 """
