@@ -1,10 +1,11 @@
 """Transformer benchmarks: MiniLM on the built-in sentences, and the modular-addition model.
 
-    python bench/transformer_models.py [--out bench] [--sentences 300] [--edge-sentences 300]
+    python bench/transformer_models.py [--out bench] [--sentences 300] [--edge-sentences 300] [--edge-probes 0]
 
 1. MiniLM (all-MiniLM-L6-v2, offline): interaction basis of the residual stream
-   (encoder.layer.0 … 5 and last_hidden_state) on the sentences with random probes,
-   graph on a subset, modules; seconds and peak memory per stage, kept directions, top Λ.
+   (encoder.layer.0 … 5 and last_hidden_state) on the sentences with random probes, graph
+   (exact edges by default, ``--edge-probes 1`` for the one-probe estimate) on
+   ``--edge-sentences`` of them, modules; seconds and peak memory per stage, kept directions, top Λ.
 2. The modular-addition transformer (shipped weights): accuracy, basis/graph/modules on all
    p² inputs, Fourier labels of the directions and the module–frequency alignment.
 
