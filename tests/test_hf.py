@@ -400,6 +400,28 @@ def test_attention_edges_by_jvps_equal_the_plain_vjps(name, include_bias, center
             np.testing.assert_allclose(w2, ref, rtol=1e-10, atol=1e-10 * ref.max())
 
 
+def test_attention_jvp_chunks_split_anywhere(monkeypatch):
+    """The vmapped directions in chunks of one (a max_memory of 1 KiB), three or five (uneven
+    splits of the k = 8 directions) and all at once (the default budget) give the same edges
+    (1e-12), with the slot and the integrated path."""
+    from intermod.analysis.core import tangent_edges
+    model = _random_model(TINY_BERT)
+    layers = hf.cut_points(model)
+    batch = _ids(n=5, p=6, seed=5)
+    basis = ia.compute_basis(model, batch, layers, **QUIET)
+    assert {basis[n].k for n in layers[:-1]} == {8}
+    opts = dict(QUIET, edge_method="integrated", n_alpha=2)
+    graphs = [ia.build_graph(model, batch, basis, max_memory=1 << 10, **opts)]
+    real = tangent_edges.jvp_chunk
+    for step in (3, 5):
+        monkeypatch.setattr(tangent_edges, "jvp_chunk", lambda k, *a, step=step: min(k, step))
+        graphs.append(ia.build_graph(model, batch, basis, **opts))
+    monkeypatch.setattr(tangent_edges, "jvp_chunk", real)
+    graphs.append(ia.build_graph(model, batch, basis, **opts))
+    for g in graphs[:-1]:
+        np.testing.assert_allclose(g.w, graphs[-1].w, rtol=1e-12, atol=1e-14 * graphs[-1].w.max())
+
+
 class _Cube(torch.autograd.Function):
     """x³ with a backward formula only, like many custom kernels: no forward mode, no vmap rule."""
 
