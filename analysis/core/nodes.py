@@ -366,10 +366,12 @@ class NodeModel:
         in forward mode at ``point`` (its biases scaled by ``alpha``), the slot leaf's tangent
         reaching the biases through the slot hooks as in :meth:`section`; (K, *f^{j+1}.shape).
         A traced chain runs the K tangents as one batch of K·B samples; any other model maps
-        ``torch.func.jvp`` over them with ``vmap``, so the prefix before the cut runs once."""
+        ``torch.func.jvp`` over them with ``vmap``, so the prefix before the cut runs once. A zero
+        d_slot (every direction but the constant one of a centred basis) leaves the slot hooks out."""
         K, B = d_point.shape[:2]
+        moves = d_slot is not None and bool(d_slot.any())
         if self._sequence is None:
-            slot = self._new_slot(point, self.chain[j], batch)
+            slot = self._new_slot(point, self.chain[j], batch) if moves else None
             share, self._slot_now = self._slot_share, None
 
             def run(p: Tensor, s: Tensor | None) -> Tensor:
@@ -383,8 +385,8 @@ class NodeModel:
             return vmap(lambda v, s: jvp(run, (point, slot.detach()), (v, s))[1])(d_point, d_slot)
         x = point.repeat((K,) + (1,) * (point.ndim - 1))                       # (K·B, …), k major
         with fwAD.dual_level(), torch.no_grad(), self._hooks():
-            slot = self._new_slot(x, self.chain[j], batch)
-            if slot is not None:
+            if moves:
+                slot = self._new_slot(x, self.chain[j], batch)
                 self._slot_now = fwAD.make_dual(slot.detach(), d_slot.reshape(slot.shape))
             out = self._sequence.run(*self._sequence_bounds(j), fwAD.make_dual(x, d_point.flatten(0, 1)),
                                      self.params_scaled(alpha))

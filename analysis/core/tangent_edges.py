@@ -101,11 +101,11 @@ def activation_width(net: NodeModel, batch: Batch, j: int, point: Tensor) -> flo
 
 
 def forward_mode_works(net: NodeModel, batch: Batch, j: int, point: Tensor) -> bool:
-    """Whether section j runs in forward mode (:meth:`NodeModel.section_jvp`, one zero tangent):
-    some ops have no forward-mode derivative or no ``vmap`` rule, and some models branch on their
-    activations' values. If not, a warning names the reason and the section keeps its VJPs."""
-    d_slot = (torch.zeros((1,) + tuple(net.layouts[net.chain[j]].slot_shape(point.shape)), dtype=point.dtype,
-                          device=point.device) if net.include_bias else None)
+    """Whether section j runs in forward mode (:meth:`NodeModel.section_jvp`, one tangent, the
+    slot's too): some ops have no forward-mode derivative or no ``vmap`` rule. If not, a warning
+    names the reason and the section keeps its VJPs."""
+    d_slot = (torch.ones((1,) + tuple(net.layouts[net.chain[j]].slot_shape(point.shape)), dtype=point.dtype,
+                         device=point.device) if net.include_bias else None)
     try:
         net.section_jvp(batch, j, point, 1.0, torch.zeros_like(point)[None], d_slot)
     except (RuntimeError, NotImplementedError) as err:
