@@ -371,13 +371,13 @@ class NodeModel:
         K, B = d_point.shape[:2]
         moves = d_slot is not None and bool(d_slot.any())
         if self._sequence is None:
-            slot = self._new_slot(point, self.chain[j], batch) if moves else None
-            share, self._slot_now = self._slot_share, None
+            slot = self._new_slot(point, self.chain[j], batch) if moves else None   # sets the share too
+            self._slot_now = None                                  # the prefix runs without the slot
 
             def run(p: Tensor, s: Tensor | None) -> Tensor:
                 def cut(x: Tensor) -> Tensor:
                     self._arm_biases(alpha, False)
-                    self._slot_now, self._slot_share = s, share
+                    self._slot_now = s
                     return p.clone()
                 return self._run_cut(batch, j, cut)
             if slot is None:

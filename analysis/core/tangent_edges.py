@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .inputs import Batch
-from .jacobians import VJP_CHUNK_BYTES, SavedNumel, chunk_budget
+from .jacobians import VJP_CHUNK_BYTES, SavedNumel, chunk_size
 from .layout import path_point
 from .nodes import NodeModel
 
@@ -87,9 +87,8 @@ def jvp_chunk(k: int, width: float, point: Tensor, replicated: bool, max_memory:
     MiniLM, 2 sections, one batch of 544 tokens, float32: 50.6 s at 64 MiB (3 directions per
     pass), 29.5 / 29.3 / 25.9 / 44.1 s at 8 / 16 / 32 / 64; the overlapping-pool CNN (64 maps of
     32×32, float64) 0.82–1.09 s of edges at 64 MiB against 0.97–1.44 s at 256 MiB."""
-    per = (2 + width) * point.numel() * (2 if replicated else 1) * point.dtype.itemsize
-    cap = VJP_CHUNK_BYTES if replicated else JVP_CHUNK_BYTES
-    return max(1, min(k, int(chunk_budget(max_memory, cap, point.device) // per)))
+    per = int((2 + width) * point.numel() * (2 if replicated else 1))
+    return chunk_size(k, per, point.dtype, max_memory, point.device, VJP_CHUNK_BYTES if replicated else JVP_CHUNK_BYTES)
 
 
 def activation_width(net: NodeModel, batch: Batch, j: int, point: Tensor) -> float:
