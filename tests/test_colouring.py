@@ -17,6 +17,7 @@ from intermod.analysis.core import jacobian_grams as grams_module
 from intermod.analysis.core.colouring import greedy_colours, position_dependency, section_colouring
 from intermod.analysis.core.conv_grams import conv_moments, conv_next_layer_gram
 from intermod.analysis.core.convolution import conv_section
+from intermod.analysis.core.field_grams import field_section
 from intermod.analysis.core.sequence import Residual
 from intermod.analysis.core.setup import prepare
 from torch import nn
@@ -157,30 +158,48 @@ def _model(kind: str) -> tuple[nn.Sequential, list[str], tuple[int, ...]]:
         m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.ReLU(),
                           nn.Conv2d(4, 6, 3, padding=1, groups=2), nn.Softplus(), nn.Conv2d(6, 2, 3, padding=1))
         return m, ["2", "4", "output"], (2, 7, 7)
+    if kind == "overlapping pools":    # ResNet's stem pool (3, 2, 1), then an average without the padding
+        m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.Conv2d(4, 3, 3, padding=1),
+                          nn.Tanh(), nn.AvgPool2d(3, 2, 1, count_include_pad=False), nn.Conv2d(3, 2, 2))
+        return m, ["1", "4", "output"], (2, 11, 9)
+    if kind == "1-d overlapping pools":  # windows 2 apart shared through a dilated conv; a pool of stride 1
+        m = nn.Sequential(nn.Conv1d(2, 3, 5, padding=2), nn.GELU(), nn.MaxPool1d(5, 2, 2),
+                          nn.Conv1d(3, 3, 3, dilation=2, padding=2), nn.ReLU(), nn.AvgPool1d(3, 1, 1),
+                          nn.Conv1d(3, 2, 3, padding=1))
+        return m, ["1", "4", "output"], (2, 17)
+    if kind == "conv, overlapping pool":  # [Conv, BN] [activation] [MaxPool 3/2], then [Conv] [act] [AvgPool] [Conv]
+        m = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+                          nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(3, 2, 1), nn.Conv2d(4, 2, 1))
+        _random_statistics(m)
+        return m, ["0", "4", "output"], (2, 10, 9)
     raise KeyError(kind)
 
 
 KINDS = ["same positions", "strided", "both slots", "pool and batch norm", "off-centre kernel", "conv inputs",
          "pools", "conv before pool", "conv and batch norm", "1-d dilated", "pool undone", "grouped",
-         "grouped two convs"]
+         "grouped two convs", "overlapping pools", "1-d overlapping pools", "conv, overlapping pool"]
 CASES = [(True, True), (False, True), (False, False), (True, False)]
 
 
 def test_these_sections_take_the_paths_under_test():
     """Every section of the test models between conv maps is coloured, and the conv closed form
     takes the [Conv] [activation] [Conv] ones (G: its Gram too, with one convolution or two
-    without a pool; two convolutions that move the slot's positions, "both slots" with the slot,
-    fall back to the coloured VJPs when summed), so that the tests below compare each structured
-    path with the plain one, not with itself."""
+    without a pool, or a pool and one convolution after it; F: its Gram over receptive fields;
+    two convolutions that move the slot's positions, "both slots" with the slot, fall back to the
+    coloured VJPs when summed), so that the tests below compare each structured path with the
+    plain one, not with itself. Sections with overlapping pools take their edges by forward JVPs."""
     colours = {"same positions": [9, 9], "strided": [4, 4], "both slots": [9, 9],
                "pool and batch norm": [1, 9, 9], "off-centre kernel": [7, 9], "conv inputs": [9, 4, 6, None], "pools": [9, 9, 1, 1], "conv before pool": [4, 9], "conv and batch norm": [9, 4],
-               "1-d dilated": [3, 2], "pool undone": [2, 3], "grouped": [9, 4, 1], "grouped two convs": [9, 25]}
+               "1-d dilated": [3, 2], "pool undone": [2, 3], "grouped": [9, 4, 1], "grouped two convs": [9, 25],
+               "overlapping pools": [16, None], "1-d overlapping pools": [7, 5], "conv, overlapping pool": [9, None]}
     closed = {"same positions": ["G", "G"], "strided": ["G", "G"], "both slots": ["G", "G"],
               "pool and batch norm": ["G", "G", None], "off-centre kernel": ["G", "G"],
               "conv inputs": ["G", "G", "G", "G"], "pools": ["G", "G", "G", "G"],
-              "conv before pool": ["E", "G"], "conv and batch norm": ["G", "G"], "1-d dilated": ["G", "G"],
+              "conv before pool": ["F", "G"], "conv and batch norm": ["G", "G"], "1-d dilated": ["G", "G"],
               "pool undone": ["G", "G"], "grouped": ["G", "G", "G"],   # "pool undone": its first Gram
-              "grouped two convs": ["G", "G"]}                          # falls back to the coloured VJPs
+              "grouped two convs": ["G", "G"],                          # falls back to the coloured VJPs
+              "overlapping pools": ["G", "G"], "1-d overlapping pools": ["G", "G"],
+              "conv, overlapping pool": ["F", "F"]}
     found = {}
     for kind in KINDS:
         model, layers, shape = _model(kind)
@@ -192,7 +211,9 @@ def test_these_sections_take_the_paths_under_test():
                        for j in range(len(layers) - 1)]
         assert [None if c is None else c.n_colours for c in found[kind]] == colours[kind], kind
         secs = [conv_section(s.net, j) for j in range(len(layers) - 1)]
-        assert [None if c is None else "G" if c.gram_closed else "E" for c in secs] == closed[kind], kind
+        assert [None if c is None else "G" if c.gram_closed else "F" if field_section(c) else "E"
+                for c in secs] == closed[kind], kind
+        assert all(c.edges_closed != ("overlapping" in kind) for c in secs if c is not None), kind   # JVPs there
     assert not found["same positions"][0].mean_hooks and found["same positions"][0].keeps_positions
     assert found["strided"][0].mean_hooks and not found["strided"][0].keeps_positions
     assert found["both slots"][0].mean_hooks      # and a bias at the input's positions before the stride

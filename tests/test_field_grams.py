@@ -3,7 +3,7 @@ position's receptive field equals the plain VJPs' (1e-10), slot row and column i
 residual units with an activation after the sum and / or a projection shortcut (torchvision's
 ResNet blocks), on plain [Conv] [activation] [Conv] sections whose slot moves positions (the
 mean slot, b₁ and b₂ driven by different rules) and on a convolution before a max or average
-pool (with or without a second convolution), in 1-d, 2-d and 3-d, with strides, dilation, valid
+pool (with or without a second convolution; windows that tile the map or overlap), in 1-d, 2-d and 3-d, with strides, dilation, valid
 and 'same' padding, batch norms and no activation; the sum does not depend on the chunk size."""
 
 import numpy as np
@@ -93,6 +93,12 @@ KINDS = {   # nd, cout, conv1, conv2, act, shortcut, post, bn, spatial[, pool]
                                      (11, 9), nn.MaxPool2d(2)),
     "1-d conv, max pool 3": (1, 4, dict(kernel_size=5, padding=2), None, nn.Tanh(), None, None, False, (16,),
                              nn.MaxPool1d(3)),
+    "conv, overlapping max pool (ResNet's stem)": (2, 4, P1, None, nn.ReLU(), None, None, False, (11, 10),
+                                                   nn.MaxPool2d(3, 2, 1)),
+    "conv, overlapping avg pool, conv": (2, 3, P1, P1, nn.GELU(), None, None, True, (9, 8),
+                                         nn.AvgPool2d(3, 2, 1, count_include_pad=False)),
+    "1-d conv, max pool 4/2, strided conv": (1, 3, dict(kernel_size=3, padding=1), dict(kernel_size=3, stride=2),
+                                             nn.Tanh(), None, None, False, (17,), nn.MaxPool1d(4, 2, 1)),
 }
 
 

@@ -10,9 +10,10 @@ and the slot row, with u = C_dataᵀ b₂ + c_slot driving output t from the slo
 convolution keeps the positions) or from the mean slot (ŵ_s = 1/P_in, it does not):
   per position: Σ_δ∈taps(t→t) (L[δ]ᵀ u) ⊙ Σ_x Σ_s a_s,         slot–slot n·P_in·|u|²
   mean slot:    (1/P_in) Σ_δ (L[δ]ᵀ u) ⊙ Σ_x Σ_s m_δ(s) a_s,    slot–slot n·P_out·|u|²/P_in
-With a non-overlapping pool between the activation and the convolution ([activation] [pool]
-[Conv], or [activation] [pool] alone with L = C_dataᵀ and one tap), a_s carries the pool's weight
-(the argmax indicator or 1/|window|) and s the taps of its window (none outside every window).
+With a pool between the activation and the convolution ([activation] [pool] [Conv], or
+[activation] [pool] alone with L = C_dataᵀ and one tap), the data block is
+:meth:`~intermod.analysis.core.pool_grams.PoolMoments.data_gram` (windows that overlap add
+cross terms between them) and Σ a is Σ over the windows' weighted derivatives.
 
 [Conv] [activation] (no second convolution: f = σ(z), z = W ⋆ p + b s). The Jacobian of f̂_{t,i}
 at s is W[δ]ᵀ v_{t,i}, v_{t,i} = a_t ⊙ C_i, so with m_δ(t) = 1 where tap δ of output t reads
@@ -38,8 +39,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .convolution import ConvMap, ConvSection, read_index
+from .convolution import ConvMap, ConvSection, read_index, tap_masks
 from .gram import gram
+from .pool_grams import PoolMoments, pool_moments
 from .structured import activation_derivative
 from .two_conv_grams import PairMoments, pair_moments, two_conv_next_layer_gram
 
@@ -64,61 +66,42 @@ class ConvMoments:
         if tuple(point.shape[2:]) != self.spatial or not bool((w_in == 1).all()):
             self.exact = False
             return
-        z = sec.preactivation(point)
-        a = activation_derivative(sec.act, z)
-        if sec.pool is not None:
-            a = a * sec.pool.weights(sec.activation(z))
-        a = a.flatten(2)                                                    # (B, h, P)
+        a = activation_derivative(sec.act, sec.preactivation(point)).flatten(2)   # (B, h, P)
         for c in range(self.S.shape[0]):
             rows = a[:, :, self.classes == c].transpose(1, 2).reshape(-1, a.shape[1])
             self.S[c] += gram(rows).to(torch.float64)
             self.sigma[c] += rows.sum(0).to(torch.float64)
         self.n += float(point.shape[0])
 
+    def per_tap(self) -> Tensor:
+        """T_δ = Σ_x Σ_s m_δ(s) a_s a_sᵀ (n_taps, h, h) (module docstring)."""
+        return torch.einsum("cd,chg->dhg", self.taps, self.S)
+
+    def data_gram(self, L: Tensor) -> Tensor:
+        """Σ_δ (L[δ]ᵀ L[δ]) ⊙ T_δ (h, h) for L (k', h, n_taps) (module docstring)."""
+        return torch.einsum("ihd,igd,dhg->hg", L, L, self.per_tap())
+
 
 def conv_moments(sec: ConvSection, in_shape: tuple[int, ...], include_bias: bool, device: torch.device
-                 ) -> ConvMoments | PairMoments | None:
+                 ) -> ConvMoments | PoolMoments | PairMoments | None:
     """Empty moments for section ``sec`` on input maps of ``in_shape`` (channels, *spatial):
-    :class:`ConvMoments` with one convolution, :class:`~intermod.analysis.core.two_conv_grams.PairMoments`
-    with two; None when its Gram has no closed form (``sec.gram_closed``)."""
+    :class:`ConvMoments` with one convolution, :class:`~intermod.analysis.core.pool_grams.PoolMoments`
+    with a pool, :class:`~intermod.analysis.core.two_conv_grams.PairMoments` with two
+    convolutions; None when its Gram has no closed form (``sec.gram_closed``)."""
     if not sec.gram_closed:
         return None
     if sec.first is not None and sec.second is not None:
         return pair_moments(sec, in_shape, include_bias, device)
-    d, spatial = in_shape[0], tuple(in_shape[1:])
+    if sec.pool is not None:
+        return pool_moments(sec, in_shape, device)
+    spatial = tuple(in_shape[1:])
     if sec.first is not None:
         masks, h = _valid_taps(sec.first, spatial), sec.first.weight.shape[0]
     else:
-        h = d
-        pooled = spatial if sec.pool is None else tuple(n // k for n, k in zip(spatial, sec.pool.kernel))
-        masks = torch.ones(1, math.prod(pooled), dtype=torch.float64) if sec.second is None else \
-            _tap_masks(sec.second, pooled)
-        if sec.pool is not None:              # each input position takes its window's taps
-            masks = torch.cat([masks, torch.zeros(len(masks), 1, dtype=masks.dtype)], 1)[:, _window_of(spatial, sec.pool.kernel)]
+        masks, h = tap_masks(sec.second, spatial), in_shape[0]
     columns, classes = torch.unique(masks.T, dim=0, return_inverse=True)
     z = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)   # noqa: E731
     return ConvMoments(spatial, columns.to(device), classes.to(device), z(len(columns), h, h), z(len(columns), h))
-
-
-def _window_of(spatial: tuple[int, ...], kernel: tuple[int, ...]) -> Tensor:
-    """(P,) the flat index of the pooling window of each position, P_pooled where none (the
-    remainder floor mode drops)."""
-    pooled = [n // k for n, k in zip(spatial, kernel)]
-    grids = torch.meshgrid(*[torch.arange(n) for n in spatial], indexing="ij")
-    win = [g // k for g, k in zip(grids, kernel)]
-    inside = torch.stack([w < p for w, p in zip(win, pooled)]).all(0)
-    flat = torch.zeros(spatial, dtype=torch.int64)
-    for w, p in zip(win, pooled):
-        flat = flat * p + w
-    return torch.where(inside, flat, math.prod(pooled)).flatten()
-
-
-def _tap_masks(conv: ConvMap, spatial: tuple[int, ...]) -> Tensor:
-    """(n_taps, P_in) m_δ(s) ∈ {0, 1}: whether tap δ of some output position reads position s."""
-    idx = read_index(conv, spatial)
-    hits = torch.zeros(len(idx), math.prod(spatial) + 1, dtype=torch.float64)
-    hits.scatter_(1, torch.where(idx >= 0, idx, hits.shape[1] - 1), 1.0)     # the padding: the last column
-    return hits[:, :-1]
 
 
 def _valid_taps(conv: ConvMap, spatial: tuple[int, ...]) -> Tensor:
@@ -131,12 +114,13 @@ def _self_taps(conv: ConvMap, spatial: tuple[int, ...]) -> Tensor:
     return (read_index(conv, spatial) == torch.arange(math.prod(spatial))[None]).any(1).to(torch.float64)
 
 
-def conv_next_layer_gram(sec: ConvSection, mom: ConvMoments | PairMoments, C_next: Tensor, include_bias: bool
-                         ) -> Tensor | None:
+def conv_next_layer_gram(sec: ConvSection, mom: ConvMoments | PoolMoments | PairMoments, C_next: Tensor,
+                         include_bias: bool) -> Tensor | None:
     """Σ_x Σ_s Jᵀ C Cᵀ J of a one-convolution section in point coordinates (d [+1], d [+1]),
-    float64 (module docstring); None when the moments are not exact, the positions are kept in
-    count but not in shape (the slot rules would disagree), or kept behind a pool (output t then
-    reads input t through the pool's window, not through one tap of the convolution). Two
+    float64 (module docstring; with a pool, ``PoolMoments.data_gram``); None when the moments are
+    not exact, the positions are kept in count but not in shape (the slot rules would disagree),
+    or kept behind a pool (output t then reads input t through the pool's window, not through
+    one tap of the convolution). Two
     convolutions: :func:`~intermod.analysis.core.two_conv_grams.two_conv_next_layer_gram`."""
     if isinstance(mom, PairMoments):
         return two_conv_next_layer_gram(sec, mom, C_next, include_bias)
@@ -145,25 +129,24 @@ def conv_next_layer_gram(sec: ConvSection, mom: ConvMoments | PairMoments, C_nex
     conv = sec.second if sec.first is None else sec.first
     C = C_next.to(torch.float64)
     d_next = C.shape[0] - int(include_bias)
-    h = mom.S.shape[1]
+    h = mom.sigma.shape[1]
     like = C if conv is None else conv.weight
     out_spatial = sec.out_spatial(mom.spatial, h if sec.first is None else sec.first.weight.shape[1], like)
     P_in, P_out = math.prod(mom.spatial), math.prod(out_spatial)
     keeps = out_spatial == mom.spatial
-    if keeps != (P_out == P_in) or (keeps and sec.pool is not None):
+    if include_bias and (keeps != (P_out == P_in) or keeps and sec.pool is not None):
         return None   # the slot rules disagree, or a conv's padding undoes the pool (no self tap)
-    T = torch.einsum("cd,chg->dhg", mom.taps, mom.S)                          # (n_taps, h, h)
     tau = mom.taps.T @ mom.sigma                                              # (n_taps, h)
     W = None if conv is None else conv.weight.to(torch.float64)
     b = torch.zeros(d_next if W is None else W.shape[0], dtype=torch.float64, device=C.device)
     if conv is not None and conv.bias is not None:
         b = conv.bias.to(torch.float64)
     c = C[d_next] if include_bias else None
-    self_taps = _self_taps(conv, mom.spatial).to(C) if keeps and conv is not None else None
+    self_taps = _self_taps(conv, mom.spatial).to(C) if keeps and conv is not None and sec.pool is None else None
     if sec.first is None:
         L = (C[:d_next].T[:, :, None] if W is None
              else torch.einsum("ci,ch...->ih...", C[:d_next], W).flatten(2))  # (k', h, n_taps)
-        M = torch.einsum("ihd,igd,dhg->hg", L, L, T)
+        M = mom.data_gram(L)
         if not include_bias:
             return M
         u = C[:d_next].T @ b + c                                              # (k',)
@@ -174,7 +157,7 @@ def conv_next_layer_gram(sec: ConvSection, mom: ConvMoments | PairMoments, C_nex
             cross, slot = (Lu * tau.T).sum(1) / P_in, mom.n * P_out * (u @ u) / P_in
     else:
         Wt = W.flatten(2)                                                     # (h, d, n_taps)
-        K = C[:d_next] @ C[:d_next].T                                         # (h, h)
+        K, T = C[:d_next] @ C[:d_next].T, mom.per_tap()                       # (h, h), (n_taps, h, h)
         M = torch.einsum("hcD,Dhg,geD->ce", Wt, K[None] * T, Wt)
         if not include_bias:
             return M

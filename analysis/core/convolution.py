@@ -2,8 +2,9 @@
 
 A section of an ``nn.Sequential`` between two conv maps whose modules are ``[Conv] [activation]
 [pool] [Conv]`` (each optional, at least one convolution or pool; any kernel, stride, padding,
-dilation and groups (:func:`~.structured.dense_weight`); zero padding; non-overlapping pools,
-:class:`PoolMap`; Identity and Dropout skipped) maps the input map p (d, *S) to
+dilation and groups (:func:`~.structured.dense_weight`); zero padding; max and average pools,
+:class:`~intermod.analysis.core.pools.PoolMap`; Identity and Dropout skipped) maps the input
+map p (d, *S) to
 
     z = W₁ ⋆ p + b₁ σ₁,   f = W₂ ⋆ pool(σ(z)) + b₂ σ₂      (⋆: the convolution, z (h, *S₁), f (d', *S₂))
 
@@ -18,7 +19,7 @@ slot row moving the slot by δs⁽ʲ⁾ = Q_slot,j f̂_j):
     L = C_dataᵀ W₂ (k', h, kernel₂),  R_j = W₁ Q_j (h, kernel₁),  u₂ = C_dataᵀ b₂
 
 (Σ_win: the pool's window sum, ā then carrying the pool's weights, the argmax indicator or
-1/|window|; δs_next: the next layer's slot, per position when P_out = P_in, else the mean). ā is σ′(z)
+1/|window|, for windows that tile the map; overlapping ones take forward JVPs; δs_next: the next layer's slot, per position when P_out = P_in, else the mean). ā is σ′(z)
 ("gradient") or its quadrature average along the path z₀ + α (z − z₀) ("integrated"; z₀ = 0
 with the slot, W₁ ⋆ p₀ + b₁ at the baseline map without it). For all j at once the first step
 is one grouped convolution of the k-channel map f̂ (groups = k, h outputs per group) and the
@@ -57,6 +58,7 @@ from torch import Tensor, nn
 from .conv_post import post_attribution
 from .jacobians import VJP_CHUNK_BYTES, chunk_budget
 from .nodes import OUTPUT, NodeModel, default_output
+from .pools import PoolMap, one_hot_kernels, pool_map, window_reads
 from .structured import (
     ELEMENTWISE,
     activation_derivative,
@@ -98,38 +100,11 @@ class ConvMap:
         return y if self.const is None else y + _along_channels(self.const, y.ndim)
 
 
-_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
-_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
-
-
-@dataclass(frozen=True)
-class PoolMap:
-    """Non-overlapping max or average pooling (kernel = stride, no padding, dilation 1, floor
-    mode). At a point it is linear: the window sum of w ⊙ x, with w the indicator of each
-    window's argmax per channel ("max"; the position autograd routes the gradient to) or
-    1/|window| ("avg")."""
-
-    kind: str
-    kernel: tuple[int, ...]
-
-    def window_sum(self, x: Tensor) -> Tensor:
-        """Σ over each window of x (N, C, *S) -> (N, C, *S_pooled)."""
-        return _AVG_POOL[len(self.kernel)](x, self.kernel) * math.prod(self.kernel)
-
-    def weights(self, y: Tensor) -> Tensor | float:
-        """w for the pooled map y (N, C, *S) (its input, the activation's output)."""
-        if self.kind == "avg":
-            return 1.0 / math.prod(self.kernel)
-        _, idx = _MAX_POOL[len(self.kernel)](y, self.kernel, return_indices=True)
-        sel = torch.zeros_like(y).flatten(2)
-        return sel.scatter_(2, idx.flatten(2), 1.0).view_as(y)
-
-
 @dataclass(frozen=True)
 class ConvSection:
     """f = W₂ ⋆ pool(σ(W₁ ⋆ p + b₁)) + b₂ (module docstring): ``first`` / ``second`` ConvMaps or
     None (identity), ``act`` an elementwise module or None (identity), ``pool`` a
-    non-overlapping :class:`PoolMap` or None. ``residual``: f = p + … (a residual unit, no pool),
+    :class:`~intermod.analysis.core.pools.PoolMap` or None. ``residual``: f = p + … (a residual unit, no pool),
     whose identity adds T = C_dataᵀ Q_data to the attribution at each position,
     A_{t,·,j} += T_{·,j} f̂_{t,j}."""
 
@@ -174,6 +149,13 @@ class ConvSection:
         return self.act(z.clone() if getattr(self.act, "inplace", False) else z)
 
     @property
+    def edges_closed(self) -> bool:
+        """Whether :func:`conv_edge_sums` takes the edges: no pool, or one whose windows tile the
+        map (overlapping windows keep ω per window element, :mod:`~intermod.analysis.core.pools`;
+        their sections take forward JVPs)."""
+        return self.pool is None or self.pool.tiles
+
+    @property
     def gram_closed(self) -> bool:
         """Whether the next-layer Gram has a closed form: one convolution (and no first
         convolution before a pool; :func:`~intermod.analysis.core.conv_grams.conv_next_layer_gram`)
@@ -195,7 +177,7 @@ class ConvSection:
         x = torch.zeros((1, channels) + tuple(spatial), dtype=like.dtype, device=like.device)
         x = self.preactivation(x)
         if self.pool is not None:
-            x = self.pool.window_sum(x)
+            x = x.new_zeros(x.shape[:2] + self.pool.out_spatial(x.shape[2:]))
         return tuple((x if self.second is None else self.second(x)).shape[2:])
 
 
@@ -229,7 +211,7 @@ def conv_section(net: NodeModel, j: int) -> ConvSection | None:
     first, act, second = _take_conv(mods), None, None
     if mods and isinstance(mods[0], ELEMENTWISE):
         act = mods.pop(0)
-    pool = _pool_map(mods[0]) if mods else None
+    pool = pool_map(mods[0]) if mods else None
     if pool is not None:
         mods.pop(0)
     second = _take_conv(mods)
@@ -276,21 +258,6 @@ def _conv_map(net: NodeModel, pair: tuple[nn.Module, nn.Module | None] | None) -
             b = (0.0 if b is None else scale * b) + (0.0 if beta is None else beta)
         const = -scale * mean
     return ConvMap(W, b, conv.stride, conv.padding, conv.dilation, const)
-
-
-def _pool_map(m: nn.Module) -> PoolMap | None:
-    """A :class:`PoolMap` for non-overlapping max / average pooling, else None."""
-    pools = {nn.MaxPool1d: ("max", 1), nn.MaxPool2d: ("max", 2), nn.MaxPool3d: ("max", 3),
-             nn.AvgPool1d: ("avg", 1), nn.AvgPool2d: ("avg", 2), nn.AvgPool3d: ("avg", 3)}
-    if type(m) not in pools:
-        return None
-    kind, nd = pools[type(m)]
-    tup = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * nd   # noqa: E731
-    kernel, stride, padding = tup(m.kernel_size), tup(m.stride or m.kernel_size), tup(m.padding)
-    plain = (kernel == stride and not any(padding) and not m.ceil_mode
-             and (tup(m.dilation) == (1,) * nd and not m.return_indices if kind == "max"
-                  else m.divisor_override is None))
-    return PoolMap(kind, kernel) if plain and math.prod(kernel) > 1 else None
 
 
 def conv_edge_sums(sec: ConvSection, point: Tensor, baseline: Tensor | None, f_hat: Tensor, w_in: Tensor,
@@ -435,15 +402,18 @@ def _drive(slot_drive: tuple[Tensor, Tensor], sl: slice, S: Sequence[int], S_mod
 
 def read_index(conv: ConvMap, spatial: Sequence[int]) -> Tensor:
     """(n_taps, P_out) int64: the flat index of the input position that each tap of each output
-    position reads on maps of ``spatial`` positions, −1 where it reads the padding (the
-    convolution of the map of indices + 1 with the one-hot kernels e_δ)."""
-    P = math.prod(spatial)
-    index = torch.arange(1, P + 1, dtype=torch.float64).reshape((1, 1) + tuple(spatial))
-    return (conv(index, tap_kernels(conv)).flatten(2)[0].round().long() - 1)
+    position reads on maps of ``spatial`` positions, −1 where it reads the padding."""
+    return window_reads(conv.weight.shape[2:], conv.stride, conv.padding, conv.dilation, spatial)
 
 
 def tap_kernels(conv: ConvMap) -> Tensor:
     """(n_taps, 1, *kernel) the one-hot kernels e_δ of ``conv``'s taps, float64 on the CPU."""
-    kernel = tuple(conv.weight.shape[2:])
-    n_taps = int(torch.tensor(kernel).prod())
-    return torch.eye(n_taps, dtype=torch.float64).reshape((n_taps, 1) + kernel)
+    return one_hot_kernels(conv.weight.shape[2:])
+
+
+def tap_masks(conv: ConvMap, spatial: tuple[int, ...]) -> Tensor:
+    """(n_taps, P_in) m_δ(s) ∈ {0, 1}: whether tap δ of some output position reads position s."""
+    idx = read_index(conv, spatial)
+    hits = torch.zeros(len(idx), math.prod(spatial) + 1, dtype=torch.float64)
+    hits.scatter_(1, torch.where(idx >= 0, idx, hits.shape[1] - 1), 1.0)     # the padding: the last column
+    return hits[:, :-1]

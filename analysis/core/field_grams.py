@@ -1,7 +1,7 @@
 """Next-layer Jacobian Grams of conv sections over their receptive fields.
 
-A section [Conv [BN]] [activation] [pool] [Conv [BN]] (a first convolution, then a
-non-overlapping pool or a second convolution or both), alone or, without the pool, in a
+A section [Conv [BN]] [activation] [pool] [Conv [BN]] (a first convolution, then a max or
+average pool, its windows tiling the map or overlapping, or a second convolution or both), alone or, without the pool, in a
 residual unit with the identity or a projection shortcut and optionally an activation after the
 sum (torchvision's ResNet blocks, :mod:`~intermod.analysis.core.conv_post`), maps the input map
 p (d, positions s) to
@@ -12,8 +12,9 @@ p (d, positions s) to
 form (the σ′ moments it needs are of fourth order), nor with a mean slot
 (:mod:`~intermod.analysis.core.two_conv_grams`) or a pool after the first convolution. The pool
 and the second convolution act as one map with taps τ = (δ₂, window element) and weights
-W₂[δ₂] (the identity without a second convolution); at a point the pool is linear, its weights
-(the argmax indicator, or 1/|window|) multiply a = σ′(z) (:func:`second_taps`).
+W₂[δ₂] (the identity without a second convolution); at a point the pool is linear, and tap τ
+reads w_{e,q} = ω_{e,q} ⊙ a_{R(e,q)}, a = σ′(z), with ω the argmax indicator or the average's
+weight of element e of window q (``PoolMap.window_values``, :func:`second_taps`).
 
 Output position t reads the input only on its receptive field, the positions o(t) + r for a
 fixed set of offsets r (o(t) = stride·t: a translation; checked on the read indices, else the
@@ -49,7 +50,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .convolution import ConvMap, ConvSection, PoolMap, read_index
+from .convolution import ConvSection, read_index
 from .gram import gram
 from .jacobians import chunk_size
 from .structured import activation_derivative
@@ -61,31 +62,28 @@ def field_section(sec: ConvSection | None) -> bool:
     return sec is not None and sec.first is not None and (sec.second is not None or sec.pool is not None)
 
 
-def _pool_index(pool: PoolMap, spatial: tuple[int, ...]) -> Tensor:
-    """(|window|, P_pooled) the position each element of each pooling window reads."""
-    grid = ConvMap(torch.zeros((1, 1) + pool.kernel, dtype=torch.float64), None, pool.kernel,
-                   (0,) * len(pool.kernel), (1,) * len(pool.kernel))
-    return read_index(grid, spatial)
-
-
-def second_taps(sec: ConvSection, mid: tuple[int, ...]) -> tuple[Tensor, tuple[int, ...], tuple[int, ...]]:
+def second_taps(sec: ConvSection, mid: tuple[int, ...]) -> tuple[Tensor, Tensor, tuple[int, ...], tuple[int, ...]]:
     """The map from the activation (positions ``mid``) to the output as taps τ = (δ₂, window
     element): (the middle position each tap of each output reads (n_τ, P_out), −1 in the
-    padding; the output's positions; the stride of the output over the middle map)."""
-    idx, out, stride = None, mid, (1,) * len(mid)
+    padding; the row of its value in the tap table of :func:`field_gram` (the activation's
+    positions, or a pool's window elements e·P_pooled + q); the output's positions; the stride of
+    the output over the middle map)."""
+    idx, rows, out, stride = None, None, mid, (1,) * len(mid)
     if sec.pool is not None:
-        idx = _pool_index(sec.pool, mid)
-        out = tuple(n // k for n, k in zip(mid, sec.pool.kernel))
-        stride = sec.pool.kernel
+        idx = sec.pool.reads(mid)                                                    # (|κ|, P_pooled)
+        rows = torch.arange(idx.numel()).view(idx.shape)
+        out, stride = sec.pool.out_spatial(mid), sec.pool.stride
     if sec.second is not None:
         idx2 = read_index(sec.second, out)
         if idx is not None:                                          # δ₂ major, then the window
-            idx = torch.where(idx2[:, None] >= 0, idx[:, idx2.clamp_min(0)].transpose(0, 1), -1).flatten(0, 1)
+            on = idx2[:, None] >= 0
+            idx = torch.where(on, idx[:, idx2.clamp_min(0)].transpose(0, 1), -1).flatten(0, 1)
+            rows = torch.where(on, rows[:, idx2.clamp_min(0)].transpose(0, 1), -1).flatten(0, 1)
         else:
-            idx = idx2
+            idx = rows = idx2
         stride = tuple(a * b for a, b in zip(stride, sec.second.stride))
         out = spatial_after(sec.second, (sec.first.weight.shape[0],) + out)
-    return idx, out, stride
+    return idx, rows, out, stride
 
 
 def second_weight(sec: ConvSection, n_taps: int) -> Tensor:
@@ -107,7 +105,7 @@ class Fields:
     spatial: tuple[int, ...]
     mid_kept: bool        # with the slot, the middle map keeps the input's positions: b₁ driven per position
     out_kept: bool        # with the slot, the output keeps them: b₂, b_p and the next slot per position
-    mid: Tensor           # (n_τ, P_out) the middle position tap τ of t reads (clamped)
+    mid: Tensor           # (n_τ, P_out) the row of the tap table tap τ of t reads (second_taps; clamped)
     mid_ok: Tensor        # (n_τ, P_out) that position is on the middle map
     first: Tensor         # (n_τ, n₁) the offset of each pair of taps (τ, δ₁)
     virtual: Tensor       # (n_τ,) the offset of u(t, τ) itself (b₁'s slot tap; mid_kept), else empty
@@ -143,7 +141,7 @@ def receptive_fields(sec: ConvSection, in_shape: tuple[int, ...], include_bias: 
     is not a translation, a shortcut that reads elsewhere)."""
     spatial = tuple(in_shape[1:])
     mid_sp = spatial_after(sec.first, in_shape)
-    idx2, out_sp, stride2 = second_taps(sec, mid_sp)                                # (n_τ, P_out)
+    idx2, rows2, out_sp, stride2 = second_taps(sec, mid_sp)                         # (n_τ, P_out)
     idx1 = read_index(sec.first, spatial)                                          # (n₁, P₁)
     n1, n2, P_out = len(idx1), len(idx2), idx2.shape[1]
     stride = torch.tensor([a * b for a, b in zip(sec.first.stride, stride2)])
@@ -183,7 +181,7 @@ def receptive_fields(sec: ConvSection, in_shape: tuple[int, ...], include_bias: 
     own = int(parts.pop(0)) if out_kept else R
     patterns, classes = torch.unique(on_map, dim=0, return_inverse=True)
     members = [(classes == c).nonzero().view(-1) for c in range(len(patterns))]
-    return Fields(spatial, mid_kept, out_kept, idx2.clamp_min(0), idx2 >= 0, first, virtual, short, own, patterns,
+    return Fields(spatial, mid_kept, out_kept, rows2.clamp_min(0), idx2 >= 0, first, virtual, short, own, patterns,
                   members)
 
 
@@ -277,9 +275,9 @@ def field_gram(sec: ConvSection, sums: FieldSums, point: Tensor, max_memory: int
     B = point.shape[0]
     z = sec.preactivation(point)
     a = activation_derivative(sec.act, z)
-    if sec.pool is not None:                                                           # ā = a ⊙ the pool's weights
-        a = a * sec.pool.weights(sec.activation(z))
-    a = a.flatten(2).transpose(1, 2)                                                   # (B, P₁, h)
+    if sec.pool is not None:                                         # a read through the pool's windows
+        a = sec.pool.window_values(a, sec.activation(z))
+    a = a.flatten(2).transpose(1, 2)                                                   # (B, P₁ or |κ|·P_pooled, h)
     h, (d_out, n2h) = a.shape[2], sums.W2.shape
     if sec.post is None:
         a_post = torch.ones(B, len(sums.mid), d_out, dtype=dt, device=dev)
