@@ -8,13 +8,16 @@ next-layer Gram of [activation] [pool] [Conv] sections whose windows overlap (Re
 - the Gram from ``PoolMoments`` = a brute-force loop over samples and input positions of the
   section's autograd Jacobian (1e-12), with strided and dilated convolutions after the pool,
   no convolution at all, and a pool of stride 1;
-- ``compute_basis`` takes that Gram (no coloured VJPs) and gives the plain VJPs' M and Λ."""
+- ``compute_basis`` takes that Gram (no coloured VJPs) and gives the plain VJPs' M and Λ;
+- ``build_graph`` takes the conv closed form for the edges of such sections (no JVPs, no VJPs)
+  and gives the plain VJPs' edges, gradient and integrated."""
 
 import numpy as np
 import pytest
 import torch
 from intermod import analysis as ia
 from intermod.analysis.core import basis as basis_module
+from intermod.analysis.core import edges as edges_module
 from intermod.analysis.core.conv_grams import conv_moments, conv_next_layer_gram
 from intermod.analysis.core.convolution import ConvMap, ConvSection
 from intermod.analysis.core.pool_grams import PoolMoments
@@ -108,18 +111,22 @@ def test_pool_gram_equals_a_loop_over_positions(case):
     np.testing.assert_allclose(M.numpy(), want.numpy(), rtol=1e-12, atol=1e-13 * float(want.abs().max()))
 
 
-@pytest.mark.parametrize("include_bias", [True, False])
-def test_basis_takes_the_pool_gram(include_bias, monkeypatch):
-    """compute_basis (next-layer target) on a stem [Conv, BN, ReLU, MaxPool 3/2/1, Conv]: the
-    section after the stem's activation takes its Gram from the pool moments, not the coloured
-    VJPs, and M and Λ equal the plain VJPs'."""
+def _stem():
     torch.manual_seed(3)
     model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
-                          nn.Conv2d(4, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 2, 3, stride=2)).eval()
+                          nn.Conv2d(4, 3, 3, padding=1), nn.Tanh(), nn.AvgPool2d(3, 2, 1, count_include_pad=False),
+                          nn.Conv2d(3, 2, 3, stride=2)).eval()
     model[1].running_mean.normal_(0, 0.3)
     model[1].running_var.uniform_(0.5, 2.0)
-    layers = ["2", "5", "output"]
-    X = torch.randn(7, 2, 12, 11)
+    return model, ["2", "5", "output"], torch.randn(7, 2, 12, 11)
+
+
+@pytest.mark.parametrize("include_bias", [True, False])
+def test_basis_takes_the_pool_gram(include_bias, monkeypatch):
+    """compute_basis (next-layer target) on a stem [Conv, BN, ReLU, MaxPool 3/2/1, Conv] and an
+    average pool 3/2/1: both sections take their Grams from the pool moments, not the coloured
+    VJPs, and M and Λ equal the plain VJPs'."""
+    model, layers, X = _stem()
     found = []
     real = basis_module.conv_gram
     monkeypatch.setattr(basis_module, "conv_gram", lambda *a: found.append(real(*a)) or found[-1])
@@ -130,3 +137,23 @@ def test_basis_takes_the_pool_gram(include_bias, monkeypatch):
     for n in layers[:-1]:
         np.testing.assert_allclose(fast[n].M, plain[n].M, rtol=1e-10, atol=1e-12 * np.abs(plain[n].M).max())
         np.testing.assert_allclose(fast[n].Lambda, plain[n].Lambda, rtol=1e-10, atol=1e-13 * plain[n].Lambda.max())
+
+
+@pytest.mark.parametrize("include_bias", [True, False])
+@pytest.mark.parametrize("method,n_alpha", [("gradient", 1), ("integrated", 3)])
+def test_edges_of_overlapping_pools_take_the_conv_closed_form(include_bias, method, n_alpha, monkeypatch):
+    """build_graph on the same model: with the forward JVPs and the VJPs switched off, the conv
+    closed form (ā read through every window, averaged along the path for max pooling's moving
+    argmax) gives the plain VJPs' edges."""
+    model, layers, X = _stem()
+    basis = ia.compute_basis(model, X, layers, jacobian_target="output", include_bias=include_bias, progress=False)
+    opts = dict(edge_method=method, n_alpha=n_alpha, batch_size=4, progress=False)
+    plain = ia.build_graph(model, X, basis, structured=False, **opts)
+
+    def refuse(*a, **k):
+        raise AssertionError("a section took JVPs or VJPs")
+
+    monkeypatch.setattr(edges_module, "tangent_edge_sums", refuse)
+    monkeypatch.setattr(edges_module, "_section_edges", refuse)
+    fast = ia.build_graph(model, X, basis, **opts)
+    np.testing.assert_allclose(fast.w ** 2, plain.w ** 2, rtol=1e-10, atol=1e-12 * (plain.w ** 2).max())

@@ -1,7 +1,7 @@
 """core/tangent_edges.py: edges of a traced chain's sections by forward-mode JVPs, one per input
 direction, equal the plain VJPs' (one per output position and direction; 1e-10 on w²) for
 sections no closed form covers: two ResNet blocks in one section (identity and projection
-shortcut, per-position and mean slot), ResNet-50's Bottleneck blocks, an overlapping max pool, modules that are not local
+shortcut, per-position and mean slot), ResNet-50's Bottleneck blocks, a dilated max pool, modules that are not local
 (GroupNorm, Upsample, a transposed convolution); gradient and integrated, slot and centring on
 and off; the directions split over chunks anywhere; a section whose VJPs need one pass per
 output direction keeps them."""
@@ -49,8 +49,8 @@ MODELS = {   # model, layers, input shape, the sections the JVPs take
     "two blocks per section": (Stages, ["layer1", "layer2", "avgpool", "output"], (2, 8, 8), [0, 1]),
     "bottleneck blocks": (lambda: TorchvisionResNet(lambda: [Bottleneck(4, 2), Bottleneck(4, 2, 2)], 4, 4),
                           ["layer1.0", "layer1.1", "avgpool", "output"], (2, 8, 8), [0, 1]),
-    "overlapping max pool": (lambda: _sequential([nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.Conv2d(3, 3, 3, padding=1)]),
-                             ["1", "4", "output"], (2, 8, 7), [0]),
+    "dilated max pool": (lambda: _sequential([nn.ReLU(), nn.MaxPool2d(3, 2, 1, dilation=2),
+                                              nn.Conv2d(3, 3, 3, padding=1)]), ["1", "4", "output"], (2, 8, 7), [0]),
     "group norm": (lambda: _sequential([nn.GroupNorm(1, 3), nn.Conv2d(3, 3, 3, padding=1)]), ["1", "3", "output"],
                    (2, 6, 6), [0]),
     "upsample": (lambda: _sequential([nn.ReLU(), nn.Upsample(scale_factor=2), nn.Conv2d(3, 3, 3, padding=1)]),

@@ -129,17 +129,18 @@ class ConvSection:
 
     def path_weights(self, z: Tensor, z0: Tensor | float, alphas: Sequence[float], weights: Sequence[float],
                      heartbeat: Callable[[], None] | None) -> Tensor:
-        """ā = Σ_q w_q σ′(z_q) ⊙ w_pool(σ(z_q)), z_q = z₀ + α_q (z − z₀): the derivative the
-        linearised section multiplies by, averaged along the path (``path_derivative`` times the
-        pool's weights, which for max pooling move with the point)."""
+        """ā = Σ_q w_q σ′(z_q), z_q = z₀ + α_q (z − z₀): the derivative the linearised section
+        multiplies by, averaged along the path (``path_derivative``), (N, h, *S₁); with a pool,
+        Σ_q w_q ω_q ⊙ σ′(z_q) read through each window (``PoolMap.window_values``; max pooling's
+        ω moves with the point), (N, h, |κ|, P_pooled)."""
         if self.pool is None:
             return path_derivative(self.act, z, z0, alphas, weights, heartbeat)
-        a_bar = torch.zeros_like(z)
+        a_bar = 0.0
         for alpha, wq in zip(alphas, weights):
             if heartbeat is not None:
                 heartbeat()
             zq = z0 + alpha * (z - z0)
-            a_bar += wq * activation_derivative(self.act, zq) * self.pool.weights(self.activation(zq))
+            a_bar = a_bar + wq * self.pool.window_values(activation_derivative(self.act, zq), self.activation(zq))
         return a_bar
 
     def activation(self, z: Tensor) -> Tensor:
@@ -147,13 +148,6 @@ class ConvSection:
         if self.act is None:
             return z
         return self.act(z.clone() if getattr(self.act, "inplace", False) else z)
-
-    @property
-    def edges_closed(self) -> bool:
-        """Whether :func:`conv_edge_sums` takes the edges: no pool, or one whose windows tile the
-        map (overlapping windows keep ω per window element, :mod:`~intermod.analysis.core.pools`;
-        their sections take forward JVPs)."""
-        return self.pool is None or self.pool.tiles
 
     @property
     def gram_closed(self) -> bool:
@@ -293,7 +287,11 @@ def conv_edge_sums(sec: ConvSection, point: Tensor, baseline: Tensor | None, f_h
         mean = torch.einsum("bs,bsj->bj", share, f_hat) * Q[d]             # (B, k)
         slot_drive = (per_pos, mean)
     out_width = 4 * d_next if post else 2 * k_next                         # conv_post: sum, body, σ_post′, its A
-    per_sample = dtype.itemsize * k * (2 * h * z[0, 0].numel() + out_width * w_out.shape[1])
+    reads = None if sec.pool is None else sec.pool.reads(S1).to(point.device)         # (|κ|, P_pooled)
+    pooled = None if sec.pool is None else sec.pool.out_spatial(S1)
+    folded = sec.pool.fold(a_bar, S1) if reads is not None and sec.pool.tiles and a_bar is not None else None
+    windows = 0 if reads is None or folded is not None else h * reads.numel()   # x read through every window
+    per_sample = dtype.itemsize * k * (2 * h * z[0, 0].numel() + windows + out_width * w_out.shape[1])
     step = max(1, chunk_budget(max_memory, VJP_CHUNK_BYTES, f_map.device) // max(per_sample, 1))
     tap_gemm = (dtype == torch.float64 and sec.first is None and sec.pool is None and second is not None
                 and not sec.residual and _slot_rules_agree(second, S, f_hat.shape[1]))
@@ -323,9 +321,12 @@ def conv_edge_sums(sec: ConvSection, point: Tensor, baseline: Tensor | None, f_h
             y = post_attribution(sec, point[sl], baseline, z[sl], z0, zj, f_map[sl], Q[:d], drive, C_data, alphas,
                                  weights)
         else:
-            x = (zj * a_bar[sl][:, None]).reshape(N * k, h, *S1)
-            if sec.pool is not None:
-                x = sec.pool.window_sum(x)
+            if sec.pool is None:
+                x = (zj * a_bar[sl][:, None]).reshape(N * k, h, *S1)
+            elif folded is not None:                                       # windows that tile the map
+                x = sec.pool.window_sum((zj * folded[sl][:, None]).reshape(N * k, h, *S1))
+            else:                                                          # Σ_e ā_{e,q} ⊙ x_{R(e,q)}
+                x = (zj.reshape(N, k, h, -1)[..., reads] * a_bar[sl][:, None]).sum(3).reshape(N * k, h, *pooled)
             y = torch.einsum("ci,nc...->ni...", C_data, x) if second is None else second(x, L)
             y = y.reshape(N, k, k_next, -1)                                 # (N, k, k', P_out)
             if drive is not None and second is not None and second.bias is not None:

@@ -101,7 +101,6 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
     closed = [affine_section(net, j) if structured and n_probes is None else None for j in range(len(E))]
     convs = [conv_section(net, j) if structured and n_probes is None and closed[j] is None else None
              for j in range(len(E))]
-    convs = [sec if sec is not None and sec.edges_closed else None for sec in convs]
     tangents: list[bool | None] = [None if structured and n_probes is None and closed[j] is None and convs[j] is None
                                    else False for j in range(len(E))]   # None: not yet tried
     widths: dict[int, float] = {}

@@ -10,10 +10,10 @@ of input positions R(e, q) = σ q + e − ρ (e ∈ κ; −1 where it falls in t
                                                   with ``count_include_pad``, else the window's
                                                   positions on the map)
 
-(:meth:`PoolMap.window_weights`). When the windows tile the map (κ = σ, no padding) every input
-position lies in at most one window and ω folds into a per-position weight
-(:meth:`PoolMap.weights`, :meth:`PoolMap.window_sum`); overlapping windows (ResNet's stem,
-3 × 3 stride 2 padding 1) keep ω per window element.
+(:meth:`PoolMap.window_weights`), ω kept per window element: windows that overlap (ResNet's
+stem, 3 × 3 stride 2 padding 1) read some positions twice. When they tile the map (κ = σ, no
+padding) each position lies in at most one window, and ω folds onto the positions
+(:meth:`PoolMap.fold`): the pool's linear map is then a window sum (:meth:`PoolMap.window_sum`).
 """
 
 from __future__ import annotations
@@ -65,6 +65,18 @@ class PoolMap:
         at most one window."""
         return self.kernel == self.stride and not any(self.padding)
 
+    def fold(self, w: Tensor, spatial: Sequence[int]) -> Tensor:
+        """w (N, C, |κ|, P_pooled) moved onto the input's positions (N, C, *spatial), 0 outside
+        every window; windows that tile the map, so no position takes two values."""
+        R = self.reads(spatial).to(w.device)
+        out = w.new_zeros(w.shape[:2] + (math.prod(spatial),))
+        out[:, :, R.flatten()] = w.flatten(2)
+        return out.view(w.shape[:2] + tuple(spatial))
+
+    def window_sum(self, x: Tensor) -> Tensor:
+        """Σ over each window of x (N, C, *S) -> (N, C, *S_pooled); windows that tile the map."""
+        return _AVG_POOL[len(self.kernel)](x, self.kernel) * math.prod(self.kernel)
+
     def out_spatial(self, spatial: Sequence[int]) -> tuple[int, ...]:
         """The pooled map's positions: ⌊(n + 2ρ − κ)/σ⌋ + 1 per axis."""
         return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(spatial, self.kernel, self.stride, self.padding))
@@ -89,18 +101,6 @@ class PoolMap:
             return (inside / divisor)[None, None]
         _, idx = _MAX_POOL[len(self.kernel)](y, self.kernel, self.stride, self.padding, return_indices=True)
         return (R[None, None] == idx.flatten(2)[:, :, None, :]).to(y.dtype)
-
-    def window_sum(self, x: Tensor) -> Tensor:
-        """Σ over each window of x (N, C, *S) -> (N, C, *S_pooled); windows that tile the map."""
-        return _AVG_POOL[len(self.kernel)](x, self.kernel) * math.prod(self.kernel)
-
-    def weights(self, y: Tensor) -> Tensor | float:
-        """ω folded onto the positions of the pool's input y (N, C, *S) (windows that tile the map)."""
-        if self.kind == "avg":
-            return 1.0 / math.prod(self.kernel)
-        _, idx = _MAX_POOL[len(self.kernel)](y, self.kernel, return_indices=True)
-        sel = torch.zeros_like(y).flatten(2)
-        return sel.scatter_(2, idx.flatten(2), 1.0).view_as(y)
 
 
 def pool_map(m: nn.Module) -> PoolMap | None:
