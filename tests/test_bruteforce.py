@@ -171,3 +171,29 @@ def test_generic_path_equals_the_sequential_path(center, include_bias, target):
     ga = ia.build_graph(model, X, a, edge_method="integrated", n_alpha=3, batch_size=8, progress=False)
     gb = ia.build_graph(Wrapped(model), X, b, edge_method="integrated", n_alpha=3, batch_size=8, progress=False)
     np.testing.assert_allclose(gb.w, ga.w, rtol=1e-9, atol=1e-14)   # edges that vanish exactly: round-off
+
+
+@pytest.mark.parametrize("act", [nn.Tanh(), nn.GELU(), nn.SiLU()], ids=["tanh", "gelu", "silu"])
+def test_batches_of_one_map_through_a_batch_norm(act):
+    """torch's batched backward (``is_grads_batched``) returns wrong gradients for a one-sample
+    batch through an eval-mode batch norm and an activation when the cotangent has channels-last
+    strides (torch 2.13: off by O(1)). ``jacobians.vjp`` makes its cotangents contiguous, so it
+    equals a loop over cotangents, and the plain VJPs' Gram and edges on batches of one map equal
+    those on one batch of all maps."""
+    from intermod.analysis.core.jacobians import vjp
+    torch.manual_seed(2)
+    bn = nn.BatchNorm2d(3)
+    bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), bn, act, nn.Conv2d(3, 2, 3, padding=1)).double().eval()
+    x = torch.randn(1, 3, 5, 4, requires_grad=True)
+    y = model[1:3](x)
+    cot = torch.randn(6, 1, 20, 3).reshape(6, 1, 5, 4, 3).movedim(-1, 2)        # channels-last strides
+    loop = torch.stack([torch.autograd.grad(y, x, c.contiguous(), retain_graph=True)[0] for c in cot])
+    np.testing.assert_allclose(vjp(y, [x], cot)[0].numpy(), loop.numpy(), rtol=1e-13, atol=1e-13)
+    X = torch.randn(5, 2, 5, 4)
+    layers = ["0", "3", "output"]
+    opts = dict(jacobian_target="next_layer", structured=False, progress=False)
+    ones, whole = (ia.compute_basis(model, X, layers, batch_size=bs, **opts) for bs in (1, 5))
+    np.testing.assert_allclose(ones["0"].M, whole["0"].M, rtol=1e-10, atol=1e-12 * np.abs(whole["0"].M).max())
+    ga, gb = (ia.build_graph(model, X, whole, batch_size=bs, structured=False, progress=False) for bs in (1, 5))
+    np.testing.assert_allclose(ga.w ** 2, gb.w ** 2, rtol=1e-10, atol=1e-12 * (gb.w ** 2).max())

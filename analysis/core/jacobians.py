@@ -68,8 +68,13 @@ def vjp(output: Tensor, inputs: Sequence[Tensor], cotangents: Tensor) -> list[Te
     """Gradients of ⟨cotangent_k, output⟩ w.r.t. each input, for K stacked cotangents.
 
     output: (B, …); cotangents: (K, B, …); returns [(K, *input.shape)] (zeros where unused).
+    The cotangents are made contiguous first: torch's batched backward returns wrong gradients
+    for a one-sample batch through an eval-mode batch norm and an activation when each
+    cotangent has channels-last strides (as ``Layout.from_samples`` makes them; torch 2.13,
+    ``tests/test_bruteforce.py``).
     """
     failure = None
+    cotangents = cotangents.contiguous()
     if _BATCHED_OK["value"]:
         try:
             grads = torch.autograd.grad(output, inputs, cotangents, retain_graph=True,
