@@ -263,6 +263,20 @@ def test_bad_arguments_are_named(mlp):
         ia.module_cut(model, x, graph, np.zeros(graph.n_nodes, int), n_probes=3)
 
 
+def test_an_output_that_ignores_the_inputs_is_named():
+    """A network whose hidden ReLUs are dead on the data gives the same output for every input:
+    cutting every interaction keeps the loss at 0, ε reaches its cap, and modules_from_ablation
+    says so instead of failing to find a partition."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)                                    # every ReLU dead on the data
+    x = torch.randn(40, 4, dtype=torch.float64)
+    graph = ia.build_graph(model, x, ia.compute_basis(model, x, ["0", "2", "output"], **Q), **Q)
+    with pytest.raises(ValueError, match="no dependence of the output"):
+        ia.modules_from_ablation(model, x, graph, **Q)
+
+
 def test_plots_write_png_and_svg(tmp_path, mlp):
     model, x, basis, graph = mlp
     curves = ia.ablation_curves(model, x, {"interaction": basis, "graph": graph}, "2", **Q)
