@@ -43,28 +43,19 @@ from .convolution import ConvMap, ConvSection, read_index, tap_masks
 from .gram import gram
 from .pool_grams import PoolMoments, pool_moments
 from .structured import activation_derivative
+from .tap_moments import TapMoments
 from .two_conv_grams import PairMoments, pair_moments, two_conv_next_layer_gram
 
 
 @dataclass
-class ConvMoments:
-    """Per-class σ′ moments of a one-convolution section on input maps of ``spatial`` positions,
-    over the positions of the activation: S (n_classes, h, h) = Σ_x Σ_{t∈c} a_t a_tᵀ, sigma
-    (n_classes, h) = Σ_x Σ_{t∈c} a_t, n maps; ``exact`` turns False when a batch cannot be
-    summed this way (other positions, a mask)."""
-
-    spatial: tuple[int, ...]
-    taps: Tensor                   # (n_classes, n_taps) m_δ of the class's positions
-    classes: Tensor                # (P,) class of each position of the activation
-    S: Tensor
-    sigma: Tensor
-    n: float = 0.0
-    exact: bool = True
+class ConvMoments(TapMoments):
+    """Per-class σ′ moments of a one-convolution section (:class:`~.tap_moments.TapMoments`), over
+    the positions of the activation: S (n_classes, h, h) = Σ_x Σ_{t∈c} a_t a_tᵀ, sigma
+    (n_classes, h) = Σ_x Σ_{t∈c} a_t."""
 
     def add(self, sec: ConvSection, point: Tensor, w_in: Tensor) -> None:
         """Add a batch of input maps (B, d, *S) with sample weights (B, P_in)."""
-        if tuple(point.shape[2:]) != self.spatial or not bool((w_in == 1).all()):
-            self.exact = False
+        if not self.accepts(point, w_in):
             return
         a = activation_derivative(sec.act, sec.preactivation(point)).flatten(2)   # (B, h, P)
         for c in range(self.S.shape[0]):

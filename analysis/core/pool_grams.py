@@ -38,30 +38,22 @@ from torch import Tensor
 from .convolution import ConvSection, tap_masks
 from .gram import gram
 from .structured import activation_derivative
+from .tap_moments import TapMoments
 
 
-@dataclass
-class PoolMoments:
-    """T_{c,Δ} (``S``: n_classes, n_shifts, h, h) and σ_c = Σ_x Σ_{q∈c} Σ_e w_{e,q} (``sigma``:
-    n_classes, h), float64, of a section on input maps of ``spatial`` positions (module
-    docstring); ``exact`` turns False when a batch cannot be summed this way (other positions, a
-    mask)."""
+@dataclass(kw_only=True)
+class PoolMoments(TapMoments):
+    """Per-class window moments (:class:`~.tap_moments.TapMoments`, classes of pooled positions):
+    T_{c,Δ} (``S``: n_classes, n_shifts, h, h) and σ_c = Σ_x Σ_{q∈c} Σ_e w_{e,q} (``sigma``:
+    n_classes, h) (module docstring)."""
 
-    spatial: tuple[int, ...]
-    taps: Tensor           # (n_classes, n_taps) m_δ of each class
-    classes: Tensor        # (P_pooled,) the class of each pooled position
     gaps: Tensor           # (n_taps, n_taps, nd) dil ⊙ (δ' − δ) of every pair of the convolution's taps
     shifts: Tensor         # (n_shifts, nd) the offsets Δ between windows that share a position
     rows: list[list[tuple[Tensor, Tensor]]]  # [shift][class]: where w_{e,q} and w_{e−σΔ,q+Δ} sit in the table
-    S: Tensor
-    sigma: Tensor
-    n: float = 0.0
-    exact: bool = True
 
     def add(self, sec: ConvSection, point: Tensor, w_in: Tensor) -> None:
         """Add a batch of input maps (B, h, *S) with sample weights (B, P_in)."""
-        if tuple(point.shape[2:]) != self.spatial or not bool((w_in == 1).all()):
-            self.exact = False
+        if not self.accepts(point, w_in):
             return
         B, h = point.shape[:2]
         dev = point.device
@@ -124,8 +116,8 @@ def pool_moments(sec: ConvSection, in_shape: tuple[int, ...], device: torch.devi
             per_class.append((ix.reshape(-1), iy.reshape(-1)))
         rows.append(per_class)
     z = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)   # noqa: E731
-    return PoolMoments(spatial, columns, classes, gaps, torch.stack(shifts), rows,
-                       z(len(columns), len(shifts), h, h), z(len(columns), h))
+    return PoolMoments(spatial, columns, classes, z(len(columns), len(shifts), h, h), z(len(columns), h), gaps=gaps,
+                       shifts=torch.stack(shifts), rows=rows)
 
 
 def _coords(index: Tensor, shape: tuple[int, ...]) -> Tensor:

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from .convolution import ConvMap, ConvSection, read_index
 from .structured import activation_derivative, skip_readout
+from .tap_moments import same_maps
 
 COMBO_CHUNK_BYTES = 1 << 26   # the (combinations, h, h) temporaries of the contraction, per chunk
 PAIR_CHUNK_BYTES = 1 << 26    # the (positions, h, h) per-position moments of one offset, per chunk
@@ -65,7 +66,7 @@ class PairMoments:
         """Add a batch of input maps (B, d, *S) with sample weights (B, P_in)."""
         if not self.exact:
             return
-        if tuple(point.shape[2:]) != self.spatial or not bool((w_in == 1).all()):
+        if not same_maps(self.spatial, point, w_in):
             self.exact = False
             return
         a = activation_derivative(sec.act, sec.preactivation(point)).flatten(2).permute(2, 0, 1)   # (P₁, B, h)
