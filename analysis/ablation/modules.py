@@ -241,9 +241,9 @@ def modules_from_ablation(model: nn.Module, inputs: Inputs, graph: InteractionGr
     elif cut_losses:
         best = min(cut_losses, key=cut_losses.get)
     elif choice.capped:
-        raise ValueError(f"ε reached its cap ({eps:g}): cutting every interaction keeps the loss within δ={delta:.3g} "
-                         f"(the output's scale is {choice.scale if choice.scale is None else format(choice.scale, '.3g')}), so these inputs show no dependence of the output "
-                         f"on the graph's interactions and there is no partition to test")
+        raise ValueError(f"ε reached its cap ({eps:g}): cutting every interaction keeps the loss within δ={delta:.3g}, "
+                         "so these inputs show no dependence of the output on the graph's interactions and there "
+                         "is no partition to test")
     else:
         raise ValueError(f"no partition of the sweep has between 1 and max_modules={max_modules} modules at ε={eps:g}")
     return AutoModules(parts[best], eps, float(cut_losses[best]), delta, bool(ok), sweep, choice,

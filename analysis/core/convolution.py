@@ -19,7 +19,8 @@ slot row moving the slot by δs⁽ʲ⁾ = Q_slot,j f̂_j):
     L = C_dataᵀ W₂ (k', h, kernel₂),  R_j = W₁ Q_j (h, kernel₁),  u₂ = C_dataᵀ b₂
 
 (Σ_win: the pool's window sum, ā then carrying the pool's weights, the argmax indicator or
-1/|window|, for windows that tile the map; overlapping ones take forward JVPs; δs_next: the next layer's slot, per position when P_out = P_in, else the mean). ā is σ′(z)
+1/|window|, for windows that tile the map; for overlapping ones Σ_e ā_{e,q} ⊙ x_{R(e,q)}, ā per window
+element, :mod:`~intermod.analysis.core.pools`; δs_next: the next layer's slot, per position when P_out = P_in, else the mean). ā is σ′(z)
 ("gradient") or its quadrature average along the path z₀ + α (z − z₀) ("integrated"; z₀ = 0
 with the slot, W₁ ⋆ p₀ + b₁ at the baseline map without it). For all j at once the first step
 is one grouped convolution of the k-channel map f̂ (groups = k, h outputs per group) and the
@@ -289,7 +290,7 @@ def conv_edge_sums(sec: ConvSection, point: Tensor, baseline: Tensor | None, f_h
     out_width = 4 * d_next if post else 2 * k_next                         # conv_post: sum, body, σ_post′, its A
     reads = None if sec.pool is None else sec.pool.reads(S1).to(point.device)         # (|κ|, P_pooled)
     pooled = None if sec.pool is None else sec.pool.out_spatial(S1)
-    folded = sec.pool.fold(a_bar, S1) if reads is not None and sec.pool.tiles and a_bar is not None else None
+    folded = sec.pool.fold(a_bar, S1) if reads is not None and sec.pool.tiles else None   # (no pool with post)
     windows = 0 if reads is None or folded is not None else h * reads.numel()   # x read through every window
     per_sample = dtype.itemsize * k * (2 * h * z[0, 0].numel() + windows + out_width * w_out.shape[1])
     step = max(1, chunk_budget(max_memory, VJP_CHUNK_BYTES, f_map.device) // max(per_sample, 1))

@@ -53,6 +53,7 @@ from torch import Tensor
 from .convolution import ConvSection, read_index
 from .gram import gram
 from .jacobians import chunk_size
+from .pools import grid_coords
 from .structured import activation_derivative
 from .two_conv_grams import spatial_after
 
@@ -119,16 +120,11 @@ class Fields:
         return int(self.patterns.shape[1])
 
 
-def _coords(index: Tensor, spatial: tuple[int, ...]) -> Tensor:
-    """(…, ndim) coordinates of flat indices on a grid of ``spatial`` positions."""
-    return torch.stack(torch.unravel_index(index, spatial), -1)
-
-
 def _offsets(reads: Tensor, base: Tensor, spatial: tuple[int, ...]) -> tuple[Tensor, Tensor] | None:
     """(offsets (n, ndim), used (n,)) of read indices (n, P_out) (−1: the padding) relative to
     base (P_out, ndim), or None when an offset varies with t."""
     ok = reads >= 0
-    delta = _coords(reads.clamp_min(0), spatial) - base
+    delta = grid_coords(reads.clamp_min(0), spatial) - base
     ref = delta[torch.arange(len(reads)), ok.to(torch.int8).argmax(1)]
     if bool((ok[..., None] & (delta != ref[:, None])).any()):
         return None
@@ -145,7 +141,7 @@ def receptive_fields(sec: ConvSection, in_shape: tuple[int, ...], include_bias: 
     idx1 = read_index(sec.first, spatial)                                          # (n₁, P₁)
     n1, n2, P_out = len(idx1), len(idx2), idx2.shape[1]
     stride = torch.tensor([a * b for a, b in zip(sec.first.stride, stride2)])
-    base = _coords(torch.arange(P_out), out_sp) * stride
+    base = grid_coords(torch.arange(P_out), out_sp) * stride
     reads = torch.where(idx2[None] >= 0, idx1[:, idx2.clamp_min(0)], -1).transpose(0, 1).flatten(0, 1)
     groups = [reads]
     if sec.residual and sec.shortcut is None:

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from .convolution import ConvSection, tap_masks
 from .gram import gram
+from .pools import grid_coords, grid_index
 from .structured import activation_derivative
 from .tap_moments import TapMoments
 
@@ -56,14 +57,13 @@ class PoolMoments(TapMoments):
         if not self.accepts(point, w_in):
             return
         B, h = point.shape[:2]
-        dev = point.device
         w = sec.pool.window_values(activation_derivative(sec.act, point), sec.activation(point))  # (B, h, |κ|, P)
-        self.sigma.index_add_(0, self.classes.to(dev), w.sum((0, 2)).T.to(torch.float64))
+        self.sigma.index_add_(0, self.classes, w.sum((0, 2)).T.to(torch.float64))
         table = torch.cat([w.permute(0, 2, 3, 1).reshape(B, -1, h), w.new_zeros(B, 1, h)], 1)   # + a zero row
         for j, per_class in enumerate(self.rows):
             for c, (ix, iy) in enumerate(per_class):
-                X = table[:, ix.to(dev)].reshape(-1, h)
-                T = gram(X) if j == 0 else X.T @ table[:, iy.to(dev)].reshape(-1, h)   # shift 0: X = Y
+                X = table[:, ix].reshape(-1, h)
+                T = gram(X) if j == 0 else X.T @ table[:, iy].reshape(-1, h)   # shift 0 (the first): X = Y
                 self.S[c, j] += T.to(torch.float64)
         self.n += float(B)
 
@@ -92,42 +92,30 @@ def pool_moments(sec: ConvSection, in_shape: tuple[int, ...], device: torch.devi
     if conv is None:
         gaps = torch.zeros(1, 1, nd, dtype=torch.int64)
     else:
-        coords = _coords(torch.arange(math.prod(conv.weight.shape[2:])), tuple(conv.weight.shape[2:]))
+        coords = grid_coords(torch.arange(math.prod(conv.weight.shape[2:])), conv.weight.shape[2:])
         gaps = (coords[None] - coords[:, None]) * torch.tensor(conv.dilation)
     reach = [torch.arange(-((k - 1) // s), (k - 1) // s + 1) for k, s in zip(pool.kernel, pool.stride)]
     overlaps = torch.cartesian_prod(*reach).reshape(-1, nd)
     shifts = [g for g in overlaps if bool((gaps == g).all(-1).any())]
     shifts.sort(key=lambda g: bool(g.any()))                                         # Δ = 0 first
     kernel, stride = torch.tensor(pool.kernel), torch.tensor(pool.stride)
-    e_at, q_at = _coords(torch.arange(n_elements), pool.kernel), _coords(torch.arange(P), pooled)
+    e_at, q_at = grid_coords(torch.arange(n_elements), pool.kernel), grid_coords(torch.arange(P), pooled)
     rows = []
     for shift in shifts:
         e2 = e_at - stride * shift                                                   # the same position in q + Δ
         keep = ((e2 >= 0) & (e2 < kernel)).all(-1).nonzero().view(-1)
-        e2_flat = _ravel(e2[keep], pool.kernel)
+        e2_flat = grid_index(e2[keep], pool.kernel)
         q2 = q_at + shift
         on_map = ((q2 >= 0) & (q2 < torch.tensor(pooled))).all(-1)
-        q2_flat = torch.where(on_map, _ravel(q2.clamp_min(0), pooled), -1)
+        q2_flat = torch.where(on_map, grid_index(q2.clamp_min(0), pooled), -1)
         per_class = []
         for c in range(len(columns)):
             qs = (classes == c).nonzero().view(-1)
             ix = keep[:, None] * P + qs[None]
             iy = torch.where(q2_flat[qs][None] >= 0, e2_flat[:, None] * P + q2_flat[qs][None], n_elements * P)
-            per_class.append((ix.reshape(-1), iy.reshape(-1)))
+            per_class.append((ix.reshape(-1).to(device), iy.reshape(-1).to(device)))
         rows.append(per_class)
     z = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)   # noqa: E731
-    return PoolMoments(spatial, columns, classes, z(len(columns), len(shifts), h, h), z(len(columns), h), gaps=gaps,
+    return PoolMoments(spatial, columns.to(device), classes.to(device), z(len(columns), len(shifts), h, h), z(len(columns), h), gaps=gaps,
                        shifts=torch.stack(shifts), rows=rows)
 
-
-def _coords(index: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """(…, nd) coordinates of flat indices on a grid of ``shape``."""
-    return torch.stack(torch.unravel_index(index, shape), -1)
-
-
-def _ravel(coords: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """Flat indices of (…, nd) coordinates on a grid of ``shape`` (row-major)."""
-    flat = torch.zeros(coords.shape[:-1], dtype=torch.int64)
-    for axis, n in enumerate(shape):
-        flat = flat * n + coords[..., axis]
-    return flat

@@ -18,6 +18,7 @@ padding) each position lies in at most one window, and ω folds onto the positio
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,13 +40,34 @@ def one_hot_kernels(kernel: Sequence[int]) -> Tensor:
 
 def window_reads(kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int] | str,
                  dilation: Sequence[int], spatial: Sequence[int]) -> Tensor:
-    """(|κ|, P_out) int64: the flat index of the input position that each tap of each output
-    position reads on maps of ``spatial`` positions, −1 in the padding (the convolution of the
-    map of indices + 1 with the one-hot kernels e_δ)."""
-    P = math.prod(spatial)
-    index = torch.arange(1, P + 1, dtype=torch.float64).reshape((1, 1) + tuple(spatial))
-    out = _CONV[len(spatial)](index, one_hot_kernels(kernel), None, tuple(stride), padding, tuple(dilation))
+    """(|κ|, P_out) int64 on the CPU: the flat index of the input position that each tap of each
+    output position reads on maps of ``spatial`` positions, −1 in the padding (the convolution of
+    the map of indices + 1 with the one-hot kernels e_δ). Computed once per geometry: the closed
+    forms ask for it every batch and quadrature node; callers must not modify it."""
+    tup = lambda v: v if isinstance(v, str) else tuple(int(x) for x in v)   # noqa: E731
+    return _window_reads(tup(kernel), tup(stride), tup(padding), tup(dilation), tup(spatial))
+
+
+@functools.lru_cache(maxsize=256)
+def _window_reads(kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...] | str,
+                  dilation: tuple[int, ...], spatial: tuple[int, ...]) -> Tensor:
+    index = torch.arange(1, math.prod(spatial) + 1, dtype=torch.float64).reshape((1, 1) + spatial)
+    out = _CONV[len(spatial)](index, one_hot_kernels(kernel), None, stride, padding, dilation)
     return out.flatten(2)[0].round().long() - 1
+
+
+def grid_coords(index: Tensor, shape: Sequence[int]) -> Tensor:
+    """(…, nd) coordinates of flat indices on a grid of ``shape`` (row-major)."""
+    return torch.stack(torch.unravel_index(index, tuple(shape)), -1)
+
+
+def grid_index(coords: Tensor, shape: Sequence[int]) -> Tensor:
+    """Flat indices of (…, nd) coordinates on a grid of ``shape`` (row-major; the inverse of
+    :func:`grid_coords`)."""
+    flat = torch.zeros(coords.shape[:-1], dtype=torch.int64)
+    for axis, n in enumerate(shape):
+        flat = flat * n + coords[..., axis]
+    return flat
 
 
 @dataclass(frozen=True)
