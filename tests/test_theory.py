@@ -6,7 +6,7 @@ import pytest
 import torch
 from intermod import analysis as ia
 from intermod.analysis.examples import deep_linear, planted
-from torch import nn
+from torch import Tensor, nn
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
@@ -154,6 +154,49 @@ def test_dead_end_direction_is_dropped():
     assert basis["2"].D.shape[0] == 6     # it has variance ...
     assert basis["2"].k == 5 + 1          # ... but no Jacobian: 5 data directions + constant
     np.testing.assert_allclose(basis["2"].C[3, :], 0.0, atol=1e-10)
+
+
+def _constant_head(dtype: torch.dtype) -> tuple[nn.Module, Tensor]:
+    """An MLP whose output is constant up to rounding: its last weights are 2ε (ε: the dtype's
+    unit roundoff), so the outputs move by a few ulps of their bias at most."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).to(dtype)
+    with torch.no_grad():
+        model[2].weight.mul_(2 * torch.finfo(dtype).eps)
+        model[2].bias.copy_(torch.tensor([0.35, -1.3, 2.2]))
+    return model, torch.randn(300, 4, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch_size", [512, 7])
+def test_a_layer_constant_up_to_rounding_keeps_only_the_slot(dtype, batch_size):
+    """Centring removes the mean, so a constant layer's covariance is its rounding noise alone;
+    its directions fall below the absolute floor (4 ulps of the largest mean, squared) at any
+    batch size, and only the constant direction is left."""
+    model, X = _constant_head(dtype)
+    with torch.no_grad():
+        y = model(X)
+    assert (y.max(0).values > y.min(0).values).any()        # the outputs do vary, by rounding
+    basis = ia.compute_basis(model, X, ["0", "2", "output"], dtype=dtype, batch_size=batch_size,
+                             progress=False)
+    out = basis["output"]
+    assert out.k == 1 and out.bias_direction and out.D.shape == (0,)
+    assert basis["0"].k == 5                                 # the input's 4 directions are real
+
+
+def test_the_rounding_floor_keeps_small_real_variance():
+    """δ = (4·ε·max|μ|)²: a known value, and a variance 1e-12 of a mean 1e4 (relative 1e-10,
+    far above the float64 ulps) is kept, while the relative cut alone is what limits it."""
+    from intermod.analysis.core.rotation import rounding_floor
+
+    assert rounding_floor(torch.tensor([0.5, -2.0]), 1e-16) == pytest.approx((4 * 1e-16 * 2.0) ** 2, rel=1e-12)
+    assert rounding_floor(torch.tensor([0.5, -2.0]), 0.0) == 0.0
+    X = 1e4 + 1e-6 * torch.randn(500, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    model = nn.Sequential(nn.Linear(4, 3)).double()
+    basis = ia.compute_basis(model, X, ["0", "output"], progress=False)
+    assert basis["0"].D.shape == (4,)
+    np.testing.assert_allclose(basis["0"].D, np.sort(np.linalg.eigvalsh(np.cov(X.T.numpy(), bias=True)))[::-1],
+                               rtol=1e-6)
 
 
 # -- planted modules ---------------------------------------------------------------------------

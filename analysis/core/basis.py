@@ -39,7 +39,16 @@ from .layout import LayoutSpec
 from .nodes import OUTPUT, OutputFn
 from .progress import Callback
 from .reprs import summary_repr
-from .rotation import Rotation, Whitening, gram_factor, kept_eigenvalues, rotate_all, rotation_steps, whitening
+from .rotation import (
+    Rotation,
+    Whitening,
+    gram_factor,
+    kept_eigenvalues,
+    rotate_all,
+    rotation_steps,
+    rounding_floor,
+    whitening,
+)
 from .setup import prepare
 from .structured import next_layer_gram, section_derivative
 
@@ -73,14 +82,15 @@ class LayerBasis:
     center: bool
     layout: str = "features"
     tol_G: float = 1e-10
+    floor_G: float = 0.0   # absolute floor of D (rotation.rounding_floor)
 
     __repr__ = summary_repr
 
     @functools.cached_property
     def D(self) -> np.ndarray:
-        """Eigenvalues of G above tol_G·max (descending), of its covariance block when centred
-        with the slot."""
-        D = kept_eigenvalues(torch.as_tensor(self.G), self.center, self.include_bias, self.tol_G)
+        """Eigenvalues of G above max(tol_G·max, floor_G) (descending), of its covariance block
+        when centred with the slot."""
+        D = kept_eigenvalues(torch.as_tensor(self.G), self.center, self.include_bias, self.tol_G, self.floor_G)
         return D.numpy()
 
     @property
@@ -231,8 +241,9 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     for j, total in totals.items():
         F[chain[j]] = gram_factor(total / stats[chain[j]][0], net.pullback(chain[j]))
 
+    eps = torch.finfo(dtype).eps   # the activations' rounding: G's absolute floor (rounding_floor)
     rotation_options = dict(center=center, include_bias=include_bias, tol_G=tol_G, tol_M=tol_M,
-                            scaling=scaling, kind=kind)
+                            scaling=scaling, kind=kind, eps=eps)
 
     rots: dict[str, Rotation] = {}
 
@@ -240,7 +251,10 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
         """Rotate layer n (with its whitening ``white`` when made already); the whitening of the
         layer ``below``, which needs only its G, is factorised in the same rounds, beside n's SVD."""
         steps: list = [rotation_steps(G[n], F[n], stats[n][1], white=white, rows=rows[n], **rotation_options)]
-        done = run_steps(steps + ([whitening(G[below], center, include_bias, tol_G, rows[below])] if below else []))
+        if below:
+            steps.append(whitening(G[below], center, include_bias, tol_G, rows[below],
+                                   rounding_floor(stats[below][1], eps)))
+        done = run_steps(steps)
         rots[n] = done[0]
         return done[1] if below else None
 
@@ -274,7 +288,7 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
                          M=None if F[n] is None else np64(gram(F[n])),
                          mean=np64(stats[n][1]), bias_direction=rots[n].bias_direction,
                          include_bias=include_bias, center=center, layout=net.layouts[n].kind,
-                         tol_G=tol_G)
+                         tol_G=tol_G, floor_G=rounding_floor(stats[n][1], eps))
            for n in net.layers}
     options = dict(layers=net.layers, jacobian_target=jacobian_target, center=center,
                    include_bias=include_bias, tol_G=tol_G, tol_M=tol_M, scaling=scaling, kind=kind,

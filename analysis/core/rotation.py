@@ -3,7 +3,7 @@
 With f_aug = (f, 1) (``include_bias``) and Y the centring map (Y f_aug = (f − μ, 1); Y = I
 without ``center``):
 
-    G = E[(Y f)(Y f)ᵀ] = U D Uᵀ,   keep D_i > tol_G · max(D)
+    G = E[(Y f)(Y f)ᵀ] = U D Uᵀ,   keep D_i > max(tol_G · max(D), δ)
     M̃ = D^{1/2} Uᵀ Y⁻ᵀ M Y⁻¹ U D^{1/2} = V Λ Vᵀ,   keep Λ_i > tol_M · max(Λ)
     C = Yᵀ U D^{-1/2} V Λ^{1/2}       (f̂ = Cᵀ f_aug; ``scaling="inverse"``: Λ^{-1/2})
     C⁻¹ = Y⁻¹ U D^{1/2} V Λ^{-1/2}    (f_aug = C⁻¹ f̂, the inverse map; not a pseudo-inverse)
@@ -11,7 +11,12 @@ without ``center``):
 With ``center`` and ``include_bias`` the constant direction is built explicitly: U's first
 column is the bias slot (D = 1), the covariance block is eigendecomposed on its own, and
 V = diag(1, V′) keeps the constant direction out of M̃'s eigendecomposition (its Λ is M̃₀₀).
-Thresholds are relative to the largest *data* eigenvalue, so they are scale invariant.
+Thresholds are relative to the largest *data* eigenvalue, so they are scale invariant, with
+one absolute floor: δ = (ROUNDING_ULPS · ε · max_j |μ_j|)² (ε: the unit roundoff of the dtype the
+activations were computed in, :func:`rounding_floor`). Centring removes the mean, so the
+relative cut alone would keep the rounding noise of a layer that is constant on the data (its
+covariance is then nothing but that noise, and its own largest eigenvalue); no variance that
+small can be told from rounding the activations themselves.
 
 U D^{1/2} enters only as a square root S of G (G = S Sᵀ): C = Yᵀ S⁺ᵀ V Λ^{1/2} and
 C⁻¹ = Y⁻¹ S V Λ^{-1/2} with V from M̃ = Sᵀ Y⁻ᵀ M Y⁻¹ S are the same for every square root.
@@ -77,9 +82,24 @@ def _svd_eig_steps(F: Tensor) -> Steps[tuple[Tensor, Tensor]]:
     return sv ** 2, Vh.T
 
 
-def _keep(vals: Tensor, tol: float) -> Tensor:
+def _keep(vals: Tensor, tol: float, floor: float = 0.0) -> Tensor:
+    """vals_i > max(tol·max vals, floor), and nothing when max vals ≤ 0."""
     top = vals.max() if vals.numel() else torch.tensor(0.0)
-    return vals > tol * top if top > 0 else torch.zeros_like(vals, dtype=torch.bool)
+    return vals > max(tol * top, floor) if top > 0 else torch.zeros_like(vals, dtype=torch.bool)
+
+
+ROUNDING_ULPS = 4.0   # rounding_floor: a direction whose deviations stay within this many ulps of the mean
+
+
+def rounding_floor(mean: Tensor, eps: float) -> float:
+    """δ = (ROUNDING_ULPS · ε · max_j |μ_j|)²: the variance below which a direction of centred
+    activations is rounding noise. Activations computed in a dtype of unit roundoff ε carry
+    relative errors of order ε, so a coordinate of mean μ_j that is constant on the data still
+    varies by ~ε|μ_j| (one ulp); the covariance of such a layer is that noise alone. ε = 0
+    (the default of the rotation functions) gives δ = 0."""
+    if eps <= 0 or mean.numel() == 0:
+        return 0.0
+    return float(ROUNDING_ULPS * eps * mean.abs().max()) ** 2
 
 
 def _times_Yinv(mean: Tensor, X: Tensor, centred: bool) -> Tensor:
@@ -126,8 +146,10 @@ def data_block(G: Tensor, center: bool, include_bias: bool) -> Tensor:
     return G[:-1, :-1] if center and include_bias else G
 
 
-def _kept_eig(block: Tensor, tol_G: float, rows: Tensor | None = None) -> Steps[tuple[Tensor, Tensor]]:
-    """(U, D): the eigenvectors and eigenvalues (descending) of ``block`` with D_i > tol_G·max D.
+def _kept_eig(block: Tensor, tol_G: float, rows: Tensor | None = None, floor: float = 0.0
+              ) -> Steps[tuple[Tensor, Tensor]]:
+    """(U, D): the eigenvectors and eigenvalues (descending) of ``block`` with
+    D_i > max(tol_G·max D, floor) (``floor``: :func:`rounding_floor`).
     ``rows``: R (n, d) with RᵀR = block and n < d (:func:`~intermod.analysis.core.gram.augmented_rows`),
     whose SVD R = P s Uᵀ gives D = s² in O(n²d) instead of eigh's O(d³), and D to high relative
     accuracy (no squared matrix is decomposed)."""
@@ -135,15 +157,15 @@ def _kept_eig(block: Tensor, tol_G: float, rows: Tensor | None = None) -> Steps[
         D, U = yield from _svd_eig_steps(rows)
     else:
         (D, U), = yield (Call(eigh_desc, block),)
-    keep = _keep(D, tol_G)
+    keep = _keep(D, tol_G, floor)
     return U[:, keep], D[keep]
 
 
-def _activation_eig(G: Tensor, center: bool, include_bias: bool, tol_G: float, rows: Tensor | None = None
-                    ) -> Steps[tuple[Tensor, Tensor, bool]]:
+def _activation_eig(G: Tensor, center: bool, include_bias: bool, tol_G: float, rows: Tensor | None = None,
+                    floor: float = 0.0) -> Steps[tuple[Tensor, Tensor, bool]]:
     """(U, D, bias_direction): kept eigenvectors and eigenvalues of G, slot first when centred
-    (``rows``: see :func:`_kept_eig`)."""
-    U, D = yield from _kept_eig(data_block(G, center, include_bias), tol_G, rows)
+    (``rows``, ``floor``: see :func:`_kept_eig`)."""
+    U, D = yield from _kept_eig(data_block(G, center, include_bias), tol_G, rows, floor)
     if not (center and include_bias):
         return U, D, False
     d = G.shape[0] - 1
@@ -153,11 +175,11 @@ def _activation_eig(G: Tensor, center: bool, include_bias: bool, tol_G: float, r
     return Ufull, torch.cat([torch.ones(1, dtype=G.dtype, device=G.device), D]), True
 
 
-def kept_eigenvalues(G: Tensor, center: bool, include_bias: bool, tol_G: float) -> Tensor:
+def kept_eigenvalues(G: Tensor, center: bool, include_bias: bool, tol_G: float, floor: float = 0.0) -> Tensor:
     """The eigenvalues of G that the rotation keeps (descending), of its covariance block when
     centred with the slot (the slot's own D = 1 is not among them)."""
     D = eigvalsh_desc(data_block(G, center, include_bias))
-    return D[_keep(D, tol_G)]
+    return D[_keep(D, tol_G, floor)]
 
 
 @serial_lapack
@@ -245,13 +267,15 @@ def _cholesky(A: Tensor) -> tuple[Tensor, Tensor]:
     return torch.linalg.cholesky_ex(A)
 
 
-def _cholesky_if_well_conditioned(block: Tensor, tol_G: float) -> Steps[Tensor | None]:
-    """The Cholesky factor of ``block`` when every eigenvalue exceeds tol_G·λ_max, else None.
+def _cholesky_if_well_conditioned(block: Tensor, tol_G: float, floor: float = 0.0) -> Steps[Tensor | None]:
+    """The Cholesky factor of ``block`` when every eigenvalue exceeds max(tol_G·λ_max, floor),
+    else None.
 
     Sufficient and cheap (no eigendecomposition): block − τI is positive definite with
-    τ = tol_G·‖block‖_F ≥ tol_G·λ_max. Where it fails the caller truncates with eigh. The
-    test's factorisation and block's own are independent, so they are asked for together."""
-    tau = tol_G * torch.linalg.matrix_norm(block)
+    τ = max(tol_G·‖block‖_F, floor) ≥ max(tol_G·λ_max, floor). Where it fails the caller
+    truncates with eigh. The test's factorisation and block's own are independent, so they are
+    asked for together."""
+    tau = (tol_G * torch.linalg.matrix_norm(block)).clamp_min(floor)
     if tau <= 0:
         return None
     shifted = block.clone()
@@ -261,18 +285,19 @@ def _cholesky_if_well_conditioned(block: Tensor, tol_G: float) -> Steps[Tensor |
 
 
 def whitening(G: Tensor, center: bool, include_bias: bool, tol_G: float,
-              rows: Tensor | None = None) -> Steps[Whitening]:
-    """S with G = S Sᵀ on the directions kept at tol_G: a Cholesky factor when G (its covariance
-    block when centred with the slot) is well conditioned at tol_G, so that nothing is dropped
-    (O(d³/3), no eigendecomposition), else U D^{1/2} from eigh with D_i ≤ tol_G·max D dropped.
-    With ``rows`` (fewer samples than dimensions, so G is singular): U D^{1/2} from their SVD
-    (:func:`_kept_eig`), and no Cholesky is tried."""
+              rows: Tensor | None = None, floor: float = 0.0) -> Steps[Whitening]:
+    """S with G = S Sᵀ on the directions kept at tol_G and ``floor`` (:func:`rounding_floor`): a
+    Cholesky factor when G (its covariance block when centred with the slot) is well conditioned
+    at them, so that nothing is dropped (O(d³/3), no eigendecomposition), else U D^{1/2} from
+    eigh with D_i ≤ max(tol_G·max D, floor) dropped. With ``rows`` (fewer samples than
+    dimensions, so G is singular): U D^{1/2} from their SVD (:func:`_kept_eig`), and no Cholesky
+    is tried."""
     slot_first = center and include_bias
     block = data_block(G, center, include_bias)
-    Lc = None if rows is not None else (yield from _cholesky_if_well_conditioned(block, tol_G))
+    Lc = None if rows is not None else (yield from _cholesky_if_well_conditioned(block, tol_G, floor))
     if Lc is not None:
         return Whitening(Lc, slot_first, True)
-    U, D = yield from _kept_eig(block, tol_G, rows)
+    U, D = yield from _kept_eig(block, tol_G, rows, floor)
     return Whitening(U * D.sqrt(), slot_first, False)
 
 
@@ -297,9 +322,11 @@ def gram_factor(M: Tensor, P: Tensor | None = None) -> Tensor:
 
 def rotation_steps(G: Tensor, F: Tensor | None, mean: Tensor, *, center: bool, include_bias: bool,
                    tol_G: float, tol_M: float, scaling: str = "sqrt", kind: str = "interaction",
-                   white: Whitening | None = None, rows: Tensor | None = None) -> Steps[Rotation]:
+                   eps: float = 0.0, white: Whitening | None = None, rows: Tensor | None = None
+                   ) -> Steps[Rotation]:
     """Rotation of one node layer. G: (d_aug, d_aug) float64; mean: (d,); F: (r, d_aug), a
-    factor of the Jacobian Gram M = Fᵀ F (from :func:`gram_factor`).
+    factor of the Jacobian Gram M = Fᵀ F (from :func:`gram_factor`); eps: the unit roundoff of
+    the dtype the activations were computed in (G's absolute floor, :func:`rounding_floor`).
 
     M̃ = (F C⁻¹_W)ᵀ (F C⁻¹_W) is diagonalised by the SVD of F C⁻¹_W (r × k_G), which is cheaper
     than an eigendecomposition when the Jacobians have low rank (a Linear head makes r = d_out+1)
@@ -318,13 +345,13 @@ def rotation_steps(G: Tensor, F: Tensor | None, mean: Tensor, *, center: bool, i
         C, Cinv = _times_YT(mean, eye, slot_first)[:, order], _times_Yinv(mean, eye, slot_first)[:, order]
         return Rotation(C, Cinv, torch.diagonal(G)[order].clone(), slot_first)
     if kind == "pca":
-        U, D, bias_dir = yield from _activation_eig(G, center, include_bias, tol_G, rows)
+        U, D, bias_dir = yield from _activation_eig(G, center, include_bias, tol_G, rows, rounding_floor(mean, eps))
         C, Cinv = _fix_signs(_times_YT(mean, U, slot_first), _times_Yinv(mean, U, slot_first), n_data)
         return Rotation(C, Cinv, D, bias_dir)
     if kind != "interaction":
         raise ValueError(f"kind must be 'interaction', 'pca' or 'neuron', got {kind!r}")
     if white is None:
-        white = yield from whitening(G, center, include_bias, tol_G, rows)
+        white = yield from whitening(G, center, include_bias, tol_G, rows, rounding_floor(mean, eps))
     bias_dir = white.slot_first
     Ft = white.right(_right_times_Yinv(mean, F, slot_first))   # F Y⁻¹ S: M̃ = Ftᵀ Ft
     if bias_dir:
