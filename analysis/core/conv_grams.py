@@ -42,6 +42,7 @@ from torch import Tensor
 from .convolution import ConvMap, ConvSection, read_index, tap_masks
 from .gram import gram
 from .pool_grams import PoolMoments, pool_moments
+from .separable_grams import SeparableMoments, SeparableSection, separable_moments, separable_next_layer_gram
 from .structured import activation_derivative
 from .tap_moments import TapMoments
 from .two_conv_grams import PairMoments, pair_moments, two_conv_next_layer_gram
@@ -73,12 +74,15 @@ class ConvMoments(TapMoments):
         return torch.einsum("ihd,igd,dhg->hg", L, L, self.per_tap())
 
 
-def conv_moments(sec: ConvSection, in_shape: tuple[int, ...], include_bias: bool, device: torch.device
-                 ) -> ConvMoments | PoolMoments | PairMoments | None:
+def conv_moments(sec: ConvSection | SeparableSection, in_shape: tuple[int, ...], include_bias: bool,
+                 device: torch.device) -> ConvMoments | PoolMoments | PairMoments | SeparableMoments | None:
     """Empty moments for section ``sec`` on input maps of ``in_shape`` (channels, *spatial):
     :class:`ConvMoments` with one convolution, :class:`~intermod.analysis.core.pool_grams.PoolMoments`
     with a pool, :class:`~intermod.analysis.core.two_conv_grams.PairMoments` with two
-    convolutions; None when its Gram has no closed form (``sec.gram_closed``)."""
+    convolutions, :class:`~intermod.analysis.core.separable_grams.SeparableMoments` for a
+    depthwise-separable block; None when its Gram has no closed form (``sec.gram_closed``)."""
+    if isinstance(sec, SeparableSection):
+        return separable_moments(sec, in_shape, include_bias, device)
     if not sec.gram_closed:
         return None
     if sec.first is not None and sec.second is not None:
@@ -105,7 +109,8 @@ def _self_taps(conv: ConvMap, spatial: tuple[int, ...]) -> Tensor:
     return (read_index(conv, spatial) == torch.arange(math.prod(spatial))[None]).any(1).to(torch.float64)
 
 
-def conv_next_layer_gram(sec: ConvSection, mom: ConvMoments | PoolMoments | PairMoments, C_next: Tensor,
+def conv_next_layer_gram(sec: ConvSection | SeparableSection,
+                         mom: ConvMoments | PoolMoments | PairMoments | SeparableMoments, C_next: Tensor,
                          include_bias: bool) -> Tensor | None:
     """Σ_x Σ_s Jᵀ C Cᵀ J of a one-convolution section in point coordinates (d [+1], d [+1]),
     float64 (module docstring; with a pool, ``PoolMoments.data_gram``); None when the moments are
@@ -115,6 +120,8 @@ def conv_next_layer_gram(sec: ConvSection, mom: ConvMoments | PoolMoments | Pair
     convolutions: :func:`~intermod.analysis.core.two_conv_grams.two_conv_next_layer_gram`."""
     if isinstance(mom, PairMoments):
         return two_conv_next_layer_gram(sec, mom, C_next, include_bias)
+    if isinstance(mom, SeparableMoments):
+        return separable_next_layer_gram(sec, mom, C_next, include_bias)
     if not mom.exact:
         return None
     conv = sec.second if sec.first is None else sec.first

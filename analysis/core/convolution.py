@@ -92,10 +92,10 @@ class ConvMap:
         w = self.weight if weight is None else weight
         return _CONV[w.ndim - 2](x, w, None, self.stride, self.padding, self.dilation, groups)
 
-    def affine(self, x: Tensor, bias_scale: float = 1.0) -> Tensor:
+    def affine(self, x: Tensor, bias_scale: float = 1.0, weight: Tensor | None = None, groups: int = 1) -> Tensor:
         """W ⋆ x + bias_scale·b + const: the bias scales with the slot along an integrated path,
-        the folded batch norm's offset never."""
-        y = self(x)
+        the folded batch norm's offset never (``weight``, ``groups``: as for the call)."""
+        y = self(x, weight, groups)
         if self.bias is not None:
             y = y + bias_scale * _along_channels(self.bias, y.ndim)
         return y if self.const is None else y + _along_channels(self.const, y.ndim)
@@ -200,16 +200,16 @@ def conv_section(net: NodeModel, j: int) -> ConvSection | None:
     shortcut, post, unit = None, None, None if residual else residual_unit(modules)
     if unit is not None:                  # a projection shortcut or an activation after the sum
         mods, short_mods, post = unit
-        shortcut, residual = _take_conv(short_mods), True
+        shortcut, residual = take_conv(short_mods), True
         if short_mods:
             return None
-    first, act, second = _take_conv(mods), None, None
+    first, act, second = take_conv(mods), None, None
     if mods and isinstance(mods[0], ELEMENTWISE):
         act = mods.pop(0)
     pool = pool_map(mods[0]) if mods else None
     if pool is not None:
         mods.pop(0)
-    second = _take_conv(mods)
+    second = take_conv(mods)
     if mods or first is None and second is None and pool is None or residual and pool is not None:
         return None
     if act is None and second is None and pool is None:
@@ -219,11 +219,11 @@ def conv_section(net: NodeModel, j: int) -> ConvSection | None:
     biased = [m for pair in (first, second, shortcut) if pair is not None for m in pair if m is not None]
     if net.include_bias and any(getattr(m, "bias", None) is not None and not net.slot_hooked(m) for m in biased):
         return None
-    return ConvSection(_conv_map(net, first), act, _conv_map(net, second), pool, residual, _conv_map(net, shortcut),
+    return ConvSection(conv_map(net, first), act, conv_map(net, second), pool, residual, conv_map(net, shortcut),
                        post)
 
 
-def _take_conv(mods: list[nn.Module]) -> tuple[nn.Module, nn.Module | None] | None:
+def take_conv(mods: list[nn.Module]) -> tuple[nn.Module, nn.Module | None] | None:
     """Pop a convolution and the batch norm right after it, if any (None: no convolution)."""
     if not mods or not _is_conv(mods[0]):
         return None
@@ -235,7 +235,7 @@ def _take_conv(mods: list[nn.Module]) -> tuple[nn.Module, nn.Module | None] | No
     return conv, None
 
 
-def _conv_map(net: NodeModel, pair: tuple[nn.Module, nn.Module | None] | None) -> ConvMap | None:
+def conv_map(net: NodeModel, pair: tuple[nn.Module, nn.Module | None] | None) -> ConvMap | None:
     """The :class:`ConvMap` of a convolution, with a batch norm in eval mode after it folded in:
     BN(W ⋆ x + b) = (s W) ⋆ x + (s b + β) − s μ, s = γ/√(var + ε)."""
     if pair is None:

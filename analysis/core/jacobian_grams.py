@@ -30,8 +30,11 @@ from .gram import GramSum
 from .jacobians import ProbeDraw, SavedNumel, chunk_size, joint_cotangents, rotated_cotangents, vjp
 from .layout import spread_slot
 from .nodes import OUTPUT
+from .pool_grams import PoolMoments
+from .separable_grams import SeparableMoments, SeparableSection, separable_section
 from .setup import Setup
 from .structured import ActivationMoments, AffineSection, Workspace, affine_section, pull_back
+from .two_conv_grams import PairMoments
 
 
 def output_jacobians(s: Setup, batch: Any, mask: Tensor | None, draw: ProbeDraw,
@@ -262,17 +265,19 @@ def closed_forms(s: Setup, n_probes: int | None) -> dict[int, tuple[AffineSectio
 
 @dataclass
 class _ConvForm:
-    section: ConvSection
-    moments: ConvMoments | None = None   # made at the first batch (the map's positions)
+    section: ConvSection | SeparableSection
+    moments: ConvMoments | PoolMoments | PairMoments | SeparableMoments | None = None   # made at the first batch
 
 
 def conv_closed_forms(s: Setup, n_probes: int | None, closed: Mapping[int, Any]) -> dict[int, _ConvForm]:
     """Conv sections whose next-layer Gram has a closed form (``ConvSection.gram_closed``:
     [activation] [pool] [Conv], [Conv] [activation]; :mod:`~intermod.analysis.core.convolution`;
-    exact sums only) and no Linear one: their Grams come from per-tap σ′ moments."""
+    depthwise-separable blocks, :mod:`~intermod.analysis.core.separable_grams`; exact sums only)
+    and no Linear one: their Grams come from σ′ moments."""
     if not s.structured or n_probes is not None:
         return {}
-    forms = {j: conv_section(s.net, j) for j in range(len(s.net.chain) - 1) if j not in closed}
+    forms = {j: conv_section(s.net, j) or separable_section(s.net, j)
+             for j in range(len(s.net.chain) - 1) if j not in closed}
     return {j: _ConvForm(sec) for j, sec in forms.items()
             if sec is not None and sec.gram_closed}
 

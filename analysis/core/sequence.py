@@ -75,14 +75,25 @@ def module_sequence(model: nn.Module, layers: Sequence[str], example: Any, param
     (module paths; ``"output"`` aside) runs as one unbroken run of modules (a leaf module, or
     one whose forward is itself a chain, e.g. a block of Linear and ReLU), else None.
 
-    An ``nn.Sequential`` whose layers are its children is taken as it is. Any other model is
-    traced, and its chain kept only when, run on ``example`` with ``params`` (the model's
-    names), it gives ``expected``, the model's own output there (to 1e-6 relative; in eval
-    mode)."""
+    An ``nn.Sequential`` whose layers are its children is taken as it is when its modules are
+    all torch's own; with modules of other classes (blocks with a forward of their own) it is
+    traced through them when that gives a chain, else taken as it is. Any other model is traced,
+    and a traced chain is kept only when, run on ``example`` with ``params`` (the model's names),
+    it gives ``expected``, the model's own output there (to 1e-6 relative; in eval mode)."""
     wanted = [n for n in layers if n != "output"]
     children = dict(model.named_children())
     if isinstance(model, nn.Sequential) and all(n in children for n in wanted):
-        return _sequence(model, list(children.values()), list(children), [frozenset([n]) for n in children])
+        as_is = _sequence(model, list(children.values()), list(children), [frozenset([n]) for n in children])
+        if all(type(m).__module__.startswith("torch.") for m in model.modules()):
+            return as_is
+        return _checked(model, wanted, example, params, expected) or as_is
+    return _checked(model, wanted, example, params, expected)
+
+
+def _checked(model: nn.Module, wanted: Sequence[str], example: Any, params: Mapping[str, Tensor],
+             expected: Any) -> ModuleSequence | None:
+    """``model``'s traced chain when every layer in ``wanted`` runs as one unbroken run of it and
+    it reproduces ``expected`` on ``example`` (:func:`module_sequence`), else None."""
     if not isinstance(example, Tensor):
         return None
     found = _traced(model)

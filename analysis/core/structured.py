@@ -49,7 +49,7 @@ from .nodes import OUTPUT, NodeModel, default_output
 from .sequence import Residual
 
 ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.ELU, nn.Softplus,
-               nn.Hardtanh, nn.Mish)
+               nn.Hardtanh, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.SELU, nn.CELU)
 _SKIPPED = (nn.Identity, nn.Dropout)
 
 
