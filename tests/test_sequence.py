@@ -192,6 +192,37 @@ def test_models_that_are_not_chains_keep_the_generic_path(model, X, cut):
     assert basis[cut].k > 0
 
 
+class LinearBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.tanh(self.fc(x))
+
+
+def test_a_sequential_of_blocks_is_traced_through_them():
+    """An nn.Sequential of torch's modules is its children; with a block of another class, the
+    chain runs through the block's modules (past the Linear head, its section is the torch.tanh
+    call, read as nn.Tanh: a closed form); a block that branches on data keeps the children, and
+    the generic path for it."""
+    X = torch.randn(6, 4, dtype=torch.float64)
+    plain = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    assert _net(plain, ["0", "2", "output"], X).section_modules(0) == [plain[1]]
+    torch.manual_seed(0)
+    blocks = nn.Sequential(nn.Linear(4, 4), LinearBlock(), nn.Linear(4, 2)).double()
+    net = _net(blocks, ["1", "2", "output"], X)
+    assert [type(m) for m in net.section_modules(0)] == [nn.Tanh]
+    assert affine_section(net, 0) is not None
+    fast = ia.compute_basis(blocks, X, ["1", "2", "output"], jacobian_target="next_layer", progress=False)
+    slow = ia.compute_basis(blocks, X, ["1", "2", "output"], jacobian_target="next_layer", structured=False,
+                            progress=False)
+    np.testing.assert_allclose(fast["1"].M, slow["1"].M, rtol=1e-10, atol=1e-13)
+    branching = nn.Sequential(nn.Linear(4, 4), Branching(), nn.Linear(4, 2)).double()
+    net = _net(branching, ["1", "2", "output"], X)
+    assert net.section_modules(0) == [branching[1]] and affine_section(net, 0) is None
+
+
 def test_a_trace_that_does_not_reproduce_the_model_is_not_used(monkeypatch):
     """The traced chain is checked against the model's own output: a chain missing a function
     (here the ReLU) is rejected; so is one checked against a model in training mode (dropout)."""
