@@ -191,10 +191,8 @@ def conv_section(net: NodeModel, j: int) -> ConvSection | None:
     with the slot, every bias scaled by a slot hook), or a residual unit p + [Conv [BN]]
     [activation] [Conv [BN]] (its shortcut p or a projection [Conv [BN]], optionally an
     elementwise activation after the sum: then the edges only), else None."""
-    modules = net.section_modules(j)
-    src, dst = net.chain[j], net.chain[j + 1]
-    if (modules is None or any(net.layouts[n].kind != "channels" for n in (src, dst))
-            or dst == OUTPUT and net.output_fn is not default_output):
+    modules = conv_modules(net, j)
+    if modules is None:
         return None
     mods, residual = section_body(modules)
     shortcut, post, unit = None, None, None if residual else residual_unit(modules)
@@ -221,6 +219,17 @@ def conv_section(net: NodeModel, j: int) -> ConvSection | None:
         return None
     return ConvSection(conv_map(net, first), act, conv_map(net, second), pool, residual, conv_map(net, shortcut),
                        post)
+
+
+def conv_modules(net: NodeModel, j: int) -> list[nn.Module] | None:
+    """The modules section j runs when it maps a conv map to a conv map (channels-first layouts
+    at both ends, not the output of a custom ``output_fn``), else None."""
+    modules = net.section_modules(j)
+    src, dst = net.chain[j], net.chain[j + 1]
+    if (modules is None or any(net.layouts[n].kind != "channels" for n in (src, dst))
+            or dst == OUTPUT and net.output_fn is not default_output):
+        return None
+    return modules
 
 
 def take_conv(mods: list[nn.Module]) -> tuple[nn.Module, nn.Module | None] | None:

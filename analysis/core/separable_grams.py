@@ -39,11 +39,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .convolution import ConvMap, conv_map, read_index, take_conv
+from .convolution import ConvMap, conv_map, conv_modules, read_index, take_conv
 from .gram import gram
-from .nodes import OUTPUT, NodeModel, default_output
+from .nodes import NodeModel
 from .structured import ELEMENTWISE, activation_derivative, section_body
-from .tap_moments import same_maps
+from .tap_moments import still_exact
 
 
 @dataclass(frozen=True)
@@ -95,10 +95,8 @@ def separable_section(net: NodeModel, j: int) -> SeparableSection | None:
     [depthwise Conv [BN]] [activation] [Conv 1×1 [BN]], alone or as the body of a residual unit
     with the identity shortcut, between two conv maps (batch norms in eval mode folded in; with
     the slot, every bias scaled by a slot hook); else None."""
-    modules = net.section_modules(j)
-    src, dst = net.chain[j], net.chain[j + 1]
-    if (modules is None or any(net.layouts[n].kind != "channels" for n in (src, dst))
-            or dst == OUTPUT and net.output_fn is not default_output):
+    modules = conv_modules(net, j)
+    if modules is None:
         return None
     mods, residual = section_body(modules)
     first = take_conv(mods)
@@ -138,10 +136,7 @@ class SeparableMoments:
 
     def add(self, sec: SeparableSection, point: Tensor, w_in: Tensor) -> None:
         """Add a batch of input maps (B, d, *S) with sample weights (B, P_in)."""
-        if not self.exact:
-            return
-        if not same_maps(self.spatial, point, w_in):
-            self.exact = False
+        if not still_exact(self, point, w_in):
             return
         a1, a2 = (a.flatten(2).transpose(1, 2) for a in sec.derivatives(point))   # (B, P_in, h), (B, P_out, h)
         a1 = torch.cat([a1, a1.new_zeros(a1.shape[0], 1, a1.shape[2])], 1)        # the padding reads zeros

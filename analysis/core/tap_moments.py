@@ -11,6 +11,7 @@ inexact, and the section's Gram then comes from the coloured VJPs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
@@ -20,6 +21,14 @@ def same_maps(spatial: tuple[int, ...], point: Tensor, w_in: Tensor) -> bool:
     maps ``point`` (B, d, *S) with sample weights ``w_in`` (B, P): the same positions, and every
     weight 1 (a masked batch takes the coloured VJPs)."""
     return tuple(point.shape[2:]) == tuple(spatial) and bool((w_in == 1).all())
+
+
+def still_exact(moments: Any, point: Tensor, w_in: Tensor) -> bool:
+    """Whether ``moments`` (any accumulator with ``spatial`` and ``exact``) can sum this batch
+    (:func:`same_maps`, and every batch before it could); its ``exact`` turns False when not."""
+    if moments.exact and not same_maps(moments.spatial, point, w_in):
+        moments.exact = False
+    return moments.exact
 
 
 @dataclass
@@ -37,8 +46,5 @@ class TapMoments:
     exact: bool = True
 
     def accepts(self, point: Tensor, w_in: Tensor) -> bool:
-        """Whether this batch can be summed (:func:`same_maps`, and every batch before it could);
-        ``exact`` turns False when it cannot."""
-        if not same_maps(self.spatial, point, w_in):
-            self.exact = False
-        return self.exact
+        """Whether this batch can be summed (:func:`still_exact`)."""
+        return still_exact(self, point, w_in)

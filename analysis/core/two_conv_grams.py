@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .convolution import ConvMap, ConvSection, read_index
 from .structured import activation_derivative, skip_readout
-from .tap_moments import same_maps
+from .tap_moments import still_exact
 
 COMBO_CHUNK_BYTES = 1 << 26   # the (combinations, h, h) temporaries of the contraction, per chunk
 PAIR_CHUNK_BYTES = 1 << 26    # the (positions, h, h) per-position moments of one offset, per chunk
@@ -64,10 +64,7 @@ class PairMoments:
 
     def add(self, sec: ConvSection, point: Tensor, w_in: Tensor) -> None:
         """Add a batch of input maps (B, d, *S) with sample weights (B, P_in)."""
-        if not self.exact:
-            return
-        if not same_maps(self.spatial, point, w_in):
-            self.exact = False
+        if not still_exact(self, point, w_in):
             return
         a = activation_derivative(sec.act, sec.preactivation(point)).flatten(2).permute(2, 0, 1)   # (P₁, B, h)
         B, h = a.shape[1:]
