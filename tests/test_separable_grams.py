@@ -1,14 +1,16 @@
-"""core/separable_grams.py: the next-layer Gram of depthwise-separable blocks (MobileNetV2's
-inverted residual: 1×1 conv, BN, activation, depthwise conv, BN, activation, 1×1 conv, BN, + x)
-from σ′ moments equals the plain VJPs' (1e-10) on every geometry (kernels 3 and 5, dilation,
-biases, 1-d, grouped 1×1 maps, no residual, stride 2 without the slot), with and without the
-slot; a stride-2 block with the slot and sections of another shape keep the coloured VJPs."""
+"""core/separable_grams.py and core/separable_edges.py: the next-layer Gram of depthwise-separable
+blocks (MobileNetV2's inverted residual: 1×1 conv, BN, activation, depthwise conv, BN,
+activation, 1×1 conv, BN, + x) from σ′ moments, and their edges in closed form, equal the plain
+VJPs' (1e-10) on every geometry (kernels 3 and 5, dilation, biases, 1-d, grouped 1×1 maps, no
+residual, stride 2 without the slot), with and without the slot, gradient and integrated; a
+stride-2 block with the slot and sections of another shape keep the VJPs."""
 
 import numpy as np
 import pytest
 import torch
 from intermod import analysis as ia
 from intermod.analysis.core import conv_grams
+from intermod.analysis.core import edges as edges_module
 from intermod.analysis.core.separable_grams import separable_section
 from intermod.analysis.core.setup import prepare
 from torch import nn
@@ -87,6 +89,30 @@ def test_separable_grams_equal_the_plain_vjps(kind, include_bias, center, monkey
         np.testing.assert_allclose(fast[n].M, plain[n].M, rtol=1e-10, atol=1e-12 * np.abs(plain[n].M).max())
         np.testing.assert_allclose(fast[n].Lambda, plain[n].Lambda, rtol=1e-10, atol=1e-13 * plain[n].Lambda.max())
         np.testing.assert_allclose(fast[n].C, plain[n].C, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", list(GEOMETRIES))
+@pytest.mark.parametrize("include_bias,center", CASES)
+def test_separable_edges_equal_the_plain_vjps(kind, include_bias, center, monkeypatch):
+    """w² of both blocks' sections equal the plain VJPs', gradient and integrated (3 nodes: a₁
+    and a₂ move together along the path), and the closed form takes both blocks (two batches
+    each) except a stride-2 block with the slot."""
+    model, layers, shape = _model(kind)
+    X = torch.randn((5,) + shape, dtype=F64)
+    basis = ia.compute_basis(model, X, layers, include_bias=include_bias, center=center, batch_size=3,
+                             progress=False)
+    used = []
+    real = edges_module.separable_edge_sums
+    monkeypatch.setattr(edges_module, "separable_edge_sums", lambda *a, **k: used.append(1) or real(*a, **k))
+    for method in ("gradient", "integrated"):
+        opts = dict(edge_method=method, n_alpha=3, batch_size=3, progress=False)
+        fast = ia.build_graph(model, X, basis, **opts)
+        plain = ia.build_graph(model, X, basis, structured=False, **opts)
+        for a, b in zip(layers[:2], layers[1:3]):
+            want = plain.edge_matrix(a, b) ** 2
+            np.testing.assert_allclose(fast.edge_matrix(a, b) ** 2, want, rtol=1e-10, atol=1e-12 * want.max())
+    blocks = 1 if include_bias and kind in MOVES_POSITIONS else 2
+    assert len(used) == 2 * 2 * blocks
 
 
 def test_the_closed_form_runs_no_vjp(monkeypatch):

@@ -34,6 +34,8 @@ from .jacobians import DEFAULT_MAX_MEMORY, ProbeDraw, SavedNumel, per_direction_
 from .layout import path_point, spread_slot
 from .nodes import OutputFn
 from .progress import Callback
+from .separable_edges import separable_edge_sums
+from .separable_grams import SeparableSection, separable_section
 from .setup import prepare
 from .structured import Workspace, affine_section
 from .tangent_edges import activation_width, forward_mode_works, tangent_edge_sums
@@ -101,8 +103,10 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
     closed = [affine_section(net, j) if structured and n_probes is None else None for j in range(len(E))]
     convs = [conv_section(net, j) if structured and n_probes is None and closed[j] is None else None
              for j in range(len(E))]
+    separables = [_separable(net, j) if structured and n_probes is None and closed[j] is None and convs[j] is None
+                  else None for j in range(len(E))]
     tangents: list[bool | None] = [None if structured and n_probes is None and closed[j] is None and convs[j] is None
-                                   else False for j in range(len(E))]   # None: not yet tried
+                                   and separables[j] is None else False for j in range(len(E))]   # None: not yet tried
     widths: dict[int, float] = {}
     workspace = Workspace()
     for batch, mask, draw in s.batches("edges"):
@@ -129,6 +133,10 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
                 conv_edge_sums(convs[j], points[src], baselines[j], f_hat, w_in, w_out, as_t[dst][0], Q[j], alphas,
                                weights, bool(aug), E[j], s.max_memory, s.progress.heartbeat)
                 continue
+            if separables[j] is not None:
+                separable_edge_sums(separables[j], points[src], baselines[j], f_hat, w_out, as_t[dst][0], Q[j],
+                                    alphas, weights, bool(aug), E[j], s.max_memory, s.progress.heartbeat)
+                continue
             pays = tangents[j] is not False and _forward_pays(s, j, points[src], f_hat.shape[-1], w_out, E[j].shape[0])
             if pays and tangents[j] is None:     # tried once per section
                 tangents[j] = forward_mode_works(net, batch, j, points[src])
@@ -151,6 +159,14 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
         bias_direction=[basis[n].bias_direction for n in layers],
         bases={n: (basis[n].C, basis[n].Lambda) for n in layers}, metadata=metadata,
         inverses={n: basis[n].Cinv for n in layers}, means={n: basis[n].mean for n in layers})
+
+
+def _separable(net, j: int) -> SeparableSection | None:
+    """Section j as a depthwise-separable block whose edges have the closed form
+    (:mod:`~intermod.analysis.core.separable_edges`): with the slot, its depthwise map must keep
+    the positions."""
+    sec = separable_section(net, j)
+    return sec if sec is not None and (sec.keeps_positions or not net.include_bias) else None
 
 
 def _baseline(net, name: str, mean: np.ndarray, center: bool) -> Tensor | None:

@@ -61,13 +61,25 @@ class SeparableSection:
 
     gram_closed = True   # as ConvSection.gram_closed: the next-layer Gram has a closed form
 
-    def derivatives(self, point: Tensor) -> tuple[Tensor, Tensor]:
-        """a₁ = σ₁′(z₁) (B, h, *S) and a₂ = σ₂′(z₂) (B, h, *S_out) at input maps ``point`` (B, d, *S)."""
-        z1 = self.first.affine(point)
+    def derivatives(self, point: Tensor, bias_scale: float = 1.0) -> tuple[Tensor, Tensor]:
+        """a₁ = σ₁′(z₁) (B, h, *S) and a₂ = σ₂′(z₂) (B, h, *S_out) at input maps ``point`` (B, d, *S),
+        every bias scaled by ``bias_scale`` (the slot along an integrated path)."""
+        z1 = self.first.affine(point, bias_scale)
         a1 = activation_derivative(self.act1, z1)
         y1 = self.act1(z1.clone() if getattr(self.act1, "inplace", False) else z1)
-        z2 = self.depthwise.affine(y1, weight=self.grouped().unsqueeze(1), groups=y1.shape[1])
+        z2 = self.depthwise.affine(y1, bias_scale, weight=self.grouped().unsqueeze(1), groups=y1.shape[1])
         return a1, activation_derivative(self.act2, z2)
+
+    @property
+    def keeps_positions(self) -> bool:
+        """Whether the depthwise map keeps every map's positions (stride 1, padding that restores
+        the size), as the slot rules of the closed forms need."""
+        dw = self.depthwise
+        if isinstance(dw.padding, str):
+            return dw.padding == "same"
+        kernel = dw.weight.shape[2:]
+        return all(s == 1 and 2 * p == dil * (kk - 1)
+                   for s, p, dil, kk in zip(dw.stride, dw.padding, dw.dilation, kernel))
 
     def grouped(self) -> Tensor:
         """(h, *kernel): the depthwise kernel of each channel (the dense weight's diagonal blocks)."""
