@@ -27,7 +27,17 @@ from .convolution import ConvSection, conv_section
 from .distributed import all_reduce_float, all_reduce_sum
 from .field_grams import FieldSums, field_gram, field_section, field_sums, field_total, receptive_fields
 from .gram import GramSum
-from .jacobians import ProbeDraw, SavedNumel, chunk_size, joint_cotangents, rotated_cotangents, vjp
+from .inputs import batch_size_of, iter_batches, position_mask
+from .jacobians import (
+    VJP_CHUNK_BYTES,
+    ProbeDraw,
+    SavedNumel,
+    chunk_budget,
+    chunk_size,
+    joint_cotangents,
+    rotated_cotangents,
+    vjp,
+)
 from .layout import spread_slot
 from .nodes import OUTPUT
 from .pool_grams import PoolMoments
@@ -56,15 +66,19 @@ def output_jacobians(s: Setup, batch: Any, mask: Tensor | None, draw: ProbeDraw,
     T = len(net.chain) - 1
     points = [net.last_points[n] for n in net.chain[:T]]
     inner = [acts[n] for n in net.chain[1:T]]
-    slot_leaves = [sl for sl in net.last_slots] if net.include_bias else []
     y = acts[OUTPUT]
     yw = L[OUTPUT].samples(y, mask)[1]
+    per_item = sum(t.numel() for t in points + inner) + y.numel() + saved
+    B, budget = batch_size_of(batch), chunk_budget(s.max_memory, VJP_CHUNK_BYTES, s.device)
+    if per_item * s.dtype.itemsize > budget and B > 1:   # not even one cotangent fits: fewer maps
+        _by_parts(s, batch, draw, max(1, B * budget // (per_item * s.dtype.itemsize)), n_probes, sums)
+        return
+    slot_leaves = [sl for sl in net.last_slots] if net.include_bias else []
     betas = []
     if net.needs_tangent:
         betas = [L[net.chain[m + 1]].to_samples(net.bias_tangent(batch, m, point=points[m].detach()))
                  for m in range(T)]
     weights = [L[n].samples(acts[n], mask)[1] for n in net.chain[:T]]
-    per_item = sum(t.numel() for t in points + inner) + y.numel() + saved
     for R in joint_cotangents(yw, L[OUTPUT].n_features(y.shape), n_probes, draw, s.dtype, per_item,
                               s.max_memory):
         s.progress.heartbeat()
@@ -85,6 +99,24 @@ def output_jacobians(s: Setup, batch: Any, mask: Tensor | None, draw: ProbeDraw,
                 carry = slots[m] if head_bias is None else slots[m] + g_points[m] @ head_bias
         for j in sums:
             sums[j].add(g_points[j], weights[j], slots[j] if net.include_bias else None)
+
+
+def _by_parts(s: Setup, batch: Any, draw: ProbeDraw, size: int, n_probes: int | None,
+              sums: dict[int, GramSum]) -> None:
+    """:func:`output_jacobians` on the batch's parts of ``size`` samples, each with its own
+    forward pass, sized so that one cotangent's backward pass fits the chunk budget. One
+    backward pass takes a chunk of cotangents over the whole batch, so on a batch of large maps
+    even one cotangent's temporaries overran the budget (the chunk size is at least 1), and
+    every pass streamed them through main memory. The probes keep their samples' draws; the
+    node model's points are restored."""
+    net = s.net
+    points, slots = net.last_points, net.last_slots
+    for i, part in enumerate(iter_batches(batch, size)):
+        with SavedNumel(net.params.values()) as saved:
+            acts = net.forward(part, grad=True)
+        output_jacobians(s, part, position_mask(part), ProbeDraw(draw.seed, draw.stream, draw.first + i * size),
+                         acts, saved.numel, n_probes, sums)
+    net.last_points, net.last_slots = points, slots
 
 
 @dataclass
