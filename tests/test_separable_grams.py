@@ -2,8 +2,8 @@
 blocks (MobileNetV2's inverted residual: 1×1 conv, BN, activation, depthwise conv, BN,
 activation, 1×1 conv, BN, + x) from σ′ moments, and their edges in closed form, equal the plain
 VJPs' (1e-10) on every geometry (kernels 3 and 5, dilation, biases, 1-d, grouped 1×1 maps, no
-residual, stride 2 without the slot), with and without the slot, gradient and integrated; a
-stride-2 block with the slot and sections of another shape keep the VJPs."""
+residual, stride 2: its biases and the next slot follow the mean slot), with and without the
+slot, gradient and integrated; sections of another shape keep the VJPs."""
 
 import numpy as np
 import pytest
@@ -48,7 +48,6 @@ GEOMETRIES = {
     "no residual": dict(residual=False, act=nn.Hardswish),
     "stride 2": dict(stride=2),
 }
-MOVES_POSITIONS = {"stride 2"}   # with the slot: the coloured VJPs
 
 
 def _model(kind: str) -> tuple[nn.Module, list[str], tuple[int, ...]]:
@@ -74,7 +73,7 @@ def _model(kind: str) -> tuple[nn.Module, list[str], tuple[int, ...]]:
 @pytest.mark.parametrize("include_bias,center", CASES)
 def test_separable_grams_equal_the_plain_vjps(kind, include_bias, center, monkeypatch):
     """M, Λ and C of both blocks equal the plain VJPs', and the closed form is used for both
-    blocks except a stride-2 one with the slot (its slot rule is the mean slot)."""
+    blocks (a stride-2 one with the slot by the mean slot's rule)."""
     model, layers, shape = _model(kind)
     X = torch.randn((5,) + shape, dtype=F64)
     found = []
@@ -84,7 +83,7 @@ def test_separable_grams_equal_the_plain_vjps(kind, include_bias, center, monkey
     opts = dict(jacobian_target="next_layer", include_bias=include_bias, center=center, batch_size=3, progress=False)
     fast = ia.compute_basis(model, X, layers, **opts)
     plain = ia.compute_basis(model, X, layers, structured=False, **opts)
-    assert found == [not (include_bias and kind in MOVES_POSITIONS), True]   # last layer first
+    assert found == [True, True]
     for n in layers[:2]:
         np.testing.assert_allclose(fast[n].M, plain[n].M, rtol=1e-10, atol=1e-12 * np.abs(plain[n].M).max())
         np.testing.assert_allclose(fast[n].Lambda, plain[n].Lambda, rtol=1e-10, atol=1e-13 * plain[n].Lambda.max())
@@ -96,7 +95,7 @@ def test_separable_grams_equal_the_plain_vjps(kind, include_bias, center, monkey
 def test_separable_edges_equal_the_plain_vjps(kind, include_bias, center, monkeypatch):
     """w² of both blocks' sections equal the plain VJPs', gradient and integrated (3 nodes: a₁
     and a₂ move together along the path), and the closed form takes both blocks (two batches
-    each) except a stride-2 block with the slot."""
+    each)."""
     model, layers, shape = _model(kind)
     X = torch.randn((5,) + shape, dtype=F64)
     basis = ia.compute_basis(model, X, layers, include_bias=include_bias, center=center, batch_size=3,
@@ -111,8 +110,7 @@ def test_separable_edges_equal_the_plain_vjps(kind, include_bias, center, monkey
         for a, b in zip(layers[:2], layers[1:3]):
             want = plain.edge_matrix(a, b) ** 2
             np.testing.assert_allclose(fast.edge_matrix(a, b) ** 2, want, rtol=1e-10, atol=1e-12 * want.max())
-    blocks = 1 if include_bias and kind in MOVES_POSITIONS else 2
-    assert len(used) == 2 * 2 * blocks
+    assert len(used) == 2 * 2 * 2
 
 
 def test_the_closed_form_runs_no_vjp(monkeypatch):

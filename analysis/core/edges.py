@@ -134,8 +134,8 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
                                weights, bool(aug), E[j], s.max_memory, s.progress.heartbeat)
                 continue
             if separables[j] is not None:
-                separable_edge_sums(separables[j], points[src], baselines[j], f_hat, w_out, as_t[dst][0], Q[j],
-                                    alphas, weights, bool(aug), E[j], s.max_memory, s.progress.heartbeat)
+                separable_edge_sums(separables[j], points[src], baselines[j], f_hat, w_in, w_out, as_t[dst][0],
+                                    Q[j], alphas, weights, bool(aug), E[j], s.max_memory, s.progress.heartbeat)
                 continue
             pays = tangents[j] is not False and _forward_pays(s, j, points[src], f_hat.shape[-1], w_out, E[j].shape[0])
             if pays and tangents[j] is None:     # tried once per section
@@ -164,9 +164,10 @@ def build_graph(model: nn.Module, inputs: Inputs, basis: Basis, *, edge_method: 
 def _separable(net, j: int) -> SeparableSection | None:
     """Section j as a depthwise-separable block whose edges have the closed form
     (:mod:`~intermod.analysis.core.separable_edges`): with the slot, its depthwise map must keep
-    the positions."""
+    the positions or stride (which changes their number: the mean slot's rule)."""
     sec = separable_section(net, j)
-    return sec if sec is not None and (sec.keeps_positions or not net.include_bias) else None
+    strided = sec is not None and any(st > 1 for st in sec.depthwise.stride)
+    return sec if sec is not None and (sec.keeps_positions or strided or not net.include_bias) else None
 
 
 def _baseline(net, name: str, mean: np.ndarray, center: bool) -> Tensor | None:

@@ -11,7 +11,8 @@ k·N one-direction maps a₁ ⊙ r_j). Ĵ is averaged along the path, and a₁, 
 together, so the first term is summed over the quadrature nodes α_q with weight w_q, each with
 its own a₁, a₂; the second needs only ā₂ = Σ_q w_q a₂(α_q): Γ̂_t Q_j f̂_{t,j} =
 C_dataᵀ Q_data,j f̂_{t,j} (a residual unit) + (L (ā₂_t ⊙ b₂) + u) Q_slot,j f̂_{t,j},
-u = C_dataᵀ b₃ + c. The path: with the slot, α·(point, slot), every bias scaled by α and the
+u = C_dataᵀ b₃ + c; where the depthwise map changes the number of positions, b₂, b₃ and the
+next slot follow the mean slot, and f̂_{t,j} in the last term is the map's mean Σ_s ŵ_s f̂_{s,j}. The path: with the slot, α·(point, slot), every bias scaled by α and the
 folded batch norms' offsets not; without it, from the baseline map p₀ (f̂ = 0) to the point,
 biases whole. E_ij = Σ_x Σ_t w_t A²_{t,i,j}: per node n·P·k·h·(|taps| + 2) multiply-adds and
 one product with L, n·P·k·h·k', against one forward-mode pass of the block per direction for
@@ -30,16 +31,16 @@ from .separable_grams import SeparableSection
 
 
 def separable_edge_sums(sec: SeparableSection, point: Tensor, baseline: Tensor | None, f_hat: Tensor,
-                        w_out: Tensor, C_next: Tensor, Q: Tensor, alphas: Sequence[float], weights: Sequence[float],
+                        w_in: Tensor, w_out: Tensor, C_next: Tensor, Q: Tensor, alphas: Sequence[float], weights: Sequence[float],
                         include_bias: bool, E: Tensor, max_memory: int,
                         heartbeat: Callable[[], None] | None = None) -> None:
     """Add Σ_x Σ_t w_t A²_{t,i,j} of a batch to E (k', k) (module docstring).
 
     point: (B, d, *S) the input maps; f_hat: (B, P_in, k) their basis coordinates (zero at masked
-    samples); w_out (B, P_out): the output's sample weights; C_next: (d'+1, k') (or (d', k')
+    samples); w_in (B, P_in), w_out (B, P_out): sample weights; C_next: (d'+1, k') (or (d', k')
     without the slot); Q: (d+1, k) (or (d, k)) in the compute dtype; baseline: (d,) the path's
     start without the slot (None with it). With the slot the depthwise map keeps the positions
-    (:attr:`SeparableSection.keeps_positions`)."""
+    (:attr:`SeparableSection.keeps_positions`) or changes their number."""
     dtype = f_hat.dtype
     B, d, *S = point.shape
     k, nd = f_hat.shape[-1], len(S)
@@ -79,6 +80,9 @@ def separable_edge_sums(sec: SeparableSection, point: Tensor, baseline: Tensor |
             y = y + T[None, :, :, None] * f_t
         if include_bias:                                                          # b₂, b₃, the next slot at t
             g = torch.einsum("ih,nhp->nip", L, a2_bar.flatten(2) * b2[:, None]) + u[None, :, None]
+            if y.shape[-1] != f_t.shape[-1]:                                      # ... or the mean slot
+                share = w_in[sl] / w_in[sl].sum(-1, keepdim=True).clamp_min(1.0)
+                f_t = torch.einsum("ns,nks->nk", share, f_t[:, :, 0])[:, :, None, None]
             y = y + g[:, None] * (Q[d][None, :, None, None] * f_t)
         y = y * w_out[sl][:, None, None, :]
         E += y.square().sum((0, 3)).T.to(torch.float64)

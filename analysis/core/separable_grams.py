@@ -26,9 +26,12 @@ where e_{t,0} is e through the tap by which t reads itself (0 if none), σ₂ = 
 S₂ = Σ_{x,t} a₂_t a₂_tᵀ. That is n·P·|taps|·h² multiply-adds per pass, against |taps|·k'
 backward passes of the whole section over the whole map for the coloured VJPs (one colour per
 tap of the depthwise map: 3×3 → 9 colours). Without the slot the terms in
-b₂, u and c vanish, and without a residual A = 0. With the slot, or in a residual unit, the
-depthwise map must keep the positions (else the slot rules are the mean slot's and the coloured
-VJPs take the section); without either, any stride, padding and dilation.
+b₂, u and c vanish, and without a residual A = 0. Where the depthwise map changes the number of
+positions (a stride, no residual), b₂, b₃ and the next slot follow the mean slot
+σ̄ = Σ_s σ_s / P_in: then [s = t] Γ̂_t becomes [0, g_t]/P_in at every s, with g_t = L (a₂_t ⊙ b₂) + u,
+so σ₀ and Q sum e over every tap (not only t's own), X's slot column and the corner are divided
+by P_in, and the corner's u·u term counts the n·P_out outputs. A map that changes the positions
+but not their number (the slot rules would disagree) takes the coloured VJPs.
 """
 
 from __future__ import annotations
@@ -131,7 +134,9 @@ class SeparableMoments:
     """The σ′ moments of a :class:`SeparableSection` on input maps of ``spatial`` positions
     (module docstring), float64: E, Q, S2 (h, h); sigma0, sigma2 (h,); ``index`` (n_taps, P_out)
     the input position each tap of each output reads (−1: the padding), ``self_tap`` (n_taps,
-    P_out) whether that is the output's own position; ``n`` maps; ``exact`` False once a batch
+    P_out) whether that is the output's own position, or with ``mean_slot`` (the depthwise map
+    changes the positions: b₂, b₃ and the next slot follow the mean slot) whether it reads
+    inside the map, so that sigma0 and Q sum e over every tap; ``n`` maps; ``exact`` False once a batch
     cannot be summed this way (other positions, a mask) or from the start when the slot rules
     or a residual need kept positions and the depthwise map does not keep them."""
 
@@ -143,6 +148,7 @@ class SeparableMoments:
     S2: Tensor
     sigma0: Tensor
     sigma2: Tensor
+    mean_slot: bool = False
     n: float = 0.0
     exact: bool = True
 
@@ -175,10 +181,12 @@ def separable_moments(sec: SeparableSection, in_shape: tuple[int, ...], include_
     P_in = math.prod(spatial)
     x = torch.zeros((1, h) + spatial, dtype=sec.depthwise.weight.dtype, device=sec.depthwise.weight.device)
     kept = tuple(sec.depthwise(x).shape[2:]) == spatial
-    own = (idx == torch.arange(idx.shape[1])) if kept else torch.zeros(idx.shape, dtype=torch.bool)
+    mean_slot = include_bias and not kept and idx.shape[1] != P_in
+    own = (idx == torch.arange(idx.shape[1])) if kept else (idx >= 0) if mean_slot else torch.zeros_like(idx, dtype=torch.bool)
     z = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)   # noqa: E731
     return SeparableMoments(spatial, torch.where(idx >= 0, idx, P_in).to(device), own.to(device),
-                            z(h, h), z(h, h), z(h, h), z(h), z(h), exact=kept or not (include_bias or sec.residual))
+                            z(h, h), z(h, h), z(h, h), z(h), z(h), mean_slot=mean_slot,
+                            exact=kept or mean_slot or not (include_bias or sec.residual))
 
 
 def separable_next_layer_gram(sec: SeparableSection, mom: SeparableMoments, C_next: Tensor,
@@ -199,16 +207,17 @@ def separable_next_layer_gram(sec: SeparableSection, mom: SeparableMoments, C_ne
     L = C_data.T @ sec.last.weight.to(torch.float64).flatten(1)                 # (k', h)
     K = L.T @ L
     M = W1a.T @ (K * mom.E) @ W1a
-    nP = mom.n * math.prod(mom.spatial)
+    nP, nP_out = mom.n * math.prod(mom.spatial), mom.n * mom.index.shape[1]
+    share = 1.0 / math.prod(mom.spatial) if mom.mean_slot else 1.0                # ŵ_s of the mean slot
     A = C_data.T if sec.residual else torch.zeros(C.shape[1], d, **f64)          # (k', d)
     X = mom.sigma0[:, None] * (L.T @ A)                                          # (h, d)
     G = nP * (A.T @ A)
     if include_bias:
         b2 = b(sec.depthwise)
         u = C_data.T @ b(sec.last) + C[d_next]
-        X = torch.cat([X, ((K * mom.Q) @ b2 + mom.sigma0 * (L.T @ u))[:, None]], 1)
+        X = torch.cat([X, share * ((K * mom.Q) @ b2 + mom.sigma0 * (L.T @ u))[:, None]], 1)
         g = L @ (mom.sigma2 * b2) + nP * u
-        corner = b2 @ (K * mom.S2) @ b2 + 2 * u @ (L @ (mom.sigma2 * b2)) + nP * (u @ u)
+        corner = share * (b2 @ (K * mom.S2) @ b2 + 2 * u @ (L @ (mom.sigma2 * b2)) + nP_out * (u @ u))
         G = torch.cat([torch.cat([G, (A.T @ g)[:, None]], 1),
                        torch.cat([A.T @ g, corner.reshape(1)])[None]], 0)
     cross = W1a.T @ X
