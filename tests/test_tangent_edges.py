@@ -112,3 +112,35 @@ def test_sections_with_one_pass_per_direction_keep_the_vjps(monkeypatch):
     X = torch.randn((3,) + shape, dtype=F64)
     ia.build_graph(model, X, ia.compute_basis(model, X, layers, progress=False), progress=False, structured=False)
     assert calls == []
+
+
+class MeanHead(nn.Module):
+    """A conv net whose forward ends in ``x.mean((2, 3))``: not a chain of modules, so its
+    sections run by hooks, and the forward-mode pass maps over the slot's tangents too."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.stem, self.mid, self.head = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 3, 1)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.mid(torch.relu(self.stem(x))))).mean((2, 3))
+
+
+@pytest.mark.parametrize("method", ["gradient", "integrated"])
+def test_tangent_edges_of_a_model_run_by_hooks_equal_the_vjps(method, monkeypatch):
+    """The slot's tangents come flattened over positions; the hooked path reshapes them to the
+    slot's positions as the chain path does (it raised a size mismatch before)."""
+    model = MeanHead().double().eval()
+    X = torch.randn(5, 2, 7, 6, dtype=torch.float64)
+    layers = ["mid", "head", "output"]
+    basis = ia.compute_basis(model, X, layers, progress=False)
+    used = []
+    real = edges.tangent_edge_sums
+    monkeypatch.setattr(edges, "tangent_edge_sums", lambda *a, **k: used.append(1) or real(*a, **k))
+    fast = ia.build_graph(model, X, basis, edge_method=method, n_alpha=3, progress=False)
+    plain = ia.build_graph(model, X, basis, edge_method=method, n_alpha=3, progress=False, structured=False)
+    assert used
+    for a, b in zip(layers[:-1], layers[1:]):
+        want = plain.edge_matrix(a, b) ** 2
+        np.testing.assert_allclose(fast.edge_matrix(a, b) ** 2, want, rtol=1e-10, atol=1e-12 * want.max())

@@ -382,7 +382,8 @@ class NodeModel:
                 return self._run_cut(batch, j, cut)
             if slot is None:
                 return vmap(lambda v: jvp(lambda p: run(p, None), (point,), (v,))[1])(d_point)
-            return vmap(lambda v, s: jvp(run, (point, slot.detach()), (v, s))[1])(d_point, d_slot)
+            return vmap(lambda v, s: jvp(run, (point, slot.detach()), (v, s))[1])(
+                d_point, d_slot.reshape((K,) + tuple(slot.shape)))   # positions flat or not, as below
         x = point.repeat((K,) + (1,) * (point.ndim - 1))                       # (K·B, …), k major
         with fwAD.dual_level(), torch.no_grad(), self._hooks():
             if moves:
