@@ -25,14 +25,15 @@ class InvertedResidual(nn.Module):
     when it keeps the map (stride 1, same channels) and ``residual``, else the body alone."""
 
     def __init__(self, c: int, expand: int, *, stride: int = 1, k: int = 3, dilation: int = 1, bias: bool = False,
-                 act: type[nn.Module] = nn.ReLU6, dim: int = 2, groups: int = 1, residual: bool = True):
+                 act: type[nn.Module] = nn.ReLU6, dim: int = 2, groups: int = 1, residual: bool = True,
+                 out: int | None = None):
         super().__init__()
         conv, bn = (nn.Conv1d, nn.BatchNorm1d) if dim == 1 else (nn.Conv2d, nn.BatchNorm2d)
         h = c * expand
         self.conv = nn.Sequential(conv(c, h, 1, bias=bias, groups=groups), bn(h), act(),
                                   conv(h, h, k, stride, dilation * (k // 2), dilation=dilation, groups=h, bias=bias),
-                                  bn(h), act(), conv(h, c, 1, bias=bias, groups=groups), bn(c))
-        self.use_res = residual and stride == 1
+                                  bn(h), act(), conv(h, out or c, 1, bias=bias, groups=groups), bn(out or c))
+        self.use_res = residual and stride == 1 and out in (None, c)
 
     def forward(self, x):
         return x + self.conv(x) if self.use_res else self.conv(x)
@@ -47,6 +48,7 @@ GEOMETRIES = {
     "grouped 1×1": dict(groups=2, bias=True),
     "no residual": dict(residual=False, act=nn.Hardswish),
     "stride 2": dict(stride=2),
+    "widening, stride 2": dict(expand=1, out=8, stride=2, bias=True),   # d' = 8 outputs from h = 4
 }
 
 
@@ -58,8 +60,9 @@ def _model(kind: str) -> tuple[nn.Module, list[str], tuple[int, ...]]:
     dim = kw.get("dim", 2)
     conv = nn.Conv1d if dim == 1 else nn.Conv2d
     pool = nn.AdaptiveAvgPool1d if dim == 1 else nn.AdaptiveAvgPool2d
-    model = nn.Sequential(conv(2, 4, 3, padding=1), InvertedResidual(4, 3, dim=dim), InvertedResidual(4, 3, **kw),
-                          conv(4, 3, 1), pool(1), nn.Flatten())
+    kw = {"expand": 3} | kw
+    model = nn.Sequential(conv(2, 4, 3, padding=1), InvertedResidual(4, 3, dim=dim), InvertedResidual(4, **kw),
+                          conv(kw.get("out", 4), 3, 1), pool(1), nn.Flatten())
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.running_mean.normal_(0, 0.3)

@@ -241,19 +241,19 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
     for j, total in totals.items():
         F[chain[j]] = gram_factor(total / stats[chain[j]][0], net.pullback(chain[j]))
 
-    eps = torch.finfo(dtype).eps   # the activations' rounding: G's absolute floor (rounding_floor)
+    floors = {n: rounding_floor(stats[n][1], torch.finfo(dtype).eps) for n in chain}   # G's absolute floors
     rotation_options = dict(center=center, include_bias=include_bias, tol_G=tol_G, tol_M=tol_M,
-                            scaling=scaling, kind=kind, eps=eps)
+                            scaling=scaling, kind=kind)
 
     rots: dict[str, Rotation] = {}
 
     def rotate_beside(n: str, white: Whitening | None, below: str | None) -> Whitening | None:
         """Rotate layer n (with its whitening ``white`` when made already); the whitening of the
         layer ``below``, which needs only its G, is factorised in the same rounds, beside n's SVD."""
-        steps: list = [rotation_steps(G[n], F[n], stats[n][1], white=white, rows=rows[n], **rotation_options)]
+        steps: list = [rotation_steps(G[n], F[n], stats[n][1], white=white, rows=rows[n], floor=floors[n],
+                                      **rotation_options)]
         if below:
-            steps.append(whitening(G[below], center, include_bias, tol_G, rows[below],
-                                   rounding_floor(stats[below][1], eps)))
+            steps.append(whitening(G[below], center, include_bias, tol_G, rows[below], floors[below]))
         done = run_steps(steps)
         rots[n] = done[0]
         return done[1] if below else None
@@ -277,7 +277,8 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
             white = rotate_beside(chain[j], white, chain[j - 1] if j > 0 else None)
             timings["rotations"] = timings.get("rotations", 0.0) + time.perf_counter() - t0
     else:   # independent layers: their decompositions run side by side
-        rots = dict(zip(chain, rotate_all([(G[n], F[n], stats[n][1], rows[n]) for n in chain], **rotation_options)))
+        rots = dict(zip(chain, rotate_all([(G[n], F[n], stats[n][1], rows[n]) for n in chain],
+                                                [floors[n] for n in chain], **rotation_options)))
         timings["rotations"] = time.perf_counter() - t0
 
     def np64(t: Tensor | None) -> np.ndarray | None:
@@ -288,7 +289,7 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
                          M=None if F[n] is None else np64(gram(F[n])),
                          mean=np64(stats[n][1]), bias_direction=rots[n].bias_direction,
                          include_bias=include_bias, center=center, layout=net.layouts[n].kind,
-                         tol_G=tol_G, floor_G=rounding_floor(stats[n][1], eps))
+                         tol_G=tol_G, floor_G=floors[n])
            for n in net.layers}
     options = dict(layers=net.layers, jacobian_target=jacobian_target, center=center,
                    include_bias=include_bias, tol_G=tol_G, tol_M=tol_M, scaling=scaling, kind=kind,

@@ -166,8 +166,7 @@ def _separable(net, j: int) -> SeparableSection | None:
     (:mod:`~intermod.analysis.core.separable_edges`): with the slot, its depthwise map must keep
     the positions or stride (which changes their number: the mean slot's rule)."""
     sec = separable_section(net, j)
-    strided = sec is not None and any(st > 1 for st in sec.depthwise.stride)
-    return sec if sec is not None and (sec.keeps_positions or strided or not net.include_bias) else None
+    return sec if sec is not None and sec.reads_slot(net.include_bias) else None
 
 
 def _baseline(net, name: str, mean: np.ndarray, center: bool) -> Tensor | None:

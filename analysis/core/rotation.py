@@ -322,11 +322,11 @@ def gram_factor(M: Tensor, P: Tensor | None = None) -> Tensor:
 
 def rotation_steps(G: Tensor, F: Tensor | None, mean: Tensor, *, center: bool, include_bias: bool,
                    tol_G: float, tol_M: float, scaling: str = "sqrt", kind: str = "interaction",
-                   eps: float = 0.0, white: Whitening | None = None, rows: Tensor | None = None
+                   floor: float = 0.0, white: Whitening | None = None, rows: Tensor | None = None
                    ) -> Steps[Rotation]:
     """Rotation of one node layer. G: (d_aug, d_aug) float64; mean: (d,); F: (r, d_aug), a
-    factor of the Jacobian Gram M = Fᵀ F (from :func:`gram_factor`); eps: the unit roundoff of
-    the dtype the activations were computed in (G's absolute floor, :func:`rounding_floor`).
+    factor of the Jacobian Gram M = Fᵀ F (from :func:`gram_factor`); floor: G's absolute floor
+    (:func:`rounding_floor`).
 
     M̃ = (F C⁻¹_W)ᵀ (F C⁻¹_W) is diagonalised by the SVD of F C⁻¹_W (r × k_G), which is cheaper
     than an eigendecomposition when the Jacobians have low rank (a Linear head makes r = d_out+1)
@@ -345,13 +345,13 @@ def rotation_steps(G: Tensor, F: Tensor | None, mean: Tensor, *, center: bool, i
         C, Cinv = _times_YT(mean, eye, slot_first)[:, order], _times_Yinv(mean, eye, slot_first)[:, order]
         return Rotation(C, Cinv, torch.diagonal(G)[order].clone(), slot_first)
     if kind == "pca":
-        U, D, bias_dir = yield from _activation_eig(G, center, include_bias, tol_G, rows, rounding_floor(mean, eps))
+        U, D, bias_dir = yield from _activation_eig(G, center, include_bias, tol_G, rows, floor)
         C, Cinv = _fix_signs(_times_YT(mean, U, slot_first), _times_Yinv(mean, U, slot_first), n_data)
         return Rotation(C, Cinv, D, bias_dir)
     if kind != "interaction":
         raise ValueError(f"kind must be 'interaction', 'pca' or 'neuron', got {kind!r}")
     if white is None:
-        white = yield from whitening(G, center, include_bias, tol_G, rows, rounding_floor(mean, eps))
+        white = yield from whitening(G, center, include_bias, tol_G, rows, floor)
     bias_dir = white.slot_first
     Ft = white.right(_right_times_Yinv(mean, F, slot_first))   # F Y⁻¹ S: M̃ = Ftᵀ Ft
     if bias_dir:
@@ -380,9 +380,11 @@ def rotation_steps(G: Tensor, F: Tensor | None, mean: Tensor, *, center: bool, i
     return Rotation(C, Cinv, lam, bias_dir)
 
 
-def rotate_all(layers: Sequence[tuple[Tensor, Tensor | None, Tensor, Tensor | None]], **options: Any
-               ) -> list[Rotation]:
+def rotate_all(layers: Sequence[tuple[Tensor, Tensor | None, Tensor, Tensor | None]],
+               floors: Sequence[float] | None = None, **options: Any) -> list[Rotation]:
     """:func:`rotation_steps` of independent layers, (G, F, mean, rows) each, with the same
     keyword ``options``: their decompositions run side by side
     (:func:`~intermod.analysis.core.lapack.run_steps`)."""
-    return run_steps([rotation_steps(G, F, mean, rows=rows, **options) for G, F, mean, rows in layers])
+    floors = [0.0] * len(layers) if floors is None else floors
+    return run_steps([rotation_steps(G, F, mean, rows=rows, floor=floor, **options)
+                      for (G, F, mean, rows), floor in zip(layers, floors)])

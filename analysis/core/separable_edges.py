@@ -45,19 +45,17 @@ def separable_edge_sums(sec: SeparableSection, point: Tensor, baseline: Tensor |
     B, d, *S = point.shape
     k, nd = f_hat.shape[-1], len(S)
     h = sec.first.weight.shape[0]
-    d_next = C_next.shape[0] - int(include_bias)
-    C_data = C_next[:d_next].to(dtype)
-    L = C_data.T @ sec.last.weight.flatten(1)                                    # (k', h)
+    L, u = sec.readout(C_next.to(dtype), include_bias)                           # (k', h), (k',)
     R = sec.first.weight.flatten(1) @ Q[:d]                                      # (h, k)
     if include_bias and sec.first.bias is not None:
         R = R + sec.first.bias[:, None] * Q[d]
-    grouped = sec.grouped().unsqueeze(1)                                          # (h, 1, *kernel)
+    grouped = sec.grouped.unsqueeze(1)                                            # (h, 1, *kernel)
     f_map = f_hat.transpose(1, 2).reshape(B, k, *S)
     start = None if baseline is None else baseline.to(dtype).reshape((1, d) + (1,) * nd)
-    T = (C_data.T @ Q[:d]).T if sec.residual else None                           # (k, k'): the identity's term
-    u = b2 = None
+    skip = sec.skip(C_next.to(dtype), include_bias)
+    T = None if skip is None else (skip @ Q).T                                   # (k, k'): the identity's term
+    b2 = None
     if include_bias:
-        u = C_next[d_next].to(dtype) + (0.0 if sec.last.bias is None else C_data.T @ sec.last.bias)
         b2 = torch.zeros(h, dtype=dtype, device=point.device) if sec.depthwise.bias is None else sec.depthwise.bias
     per_sample = dtype.itemsize * k * (4 * h * f_map[0, 0].numel() + 2 * L.shape[0] * w_out.shape[1])
     step = max(1, chunk_budget(max_memory, VJP_CHUNK_BYTES, point.device) // max(per_sample, 1))

@@ -36,6 +36,7 @@ but not their number (the slot rules would disagree) takes the coloured VJPs.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -45,7 +46,7 @@ from torch import Tensor, nn
 from .convolution import ConvMap, conv_map, conv_modules, read_index, take_conv
 from .gram import gram
 from .nodes import NodeModel
-from .structured import ELEMENTWISE, activation_derivative, section_body
+from .structured import ELEMENTWISE, activation_derivative, linear_readout, section_body, skip_readout
 from .tap_moments import still_exact
 
 
@@ -70,8 +71,22 @@ class SeparableSection:
         z1 = self.first.affine(point, bias_scale)
         a1 = activation_derivative(self.act1, z1)
         y1 = self.act1(z1.clone() if getattr(self.act1, "inplace", False) else z1)
-        z2 = self.depthwise.affine(y1, bias_scale, weight=self.grouped().unsqueeze(1), groups=y1.shape[1])
+        z2 = self.depthwise.affine(y1, bias_scale, weight=self.grouped.unsqueeze(1), groups=y1.shape[1])
         return a1, activation_derivative(self.act2, z2)
+
+    def readout(self, C_next: Tensor, include_bias: bool) -> tuple[Tensor, Tensor | None]:
+        """(L = C_dataᵀ W₃ (k', h), u = C_dataᵀ b₃ + c (k',) or None without the slot), in C_next's dtype."""
+        return linear_readout(C_next, self.last.weight.flatten(1), self.last.bias, include_bias)
+
+    def skip(self, C_next: Tensor, include_bias: bool) -> Tensor | None:
+        """Γ = [C_dataᵀ, 0] (:func:`~.structured.skip_readout`) of a residual unit, else None."""
+        return skip_readout(C_next, include_bias) if self.residual else None
+
+    def reads_slot(self, include_bias: bool) -> bool:
+        """Whether the closed forms follow this block's slot rules: without the slot always; with
+        it when the depthwise map keeps the positions (every bias per position) or strides (the
+        biases after it and the next slot follow the mean slot)."""
+        return not include_bias or self.keeps_positions or any(s > 1 for s in self.depthwise.stride)
 
     @property
     def keeps_positions(self) -> bool:
@@ -84,6 +99,7 @@ class SeparableSection:
         return all(s == 1 and 2 * p == dil * (kk - 1)
                    for s, p, dil, kk in zip(dw.stride, dw.padding, dw.dilation, kernel))
 
+    @functools.cached_property
     def grouped(self) -> Tensor:
         """(h, *kernel): the depthwise kernel of each channel (the dense weight's diagonal blocks)."""
         W = self.depthwise.weight
@@ -92,7 +108,7 @@ class SeparableSection:
 
     def taps(self) -> Tensor:
         """w (n_taps, h): the depthwise kernel's weight of each channel at each tap."""
-        return self.grouped().flatten(1).T
+        return self.grouped.flatten(1).T
 
 
 def _one_by_one(conv: nn.Module) -> bool:
@@ -178,15 +194,14 @@ def separable_moments(sec: SeparableSection, in_shape: tuple[int, ...], include_
     spatial = tuple(in_shape[1:])
     h = sec.depthwise.weight.shape[0]
     idx = read_index(sec.depthwise, spatial)                                  # (n_taps, P_out)
-    P_in = math.prod(spatial)
-    x = torch.zeros((1, h) + spatial, dtype=sec.depthwise.weight.dtype, device=sec.depthwise.weight.device)
-    kept = tuple(sec.depthwise(x).shape[2:]) == spatial
-    mean_slot = include_bias and not kept and idx.shape[1] != P_in
-    own = (idx == torch.arange(idx.shape[1])) if kept else (idx >= 0) if mean_slot else torch.zeros_like(idx, dtype=torch.bool)
+    P_in, P_out = math.prod(spatial), idx.shape[1]
+    kept = sec.keeps_positions
+    mean_slot = include_bias and not kept
+    own = (idx == torch.arange(P_out)) if kept else (idx >= 0) if mean_slot else torch.zeros_like(idx, dtype=torch.bool)
     z = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)   # noqa: E731
     return SeparableMoments(spatial, torch.where(idx >= 0, idx, P_in).to(device), own.to(device),
                             z(h, h), z(h, h), z(h, h), z(h), z(h), mean_slot=mean_slot,
-                            exact=kept or mean_slot or not (include_bias or sec.residual))
+                            exact=sec.reads_slot(include_bias) and not (mean_slot and P_out == P_in > 1))
 
 
 def separable_next_layer_gram(sec: SeparableSection, mom: SeparableMoments, C_next: Tensor,
@@ -196,29 +211,27 @@ def separable_next_layer_gram(sec: SeparableSection, mom: SeparableMoments, C_ne
     if not mom.exact:
         return None
     C = C_next.to(torch.float64)
-    f64 = dict(dtype=torch.float64, device=C.device)
-    d_next = C.shape[0] - int(include_bias)
-    C_data = C[:d_next]
     W1 = sec.first.weight.to(torch.float64).flatten(1)                          # (h, d)
     h, d = W1.shape
-    zeros = torch.zeros(h, **f64)
-    b = lambda conv: zeros[:conv.weight.shape[0]] if conv.bias is None else conv.bias.to(torch.float64)  # noqa: E731
-    W1a = torch.cat([W1, b(sec.first)[:, None]], 1) if include_bias else W1    # W₁'
-    L = C_data.T @ sec.last.weight.to(torch.float64).flatten(1)                 # (k', h)
+
+    def bias(conv: ConvMap) -> Tensor:   # (h,): W₁ and the depthwise map have h outputs
+        return torch.zeros(h, dtype=C.dtype, device=C.device) if conv.bias is None else conv.bias.to(C.dtype)
+
+    W1a = torch.cat([W1, bias(sec.first)[:, None]], 1) if include_bias else W1   # W₁'
+    L, u = sec.readout(C, include_bias)                                          # (k', h), (k',)
     K = L.T @ L
     M = W1a.T @ (K * mom.E) @ W1a
     nP, nP_out = mom.n * math.prod(mom.spatial), mom.n * mom.index.shape[1]
     share = 1.0 / math.prod(mom.spatial) if mom.mean_slot else 1.0                # ŵ_s of the mean slot
-    A = C_data.T if sec.residual else torch.zeros(C.shape[1], d, **f64)          # (k', d)
+    skip = sec.skip(C, include_bias)
+    A = torch.zeros(C.shape[1], d, dtype=C.dtype, device=C.device) if skip is None else skip[:, :d]   # (k', d)
     X = mom.sigma0[:, None] * (L.T @ A)                                          # (h, d)
     G = nP * (A.T @ A)
     if include_bias:
-        b2 = b(sec.depthwise)
-        u = C_data.T @ b(sec.last) + C[d_next]
+        b2 = bias(sec.depthwise)
         X = torch.cat([X, share * ((K * mom.Q) @ b2 + mom.sigma0 * (L.T @ u))[:, None]], 1)
-        g = L @ (mom.sigma2 * b2) + nP * u
+        Ag = share * (A.T @ (L @ (mom.sigma2 * b2) + nP_out * u))                  # Σ Aᵀ g_t
         corner = share * (b2 @ (K * mom.S2) @ b2 + 2 * u @ (L @ (mom.sigma2 * b2)) + nP_out * (u @ u))
-        G = torch.cat([torch.cat([G, (A.T @ g)[:, None]], 1),
-                       torch.cat([A.T @ g, corner.reshape(1)])[None]], 0)
+        G = torch.cat([torch.cat([G, Ag[:, None]], 1), torch.cat([Ag, corner.reshape(1)])[None]], 0)
     cross = W1a.T @ X
     return M + cross + cross.T + G

@@ -75,6 +75,22 @@ def residual_unit(modules: Sequence[nn.Module]) -> tuple[list[nn.Module], list[n
     return keep(mods[0].body), keep(mods[0].shortcut), mods[1] if len(mods) == 2 else None
 
 
+def linear_readout(C_next: Tensor, W: Tensor | None, b: Tensor | None, include_bias: bool
+                   ) -> tuple[Tensor, Tensor | None]:
+    """(L = C_dataᵀ W (k', h), u = C_dataᵀ b + c_slot (k',) or None without the slot): the next
+    layer's basis read through the last linear map f = W x + b s of a section (W None: the
+    identity), in C_next's dtype."""
+    d = C_next.shape[0] - int(include_bias)
+    C_data = C_next[:d]
+    L = C_data.T if W is None else C_data.T @ W.to(C_next.dtype)
+    if not include_bias:
+        return L, None
+    u = C_next[d].clone()
+    if b is not None:
+        u = u + C_data.T @ b.to(C_next.dtype)
+    return L, u
+
+
 def skip_readout(C_next: Tensor, include_bias: bool) -> Tensor:
     """Γ = [C_dataᵀ, 0] (k', d [+1]): the part of Cᵀ J(x) that a residual unit's identity adds
     (its slot column 0: p's identity does not touch the slot); Γ Q = C_dataᵀ Q_data is its term
@@ -148,15 +164,7 @@ class AffineSection:
 
     def readout(self, C_next: Tensor, include_bias: bool) -> tuple[Tensor, Tensor | None]:
         """(L = C_dataᵀ W₂ (k', h), u = C_dataᵀ b₂ + c_slot (k',) or None without the slot)."""
-        d = C_next.shape[0] - int(include_bias)
-        C_data = C_next[:d]
-        L = C_data.T if self.W2 is None else C_data.T @ self.W2.to(C_next.dtype)
-        if not include_bias:
-            return L, None
-        u = C_next[d].clone()
-        if self.b2 is not None:
-            u = u + C_data.T @ self.b2.to(C_next.dtype)
-        return L, u
+        return linear_readout(C_next, self.W2, self.b2, include_bias)
 
     def skip(self, C_next: Tensor, include_bias: bool) -> Tensor | None:
         """Γ (:func:`skip_readout`) for a residual unit f = p + …; None for other sections."""
