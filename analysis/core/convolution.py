@@ -53,10 +53,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv_post import post_attribution
+from .conv_taps import convolve
 from .jacobians import VJP_CHUNK_BYTES, chunk_budget
 from .nodes import OUTPUT, NodeModel, default_output
 from .pools import PoolMap, one_hot_kernels, pool_map, window_reads
@@ -70,8 +70,6 @@ from .structured import (
     section_body,
     skip_readout,
 )
-
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 @dataclass(frozen=True)
@@ -90,7 +88,7 @@ class ConvMap:
     def __call__(self, x: Tensor, weight: Tensor | None = None, groups: int = 1) -> Tensor:
         """W ⋆ x for x (N, in·groups, *S); ``weight`` replaces W (same kernel geometry)."""
         w = self.weight if weight is None else weight
-        return _CONV[w.ndim - 2](x, w, None, self.stride, self.padding, self.dilation, groups)
+        return convolve(x, w, self.stride, self.padding, self.dilation, groups)
 
     def affine(self, x: Tensor, bias_scale: float = 1.0, weight: Tensor | None = None, groups: int = 1) -> Tensor:
         """W ⋆ x + bias_scale·b + const: the bias scales with the slot along an integrated path,
