@@ -1,13 +1,16 @@
 """core/conv_taps.py: the float64 convolution by one GEMM per kernel tap equals torch's on every
 geometry the closed forms meet (1-, 2-, 3-d; stride, dilation, integer / "same" / "valid"
 padding, even kernels, maps smaller than the kernel's reach), across chunk boundaries, and
-leaves every other call (grouped, float32, under autograd) to torch."""
+leaves every other call (grouped, float32, under autograd) to torch; ``tap_convs`` runs a
+model's own convolutions by taps in passes without autograd and never inside autograd, vmap,
+jvp or forward AD."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from intermod.analysis.core import conv_taps
 from intermod.analysis.core.conv_taps import convolve
+from torch import nn
 
 F64 = torch.float64
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -69,3 +72,68 @@ def test_other_calls_are_torch(case, monkeypatch):
     if case == "autograd":
         y.sum().backward()
         assert w.grad is not None
+
+
+def _conv_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3, stride=2, padding="valid"),
+                          nn.BatchNorm2d(8))
+    return model.double().eval()
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Calls of the taps (the mode forced on every size)."""
+    monkeypatch.setattr(conv_taps, "TAP_MIN_BYTES", 0)
+    calls = []
+    real = conv_taps.convolve
+    monkeypatch.setattr(conv_taps, "convolve", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_the_model_runs_its_convolutions_by_taps(counted):
+    """Inside ``tap_convs`` a float64 model's forward pass without autograd takes the taps for
+    both convolutions (bias added) and equals torch's to 1e-13."""
+    model = _conv_model()
+    x = torch.randn(3, 8, 9, 9, dtype=F64)
+    with torch.no_grad():
+        want = model(x)
+        with conv_taps.tap_convs(model):
+            got = model(x)
+    assert len(counted) == 2
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("case", ["autograd", "vmap", "jvp", "forward AD"])
+def test_recorded_and_transformed_passes_keep_torch(case, counted):
+    """A pass that records a graph, runs under vmap or torch.func.jvp, or holds forward-AD duals
+    keeps torch's convolution, and its result and derivatives are torch's."""
+    import torch.autograd.forward_ad as fwAD
+
+    model = _conv_model()
+    x = torch.randn(3, 8, 9, 9, dtype=F64)
+    t = torch.randn_like(x)
+    with conv_taps.tap_convs(model):
+        if case == "autograd":
+            got = torch.autograd.grad(model(x.requires_grad_()).sum(), x)[0]
+        elif case == "vmap":
+            got = torch.vmap(model)(x[None])[0]
+        elif case == "jvp":
+            got = torch.func.jvp(model, (x,), (t,))[1]
+        else:
+            with fwAD.dual_level():
+                got = fwAD.unpack_dual(model(fwAD.make_dual(x, t))).tangent
+    assert counted == []
+    x = x.detach()
+    want = {"autograd": lambda: torch.autograd.grad(model(x.requires_grad_()).sum(), x)[0],
+            "vmap": lambda: model(x), "jvp": lambda: torch.func.jvp(model, (x,), (t,))[1],
+            "forward AD": lambda: torch.func.jvp(model, (x,), (t,))[1]}[case]()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_model_without_convolutions_runs_without_the_mode():
+    model = nn.Sequential(nn.Linear(3, 3)).double()
+    with conv_taps.tap_convs(model):
+        assert torch._C._len_torch_function_stack() == 0
+    with conv_taps.tap_convs(_conv_model()):
+        assert torch._C._len_torch_function_stack() == 1

@@ -18,16 +18,26 @@ float64 convolutions on the CPU, outside autograd, of at least ``TAP_MIN_BYTES``
 C_in ≥ 8 and C_out ≤ 4·C_in take this path (:func:`convolve` is a drop-in for
 ``F.conv{1,2,3}d`` without a bias; every other call is torch's). On a ResNet-18-shaped network
 (32–256 channels, 32×32 inputs, n = 128, output target) the edges went from 86 to 51 s.
+
+:func:`tap_convs` applies the same to the model's own convolutions while it runs (a torch
+function mode around ``NodeModel``'s calls): the forward passes without autograd (ablations,
+top examples, each edge batch's activations) take the taps; passes that record a graph, and
+forward-mode or vmapped passes, keep torch's.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 TAP_CHUNK_BYTES = 2 << 20   # the padded channels-last copy of one chunk of samples
 TAP_MIN_BYTES = 4 << 20     # smaller inputs stay in cache and torch's convolution is as fast
@@ -72,6 +82,44 @@ def convolve(x: Tensor, weight: Tensor, stride: int | tuple[int, ...], padding: 
     return out
 
 
+@contextmanager
+def tap_convs(model: nn.Module) -> Iterator[None]:
+    """Run ``model``'s convolutions through :func:`convolve` inside the block (a no-op for a
+    model without ``nn.Conv{1,2,3}d`` modules)."""
+    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) and not m.transposed for m in model.modules())
+    with _TapConvs() if has_conv else nullcontext():
+        yield
+
+
+class _TapConvs(TorchFunctionMode):
+    """``torch.conv{1,2,3}d`` (= ``F.conv{1,2,3}d``) calls that :func:`_by_taps` accepts, made
+    outside any functorch transform or forward-AD level, become :func:`convolve` + bias."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _FUNCS and _no_transform():
+            x, weight, bias, stride, padding, dilation, groups = _conv_args(*args, **kwargs)
+            if _by_taps(x, weight, groups):
+                y = convolve(x, weight, stride, padding, dilation)
+                return y if bias is None else y.add_(bias.reshape((1, -1) + (1,) * (y.ndim - 2)))
+        return func(*args, **kwargs)
+
+
+_FUNCS = frozenset(_CONV.values())
+
+
+def _conv_args(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: Any = 1, padding: Any = 0,
+               dilation: Any = 1, groups: int = 1) -> tuple:
+    """``torch.conv2d``'s signature, positional or by keyword."""
+    return input, weight, bias, stride, padding, dilation, groups
+
+
+def _no_transform() -> bool:
+    """No vmap / grad / jvp transform and no forward-AD level is active (their tensors are
+    wrappers that the taps' in-place copies do not support)."""
+    return torch._C._functorch.peek_interpreter_stack() is None and fwAD._current_level < 0
+
+
 def _by_taps(x: Tensor, weight: Tensor, groups: int) -> bool:
     """Ungrouped, float64, on the CPU, no gradient to record, and where the taps were measured
     faster (module docstring): an input of at least ``TAP_MIN_BYTES``, at least 8 input channels
@@ -79,7 +127,7 @@ def _by_taps(x: Tensor, weight: Tensor, groups: int) -> bool:
     (past that, the accumulation's passes over the output cost more than torch's column buffer)."""
     C, O = weight.shape[1], weight.shape[0]
     return (groups == 1 and x.dtype == torch.float64 and weight.dtype == torch.float64 and x.device.type == "cpu"
-            and weight.device.type == "cpu" and x.ndim == weight.ndim
+            and weight.device.type == "cpu" and isinstance(x, Tensor) and x.ndim == weight.ndim
             and x.numel() * x.element_size() >= TAP_MIN_BYTES and C >= 8 and O <= 4 * C
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
 

@@ -40,6 +40,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.func import functional_call, jvp, vmap
 
+from .conv_taps import tap_convs
 from .eval_mode import eval_mode
 from .folding import add_slot_bias, is_bias, slot_candidate
 from .heads import linear_heads
@@ -134,9 +135,9 @@ class NodeModel:
         return self._call(batch_to(batch, self.device, self.dtype), self.params)
 
     def _call(self, batch: Batch, params: Mapping[str, Tensor]) -> Any:
-        if isinstance(batch, Tensor):
-            return functional_call(self.model, dict(params), (batch,))
-        return functional_call(self.model, dict(params), (), dict(batch))
+        with tap_convs(self.model):   # float64 convolutions outside autograd: by kernel taps
+            args, kw = ((batch,), {}) if isinstance(batch, Tensor) else ((), dict(batch))
+            return functional_call(self.model, dict(params), args, kw)
 
     @contextmanager
     def _hooks(self, pre: Mapping[str, Callable] | None = None, post: Mapping[str, Callable] | None = None):
