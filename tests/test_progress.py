@@ -9,6 +9,7 @@ import pytest
 import torch
 from intermod import analysis as ia
 from intermod.analysis.core import progress as progress_mod
+from intermod.analysis.report import direction_attribution
 from torch import nn
 
 
@@ -86,3 +87,26 @@ def test_find_modules_reports_every_restart_and_can_be_stopped():
     bisection = []
     ia.find_modules(g, 1e-4, n_modules=2, callback=lambda s, d, t: bisection.append(s))
     assert "bisection" in bisection and bisection[-1] == "restarts"
+
+
+@pytest.mark.parametrize("layer", ["2", "0"])
+def test_input_attribution_reports_every_batch_and_node_and_can_be_stopped(layer):
+    """``module_report`` → ``direction_attribution`` reports "input attribution" once per batch
+    and quadrature node (a layer linear in the input, "0", is exact at one node and advances by
+    the rest at once); a callback that raises stops it."""
+    model, X = _model_and_data()
+    graph = ia.build_graph(model, X, ia.compute_basis(model, X, ["0", "2", "output"], progress=False),
+                           progress=False)
+    seen = []
+    direction_attribution(model, X, graph, {layer: [0]}, n_alpha=3, batch_size=16, progress=False,
+                             callback=lambda *r: seen.append(r))
+    assert [r[1] for r in seen] == ([1, 2, 3, 4, 5, 6, 7, 8, 9] if layer == "2" else [1, 3, 4, 6, 7, 9])
+    assert {(r[0], r[2]) for r in seen} == {("input attribution", 9)}
+
+    def stop(stage, done, total):
+        if done >= 2:
+            raise Stop
+
+    part = ia.find_modules(graph, epsilon=1e-6)
+    with pytest.raises(Stop):
+        ia.module_report(model, X, graph, part, n_alpha=3, batch_size=16, progress=False, callback=stop)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TextIO, TypeVar
 
 from tqdm.auto import tqdm
@@ -84,16 +85,28 @@ class Progress:
 
     def track(self, items: Iterable[T], stage: str, total: int | None) -> Iterator[T]:
         """Iterate ``items`` reporting ``stage`` progress (total may be unknown: 0)."""
+        with self.steps(stage, total) as advance:
+            for item in items:
+                yield item
+                advance(1)
+
+    @contextmanager
+    def steps(self, stage: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        """A bar for a loop that counts its own steps: call ``advance(n)`` after every n of
+        them (each call reports to the callback, which may raise to abort)."""
         bar = _bar(stage, total, self.enabled)
         done = 0
         start = time.perf_counter()
         self._last = (stage, 0, total or 0)
+
+        def advance(n: int = 1) -> None:
+            nonlocal done
+            done += n
+            bar.update(n)
+            self.report(stage, done, total or 0)
+
         try:
-            for item in items:
-                yield item
-                done += 1
-                bar.update(1)
-                self.report(stage, done, total or 0)
+            yield advance
         finally:
             bar.close()
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start

@@ -32,10 +32,11 @@ from torch import Tensor, nn
 from ..core.colouring import Colouring, coloured_cotangents, dependency_colouring, position_dependency
 from ..core.edges import quadrature
 from ..core.graph import InteractionGraph
-from ..core.inputs import Inputs, batch_size_of, position_mask
+from ..core.inputs import Inputs, batch_size_of, count_batches, position_mask
 from ..core.jacobians import DEFAULT_MAX_MEMORY, ProbeDraw, per_direction_cotangents, vjp
 from ..core.layout import Layout
 from ..core.nodes import NodeModel, OutputFn
+from ..core.progress import Callback, Progress
 from .coords import Batches, LayerCoordinates, setup
 
 __all__ = ["DirectionAttribution", "direction_attribution", "token_ids"]
@@ -93,7 +94,8 @@ def direction_attribution(model: nn.Module, inputs: Inputs, graph: InteractionGr
                           directions: Mapping[str, Sequence[int]], *, n_alpha: int = 8,
                           n_probes: int | None = None, embedding: str | None = None,
                           output_fn: OutputFn | None = None, batch_size: int = 256,
-                          seed: int = 0, device: str | torch.device = "auto") -> DirectionAttribution:
+                          seed: int = 0, device: str | torch.device = "auto", progress: bool = True,
+                          callback: Callback | None = None) -> DirectionAttribution:
     """Energies E_ia of every input coordinate a in each requested direction (module docstring).
 
     directions: layer -> direction indices. ``n_probes`` replaces the exact sum over output
@@ -102,6 +104,8 @@ def direction_attribution(model: nn.Module, inputs: Inputs, graph: InteractionGr
     as the basis's probes are; ``embedding`` names the input-embedding module for token inputs
     (default: ``model.get_input_embeddings()`` or the first ``nn.Embedding``). ``device``: where
     the work runs ("auto": CUDA when available, else the CPU; the model is not moved).
+    ``progress``: a bar over batches × quadrature nodes ("input attribution"); ``callback(stage,
+    done, total)`` after each (raise from it to cancel).
     """
     wanted = {layer: sorted({int(i) for i in idx}) for layer, idx in directions.items() if len(idx)}
     for layer, idx in wanted.items():
@@ -123,26 +127,30 @@ def direction_attribution(model: nn.Module, inputs: Inputs, graph: InteractionGr
     cols = {layer: None if tokens or n_probes is not None else _input_colouring(net, layer, tuple(first.shape))
             for layer in wanted}
     start = 0
-    for batch in batches:
-        mask = position_mask(batch)
-        draw = ProbeDraw(seed, 0, start)     # one draw per batch, shared by every α and layer
-        start += batch_size_of(batch)
-        g_sum: dict[str, Tensor] = {}
-        acts = None
-        for alpha, wq in zip(alphas, weights):
-            if all(exact.values()) and acts is not None:
-                break
-            acts = run.forward(batch, alpha)
-            for layer, idx in wanted.items():
-                if exact[layer] and layer in g_sum:
-                    continue
-                g = _gradients(run.leaf, acts[layer], net.layouts[layer], coords[layer], idx, mask, n_probes, draw,
-                               cols[layer])
-                g_sum[layer] = g_sum[layer] + wq * g if layer in g_sum else (1.0 if exact[layer] else wq) * g
-        for layer in wanted:
-            run.add(layer, g_sum[layer], len(wanted[layer]), mask)
-        first_layer = next(iter(wanted))
-        run.n += float(net.layouts[first_layer].samples(acts[first_layer], mask)[1].sum())
+    n_batches = count_batches(inputs, batch_size)
+    with Progress(progress, callback).steps("input attribution", n_batches and n_batches * len(alphas)) as advance:
+        for batch in batches:
+            mask = position_mask(batch)
+            draw = ProbeDraw(seed, 0, start)     # one draw per batch, shared by every α and layer
+            start += batch_size_of(batch)
+            g_sum: dict[str, Tensor] = {}
+            acts = None
+            for q, (alpha, wq) in enumerate(zip(alphas, weights)):
+                if all(exact.values()) and acts is not None:
+                    advance(len(alphas) - q)       # linear in the input: one node is exact
+                    break
+                acts = run.forward(batch, alpha)
+                for layer, idx in wanted.items():
+                    if exact[layer] and layer in g_sum:
+                        continue
+                    g = _gradients(run.leaf, acts[layer], net.layouts[layer], coords[layer], idx, mask, n_probes,
+                                   draw, cols[layer])
+                    g_sum[layer] = g_sum[layer] + wq * g if layer in g_sum else (1.0 if exact[layer] else wq) * g
+                advance(1)
+            for layer in wanted:
+                run.add(layer, g_sum[layer], len(wanted[layer]), mask)
+            first_layer = next(iter(wanted))
+            run.n += float(net.layouts[first_layer].samples(acts[first_layer], mask)[1].sum())
     return run.result(wanted, exact)
 
 
