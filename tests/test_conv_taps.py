@@ -104,10 +104,11 @@ def test_the_model_runs_its_convolutions_by_taps(counted):
     torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
 
 
-@pytest.mark.parametrize("case", ["autograd", "vmap", "jvp", "forward AD"])
+@pytest.mark.parametrize("case", ["autograd", "bias gradient", "vmap", "jvp", "forward AD"])
 def test_recorded_and_transformed_passes_keep_torch(case, counted):
-    """A pass that records a graph, runs under vmap or torch.func.jvp, or holds forward-AD duals
-    keeps torch's convolution, and its result and derivatives are torch's."""
+    """A pass that records a graph (through the input, or through a bias only), runs under vmap
+    or torch.func.jvp, or holds forward-AD duals keeps torch's convolution, and its result and
+    derivatives are torch's."""
     import torch.autograd.forward_ad as fwAD
 
     model = _conv_model()
@@ -116,6 +117,10 @@ def test_recorded_and_transformed_passes_keep_torch(case, counted):
     with conv_taps.tap_convs(model):
         if case == "autograd":
             got = torch.autograd.grad(model(x.requires_grad_()).sum(), x)[0]
+        elif case == "bias gradient":
+            model[0].weight.requires_grad_(False)
+            model[2].weight.requires_grad_(False)
+            got = torch.autograd.grad(model(x).sum(), model[0].bias)[0]
         elif case == "vmap":
             got = torch.vmap(model)(x[None])[0]
         elif case == "jvp":
@@ -126,6 +131,7 @@ def test_recorded_and_transformed_passes_keep_torch(case, counted):
     assert counted == []
     x = x.detach()
     want = {"autograd": lambda: torch.autograd.grad(model(x.requires_grad_()).sum(), x)[0],
+            "bias gradient": lambda: torch.autograd.grad(model(x).sum(), model[0].bias)[0],
             "vmap": lambda: model(x), "jvp": lambda: torch.func.jvp(model, (x,), (t,))[1],
             "forward AD": lambda: torch.func.jvp(model, (x,), (t,))[1]}[case]()
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -93,13 +93,15 @@ def tap_convs(model: nn.Module) -> Iterator[None]:
 
 class _TapConvs(TorchFunctionMode):
     """``torch.conv{1,2,3}d`` (= ``F.conv{1,2,3}d``) calls that :func:`_by_taps` accepts, made
-    outside any functorch transform or forward-AD level, become :func:`convolve` + bias."""
+    outside any functorch transform or forward-AD level and with no bias gradient to record,
+    become :func:`convolve` + bias."""
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if func in _FUNCS and _no_transform():
             x, weight, bias, stride, padding, dilation, groups = _conv_args(*args, **kwargs)
-            if _by_taps(x, weight, groups):
+            graph = torch.is_grad_enabled() and bias is not None and bias.requires_grad
+            if _by_taps(x, weight, groups) and not graph:
                 y = convolve(x, weight, stride, padding, dilation)
                 return y if bias is None else y.add_(bias.reshape((1, -1) + (1,) * (y.ndim - 2)))
         return func(*args, **kwargs)
@@ -125,9 +127,11 @@ def _by_taps(x: Tensor, weight: Tensor, groups: int) -> bool:
     faster (module docstring): an input of at least ``TAP_MIN_BYTES``, at least 8 input channels
     (each tap's GEMM has C_in as its inner dimension) and at most 4 outputs per input channel
     (past that, the accumulation's passes over the output cost more than torch's column buffer)."""
+    if not (isinstance(x, Tensor) and isinstance(weight, Tensor)):
+        return False
     C, O = weight.shape[1], weight.shape[0]
     return (groups == 1 and x.dtype == torch.float64 and weight.dtype == torch.float64 and x.device.type == "cpu"
-            and weight.device.type == "cpu" and isinstance(x, Tensor) and x.ndim == weight.ndim
+            and weight.device.type == "cpu" and x.ndim == weight.ndim
             and x.numel() * x.element_size() >= TAP_MIN_BYTES and C >= 8 and O <= 4 * C
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
 
