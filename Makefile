@@ -37,6 +37,7 @@ bench: install
 	$(BIN)/python bench/conv_models.py
 	$(BIN)/python bench/class_models.py
 	$(BIN)/python bench/wide_models.py
+	$(BIN)/python bench/resnet.py
 
 # The prepared GPU check (docs/performance.md, "GPU"): tests/test_cuda.py, then bench/gpu.py,
 # into $${OUT:-out/gpu}. No install step: it runs where there is no network, with .venv when
