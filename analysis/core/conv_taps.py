@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.utils import _ntuple
 from torch.overrides import TorchFunctionMode
 
 TAP_CHUNK_BYTES = 2 << 20   # the padded channels-last copy of one chunk of samples
@@ -52,7 +52,7 @@ def convolve(x: Tensor, weight: Tensor, stride: int | tuple[int, ...], padding: 
     if not _by_taps(x, weight, groups):
         return _CONV[nd](x, weight, None, stride, padding, dilation, groups)
     kernel = tuple(weight.shape[2:])
-    stride, dilation = _per_axis(stride, nd), _per_axis(dilation, nd)
+    stride, dilation = _ntuple(nd)(stride), _ntuple(nd)(dilation)
     pads = _pads(padding, kernel, dilation)
     spatial = tuple(x.shape[2:])
     padded = tuple(n + lo + hi for n, (lo, hi) in zip(spatial, pads))
@@ -64,12 +64,13 @@ def convolve(x: Tensor, weight: Tensor, stride: int | tuple[int, ...], padding: 
     taps = weight.permute(tuple(range(2, 2 + nd)) + (1, 0)).contiguous()        # (*kernel, C_in, C_out)
     step = max(1, TAP_CHUNK_BYTES // (x.element_size() * C * max(1, math.prod(padded))))
     inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, spatial))
+    buffer = x.new_zeros((min(step, N),) + padded + (C,))     # its padding stays zero across chunks
+    accumulator = x.new_empty((min(step, N) * math.prod(out_sp), O))
     for start in range(0, N, step):
         part = x[start:start + step]
         n = part.shape[0]
-        xp = x.new_zeros((n,) + padded + (C,))
+        xp, acc = buffer[:n], accumulator[:n * math.prod(out_sp)]
         xp[(slice(None),) + inner] = part.movedim(1, -1)
-        acc = x.new_empty((n * math.prod(out_sp), O))
         for i, t in enumerate(itertools.product(*(range(k) for k in kernel))):
             window = tuple(slice(d * ti, d * ti + s * (m - 1) + 1, s)
                            for ti, s, d, m in zip(t, stride, dilation, out_sp))
@@ -82,26 +83,26 @@ def convolve(x: Tensor, weight: Tensor, stride: int | tuple[int, ...], padding: 
     return out
 
 
-@contextmanager
-def tap_convs(model: nn.Module) -> Iterator[None]:
-    """Run ``model``'s convolutions through :func:`convolve` inside the block (a no-op for a
-    model without ``nn.Conv{1,2,3}d`` modules)."""
-    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) and not m.transposed for m in model.modules())
-    with _TapConvs() if has_conv else nullcontext():
-        yield
+def has_convolutions(model: nn.Module) -> bool:
+    """Whether ``model`` holds an ``nn.Conv{1,2,3}d`` (what :func:`tap_convs` is for)."""
+    return any(isinstance(m, nn.modules.conv._ConvNd) and not m.transposed for m in model.modules())
+
+
+def tap_convs(enabled: bool) -> AbstractContextManager:
+    """Inside the block, the convolutions a model runs go through :func:`convolve` (a no-op
+    unless ``enabled``: pass :func:`has_convolutions` of the model)."""
+    return _TapConvs() if enabled else nullcontext()
 
 
 class _TapConvs(TorchFunctionMode):
     """``torch.conv{1,2,3}d`` (= ``F.conv{1,2,3}d``) calls that :func:`_by_taps` accepts, made
-    outside any functorch transform or forward-AD level and with no bias gradient to record,
-    become :func:`convolve` + bias."""
+    outside any functorch transform or forward-AD level, become :func:`convolve` + bias."""
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if func in _FUNCS and _no_transform():
             x, weight, bias, stride, padding, dilation, groups = _conv_args(*args, **kwargs)
-            graph = torch.is_grad_enabled() and bias is not None and bias.requires_grad
-            if _by_taps(x, weight, groups) and not graph:
+            if _by_taps(x, weight, groups, bias):
                 y = convolve(x, weight, stride, padding, dilation)
                 return y if bias is None else y.add_(bias.reshape((1, -1) + (1,) * (y.ndim - 2)))
         return func(*args, **kwargs)
@@ -122,8 +123,9 @@ def _no_transform() -> bool:
     return torch._C._functorch.peek_interpreter_stack() is None and fwAD._current_level < 0
 
 
-def _by_taps(x: Tensor, weight: Tensor, groups: int) -> bool:
-    """Ungrouped, float64, on the CPU, no gradient to record, and where the taps were measured
+def _by_taps(x: Tensor, weight: Tensor, groups: int, bias: Tensor | None = None) -> bool:
+    """Ungrouped, float64, on the CPU, no gradient to record (of x, the weight or the bias), and
+    where the taps were measured
     faster (module docstring): an input of at least ``TAP_MIN_BYTES``, at least 8 input channels
     (each tap's GEMM has C_in as its inner dimension) and at most 4 outputs per input channel
     (past that, the accumulation's passes over the output cost more than torch's column buffer)."""
@@ -133,7 +135,7 @@ def _by_taps(x: Tensor, weight: Tensor, groups: int) -> bool:
     return (groups == 1 and x.dtype == torch.float64 and weight.dtype == torch.float64 and x.device.type == "cpu"
             and weight.device.type == "cpu" and x.ndim == weight.ndim
             and x.numel() * x.element_size() >= TAP_MIN_BYTES and C >= 8 and O <= 4 * C
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+            and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))))
 
 
 def _pads(padding: int | tuple[int, ...] | str, kernel: tuple[int, ...], dilation: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -143,10 +145,6 @@ def _pads(padding: int | tuple[int, ...] | str, kernel: tuple[int, ...], dilatio
         return [(0, 0)] * len(kernel)
     if padding == "same":
         return [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation)]
-    return [(p, p) for p in _per_axis(padding, len(kernel))]
-
-
-def _per_axis(v: int | tuple[int, ...], nd: int) -> tuple[int, ...]:
-    return (v,) * nd if isinstance(v, int) else tuple(v)
+    return [(p, p) for p in _ntuple(len(kernel))(padding)]
 
 

@@ -40,7 +40,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.func import functional_call, jvp, vmap
 
-from .conv_taps import tap_convs
+from .conv_taps import has_convolutions, tap_convs
 from .eval_mode import eval_mode
 from .folding import add_slot_bias, is_bias, slot_candidate
 from .heads import linear_heads
@@ -74,7 +74,7 @@ class NodeModel:
                  output_fn: OutputFn | None, include_bias: bool, dtype: torch.dtype,
                  device: torch.device, layout: LayoutSpec = None):
         layers = checked_layers(layers, named := dict(model.named_modules()))
-        self.model = model
+        self.model, self._has_conv = model, has_convolutions(model)
         self.output_fn = output_getter(output_fn)
         self.include_bias = include_bias
         self.dtype, self.device = dtype, device
@@ -135,7 +135,7 @@ class NodeModel:
         return self._call(batch_to(batch, self.device, self.dtype), self.params)
 
     def _call(self, batch: Batch, params: Mapping[str, Tensor]) -> Any:
-        with tap_convs(self.model):   # float64 convolutions outside autograd: by kernel taps
+        with tap_convs(self._has_conv):   # float64 convolutions outside autograd: by kernel taps
             args, kw = ((batch,), {}) if isinstance(batch, Tensor) else ((), dict(batch))
             return functional_call(self.model, dict(params), args, kw)
 

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+from .conv_taps import convolve
+
 _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
@@ -52,7 +53,7 @@ def window_reads(kernel: Sequence[int], stride: Sequence[int], padding: Sequence
 def _window_reads(kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...] | str,
                   dilation: tuple[int, ...], spatial: tuple[int, ...]) -> Tensor:
     index = torch.arange(1, math.prod(spatial) + 1, dtype=torch.float64).reshape((1, 1) + spatial)
-    out = _CONV[len(spatial)](index, one_hot_kernels(kernel), None, stride, padding, dilation)
+    out = convolve(index, one_hot_kernels(kernel), stride, padding, dilation)
     return out.flatten(2)[0].round().long() - 1
 
 
