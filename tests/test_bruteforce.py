@@ -173,6 +173,35 @@ def test_generic_path_equals_the_sequential_path(center, include_bias, target):
     np.testing.assert_allclose(gb.w, ga.w, rtol=1e-9, atol=1e-14)   # edges that vanish exactly: round-off
 
 
+def test_vjp_of_one_cotangent_is_a_plain_backward_pass(monkeypatch):
+    """``jacobians.vjp`` takes one cotangent through a plain backward pass (no vmap: torch has no
+    batching rule for a convolution's backward) and several through one batched pass; both equal
+    a loop of single backward passes on a conv–batch-norm–ReLU graph, and an input the output
+    does not depend on gets zeros of its shape (with the cotangent axis) either way."""
+    from intermod.analysis.core.jacobians import vjp
+    torch.manual_seed(3)
+    bn = nn.BatchNorm2d(4)
+    bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), bn, nn.ReLU(), nn.Conv2d(4, 2, 3)).double().eval()
+    x = torch.randn(5, 3, 9, 8, dtype=torch.float64, requires_grad=True)
+    unused = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    y = model(x)
+    cot = torch.randn(4, *y.shape, dtype=torch.float64)
+    loop = torch.stack([torch.autograd.grad(y, x, c, retain_graph=True)[0] for c in cot])
+    batched = []
+    real = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **kw: batched.append(kw.get("is_grads_batched", False))
+                        or real(*a, **kw))
+    one = vjp(y, [x, unused], cot[:1])
+    assert batched == [False]
+    many = vjp(y, [x, unused], cot)
+    assert batched[1:] == [True]
+    np.testing.assert_allclose(one[0].numpy(), loop[:1].numpy(), rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(many[0].numpy(), loop.numpy(), rtol=1e-13, atol=1e-13)
+    assert one[1].shape == (1, 2, 3) and many[1].shape == (4, 2, 3)
+    assert not one[1].any() and not many[1].any()
+
+
 @pytest.mark.parametrize("act", [nn.Tanh(), nn.GELU(), nn.SiLU()], ids=["tanh", "gelu", "silu"])
 def test_batches_of_one_map_through_a_batch_norm(act):
     """torch's batched backward (``is_grads_batched``) returns wrong gradients for a one-sample

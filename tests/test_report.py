@@ -411,6 +411,38 @@ def test_cnn_attribution_colours_positions_with_disjoint_receptive_fields(float6
         np.testing.assert_allclose(plain.energy[layer], att.energy[layer], rtol=1e-10, atol=1e-14)
 
 
+def test_attribution_cotangent_chunks_count_what_autograd_saves(float64_default, monkeypatch):
+    """A chunk of the attribution's cotangents is sized by everything one cotangent's backward
+    pass touches, autograd's saved activations included (not only f̂ and the input): with a
+    budget of 4.5 saved graphs, each chunk holds at most 4 cotangents, and the energies do not
+    depend on the chunking."""
+    from intermod.analysis.report import attribution
+
+    model, X, layers, basis, graph = _cnn_and_graph(7, 8)
+    idx = {"3": [0, 1, 2]}
+    ref = direction_attribution(model, X, graph, idx, n_alpha=2, progress=False)
+    saved: list[int] = []
+    real_saved = attribution.SavedNumel
+
+    class Counting(real_saved):
+        def __exit__(self, *exc):
+            super().__exit__(*exc)
+            saved.append(self.numel)
+
+    monkeypatch.setattr(attribution, "SavedNumel", Counting)
+    seen: list[int] = []
+    real = attribution.vjp
+    monkeypatch.setattr(attribution, "vjp", lambda out, ins, cot: seen.append(cot.shape[0]) or real(out, ins, cot))
+    direction_attribution(model, X, graph, idx, n_alpha=1, progress=False)   # the saved size of one graph
+    graph_bytes = saved[0] * 8
+    assert graph_bytes > X.numel() * 8 * 4          # the tanh/conv activations dwarf the input
+    monkeypatch.setattr(attribution, "DEFAULT_MAX_MEMORY", int(4.5 * graph_bytes))
+    seen.clear()
+    chunked = direction_attribution(model, X, graph, idx, n_alpha=2, progress=False)
+    assert seen and max(seen) <= 4 and sum(seen) == 2 * 25 * 3          # 25 colours × 3 directions per α
+    np.testing.assert_allclose(chunked.energy["3"], ref.energy["3"], rtol=1e-12, atol=1e-14)
+
+
 def test_cnn_attribution_and_top_examples_read_channels_at_positions(float64_default):
     """On conv maps the report reads channels as features and every position as a sample (as the
     basis does): E_ia = mean over (x, t) of A_{t,ia}², by autograd Jacobians of the sliced

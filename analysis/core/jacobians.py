@@ -68,13 +68,19 @@ def vjp(output: Tensor, inputs: Sequence[Tensor], cotangents: Tensor) -> list[Te
     """Gradients of ⟨cotangent_k, output⟩ w.r.t. each input, for K stacked cotangents.
 
     output: (B, …); cotangents: (K, B, …); returns [(K, *input.shape)] (zeros where unused).
-    The cotangents are made contiguous first: torch's batched backward returns wrong gradients
-    for a one-sample batch through an eval-mode batch norm and an activation when each
+    K > 1 cotangents go through one backward pass batched by ``is_grads_batched`` (vmap), a
+    single one through a plain backward pass (vmap's batching costs it up to 2.7×: torch has no
+    batching rule for a convolution's or batch norm's backward and runs those as a loop followed
+    by a copy). The cotangents are made contiguous first: torch's batched backward returns wrong
+    gradients for a one-sample batch through an eval-mode batch norm and an activation when each
     cotangent has channels-last strides (as ``Layout.from_samples`` makes them; torch 2.13,
     ``tests/test_bruteforce.py``).
     """
-    failure = None
     cotangents = cotangents.contiguous()
+    if cotangents.shape[0] == 1:
+        g = torch.autograd.grad(output, inputs, cotangents[0], retain_graph=True, allow_unused=True)
+        return [(torch.zeros_like(x) if gi is None else gi)[None] for gi, x in zip(g, inputs)]
+    failure = None
     if _BATCHED_OK["value"]:
         try:
             grads = torch.autograd.grad(output, inputs, cotangents, retain_graph=True,

@@ -33,7 +33,7 @@ from ..core.colouring import Colouring, coloured_cotangents, dependency_colourin
 from ..core.edges import quadrature
 from ..core.graph import InteractionGraph
 from ..core.inputs import Inputs, batch_size_of, count_batches, position_mask
-from ..core.jacobians import DEFAULT_MAX_MEMORY, ProbeDraw, per_direction_cotangents, vjp
+from ..core.jacobians import DEFAULT_MAX_MEMORY, ProbeDraw, SavedNumel, per_direction_cotangents, vjp
 from ..core.layout import Layout
 from ..core.nodes import NodeModel, OutputFn
 from ..core.progress import Callback, Progress
@@ -139,12 +139,13 @@ def direction_attribution(model: nn.Module, inputs: Inputs, graph: InteractionGr
                 if all(exact.values()) and acts is not None:
                     advance(len(alphas) - q)       # linear in the input: one node is exact
                     break
-                acts = run.forward(batch, alpha)
+                with SavedNumel(net.params.values()) as saved:
+                    acts = run.forward(batch, alpha)
                 for layer, idx in wanted.items():
                     if exact[layer] and layer in g_sum:
                         continue
                     g = _gradients(run.leaf, acts[layer], net.layouts[layer], coords[layer], idx, mask, n_probes,
-                                   draw, cols[layer])
+                                   draw, cols[layer], saved.numel)
                     g_sum[layer] = g_sum[layer] + wq * g if layer in g_sum else (1.0 if exact[layer] else wq) * g
                 advance(1)
             for layer in wanted:
@@ -171,15 +172,17 @@ def _input_colouring(net: NodeModel, layer: str, in_shape: tuple[int, ...]) -> C
 
 
 def _gradients(leaf: Tensor, act: Tensor, layout: Layout, coords: LayerCoordinates, idx: list[int],
-               mask: Tensor | None, n_probes: int | None, draw: ProbeDraw, col: Colouring | None) -> Tensor:
+               mask: Tensor | None, n_probes: int | None, draw: ProbeDraw, col: Colouring | None,
+               saved: int) -> Tensor:
     """∂⟨pattern, f̂_i⟩/∂leaf for every selected direction i and output-position pattern
     (unit patterns per position, one pattern per colour of ``col``, or ±1 probes; positions and
-    features as ``layout`` reads the layer's tensor): shape (k_sel, n_patterns, *leaf.shape)."""
+    features as ``layout`` reads the layer's tensor; ``saved``: the elements autograd saved in the
+    forward pass): shape (k_sel, n_patterns, *leaf.shape)."""
     x, w = layout.samples(act, mask)
     f_hat = coords(x, torch.as_tensor(idx, device=x.device))   # (B, P, k_sel)
     k = len(idx)
     eye = torch.eye(k, dtype=leaf.dtype, device=leaf.device)
-    per_item = f_hat.numel() + leaf.numel()
+    per_item = f_hat.numel() + leaf.numel() + saved
     patterns = (per_direction_cotangents(w, k, n_probes, draw, leaf.dtype, per_item) if col is None
                 else coloured_cotangents(col, w, k, leaf.dtype, per_item, DEFAULT_MAX_MEMORY))
     grads = [vjp(f_hat, [leaf], pattern[..., None] * eye[which][:, None, None, :])[0]
