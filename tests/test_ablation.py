@@ -324,3 +324,49 @@ def test_conv_maps_are_ablated_as_channels_at_positions():
             want = ref.mse(ref.run(model, X, {"2": write}), y)
             assert _rel(got, want) < 1e-8, (m, got, want)
     assert curve.loss[-1] < 1e-20 * float((y ** 2).mean())       # all kept: the reconstruction
+
+
+def _resnet():
+    """torchvision-style residual blocks (a traced chain of modules), cut at the blocks, the
+    average pool, the Linear head's input (a head the ablation folds) and the output."""
+    from nets import TorchvisionResNet
+    model = TorchvisionResNet().double().eval()
+    X = torch.randn(24, 2, 6, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    layers = ["layer1.0", "layer1.1", "avgpool", "fc", "output"]
+    basis = ia.compute_basis(model, X, layers, **Q)
+    return model, X, basis, ia.build_graph(model, X, basis, **Q)
+
+
+@pytest.mark.parametrize("which", ["mlp", "resnet"])
+def test_chain_pass_runs_each_distinct_copy_once_and_equals_all_copies(which, mlp, monkeypatch):
+    """For a model that runs its modules in sequence the masked pass goes module by module and
+    runs every copy that holds the same activation by construction once: the first module sees
+    one copy of each batch, not K. Every ablation (edges, a module cut with its baselines,
+    module effects, a node curve) equals the pass over all K copies to 1e-10."""
+    from intermod.analysis.ablation import forward
+    model, X, basis, graph = mlp if which == "mlp" else _resnet()
+    assert forward.Ablator(model, X, {n: forward.LayerMap.from_graph(graph, n) for n in graph.layers},
+                           progress=False).s.net.sequence is not None
+    mem = _random_membership(graph, 3, seed=5)
+    first = next(m for m in model.modules() if not list(m.children()))    # the first leaf module
+    rows: list[int] = []
+    handle = first.register_forward_hook(lambda m, a, o: rows.append(a[0].shape[0]))
+
+    def run() -> list[np.ndarray]:
+        rows.clear()
+        ea = ia.edge_ablation(model, X, graph, keep=9, **Q)
+        cut = ia.module_cut(model, X, graph, mem, n_baseline=2, **Q)
+        fx = ia.module_effects(model, X, graph, mem, **Q)
+        curve = ia.ablation_curve(model, X, basis, graph.layers[1], schedule=[1, 3], **Q)
+        return [np.atleast_1d(ea.loss), np.atleast_1d(cut.loss), cut.baseline_losses, fx.loss, curve.loss]
+
+    try:
+        chained, chained_rows = run(), set(rows)
+        monkeypatch.setattr(forward, "_Chain", lambda *a: None)
+        copies, copies_rows = run(), set(rows)
+    finally:
+        handle.remove()
+    assert chained_rows == {len(X)}                 # every pass: one copy of the batch at the first module
+    assert max(copies_rows) > len(X)                # the K copies stacked
+    for a, b in zip(chained, copies):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)

@@ -14,6 +14,13 @@ next section starts from that combined f̂^{l+1}. All sections run in the one pa
 is K forward passes (plus one clean pass for y), whatever the number of sections. Several
 experiments share a pass by concatenating their plans (:func:`concat`); ``readout`` names the
 copy whose output is each experiment's result.
+
+When the model applies its modules in sequence (``NodeModel.sequence``) and the inputs are
+tensors, the pass runs module by module and copies that hold the same activation by
+construction run once (:class:`_Chain`): all copies before the first rewritten layer, and at
+layer l the copies with equal rows (read copy, mask) — for an edge ablation the distinct masks of
+section l. A section then costs its own number of distinct copies K_l instead of K (the copies
+of every section together), the part before the first cut one.
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..core.conv_taps import has_convolutions, tap_convs
+from ..core.eval_mode import eval_mode
 from ..core.inputs import Batch, Inputs, as_samples, batch_size_of, batch_to, iter_batches, position_mask
-from ..core.nodes import OutputFn
+from ..core.nodes import OUTPUT, NodeModel, OutputFn
 from ..core.progress import Callback
 from ..core.setup import prepare
 from .loss import Loss, LossFn, ScaleAccumulator
@@ -129,8 +138,10 @@ class Ablator:
             if isinstance(net.modules.get(n), nn.Linear) and tm.layout.kind in ("features", "tokens"):
                 tm.fold_head(net.params[f"{n}.weight"], net.params.get(f"{n}.bias"))
         self.batch_size = batch_size
+        self._has_conv = has_convolutions(model)
         first = batch_to(next(iter_batches(inputs, batch_size)), self.s.device, dtype)
         y = net.run_replacing(first, {})
+        self._tensors = isinstance(first, Tensor)   # a sequence of modules runs on tensors
         self.output_positions = as_samples(y, position_mask(first))[0].shape[1]   # P of the output
         self.passes = 0            # forward passes run, in units of one pass over the data
 
@@ -152,20 +163,25 @@ class Ablator:
                    for n, lp in plan.layers.items()}
         readout = torch.as_tensor(plan.readout, device=dev, dtype=torch.long)
         first = next(n for n in net.chain if n in plan.layers)   # copies still identical there
+        chain = _Chain(plan, net, self.torch_maps) if net.sequence is not None and self._tensors else None
         scale = ScaleAccumulator(self.loss)
         sums: _Sums | None = None
-        for batch in self._chunks(K, stage):
+        for batch in self._chunks(K if chain is None else chain.rows, stage):
             B = batch_size_of(batch)
             mask = position_mask(batch)
             with torch.no_grad():
                 y = net.run_replacing(batch, {})
-                pre, post = {}, {}
-                for n in plan.layers:
-                    self._hook(pre, post, n, *tensors[n], K, n == first)
-                ya = net.run_replacing(_repeat(batch, K), pre, post)
+                if chain is not None:
+                    with eval_mode(net.model), tap_convs(self._has_conv):
+                        ya = chain.run(batch)[chain.final[readout]]          # (R, B, …)
+                else:
+                    pre, post = {}, {}
+                    for n in plan.layers:
+                        self._hook(pre, post, n, *tensors[n], K, n == first)
+                    ya = net.run_replacing(_repeat(batch, K), pre, post)
+                    ya = ya.reshape((K, B) + ya.shape[1:])[readout]         # (R, B, …)
             ys, w = as_samples(y, mask)
             scale.add(ys, w)
-            ya = ya.reshape((K, B) + ya.shape[1:])[readout]                 # (R, B, …)
             yas = ya.reshape((R, B) + ys.shape[1:])                         # (R, B, P, d)
             per = self._per_sample(yas, ys, ya, y, batch)                   # (R, B, P)
             sums = _accumulate(sums, per, yas, ys, w, group)
@@ -227,6 +243,59 @@ class Ablator:
             xs, h = masked_coords(x)
             return tm.unsamples(tm.back(h).reshape(xs.shape), x)
         pre[name] = rewrite
+
+
+class _Chain:
+    """A plan run module by module through ``net.sequence``, each distinct copy once.
+
+    Before node layer l the copies fall into classes that hold the same activation (one class
+    before the first rewrite). The rewrite of copy c reads direction i from copy src[c, i], i.e.
+    from class cls[src[c, i]], and applies mask[c]: copies with equal rows (cls[src[c]], mask[c])
+    get the same activation, so they form one class of layer l's output and run the next section
+    once. Activations hold the classes stacked along the batch dimension (class u = rows
+    u·B … u·B + B − 1). ``final[c]``: the class of copy c's output; ``rows``: the most classes
+    any section runs (what bounds a chunk's rows)."""
+
+    def __init__(self, plan: Plan, net: NodeModel, maps: Mapping[str, TorchMap]):
+        self.net, self.maps = net, maps
+        device = next(iter(maps.values())).A.device
+        cls = np.zeros(plan.n_copies, dtype=np.int64)
+        self.steps: list[tuple[str, Tensor, Tensor]] = []    # (layer, read (U, k), mask (U, k))
+        for name in (n for n in net.chain if n in plan.layers):
+            lp = plan.layers[name]
+            src = np.arange(plan.n_copies)[:, None].repeat(lp.mask.shape[1], 1) if lp.src is None else lp.src
+            read = cls[src]
+            _, rep, inverse = np.unique(np.concatenate([read, lp.mask], 1), axis=0, return_index=True,
+                                        return_inverse=True)
+            mask = torch.as_tensor(lp.mask[rep], device=device, dtype=maps[name].A.dtype)
+            self.steps.append((name, torch.as_tensor(read[rep], device=device), mask))
+            cls = inverse.reshape(-1)
+        self.final = torch.as_tensor(cls, device=device)
+        self.rows = max(len(read) for _, read, _ in self.steps)
+
+    def run(self, x: Tensor) -> Tensor:
+        """The output of every class (U, B, …) for the batch x (B, …)."""
+        seq, params, B, start = self.net.sequence, self.net.params, x.shape[0], 0
+        for name, read, mask in self.steps:
+            if name == OUTPUT:
+                x = self.net.output_fn(seq.run(start, len(seq), x, params))
+                start = len(seq)
+            else:
+                x = seq.run(start, seq.index(name), x, params)
+                start = seq.index(name)
+            tm = self.maps[name]
+            xs = tm.samples(x)                                                 # (U_prev·B, P, d)
+            h = tm.coords(xs).reshape(-1, B, xs.shape[1], tm.k)                 # (U_prev, B, P, k)
+            h = torch.gather(h, 0, read[:, None, None, :].expand(len(read), B, xs.shape[1], tm.k))
+            h = h * mask[:, None, None, :]                                      # (U, B, P, k)
+            if hasattr(tm, "WB") and name != OUTPUT and seq.modules[start] is self.net.modules[name]:
+                z = tm.head_out(h)                                              # the Linear's output
+                x, start = z.reshape((-1,) + tuple(x.shape[1:-1]) + (z.shape[-1],)), start + 1
+            else:
+                x = tm.layout.from_samples(tm.back(h).reshape(-1, xs.shape[1], tm.dim), (len(read) * B,) + x.shape[1:])
+        if start < len(seq):
+            x = self.net.output_fn(seq.run(start, len(seq), x, params))
+        return x.reshape((-1, B) + tuple(x.shape[1:]))
 
 
 def _accumulate(sums: _Sums | None, per: Tensor, yas: Tensor, ys: Tensor, w: Tensor,

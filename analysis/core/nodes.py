@@ -67,7 +67,8 @@ class NodeModel:
     Attributes: ``layers`` (the user's node layers in forward order), ``chain`` (``layers``
     with ``"output"`` appended when absent: the terminal every Jacobian target ends at),
     ``layouts[layer]`` (how its tensor is read as samples), ``dims[layer]`` (feature size d_l),
-    ``point_dims[layer]`` (size of the point derivatives are taken at), ``include_bias``.
+    ``point_dims[layer]`` (size of the point derivatives are taken at), ``include_bias``,
+    ``sequence`` (the model's :class:`~intermod.analysis.core.sequence.ModuleSequence`, or None).
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], example: Batch, *,
@@ -98,8 +99,8 @@ class NodeModel:
             n: resolve_layout(n, shapes[n], requested[n], evidence=found.evidence.get(n),
                               model_has_channels=has_channels) for n in self.chain}
         with torch.no_grad(), eval_mode(model):
-            self._sequence = module_sequence(model, self.layers, example, self.params, raw_output)
-        self.heads = linear_heads(self.modules, self._sequence, self.layouts)
+            self.sequence = module_sequence(model, self.layers, example, self.params, raw_output)
+        self.heads = linear_heads(self.modules, self.sequence, self.layouts)
         name_of = {id(p): n for n, p in model.named_parameters()}
         head_ids = {id(m) for m in self.heads.values()}
         self._slot_modules = {m: name_of[id(m.bias)] for m in model.modules()
@@ -269,7 +270,7 @@ class NodeModel:
         at each position, so a VJP gives their per-position slot derivative. With ``tangent``
         (inside ``fwAD.dual_level``) the other biases carry tangents (see :meth:`bias_tangent`).
         """
-        if self._sequence is not None and point is not None:
+        if self.sequence is not None and point is not None:
             return self._sequence_section(batch, j, point, alpha, tangent)
         found: dict[str, Tensor | None] = {}
 
@@ -323,7 +324,7 @@ class NodeModel:
     def _sequence_bounds(self, j: int) -> tuple[int, int]:
         """Section j's modules in the model's :class:`~intermod.analysis.core.sequence.ModuleSequence`:
         start … stop−1."""
-        seq, src, dst = self._sequence, self.chain[j], self.chain[j + 1]
+        seq, src, dst = self.sequence, self.chain[j], self.chain[j + 1]
         assert seq is not None, "not a sequence of modules"
         start = seq.index(src) + int(src in self.heads)
         return start, len(seq) if dst == OUTPUT else seq.index(dst)
@@ -334,7 +335,7 @@ class NodeModel:
         leaf = point.detach().clone().requires_grad_(True)
         with torch.enable_grad(), self._hooks():
             slot = self._new_slot(leaf, self.chain[j], batch)
-            out = self._sequence.run(*self._sequence_bounds(j), leaf.clone(), self.params_scaled(alpha, tangent))
+            out = self.sequence.run(*self._sequence_bounds(j), leaf.clone(), self.params_scaled(alpha, tangent))
             if self.chain[j + 1] == OUTPUT:
                 out = self.output_fn(out)
         return leaf, out, slot
@@ -371,7 +372,7 @@ class NodeModel:
         d_slot (every direction but the constant one of a centred basis) leaves the slot hooks out."""
         K, B = d_point.shape[:2]
         moves = d_slot is not None and bool(d_slot.any())
-        if self._sequence is None:
+        if self.sequence is None:
             slot = self._new_slot(point, self.chain[j], batch) if moves else None   # sets the share too
             self._slot_now = None                                  # the prefix runs without the slot
 
@@ -390,7 +391,7 @@ class NodeModel:
             if moves:
                 slot = self._new_slot(x, self.chain[j], batch)
                 self._slot_now = fwAD.make_dual(slot.detach(), d_slot.reshape(slot.shape))
-            out = self._sequence.run(*self._sequence_bounds(j), fwAD.make_dual(x, d_point.flatten(0, 1)),
+            out = self.sequence.run(*self._sequence_bounds(j), fwAD.make_dual(x, d_point.flatten(0, 1)),
                                      self.params_scaled(alpha))
             out = _tangent(self.output_fn(out) if self.chain[j + 1] == OUTPUT else out)
         return out.view((K, B) + tuple(out.shape[1:]))
@@ -398,16 +399,16 @@ class NodeModel:
     def section_modules(self, j: int) -> list[nn.Module] | None:
         """The modules that section j runs, in order, or None when the model is not a sequence
         of modules cut at them (:mod:`~intermod.analysis.core.sequence`)."""
-        if self._sequence is None:
+        if self.sequence is None:
             return None
-        return list(self._sequence.modules[slice(*self._sequence_bounds(j))])
+        return list(self.sequence.modules[slice(*self._sequence_bounds(j))])
 
     def modules_before(self, name: str) -> list[nn.Module] | None:
         """The modules that run from the model's input to node layer ``name`` (the input of its
         module), or None (not a sequence of modules cut at them)."""
-        if self._sequence is None or name == OUTPUT:
+        if self.sequence is None or name == OUTPUT:
             return None
-        return list(self._sequence.modules[:self._sequence.index(name)])
+        return list(self.sequence.modules[:self.sequence.index(name)])
 
     def slot_hooked(self, module: nn.Module) -> bool:
         """Whether ``module``'s bias is scaled by the slot through a forward hook."""
