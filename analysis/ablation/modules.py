@@ -41,8 +41,9 @@ class ModuleCut:
     """loss: L of the cut; baseline / baseline_spread: mean / standard deviation of L over
     random partitions with equal module sizes per layer (baseline_losses: each one);
     inactive_loss: L with only the inactive directions ablated; reconstruction_loss: L with
-    nothing ablated; scale: the loss of the best constant output; n_forward: forward passes
-    over the data the evaluation cost (copies + the clean pass)."""
+    nothing ablated; scale: the loss of the best constant output; n_forward: the copies the
+    evaluation stacks + the clean pass, its cost in forward passes over the data at most (a
+    model run module by module runs each section on its distinct copies only)."""
 
     loss: float
     baseline: float
