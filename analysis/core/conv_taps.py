@@ -19,10 +19,14 @@ C_in ≥ 8 and C_out ≤ 4·C_in take this path (:func:`convolve` is a drop-in f
 ``F.conv{1,2,3}d`` without a bias; every other call is torch's). On a ResNet-18-shaped network
 (32–256 channels, 32×32 inputs, n = 128, output target) the edges went from 86 to 51 s.
 
+Convolutions of small maps (S ≤ 2T input positions) go further, to one GEMM with the dense
+matrix of the convolution (:mod:`~intermod.analysis.core.conv_dense`), with or without a graph.
+
 :func:`tap_convs` applies the same to the model's own convolutions while it runs (a torch
-function mode around ``NodeModel``'s calls): the forward passes without autograd (ablations,
-top examples, each edge batch's activations) take the taps; passes that record a graph, and
-forward-mode or vmapped passes, keep torch's.
+function mode around ``NodeModel``'s calls and sections): the forward passes without autograd
+(ablations, top examples, each edge batch's activations) take the taps or the dense GEMM;
+passes that record a graph take the dense GEMM where it applies (its input gradient is a GEMM
+too) and torch's convolution elsewhere; forward-mode and vmapped passes keep torch's.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _ntuple
 from torch.overrides import TorchFunctionMode
 
+from .conv_dense import by_dense, conv_pads, dense_conv, output_size
+
 TAP_CHUNK_BYTES = 2 << 20   # the padded channels-last copy of one chunk of samples
 TAP_MIN_BYTES = 4 << 20     # smaller inputs stay in cache and torch's convolution is as fast
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -47,16 +53,19 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 def convolve(x: Tensor, weight: Tensor, stride: int | tuple[int, ...], padding: int | tuple[int, ...] | str,
              dilation: int | tuple[int, ...], groups: int = 1) -> Tensor:
     """W ⋆ x for x (N, C_in, *S) and ``weight`` (C_out, C_in/groups, *kernel), zero padding,
-    no bias: ``F.conv{1,2,3}d(x, weight, None, stride, padding, dilation, groups)``."""
+    no bias: ``F.conv{1,2,3}d(x, weight, None, stride, padding, dilation, groups)``, by the
+    dense GEMM of small maps, by taps, or by torch (module docstring)."""
     nd = weight.ndim - 2
+    stride, dilation = _ntuple(nd)(stride), _ntuple(nd)(dilation)
+    if _no_transform() and by_dense(x, weight, groups, stride, padding, dilation):
+        return dense_conv(x, weight, stride, padding, dilation)
     if not _by_taps(x, weight, groups):
         return _CONV[nd](x, weight, None, stride, padding, dilation, groups)
     kernel = tuple(weight.shape[2:])
-    stride, dilation = _ntuple(nd)(stride), _ntuple(nd)(dilation)
-    pads = _pads(padding, kernel, dilation)
+    pads = conv_pads(padding, kernel, dilation)
     spatial = tuple(x.shape[2:])
     padded = tuple(n + lo + hi for n, (lo, hi) in zip(spatial, pads))
-    out_sp = tuple((n - d * (k - 1) - 1) // s + 1 for n, k, s, d in zip(padded, kernel, stride, dilation))
+    out_sp = output_size(spatial, kernel, stride, dilation, pads)
     N, C, O = x.shape[0], x.shape[1], weight.shape[0]
     out = x.new_empty((N, O) + out_sp)
     if N == 0 or any(n <= 0 for n in out_sp):
@@ -95,16 +104,25 @@ def tap_convs(enabled: bool) -> AbstractContextManager:
 
 
 class _TapConvs(TorchFunctionMode):
-    """``torch.conv{1,2,3}d`` (= ``F.conv{1,2,3}d``) calls that :func:`_by_taps` accepts, made
-    outside any functorch transform or forward-AD level, become :func:`convolve` + bias."""
+    """``torch.conv{1,2,3}d`` (= ``F.conv{1,2,3}d``) calls that :func:`_by_taps` or
+    :func:`~intermod.analysis.core.conv_dense.by_dense` accepts, made outside any functorch
+    transform or forward-AD level and without a bias gradient to record, become
+    :func:`convolve` + bias."""
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if func in _FUNCS and _no_transform():
             x, weight, bias, stride, padding, dilation, groups = _conv_args(*args, **kwargs)
-            if _by_taps(x, weight, groups, bias):
+            nd = weight.ndim - 2 if isinstance(weight, Tensor) else 0
+            stride, dilation = _ntuple(nd)(stride), _ntuple(nd)(dilation)
+            bias_grad = bias is not None and torch.is_grad_enabled() and bias.requires_grad
+            if not bias_grad and (by_dense(x, weight, groups, stride, padding, dilation)
+                                  or _by_taps(x, weight, groups, bias)):
                 y = convolve(x, weight, stride, padding, dilation)
-                return y if bias is None else y.add_(bias.reshape((1, -1) + (1,) * (y.ndim - 2)))
+                if bias is None:
+                    return y
+                b = bias.reshape((1, -1) + (1,) * (y.ndim - 2))
+                return y + b if y.requires_grad else y.add_(b)
         return func(*args, **kwargs)
 
 
@@ -136,15 +154,3 @@ def _by_taps(x: Tensor, weight: Tensor, groups: int, bias: Tensor | None = None)
             and weight.device.type == "cpu" and x.ndim == weight.ndim
             and x.numel() * x.element_size() >= TAP_MIN_BYTES and C >= 8 and O <= 4 * C
             and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))))
-
-
-def _pads(padding: int | tuple[int, ...] | str, kernel: tuple[int, ...], dilation: tuple[int, ...]) -> list[tuple[int, int]]:
-    """(before, after) per spatial axis: ints pad both sides; "valid" none; "same" pads
-    δ·(k − 1) in all, the odd one after (as torch does)."""
-    if padding == "valid":
-        return [(0, 0)] * len(kernel)
-    if padding == "same":
-        return [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation)]
-    return [(p, p) for p in _ntuple(len(kernel))(padding)]
-
-

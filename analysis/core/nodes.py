@@ -333,7 +333,7 @@ class NodeModel:
                           ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Fast path for a model that applies its modules in sequence: run only the section's."""
         leaf = point.detach().clone().requires_grad_(True)
-        with torch.enable_grad(), self._hooks():
+        with torch.enable_grad(), self._hooks(), tap_convs(self._has_conv):
             slot = self._new_slot(leaf, self.chain[j], batch)
             out = self.sequence.run(*self._sequence_bounds(j), leaf.clone(), self.params_scaled(alpha, tangent))
             if self.chain[j + 1] == OUTPUT:
