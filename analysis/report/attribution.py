@@ -16,8 +16,9 @@ so the share of a in a set S of directions (a module's first-layer directions) i
 input embedding, per embedding dimension, per token position s and per vocabulary item (the
 energy Σ_e A²_{s,e} of each occurrence, added to the id found at s).
 
-Everything runs on ``device`` (the model's float64 parameter copies, the batches, C, the
-colourings, the cotangents); E is accumulated in float64 there and returned as CPU numpy arrays.
+Everything runs on ``device`` (the model's parameter copies in ``dtype``, float64 by default,
+the batches, C, the colourings, the cotangents); f̂, Δ and E are float64 there, E returned as
+CPU numpy arrays.
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ def direction_attribution(model: nn.Module, inputs: Inputs, graph: InteractionGr
                           directions: Mapping[str, Sequence[int]], *, n_alpha: int = 8,
                           n_probes: int | None = None, embedding: str | None = None,
                           output_fn: OutputFn | None = None, batch_size: int = 256,
-                          seed: int = 0, device: str | torch.device = "auto", progress: bool = True,
-                          callback: Callback | None = None) -> DirectionAttribution:
+                          seed: int = 0, device: str | torch.device = "auto", dtype: torch.dtype = torch.float64,
+                          progress: bool = True, callback: Callback | None = None) -> DirectionAttribution:
     """Energies E_ia of every input coordinate a in each requested direction (module docstring).
 
     directions: layer -> direction indices. ``n_probes`` replaces the exact sum over output
@@ -103,7 +104,11 @@ def direction_attribution(model: nn.Module, inputs: Inputs, graph: InteractionGr
     Σ_t A_{t,i}², each probe the same at every α, keyed by (``seed``, sample, valid position)
     as the basis's probes are; ``embedding`` names the input-embedding module for token inputs
     (default: ``model.get_input_embeddings()`` or the first ``nn.Embedding``). ``device``: where
-    the work runs ("auto": CUDA when available, else the CPU; the model is not moved).
+    the work runs ("auto": CUDA when available, else the CPU; the model is not moved). ``dtype``:
+    the model's forward and backward passes in float64 (default) or float32 (f̂, the path's
+    baseline and Δ, and the energies stay float64; measured on a ResNet-18-shaped CNN: energies
+    within 1e-5 relative of float64's and several times faster, torch's float32 convolutions
+    having oneDNN kernels that its float64 ones lack).
     ``progress``: a bar over batches × quadrature nodes ("input attribution"); ``callback(stage,
     done, total)`` after each (raise from it to cancel).
     """
@@ -117,8 +122,10 @@ def direction_attribution(model: nn.Module, inputs: Inputs, graph: InteractionGr
         raise ValueError(f"n_alpha must be >= 1, got {n_alpha}")
     if not wanted:
         raise ValueError("directions: no direction selected")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     net, batches, coords = setup(model, inputs, graph, list(wanted), output_fn=output_fn, batch_size=batch_size,
-                                 device=device)
+                                 device=device, dtype=dtype)
     first = next(iter(batches))
     tokens = token_ids(first) is not None
     run = _TokenRun(net, _embedding_module(model, embedding), batches) if tokens else _TensorRun(net, batches, first)
@@ -181,10 +188,10 @@ def _gradients(leaf: Tensor, act: Tensor, layout: Layout, coords: LayerCoordinat
     x, w = layout.samples(act, mask)
     f_hat = coords(x, torch.as_tensor(idx, device=x.device))   # (B, P, k_sel)
     k = len(idx)
-    eye = torch.eye(k, dtype=leaf.dtype, device=leaf.device)
+    eye = torch.eye(k, dtype=f_hat.dtype, device=leaf.device)
     per_item = f_hat.numel() + leaf.numel() + saved
-    patterns = (per_direction_cotangents(w, k, n_probes, draw, leaf.dtype, per_item) if col is None
-                else coloured_cotangents(col, w, k, leaf.dtype, per_item, DEFAULT_MAX_MEMORY))
+    patterns = (per_direction_cotangents(w, k, n_probes, draw, f_hat.dtype, per_item) if col is None
+                else coloured_cotangents(col, w, k, f_hat.dtype, per_item, DEFAULT_MAX_MEMORY))
     grads = [vjp(f_hat, [leaf], pattern[..., None] * eye[which][:, None, None, :])[0]
              for pattern, which, *_ in patterns]
     g = torch.cat(grads, 0)                                    # (n_pat * k, *leaf.shape), pattern-major
@@ -203,7 +210,7 @@ class _TensorRun:
         self.net, self.first = net, first
         total, n = 0.0, 0
         for b in batches:
-            total, n = total + b.sum(0), n + b.shape[0]
+            total, n = total + b.sum(0, dtype=torch.float64), n + b.shape[0]
         self.baseline = total / n
         self.shape = tuple(first.shape[1:])
         self.energy: dict[str, Tensor] = {}
@@ -220,12 +227,12 @@ class _TensorRun:
         return act.ndim == 2 and act.numel() == x.numel() and torch.equal(act.reshape(x.shape), x)
 
     def forward(self, x: Tensor, alpha: float) -> dict[str, Tensor]:
-        self.delta = x - self.baseline
-        self.leaf = (self.baseline + alpha * self.delta).requires_grad_(True)
+        self.delta = x.to(torch.float64) - self.baseline      # float64 whatever the model's dtype
+        self.leaf = (self.baseline + alpha * self.delta).to(x.dtype).requires_grad_(True)
         return self.net.forward(self.leaf, grad=True)
 
     def add(self, layer: str, g: Tensor, k: int, mask: Tensor | None) -> None:
-        A = g * self.delta                                     # (k, n_pat, B, *shape)
+        A = g.to(torch.float64) * self.delta                   # (k, n_pat, B, *shape)
         e = A.square().sum((1, 2)).detach()
         self.energy[layer] = self.energy.get(layer, 0) + e
 
@@ -267,7 +274,7 @@ class _TokenRun:
         return acts
 
     def add(self, layer: str, g: Tensor, k: int, mask: Tensor | None) -> None:
-        A = g * self.e                                         # (k, n_pat, B, P, d)
+        A = g.to(torch.float64) * self.e.to(torch.float64)     # (k, n_pat, B, P, d)
         if mask is not None:
             A = A * mask.to(A.dtype)[None, None, :, :, None]
         per_pos = A.square().sum(1).detach()                   # (k, B, P, d)

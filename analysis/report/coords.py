@@ -69,32 +69,33 @@ def layer_coordinates(graph: InteractionGraph, layer: str, dim: int, mean: np.nd
 
 
 class Batches:
-    """Re-iterable batches of ``inputs`` in float64 on ``device`` (streamed, never all in memory;
-    floating tensors cast, integer token ids kept)."""
+    """Re-iterable batches of ``inputs`` in ``dtype`` on ``device`` (streamed, never all in
+    memory; floating tensors cast, integer token ids kept)."""
 
-    def __init__(self, inputs: Inputs, batch_size: int, device: torch.device):
-        self.inputs, self.batch_size, self.device = inputs, batch_size, device
+    def __init__(self, inputs: Inputs, batch_size: int, device: torch.device, dtype: torch.dtype = torch.float64):
+        self.inputs, self.batch_size, self.device, self.dtype = inputs, batch_size, device, dtype
 
     def __iter__(self) -> Iterator[Batch]:
         for b in iter_batches(self.inputs, self.batch_size):
-            yield batch_to(b, self.device, torch.float64)
+            yield batch_to(b, self.device, self.dtype)
 
 
 def setup(model: nn.Module, inputs: Inputs, graph: InteractionGraph, layers: Sequence[str], *,
-          output_fn: OutputFn | None, batch_size: int, device: str | torch.device = "auto"
-          ) -> tuple[NodeModel, Batches, dict[str, LayerCoordinates]]:
-    """The model cut at the graph's node layers (float64 copies of its parameters on ``device``
+          output_fn: OutputFn | None, batch_size: int, device: str | torch.device = "auto",
+          dtype: torch.dtype = torch.float64) -> tuple[NodeModel, Batches, dict[str, LayerCoordinates]]:
+    """The model cut at the graph's node layers (``dtype`` copies of its parameters on ``device``
     (:func:`~intermod.analysis.core.inputs.resolve_device`), no bias slot: plain activations;
-    the model itself is neither moved nor changed), the batches on that device, and the
-    coordinates of ``layers`` there. A centred basis without a slot subtracts the basis's mean
+    the model itself is neither moved nor changed), the batches on that device in ``dtype``, and
+    the coordinates of ``layers`` there (float64: f̂ of a float32 activation is computed in
+    float64). A centred basis without a slot subtracts the basis's mean
     μ: the graph's stored ``means`` where it has them, else the mean over ``inputs``."""
     dev = resolve_device(device)
-    batches = Batches(inputs, batch_size, dev)
+    batches = Batches(inputs, batch_size, dev, dtype)
     first = next(iter(batches), None)
     if first is None:
         raise ValueError("inputs: no data")
     net = NodeModel(model, graph.layers, first, output_fn=output_fn, include_bias=False,
-                    dtype=torch.float64, device=dev, layout=graph.metadata.get("layout"))
+                    dtype=dtype, device=dev, layout=graph.metadata.get("layout"))
     means = {}
     if graph.metadata.get("center"):
         stored = getattr(graph, "means", None) or {}

@@ -202,8 +202,8 @@ def module_report(model: nn.Module | None, inputs: Inputs | None, graph: Interac
                   output_names: Sequence[str] | Callable[[int], str] | None = None, n_alpha: int = 8,
                   n_probes: int | None = None, embedding: str | None = None,
                   output_fn: OutputFn | None = None, batch_size: int = 256, seed: int = 0,
-                  device: str | torch.device = "auto", progress: bool = True,
-                  callback: Callback | None = None) -> ModuleReport:
+                  device: str | torch.device = "auto", dtype: torch.dtype = torch.float64,
+                  progress: bool = True, callback: Callback | None = None) -> ModuleReport:
     """Explain every module of ``partition`` (see the module docstring).
 
     model, inputs: the data the graph was built on (None, None: a report of the graph only,
@@ -216,7 +216,9 @@ def module_report(model: nn.Module | None, inputs: Inputs | None, graph: Interac
     name, e.g. a tokenizer's decode for LM logits, so the tokens whose logits move most are
     readable); default the effects' own labels. device: where attribution and top examples
     run ("auto": CUDA when available, else the CPU; "cpu", "cuda", "cuda:1", a torch.device;
-    ValueError for anything else); the model is not moved. The other options (``progress``,
+    ValueError for anything else); the model is not moved. dtype: the input attribution's model
+    passes in float64 (default) or float32 (:func:`.direction_attribution`; the top examples run
+    in float64). The other options (``progress``,
     ``callback`` included: the input attribution's bar) go to :func:`.direction_attribution`.
     """
     if not isinstance(graph, InteractionGraph):
@@ -249,7 +251,7 @@ def module_report(model: nn.Module | None, inputs: Inputs | None, graph: Interac
                 first.setdefault(m.first_layer, []).extend(m.directions[m.first_layer])
         att = direction_attribution(model, inputs, graph, first, n_alpha=n_alpha, n_probes=n_probes,
                                     embedding=embedding, output_fn=output_fn, batch_size=batch_size, seed=seed,
-                                    device=device, progress=progress, callback=callback)
+                                    device=device, dtype=dtype, progress=progress, callback=callback)
         _add_inputs(rep, att, input_shape, token_labels)
         top = top_examples(model, inputs, graph, membership, top_k=top_k, output_fn=output_fn,
                            batch_size=batch_size, device=device)
