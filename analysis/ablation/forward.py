@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..core.conv_taps import has_convolutions, tap_convs
+from ..core.conv_taps import tap_convs
 from ..core.eval_mode import eval_mode
 from ..core.inputs import Batch, Inputs, as_samples, batch_size_of, batch_to, iter_batches, position_mask
 from ..core.nodes import OUTPUT, NodeModel, OutputFn
@@ -138,7 +138,6 @@ class Ablator:
             if isinstance(net.modules.get(n), nn.Linear) and tm.layout.kind in ("features", "tokens"):
                 tm.fold_head(net.params[f"{n}.weight"], net.params.get(f"{n}.bias"))
         self.batch_size = batch_size
-        self._has_conv = has_convolutions(model)
         first = batch_to(next(iter_batches(inputs, batch_size)), self.s.device, dtype)
         y = net.run_replacing(first, {})
         self._tensors = isinstance(first, Tensor)   # a sequence of modules runs on tensors
@@ -158,12 +157,13 @@ class Ablator:
         """Run ``plan`` over the data: the mean loss of every readout copy (and per group)."""
         net, dev = self.s.net, self.s.device
         K, R = plan.n_copies, len(plan.readout)
-        tensors = {n: (torch.as_tensor(lp.mask, device=dev, dtype=self.s.dtype),
-                       None if lp.src is None else torch.as_tensor(lp.src, device=dev, dtype=torch.long))
-                   for n, lp in plan.layers.items()}
         readout = torch.as_tensor(plan.readout, device=dev, dtype=torch.long)
-        first = next(n for n in net.chain if n in plan.layers)   # copies still identical there
         chain = _Chain(plan, net, self.torch_maps) if net.sequence is not None and self._tensors else None
+        if chain is None:
+            tensors = {n: (torch.as_tensor(lp.mask, device=dev, dtype=self.s.dtype),
+                           None if lp.src is None else torch.as_tensor(lp.src, device=dev, dtype=torch.long))
+                       for n, lp in plan.layers.items()}
+            first = next(n for n in net.chain if n in plan.layers)   # copies still identical there
         scale = ScaleAccumulator(self.loss)
         sums: _Sums | None = None
         for batch in self._chunks(K if chain is None else chain.rows, stage):
@@ -172,7 +172,7 @@ class Ablator:
             with torch.no_grad():
                 y = net.run_replacing(batch, {})
                 if chain is not None:
-                    with eval_mode(net.model), tap_convs(self._has_conv):
+                    with eval_mode(net.model), tap_convs(net.has_conv):
                         ya = chain.run(batch)[chain.final[readout]]          # (R, B, …)
                 else:
                     pre, post = {}, {}
@@ -258,7 +258,7 @@ class _Chain:
 
     def __init__(self, plan: Plan, net: NodeModel, maps: Mapping[str, TorchMap]):
         self.net, self.maps = net, maps
-        device = next(iter(maps.values())).A.device
+        device = net.device
         cls = np.zeros(plan.n_copies, dtype=np.int64)
         self.steps: list[tuple[str, Tensor, Tensor]] = []    # (layer, read (U, k), mask (U, k))
         for name in (n for n in net.chain if n in plan.layers):
@@ -277,12 +277,9 @@ class _Chain:
         """The output of every class (U, B, …) for the batch x (B, …)."""
         seq, params, B, start = self.net.sequence, self.net.params, x.shape[0], 0
         for name, read, mask in self.steps:
-            if name == OUTPUT:
-                x = self.net.output_fn(seq.run(start, len(seq), x, params))
-                start = len(seq)
-            else:
-                x = seq.run(start, seq.index(name), x, params)
-                start = seq.index(name)
+            stop = len(seq) if name == OUTPUT else seq.index(name)
+            x = seq.run(start, stop, x, params)
+            x, start = self.net.output_fn(x) if name == OUTPUT else x, stop
             tm = self.maps[name]
             xs = tm.samples(x)                                                 # (U_prev·B, P, d)
             h = tm.coords(xs).reshape(-1, B, xs.shape[1], tm.k)                 # (U_prev, B, P, k)

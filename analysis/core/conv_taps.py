@@ -57,9 +57,10 @@ def convolve(x: Tensor, weight: Tensor, stride: int | tuple[int, ...], padding: 
     dense GEMM of small maps, by taps, or by torch (module docstring)."""
     nd = weight.ndim - 2
     stride, dilation = _ntuple(nd)(stride), _ntuple(nd)(dilation)
-    if _no_transform() and by_dense(x, weight, groups, stride, padding, dilation):
+    path = _path(x, weight, groups, stride, padding, dilation)
+    if path == "dense":
         return dense_conv(x, weight, stride, padding, dilation)
-    if not _by_taps(x, weight, groups):
+    if path is None:
         return _CONV[nd](x, weight, None, stride, padding, dilation, groups)
     kernel = tuple(weight.shape[2:])
     pads = conv_pads(padding, kernel, dilation)
@@ -113,11 +114,8 @@ class _TapConvs(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in _FUNCS and _no_transform():
             x, weight, bias, stride, padding, dilation, groups = _conv_args(*args, **kwargs)
-            nd = weight.ndim - 2 if isinstance(weight, Tensor) else 0
-            stride, dilation = _ntuple(nd)(stride), _ntuple(nd)(dilation)
-            bias_grad = bias is not None and torch.is_grad_enabled() and bias.requires_grad
-            if not bias_grad and (by_dense(x, weight, groups, stride, padding, dilation)
-                                  or _by_taps(x, weight, groups, bias)):
+            if isinstance(weight, Tensor) and _path(x, weight, groups, _ntuple(weight.ndim - 2)(stride), padding,
+                                                    _ntuple(weight.ndim - 2)(dilation), bias) is not None:
                 y = convolve(x, weight, stride, padding, dilation)
                 if bias is None:
                     return y
@@ -139,6 +137,16 @@ def _no_transform() -> bool:
     """No vmap / grad / jvp transform and no forward-AD level is active (their tensors are
     wrappers that the taps' in-place copies do not support)."""
     return torch._C._functorch.peek_interpreter_stack() is None and fwAD._current_level < 0
+
+
+def _path(x: Tensor, weight: Tensor, groups: int, stride: tuple[int, ...], padding: Any,
+          dilation: tuple[int, ...], bias: Tensor | None = None) -> str | None:
+    """How :func:`convolve` runs this call: "dense" (small maps, outside any transform, no bias
+    gradient to record), "taps" (:func:`_by_taps`) or None (torch's convolution)."""
+    bias_grad = bias is not None and torch.is_grad_enabled() and bias.requires_grad
+    if not bias_grad and _no_transform() and by_dense(x, weight, groups, stride, padding, dilation):
+        return "dense"
+    return "taps" if _by_taps(x, weight, groups, bias) else None
 
 
 def _by_taps(x: Tensor, weight: Tensor, groups: int, bias: Tensor | None = None) -> bool:

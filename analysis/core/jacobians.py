@@ -77,11 +77,8 @@ def vjp(output: Tensor, inputs: Sequence[Tensor], cotangents: Tensor) -> list[Te
     ``tests/test_bruteforce.py``).
     """
     cotangents = cotangents.contiguous()
-    if cotangents.shape[0] == 1:
-        g = torch.autograd.grad(output, inputs, cotangents[0], retain_graph=True, allow_unused=True)
-        return [(torch.zeros_like(x) if gi is None else gi)[None] for gi, x in zip(g, inputs)]
     failure = None
-    if _BATCHED_OK["value"]:
+    if cotangents.shape[0] > 1 and _BATCHED_OK["value"]:
         try:
             grads = torch.autograd.grad(output, inputs, cotangents, retain_graph=True,
                                         is_grads_batched=True, allow_unused=True)

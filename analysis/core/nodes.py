@@ -68,14 +68,15 @@ class NodeModel:
     with ``"output"`` appended when absent: the terminal every Jacobian target ends at),
     ``layouts[layer]`` (how its tensor is read as samples), ``dims[layer]`` (feature size d_l),
     ``point_dims[layer]`` (size of the point derivatives are taken at), ``include_bias``,
-    ``sequence`` (the model's :class:`~intermod.analysis.core.sequence.ModuleSequence`, or None).
+    ``sequence`` (the model's :class:`~intermod.analysis.core.sequence.ModuleSequence`, or None),
+    ``has_conv`` (whether its convolutions run inside :func:`~.conv_taps.tap_convs`).
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], example: Batch, *,
                  output_fn: OutputFn | None, include_bias: bool, dtype: torch.dtype,
                  device: torch.device, layout: LayoutSpec = None):
         layers = checked_layers(layers, named := dict(model.named_modules()))
-        self.model, self._has_conv = model, has_convolutions(model)
+        self.model, self.has_conv = model, has_convolutions(model)
         self.output_fn = output_getter(output_fn)
         self.include_bias = include_bias
         self.dtype, self.device = dtype, device
@@ -136,7 +137,7 @@ class NodeModel:
         return self._call(batch_to(batch, self.device, self.dtype), self.params)
 
     def _call(self, batch: Batch, params: Mapping[str, Tensor]) -> Any:
-        with tap_convs(self._has_conv):   # float64 convolutions outside autograd: by kernel taps
+        with tap_convs(self.has_conv):   # float64 convolutions outside autograd: by kernel taps
             args, kw = ((batch,), {}) if isinstance(batch, Tensor) else ((), dict(batch))
             return functional_call(self.model, dict(params), args, kw)
 
@@ -333,7 +334,7 @@ class NodeModel:
                           ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Fast path for a model that applies its modules in sequence: run only the section's."""
         leaf = point.detach().clone().requires_grad_(True)
-        with torch.enable_grad(), self._hooks(), tap_convs(self._has_conv):
+        with torch.enable_grad(), self._hooks(), tap_convs(self.has_conv):
             slot = self._new_slot(leaf, self.chain[j], batch)
             out = self.sequence.run(*self._sequence_bounds(j), leaf.clone(), self.params_scaled(alpha, tangent))
             if self.chain[j + 1] == OUTPUT:
