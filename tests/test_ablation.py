@@ -370,3 +370,27 @@ def test_chain_pass_runs_each_distinct_copy_once_and_equals_all_copies(which, ml
     assert max(copies_rows) > len(X)                # the K copies stacked
     for a, b in zip(chained, copies):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+
+
+def test_position_groups_over_batches_of_different_lengths(tiny):
+    """Sequences of different lengths in different batches: each position's mean loss is over
+    the batches that reach it (the hook reference, batch by batch)."""
+    model, _, _, graph = tiny
+    gen = torch.Generator().manual_seed(5)
+    long = {"inputs_embeds": torch.randn(6, 4, 4, generator=gen, dtype=torch.float64),
+            "attention_mask": torch.ones(6, 4, dtype=torch.long)}
+    long["attention_mask"][::2, 3] = 0                     # padded: not counted at position 3
+    batches = [make_inputs(n=4, seed=6), long]             # 2 positions, then 4
+    mem = _random_membership(graph, 2, seed=7)
+    fx = ia.module_effects(model, batches, graph, mem, **Q)
+    assert fx.group == "position" and fx.loss_increase.shape == (2, long["attention_mask"].shape[1])
+    for row, c in enumerate(fx.module_ids):
+        masks = {n: (mem[graph.node_offset[n]:graph.node_offset[n] + graph.layer_sizes[n]] != c).astype(float)
+                 for n in graph.layers}
+        sums, counts = np.zeros(fx.loss_increase.shape[1]), np.zeros(fx.loss_increase.shape[1])
+        for b in batches:
+            per = ((ref.node_ablated_output(model, b, graph, masks) - ref.call(model, b).detach().numpy()) ** 2).mean(-1)
+            w = b["attention_mask"].numpy()
+            sums[:per.shape[1]] += (per * w).sum(0)
+            counts[:per.shape[1]] += w.sum(0)
+        np.testing.assert_allclose(fx.loss_increase[row] + fx.reconstruction_by_group, sums / counts, rtol=1e-8, atol=1e-14)

@@ -94,6 +94,15 @@ def test_token_inputs_known_answer():
     np.testing.assert_allclose(att.by_position["1"], A2.sum((1, 3)) / n, rtol=1e-10)
     per_tok = np.stack([A2.sum(3)[:, ids.numpy() == v].sum(1) for v in att.token_ids], 1) / n
     np.testing.assert_allclose(att.by_token["1"], per_tok, rtol=1e-10)
+    # batches of 3 and of 5 positions: each position sums the batches that reach it
+    short, long = ids[:12, :3], ids[12:]
+    att = direction_attribution(model, [short, long], graph, {"1": [1, 2]})
+    parts = [(C.T[:, None, None, :] ** 2) * (model[0].weight.detach()[b].numpy() ** 2)[None] for b in (short, long)]
+    n = short.numel() + long.numel()
+    np.testing.assert_allclose(att.energy["1"], sum(a.sum((1, 2)) for a in parts) / n, rtol=1e-10)
+    by_pos = parts[1].sum((1, 3))
+    by_pos[:, :3] += parts[0].sum((1, 3))
+    np.testing.assert_allclose(att.by_position["1"], by_pos / n, rtol=1e-10)
 
 
 @pytest.mark.parametrize("include_bias", [True, False])

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..core.conv_taps import tap_convs
 from ..core.eval_mode import eval_mode
-from ..core.inputs import Batch, Inputs, as_samples, batch_size_of, batch_to, iter_batches, position_mask
+from ..core.inputs import Batch, Inputs, add_padded, as_samples, batch_size_of, batch_to, iter_batches, position_mask
 from ..core.nodes import OUTPUT, NodeModel, OutputFn
 from ..core.progress import Callback
 from ..core.setup import prepare
@@ -315,9 +315,8 @@ def _accumulate(sums: _Sums | None, per: Tensor, yas: Tensor, ys: Tensor, w: Ten
     if sums is None:
         return _Sums(total, grouped, counts, {"n": float(w.sum())})
     sums.total += total
-    if grouped is not None:
-        sums.grouped += grouped
-        sums.counts = sums.counts + counts
+    if grouped is not None:           # positions: batches of other lengths add into the first P of them
+        sums.grouped, sums.counts = add_padded(sums.grouped, grouped), add_padded(sums.counts, counts)
     sums.extra["n"] += float(w.sum())
     return sums
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .layout import Layout
 
@@ -145,3 +145,12 @@ def as_samples(act: Tensor, mask: Tensor | None, layout: Layout | str | None = N
     if layout is None:
         layout = "features" if act.ndim <= 2 else "tokens"
     return (layout if isinstance(layout, Layout) else Layout(layout)).samples(act, mask)
+
+
+def add_padded(a: Tensor | int, b: Tensor) -> Tensor:
+    """a + b over the last axis (positions), the shorter one padded with zeros: per-position
+    sums over batches whose sequences have different lengths. ``a`` may be 0 (nothing yet)."""
+    if not isinstance(a, Tensor):
+        return a + b
+    n = max(a.shape[-1], b.shape[-1])
+    return nn.functional.pad(a, (0, n - a.shape[-1])) + nn.functional.pad(b, (0, n - b.shape[-1]))

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ..core.colouring import Colouring, coloured_cotangents, dependency_colouring, position_dependency
 from ..core.edges import quadrature
 from ..core.graph import InteractionGraph
-from ..core.inputs import Inputs, batch_size_of, count_batches, position_mask
+from ..core.inputs import Inputs, add_padded, batch_size_of, count_batches, position_mask
 from ..core.jacobians import DEFAULT_MAX_MEMORY, ProbeDraw, SavedNumel, per_direction_cotangents, vjp
 from ..core.layout import Layout
 from ..core.nodes import NodeModel, OutputFn
@@ -279,7 +279,7 @@ class _TokenRun:
             A = A * mask.to(A.dtype)[None, None, :, :, None]
         per_pos = A.square().sum(1).detach()                   # (k, B, P, d)
         self.energy[layer] = self.energy.get(layer, 0) + per_pos.sum((1, 2))
-        self.by_position[layer] = self.by_position.get(layer, 0) + per_pos.sum((1, 3))
+        self.by_position[layer] = add_padded(self.by_position.get(layer, 0), per_pos.sum((1, 3)))
         col = torch.searchsorted(self.token_ids, self.ids.reshape(-1))
         tok = torch.zeros(k, len(self.token_ids), dtype=A.dtype, device=A.device)
         tok.index_add_(1, col, per_pos.sum(3).reshape(k, -1))
