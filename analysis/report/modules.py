@@ -34,7 +34,7 @@ from ..core.jsonutil import plain
 from ..core.nodes import OutputFn
 from ..core.partition import Partition, cutoff_strength
 from ..core.progress import Callback
-from .attribution import DirectionAttribution, direction_attribution
+from .attribution import DirectionAttribution, direction_attribution, set_attribution
 from .examples import Decoder, Hit, top_examples
 
 __all__ = ["ModuleInfo", "ModuleReport", "module_report"]
@@ -216,7 +216,11 @@ def module_report(model: nn.Module | None, inputs: Inputs | None, graph: Interac
     name, e.g. a tokenizer's decode for LM logits, so the tokens whose logits move most are
     readable); default the effects' own labels. device: where attribution and top examples
     run ("auto": CUDA when available, else the CPU; "cpu", "cuda", "cuda:1", a torch.device;
-    ValueError for anything else); the model is not moved. dtype: the input attribution's model
+    ValueError for anything else); the model is not moved. n_probes: None, the exact
+    per-direction energies (:func:`.direction_attribution`); R, each module's first-layer
+    directions as one set, estimated with R joint probes over them and the output positions where
+    the exact sum would need more backward passes (:func:`.set_attribution`; the notes count
+    those modules). dtype: the input attribution's model
     passes in float64 (default) or float32 (:func:`.direction_attribution`; the top examples run
     in float64). The other options (``progress``,
     ``callback`` included: the input attribution's bar) go to :func:`.direction_attribution`.
@@ -245,14 +249,19 @@ def module_report(model: nn.Module | None, inputs: Inputs | None, graph: Interac
         rep.notes.append(f"the partition has no modules (no interaction above ε = {partition.epsilon:g}): "
                          "nothing to attribute or rank")
     elif model is not None:
-        first: dict[str, list[int]] = {}
+        first: dict[str, list[list[int]]] = {}
         for m in mods:
             if m.first_layer is not None:
-                first.setdefault(m.first_layer, []).extend(m.directions[m.first_layer])
-        att = direction_attribution(model, inputs, graph, first, n_alpha=n_alpha, n_probes=n_probes,
-                                    embedding=embedding, output_fn=output_fn, batch_size=batch_size, seed=seed,
-                                    device=device, dtype=dtype, progress=progress, callback=callback)
+                first.setdefault(m.first_layer, []).append(m.directions[m.first_layer])
+        options = {"n_alpha": n_alpha, "embedding": embedding, "output_fn": output_fn, "batch_size": batch_size,
+                   "seed": seed, "device": device, "dtype": dtype, "progress": progress, "callback": callback}
+        att = (direction_attribution(model, inputs, graph, {n: sum(g, []) for n, g in first.items()}, **options)
+               if n_probes is None else set_attribution(model, inputs, graph, first, n_probes=n_probes, **options))
         _add_inputs(rep, att, input_shape, token_labels)
+        n_est = 0 if att.probed is None else sum(int(v.sum()) for v in att.probed.values())
+        if n_est:
+            rep.notes.append(f"input shares of {n_est} module(s) estimated with {n_probes} random probes over their "
+                             "first-layer directions and output positions (unbiased; the others exact)")
         top = top_examples(model, inputs, graph, membership, top_k=top_k, output_fn=output_fn,
                            batch_size=batch_size, device=device)
         for m in mods:
