@@ -402,12 +402,11 @@ class _TokenRun:
             A = A * mask.to(A.dtype)[None, :, :, None]
         per_pos = torch.zeros((n_rows,) + tuple(A.shape[1:]), dtype=A.dtype, device=A.device)
         per_pos.index_add_(0, rows, A.square().detach())      # (rows, B, P, d)
-        k = n_rows
         self.energy[layer] = self.energy.get(layer, 0) + per_pos.sum((1, 2))
         self.by_position[layer] = add_padded(self.by_position.get(layer, 0), per_pos.sum((1, 3)))
         col = torch.searchsorted(self.token_ids, self.ids.reshape(-1))
-        tok = torch.zeros(k, len(self.token_ids), dtype=A.dtype, device=A.device)
-        tok.index_add_(1, col, per_pos.sum(3).reshape(k, -1))
+        tok = torch.zeros(n_rows, len(self.token_ids), dtype=A.dtype, device=A.device)
+        tok.index_add_(1, col, per_pos.sum(3).reshape(n_rows, -1))
         self.by_token[layer] = self.by_token.get(layer, 0) + tok
 
     def result(self, wanted: dict[str, list[int]], exact: dict[str, bool]) -> DirectionAttribution:
