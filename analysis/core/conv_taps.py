@@ -51,13 +51,15 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 def convolve(x: Tensor, weight: Tensor, stride: int | tuple[int, ...], padding: int | tuple[int, ...] | str,
-             dilation: int | tuple[int, ...], groups: int = 1) -> Tensor:
+             dilation: int | tuple[int, ...], groups: int = 1, *, path: str | None = "auto") -> Tensor:
     """W ⋆ x for x (N, C_in, *S) and ``weight`` (C_out, C_in/groups, *kernel), zero padding,
     no bias: ``F.conv{1,2,3}d(x, weight, None, stride, padding, dilation, groups)``, by the
-    dense GEMM of small maps, by taps, or by torch (module docstring)."""
+    dense GEMM of small maps, by taps, or by torch (module docstring). ``path``: "auto" routes
+    by :func:`_path`; the function mode passes the route it has already chosen."""
     nd = weight.ndim - 2
     stride, dilation = _ntuple(nd)(stride), _ntuple(nd)(dilation)
-    path = _path(x, weight, groups, stride, padding, dilation)
+    if path == "auto":
+        path = _path(x, weight, groups, stride, padding, dilation)
     if path == "dense":
         return dense_conv(x, weight, stride, padding, dilation)
     if path is None:
@@ -114,9 +116,12 @@ class _TapConvs(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in _FUNCS and _no_transform():
             x, weight, bias, stride, padding, dilation, groups = _conv_args(*args, **kwargs)
-            if isinstance(weight, Tensor) and _path(x, weight, groups, _ntuple(weight.ndim - 2)(stride), padding,
-                                                    _ntuple(weight.ndim - 2)(dilation), bias) is not None:
-                y = convolve(x, weight, stride, padding, dilation)
+            path = None
+            if isinstance(weight, Tensor):
+                stride, dilation = _ntuple(weight.ndim - 2)(stride), _ntuple(weight.ndim - 2)(dilation)
+                path = _path(x, weight, groups, stride, padding, dilation, bias)
+            if path is not None:                        # routed once: convolve does not decide again
+                y = convolve(x, weight, stride, padding, dilation, groups, path=path)
                 if bias is None:
                     return y
                 b = bias.reshape((1, -1) + (1,) * (y.ndim - 2))
