@@ -3,6 +3,8 @@ forward pass (tests/ablation_reference.py), known answers on planted modules and
 
 from __future__ import annotations
 
+import math
+
 import ablation_reference as ref
 import numpy as np
 import pytest
@@ -337,39 +339,112 @@ def _resnet():
     return model, X, basis, ia.build_graph(model, X, basis, **Q)
 
 
-@pytest.mark.parametrize("which", ["mlp", "resnet"])
-def test_chain_pass_runs_each_distinct_copy_once_and_equals_all_copies(which, mlp, monkeypatch):
-    """For a model that runs its modules in sequence the masked pass goes module by module and
-    runs every copy that holds the same activation by construction once: the first module sees
-    one copy of each batch, not K. Every ablation (edges, a module cut with its baselines,
-    module effects, a node curve) equals the pass over all K copies to 1e-10."""
-    from intermod.analysis.ablation import forward
-    model, X, basis, graph = mlp if which == "mlp" else _resnet()
-    assert forward.Ablator(model, X, {n: forward.LayerMap.from_graph(graph, n) for n in graph.layers},
-                           progress=False).s.net.sequence is not None
+def _force(monkeypatch, way: str) -> None:
+    """Run every plan ``way``: "chain" (module by module, where the model allows), or with
+    hooks on the whole model, "stacked" (the K copies) or "classes" (each class of equal
+    copies once, checked against the stacked copies on the first sample)."""
+    from intermod.analysis.ablation import copies, forward
+    if way == "chain":
+        return
+    monkeypatch.setattr(forward.Ablator, "_runner", lambda self, plan: copies.Copies(
+        plan, self.s.net, self.torch_maps, self.batch_size, np.ones(len(self.s.net.chain) + 1)))
+    monkeypatch.setattr(copies, "MIN_ROW_SAVING", 0.0 if way == "classes" else math.inf)
+    monkeypatch.setattr(copies, "MIN_CLASSES_ONE_SAMPLE", 0)
+
+
+@pytest.mark.parametrize("which", ["mlp", "resnet", "tiny"])
+def test_each_way_of_running_the_copies_gives_the_same_losses(which, mlp, tiny, monkeypatch):
+    """The masked pass runs each copy that holds the same activation by construction once:
+    module by module for a model that runs its modules in sequence (the first module sees one
+    copy of each batch, not K), and with hooks on the whole model otherwise (the rows change at
+    each rewritten layer; a transformer's attention mask broadcasts over them one sample at a
+    time). Every ablation (edges, a module cut with its baselines, module effects, a node curve)
+    equals the pass over all K stacked copies to 1e-10."""
+    from intermod.analysis.ablation import copies
+    model, X, basis, graph = {"mlp": mlp, "tiny": tiny}.get(which) or _resnet()
     mem = _random_membership(graph, 3, seed=5)
     first = next(m for m in model.modules() if not list(m.children()))    # the first leaf module
     rows: list[int] = []
     handle = first.register_forward_hook(lambda m, a, o: rows.append(a[0].shape[0]))
+    checks: list[bool] = []                 # did the classes pass their check (and run)?
+    check = copies.Copies._check
 
-    def run() -> list[np.ndarray]:
+    def spy(self, batch, readout):
+        out = check(self, batch, readout)
+        checks.append(self.classes is not None)
+        return out
+
+    def run(way: str) -> tuple[list[np.ndarray], set[int]]:
         rows.clear()
-        ea = ia.edge_ablation(model, X, graph, keep=9, **Q)
-        cut = ia.module_cut(model, X, graph, mem, n_baseline=2, **Q)
-        fx = ia.module_effects(model, X, graph, mem, **Q)
-        curve = ia.ablation_curve(model, X, basis, graph.layers[1], schedule=[1, 3], **Q)
-        return [np.atleast_1d(ea.loss), np.atleast_1d(cut.loss), cut.baseline_losses, fx.loss, curve.loss]
+        with monkeypatch.context() as mp:
+            _force(mp, way)
+            mp.setattr(copies.Copies, "_check", spy)
+            ea = ia.edge_ablation(model, X, graph, keep=9, **Q)
+            cut = ia.module_cut(model, X, graph, mem, n_baseline=2, **Q)
+            fx = ia.module_effects(model, X, graph, mem, **Q)
+            curve = ia.ablation_curve(model, X, basis, graph.layers[1], schedule=[1, 3], **Q)
+        return [np.atleast_1d(ea.loss), np.atleast_1d(cut.loss), cut.baseline_losses, fx.loss, curve.loss], set(rows)
 
     try:
-        chained, chained_rows = run(), set(rows)
-        monkeypatch.setattr(forward, "_Chain", lambda *a: None)
-        copies, copies_rows = run(), set(rows)
+        ways = {w: run(w) for w in (["chain"] if which != "tiny" else []) + ["classes", "stacked"]}
     finally:
         handle.remove()
-    assert chained_rows == {len(X)}                 # every pass: one copy of the batch at the first module
-    assert max(copies_rows) > len(X)                # the K copies stacked
-    for a, b in zip(chained, copies):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+    n = len(X) if isinstance(X, torch.Tensor) else len(X["inputs_embeds"])
+    stacked, stacked_rows = ways.pop("stacked")
+    assert max(stacked_rows) > n                            # the K copies stacked
+    if "chain" in ways:
+        assert ways["chain"][1] == {n}                      # every pass: one copy of the batch
+    assert checks and all(checks)                           # the classes passed their check: they ran
+    for losses, _ in ways.values():
+        for a, b in zip(losses, stacked):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+
+
+class _Bypass(nn.Module):
+    """a = l2(tanh l1 x), out = l4(tanh l3(tanh a)) + a[:, :2]: ``a`` bypasses the node layers
+    l3 and l4 (not a chain of modules)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(11)
+        self.l1, self.l2, self.l3, self.l4 = (nn.Linear(a, b, dtype=torch.float64)
+                                              for a, b in [(3, 4), (4, 4), (4, 4), (4, 2)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.l2(torch.tanh(self.l1(x)))
+        return self.l4(torch.tanh(self.l3(torch.tanh(a)))) + a[:, :2]
+
+
+def test_copies_whose_rows_a_bypass_mixes_fall_back_to_the_stacked_copies(monkeypatch):
+    """Two copies: copy 1 ablates a direction at l2, at l3 each copy reads the other's f̂. The
+    classes of equal copies come out in another order after l3 than after l2, so ``a`` (rows in
+    l2's order) would be added to the wrong copy; the check on the first sample sees it and the
+    stacked copies run. Both copies' losses equal an independent hook-based pass."""
+    from intermod.analysis.ablation import copies, forward, plans
+    model = _Bypass()
+    X = torch.randn(10, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    layers = ["l2", "l3", "l4"]
+    graph = ia.build_graph(model, X, ia.compute_basis(model, X, layers, **Q), **Q)
+    k = {n: graph.layer_sizes[n] for n in layers}
+    m2 = np.ones((2, k["l2"]))
+    m2[1, 1] = 0.0
+    plan = plans.Plan(2, {"l2": plans.LayerPlan(m2),
+                            "l3": plans.LayerPlan(np.ones((2, k["l3"])), np.array([[1] * k["l3"], [0] * k["l3"]])),
+                            "l4": plans.LayerPlan(np.ones((2, k["l4"])))}, [0, 1])
+    ones = {n: np.ones(k[n]) for n in layers}
+    y = ref.call(model, X).detach().numpy()
+    l3_of = [ref.run(model, X, {"l2": lambda f, m=m: ref.masked(graph, "l2", f, m)}, stop_at="l3") for m in m2]
+    want = [ref.mse(ref.run(model, X, {"l2": lambda f, m=m2[c]: ref.masked(graph, "l2", f, m),
+                                       "l3": ref.masked(graph, "l3", l3_of[1 - c], ones["l3"]),
+                                       "l4": lambda f: ref.masked(graph, "l4", f, ones["l4"])}), y) for c in (0, 1)]
+    maps = {n: forward.LayerMap.from_graph(graph, n) for n in layers}
+    ab = forward.Ablator(model, X, maps, progress=False)
+    assert ab.s.net.sequence is None
+    monkeypatch.setattr(copies, "MIN_ROW_SAVING", 0.0)
+    monkeypatch.setattr(copies, "MIN_CLASSES_ONE_SAMPLE", 0)
+    np.testing.assert_allclose(ab.evaluate(plan).loss, want, rtol=1e-10)
+    monkeypatch.setattr(copies, "_agree", lambda a, b: True)         # unchecked: the rows mix
+    assert not np.allclose(ab.evaluate(plan).loss, want, rtol=1e-3)
 
 
 def test_position_groups_over_batches_of_different_lengths(tiny):
@@ -394,3 +469,31 @@ def test_position_groups_over_batches_of_different_lengths(tiny):
             sums[:per.shape[1]] += (per * w).sum(0)
             counts[:per.shape[1]] += w.sum(0)
         np.testing.assert_allclose(fx.loss_increase[row] + fx.reconstruction_by_group, sums / counts, rtol=1e-8, atol=1e-14)
+
+
+def test_section_costs_count_multiply_adds_per_section(tiny):
+    """The work estimate that picks how copies run: per section of the node-layer chain, each
+    leaf module's output numel times its weight's fan-in (1 without a matrix weight). Known
+    answer on the tiny transformer: nothing before ``blocks.0``, two equal blocks, the head's
+    B·P·D_OUT·D, nothing after the output."""
+    from intermod.analysis.ablation import copies
+    from intermod.analysis.ablation.forward import Ablator
+    from intermod.analysis.ablation.maps import LayerMap
+    from test_transformers import D_MLP, D_OUT, D, P
+    model, inputs, _, graph = tiny
+    ab = Ablator(model, inputs, {n: LayerMap.from_graph(graph, n) for n in graph.layers}, progress=False)
+    rows = len(inputs["inputs_embeds"]) * P
+    block = rows * (D + D + 4 * D * D + D + D_MLP * D + D * D_MLP + D)   # pre, ln1, q k v o, ln2, fc1, fc2, post
+    np.testing.assert_array_equal(ab._costs.cost, [0, block, block, rows * D_OUT * D, 0])
+    plan = ia.ablation.plans.node_plan("head", np.ones((1, graph.layer_sizes["head"])))
+    assert isinstance(ab._runner(plan), copies.Copies)           # a mapping batch: hooks
+
+
+def test_the_copies_check_is_relative_to_the_finite_outputs():
+    """The check of the classes against the stacked copies: √eps relative to the largest finite
+    output, so an infinite logit neither hides a difference elsewhere nor counts as one."""
+    from intermod.analysis.ablation.copies import _agree
+    a = torch.tensor([[-math.inf, 1.0, 2.0]], dtype=torch.float64)
+    assert _agree(a, a.clone()) and _agree(a + torch.tensor([0.0, 1e-12, 0.0]), a)
+    assert not _agree(a + torch.tensor([0.0, 1e-6, 0.0]), a)
+    assert not _agree(a[:, 1:], a[:, 1:].expand(2, 2))

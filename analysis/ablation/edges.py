@@ -18,9 +18,9 @@ from torch import nn
 from ..core.graph import InteractionGraph
 from ..core.inputs import Inputs
 from .common import graph_ablator, options
-from .forward import Ablator, concat
+from .forward import Ablator
 from .loss import LossFn, resolve_tolerance
-from .plans import edge_plan
+from .plans import concat, edge_plan
 
 #: ε stays below 1 (the module search needs ε in (0, 1)).
 EPSILON_CAP = 0.999

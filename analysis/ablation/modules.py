@@ -22,9 +22,9 @@ from ..core.inputs import Inputs
 from ..core.partition import Partition, cutoff_strength, find_modules
 from .common import graph_ablator, options
 from .edges import EpsilonChoice, epsilon_from_ablation
-from .forward import Ablator, concat
+from .forward import Ablator
 from .loss import LossFn
-from .plans import cut_plan, edge_plan, module_ablation_plan, random_partition
+from .plans import concat, cut_plan, edge_plan, module_ablation_plan, random_partition
 
 
 def _membership(graph: InteractionGraph, partition: Partition | np.ndarray | Sequence[int]) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Plans (see :mod:`.forward`) for the ablations of DESIGN.md §1, built from masks.
+"""Plans: what the masked forward pass (:mod:`.forward`) runs, and the plans of the
+ablations of DESIGN.md §1, built from masks.
 
 Layer sizes and the constant direction come from the graph; a membership is one label per
 graph node (−1: outside every module, i.e. inactive). The constant direction is never masked.
@@ -7,11 +8,55 @@ graph node (−1: outside every module, i.e. inactive). The constant direction i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..core.graph import InteractionGraph
-from .forward import LayerPlan, Plan
+
+
+@dataclass
+class LayerPlan:
+    """mask: (K, k) in {0, 1}; src: (K, k) copy indices, or None (every copy reads itself)."""
+
+    mask: np.ndarray
+    src: np.ndarray | None = None
+
+
+@dataclass
+class Plan:
+    """K copies; ``layers`` maps node layers to their rewrite, ``readout`` the result copies."""
+
+    n_copies: int
+    layers: dict[str, LayerPlan]
+    readout: list[int]
+
+    def __post_init__(self) -> None:
+        for name, lp in self.layers.items():
+            if lp.mask.shape[0] != self.n_copies or (lp.src is not None and lp.src.shape != lp.mask.shape):
+                raise ValueError(f"plan for layer {name!r}: masks {lp.mask.shape} do not fit "
+                                 f"{self.n_copies} copies")
+
+
+def concat(plans: Sequence[Plan]) -> Plan:
+    """One plan running ``plans`` side by side (layers missing from a plan: nothing ablated)."""
+    names = list(dict.fromkeys(n for p in plans for n in p.layers))
+    layers, readout, offset = {}, [], 0
+    sizes = {n: next(p.layers[n].mask.shape[1] for p in plans if n in p.layers) for n in names}
+    for p in plans:
+        readout += [offset + r for r in p.readout]
+        offset += p.n_copies
+    for n in names:
+        masks, srcs, off = [], [], 0
+        for p in plans:
+            lp = p.layers.get(n, LayerPlan(np.ones((p.n_copies, sizes[n]))))
+            masks.append(lp.mask)
+            own = np.repeat(np.arange(p.n_copies)[:, None], sizes[n], 1)
+            srcs.append(off + (own if lp.src is None else lp.src))
+            off += p.n_copies
+        layers[n] = LayerPlan(np.concatenate(masks).astype(np.float64), np.concatenate(srcs))
+    return Plan(offset, layers, readout)
+
 
 
 def node_plan(layer: str, masks: np.ndarray) -> Plan:
