@@ -463,3 +463,43 @@ def test_sections_without_forward_mode_keep_the_vjps():
     assert sorted(warned) == ["section b -> c", "section c -> output"]   # the prefix runs the Function too
     plain = ia.build_graph(model, X, basis, structured=False, **QUIET)
     np.testing.assert_allclose(fast.w, plain.w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("config", [TINY_BERT, TINY_GPT2], ids=["bert", "gpt2"])
+def test_ablations_run_each_class_of_copies_once_and_equal_the_stacked_copies(config, monkeypatch):
+    """A Hugging Face transformer is not a chain of modules: its ablations run with hooks, each
+    class of equal copies once, the attention mask of one sample broadcast over the classes
+    (checked against the stacked copies). Edge ablation and module effects equal the K stacked
+    copies to 1e-10, on padded batches."""
+    import math
+
+    from intermod.analysis.ablation import copies
+    model = _random_model(config).double()
+    inputs = _ids(n=6, p=7)
+    layers = hf.cut_points(model, "residual")[1:]
+    graph = ia.build_graph(model, inputs, ia.compute_basis(model, inputs, layers, n_probes=4, **QUIET), **QUIET)
+    membership = np.random.default_rng(0).integers(0, 3, graph.n_nodes)
+    ran: list[tuple[bool, int]] = []
+    check = copies.Copies._check
+
+    def spy(self, batch, readout):
+        out = check(self, batch, readout)
+        ran.append((self.classes is not None, self.samples))
+        return out
+
+    def losses(saving: float) -> list[np.ndarray]:
+        with monkeypatch.context() as mp:
+            mp.setattr(copies, "MIN_ROW_SAVING", saving)
+            mp.setattr(copies, "MIN_CLASSES_ONE_SAMPLE", 0)
+            mp.setattr(copies.Copies, "_check", spy)
+            ea = ia.edge_ablation(model, inputs, graph, keep=20, **QUIET)
+            fx = ia.module_effects(model, inputs, graph, membership, **QUIET)
+        return [np.array([ea.loss]), fx.loss, fx.loss_increase]
+
+    classes = losses(0.0)
+    assert ran and set(ran) == {(True, 1)}          # the classes ran, one sample per pass
+    ran.clear()
+    stacked = losses(math.inf)
+    assert not ran
+    for a, b in zip(classes, stacked):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
