@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..core.conv_taps import tap_convs
 from ..core.eval_mode import eval_mode
-from ..core.inputs import Batch, batch_size_of, iter_batches
+from ..core.inputs import Batch, batch_size_of, iter_batches, slice_batch
 from ..core.nodes import OUTPUT, NodeModel
 from .maps import TorchMap
 from .plans import Plan
@@ -39,12 +39,19 @@ from .plans import Plan
 class _Step:
     """The rewrite of one node layer, over classes of copies: ``n_in`` classes arrive (stacked
     along the batch dimension, class u = rows u·B … u·B + B − 1); output class u reads
-    direction i from arriving class read[u, i] (U, k) and keeps the directions mask[u] (U, k)."""
+    direction i from arriving class read[u, i] (U, k) and keeps the directions mask[u] (U, k).
+    ``read`` is None where no gather is needed: one class arrives (every output class reads
+    it), or each output class u reads all of arriving class u."""
 
     name: str
-    read: Tensor
+    read: Tensor | None
     mask: Tensor
     n_in: int
+
+    @property
+    def n_out(self) -> int:
+        """U, the classes the step writes."""
+        return self.mask.shape[0]
 
 
 def _steps(plan: Plan, chain: Sequence[str], maps: Mapping[str, TorchMap], device: torch.device,
@@ -66,7 +73,8 @@ def _steps(plan: Plan, chain: Sequence[str], maps: Mapping[str, TorchMap], devic
             read, mask, cls = read[rep], mask[rep], cls.reshape(-1)
         else:
             cls = np.arange(K)
-        steps.append(_Step(name, torch.as_tensor(read, device=device),
+        plain = n_in == 1 or (len(read) == n_in and bool((read == np.arange(n_in)[:, None]).all()))
+        steps.append(_Step(name, None if plain else torch.as_tensor(read, device=device),
                            torch.as_tensor(mask, device=device, dtype=maps[name].A.dtype), n_in))
         n_in = len(read)
     return steps, torch.as_tensor(cls, device=device)
@@ -78,8 +86,9 @@ def _masked(tm: TorchMap, step: _Step, x: Tensor, B: int) -> tuple[Tensor, Tenso
     read and masked: (U, B, P, k)."""
     xs = tm.samples(x[:step.n_in * B])
     h = tm.coords(xs).reshape(step.n_in, B, xs.shape[1], tm.k)
-    h = torch.gather(h, 0, step.read[:, None, None, :].expand(len(step.read), B, xs.shape[1], tm.k))
-    return xs, h * step.mask[:, None, None, :]
+    if step.read is not None:
+        h = torch.gather(h, 0, step.read[:, None, None, :].expand(step.n_out, B, xs.shape[1], tm.k))
+    return xs, h * step.mask[:, None, None, :]                   # one arriving class broadcasts
 
 
 def _written(tm: TorchMap, h: Tensor, x: Tensor, P: int) -> Tensor:
@@ -95,7 +104,7 @@ class Chain:
     def __init__(self, plan: Plan, net: NodeModel, maps: Mapping[str, TorchMap]):
         self.net, self.maps = net, maps
         self.steps, self.final = _steps(plan, net.chain, maps, net.device, dedup=True)
-        self.rows = max(len(s.read) for s in self.steps)
+        self.rows = max(s.n_out for s in self.steps)
 
     def outputs(self, x: Tensor, readout: Tensor) -> Tensor:
         """The output of the copies ``readout`` (R, B, …) for the batch x (B, …)."""
@@ -230,7 +239,7 @@ class Copies:
         steps, final = _steps(plan, net.chain, maps, dev, dedup=True)
         rows = np.ones(len(costs))                  # classes per section of the chain
         for step in steps:
-            rows[net.chain.index(step.name) + 1:] = len(step.read)
+            rows[net.chain.index(step.name) + 1:] = step.n_out
         self.classes = _Hooked(steps, final, net, maps, 1) if MIN_ROW_SAVING * (rows @ costs) <= K * costs.sum() else None
         self.rows = int(rows.max()) if self.classes is not None else K
         self.batch_size, self.K = batch_size, K
@@ -260,7 +269,7 @@ class Copies:
                 if n == 1 and self.rows < MIN_CLASSES_ONE_SAMPLE and min(batch_size_of(batch), self.batch_size // self.K) > 1:
                     break                   # the stacked copies pass several samples at once
                 self.samples = max(1, self.batch_size // self.rows) if n > 1 else 1
-                rest = _after(batch, n)
+                rest = slice_batch(batch, n)
                 if not batch_size_of(rest):
                     return got
                 return torch.cat([got, self._split(self.classes, rest, readout, self.samples)], 1)
@@ -272,13 +281,6 @@ class Copies:
         if batch_size_of(batch) <= n:
             return run.outputs(batch, readout)
         return torch.cat([run.outputs(c, readout) for c in iter_batches(batch, n)], 1)
-
-
-def _after(batch: Batch, n: int) -> Batch:
-    """The samples of ``batch`` from the (n+1)-th on (possibly none)."""
-    if isinstance(batch, Tensor):
-        return batch[n:]
-    return {k: v[n:] if isinstance(v, Tensor) and v.ndim > 0 else v for k, v in batch.items()}
 
 
 def _agree(a: Tensor, b: Tensor) -> bool:

@@ -79,8 +79,7 @@ def iter_batches(inputs: Inputs, batch_size: int) -> Iterator[Batch]:
     elif isinstance(inputs, Mapping):
         n = _leading_dim(inputs)
         for i in range(0, n, batch_size):
-            yield {k: (v[i:i + batch_size] if isinstance(v, Tensor) and v.ndim > 0 else v)
-                   for k, v in inputs.items()}
+            yield slice_batch(inputs, i, i + batch_size)
     elif isinstance(inputs, Iterator):
         raise TypeError("inputs is a one-shot iterator, but intermod makes several passes over the "
                         "data: pass a tensor, a mapping of tensors or a re-iterable such as a DataLoader")
@@ -95,6 +94,14 @@ def iter_batches(inputs: Inputs, batch_size: int) -> Iterator[Batch]:
     else:
         raise TypeError(f"inputs must be a tensor, a mapping of tensors or an iterable of batches, "
                         f"got {type(inputs).__name__}")
+
+
+def slice_batch(batch: Batch, start: int, stop: int | None = None) -> Batch:
+    """Samples start … stop − 1 of a batch (a tensor, or a mapping whose tensors with a batch
+    dimension are sliced and other values kept)."""
+    if isinstance(batch, Tensor):
+        return batch[start:stop]
+    return {k: (v[start:stop] if isinstance(v, Tensor) and v.ndim > 0 else v) for k, v in batch.items()}
 
 
 def count_batches(inputs: Inputs, batch_size: int) -> int | None:
