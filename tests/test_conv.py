@@ -184,21 +184,23 @@ def test_conv_G_M_and_edges_match_brute_force(cnn_case, target):
 @pytest.mark.parametrize("n_probes", [None, 3])
 def test_batches_too_large_for_one_cotangent_run_in_parts(include_bias, n_probes, monkeypatch):
     """When even one cotangent's backward pass over the batch overruns ``max_memory``, the
-    output target's Jacobians run on parts of the batch (each with its own forward pass): the
-    Grams equal the whole batch's (1e-10; probes keep their samples' draws), and the σ′ moments
-    of the closed-form layers still read the whole batch's points (the node model's points are
-    restored)."""
-    from intermod.analysis.core import jacobian_grams
+    output target's Jacobians run on parts of the batch, each with its own forward pass, and no
+    graph of the whole batch is built first (one sample's pass measures the cost): the Grams
+    equal the whole batch's (1e-10; probes keep their samples' draws), and the σ′ moments of the
+    closed-form layers and the activation Grams read the parts' points and activations joined."""
+    from intermod.analysis.core.nodes import NodeModel
 
     model, x = _cnn(), _data(12)
     opts = dict(jacobian_target="output", include_bias=include_bias, n_probes=n_probes, batch_size=12, **QUIET)
     whole = ia.compute_basis(model, x, LAYERS, **opts)
-    parts = []
-    real = jacobian_grams._by_parts
-    monkeypatch.setattr(jacobian_grams, "_by_parts", lambda s, batch, draw, size, *a: parts.append(size) or
-                        real(s, batch, draw, size, *a))
+    passes = []
+    real = NodeModel.forward
+    monkeypatch.setattr(NodeModel, "forward", lambda net, batch, grad=False: passes.append((len(batch), grad)) or
+                        real(net, batch, grad=grad))
     small = ia.compute_basis(model, x, LAYERS, max_memory=5000, **opts)
-    assert parts and all(1 <= size < 12 for size in parts), parts
+    with_grad = [b for b, grad in passes if grad]
+    assert 12 not in with_grad and len(with_grad) > 2 and sum(with_grad[1:]) == 12, passes
     for n in LAYERS:
+        np.testing.assert_allclose(small[n].G, whole[n].G, rtol=1e-12, atol=1e-14 * np.abs(whole[n].G).max())
         np.testing.assert_allclose(small[n].M, whole[n].M, rtol=1e-10, atol=1e-13 * np.abs(whole[n].M).max())
         np.testing.assert_allclose(small[n].Lambda, whole[n].Lambda, rtol=1e-10, atol=1e-14)

@@ -30,10 +30,10 @@ from .jacobian_grams import (
     conv_gram,
     next_layer_jacobians,
     output_closed_forms,
-    output_jacobians,
+    output_pass,
     terminal_M,
 )
-from .jacobians import DEFAULT_MAX_MEMORY, SavedNumel
+from .jacobians import DEFAULT_MAX_MEMORY
 from .lapack import run_steps
 from .layout import LayoutSpec
 from .nodes import OUTPUT, OutputFn
@@ -199,12 +199,11 @@ def compute_basis(model: nn.Module, inputs: Inputs, layers: Sequence[str], *,
             for j in range(T) if j not in out_closed} if jac_now else {}
     sigmas = {j: form[:2] for j, form in (closed | out_closed).items()}
     affine = affine_chain(s, sums) if jac_now else None
+    per_sample: dict[tuple, int] = {}   # output_pass: elements per cotangent and sample, by sample shape
     sections = {j: sec for j, (sec, _) in (sigmas | (affine.sections if affine else {})).items()}
     for batch, mask, draw in s.batches("activations + jacobians" if jac_now else "activations"):
         if jac_now and affine is None:
-            with SavedNumel(net.params.values()) as saved:
-                acts = net.forward(batch, grad=True)
-            output_jacobians(s, batch, mask, draw, acts, saved.numel, n_probes, sums)
+            acts = output_pass(s, batch, mask, draw, n_probes, sums, per_sample)
         else:
             with torch.no_grad():
                 acts = net.forward(batch)

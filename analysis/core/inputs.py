@@ -104,6 +104,14 @@ def slice_batch(batch: Batch, start: int, stop: int | None = None) -> Batch:
     return {k: (v[start:stop] if isinstance(v, Tensor) and v.ndim > 0 else v) for k, v in batch.items()}
 
 
+def sample_shape(batch: Batch) -> tuple:
+    """The shape of one sample of a batch: every batched tensor's shape past dim 0 (a tensor's,
+    or a mapping's by key). Batches of equal sample shape cost the same per sample."""
+    if isinstance(batch, Tensor):
+        return tuple(batch.shape[1:])
+    return tuple((k, tuple(v.shape[1:])) for k, v in sorted(batch.items()) if isinstance(v, Tensor) and v.ndim > 0)
+
+
 def count_batches(inputs: Inputs, batch_size: int) -> int | None:
     """Number of batches ``iter_batches`` will yield, when known without iterating."""
     if isinstance(inputs, (Tensor, np.ndarray)):

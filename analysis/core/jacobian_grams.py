@@ -27,7 +27,7 @@ from .convolution import ConvSection, conv_section
 from .distributed import all_reduce_float, all_reduce_sum
 from .field_grams import FieldSums, field_gram, field_section, field_sums, field_total, receptive_fields
 from .gram import GramSum
-from .inputs import batch_size_of, iter_batches, position_mask
+from .inputs import batch_size_of, iter_batches, position_mask, sample_shape, slice_batch
 from .jacobians import (
     VJP_CHUNK_BYTES,
     ProbeDraw,
@@ -47,8 +47,56 @@ from .structured import ActivationMoments, AffineSection, Workspace, affine_sect
 from .two_conv_grams import PairMoments
 
 
+def output_pass(s: Setup, batch: Any, mask: Tensor | None, draw: ProbeDraw, n_probes: int | None,
+                sums: dict[int, GramSum], per_sample: dict[tuple, int]) -> dict[str, Tensor]:
+    """The output target's activation pass on one batch: a forward pass with grad, then
+    :func:`output_jacobians`; returns the activations (detached when the batch ran in parts).
+
+    One backward pass takes a chunk of cotangents over the whole batch, so on a batch of large
+    maps even one cotangent's temporaries can overrun the chunk budget (the chunk size is at
+    least 1) and stream through main memory in every pass. Such a batch runs in parts sized to
+    fit it, each with its own forward pass, decided *before* any forward pass over the whole
+    batch (whose graph would be built and dropped unused): ``per_sample`` holds the elements
+    per cotangent and sample of the last batch of the same sample shape
+    (:func:`~intermod.analysis.core.inputs.sample_shape`), else one sample's forward pass
+    measures them (every tensor counted scales with the batch). The parts' activations and
+    points are joined along the batch (every layout is batch-first), so the σ′ moments and the
+    activation Grams read the whole batch; the probes keep their samples' draws."""
+    net = s.net
+    B, key = batch_size_of(batch), sample_shape(batch)
+    if B > 1 and key not in per_sample:
+        with SavedNumel(net.params.values()) as saved:
+            acts = net.forward(slice_batch(batch, 0, 1), grad=True)
+        per_sample[key] = _per_cotangent(net, acts, saved.numel)
+    budget = chunk_budget(s.max_memory, VJP_CHUNK_BYTES, s.device) // s.dtype.itemsize
+    size = B if B == 1 else max(1, min(B, budget // max(per_sample[key], 1)))
+    parts: list[tuple[dict[str, Tensor], dict[str, Tensor]]] = []
+    for i, part in enumerate(iter_batches(batch, size)):
+        with SavedNumel(net.params.values()) as saved:
+            acts = net.forward(part, grad=True)
+        per_item = _per_cotangent(net, acts, saved.numel)
+        per_sample[key] = -(-per_item // batch_size_of(part))
+        output_jacobians(s, part, mask if size == B else position_mask(part),
+                         ProbeDraw(draw.seed, draw.stream, draw.first + i * size), acts, per_item, n_probes, sums)
+        if size == B:
+            return acts
+        parts.append(({n: a.detach() for n, a in acts.items()}, {n: p.detach() for n, p in net.last_points.items()}))
+    net.last_points = {n: torch.cat([points[n] for _, points in parts]) for n in parts[0][1]}
+    net.last_slots = [None] * (len(net.chain) - 1)   # as after a forward pass without grad
+    return {n: torch.cat([acts[n] for acts, _ in parts]) for n in parts[0][0]}
+
+
+def _per_cotangent(net: Any, acts: Mapping[str, Tensor], saved: int) -> int:
+    """Elements of one cotangent's temporaries in :func:`output_jacobians`' backward pass: the
+    gradients at every point and inner activation, the output's cotangent and ``saved``, the
+    elements autograd saved (:class:`~intermod.analysis.core.jacobians.SavedNumel`)."""
+    T = len(net.chain) - 1
+    return (sum(net.last_points[n].numel() for n in net.chain[:T]) + sum(acts[n].numel() for n in net.chain[1:T])
+            + acts[OUTPUT].numel() + saved)
+
+
 def output_jacobians(s: Setup, batch: Any, mask: Tensor | None, draw: ProbeDraw,
-                      acts: dict[str, Tensor], saved: int, n_probes: int | None,
+                      acts: dict[str, Tensor], per_item: int, n_probes: int | None,
                       sums: dict[int, GramSum]) -> None:
     """Add one batch to M_p^j = Σ ĝ ĝᵀ for y = the output, for every node layer j in ``sums``
     at once (the others take their Grams from closed forms: their ĝ only carry slots down).
@@ -58,8 +106,8 @@ def output_jacobians(s: Setup, batch: Any, mask: Tensor | None, draw: ProbeDraw,
     the slot leaf) plus, carried back from layer j+1 by :func:`spread_slot`, ⟨∂y/∂f^{j+1}, β_j⟩
     (β_j: the tangent of section j's other biases), the slot derivative of layer j+1 and
     ⟨∂y/∂z^{j+1}, b_{j+1}⟩ for a Linear head at layer j+1 (a head's own bias at layer j is
-    carried by the pull-back P_j instead). ``saved``: the elements autograd saved in the
-    forward pass (:class:`~intermod.analysis.core.jacobians.SavedNumel`), per cotangent.
+    carried by the pull-back P_j instead). ``acts``: the batch's forward pass with grad;
+    ``per_item``: its elements per cotangent (:func:`_per_cotangent`).
     """
     net = s.net
     L = net.layouts
@@ -68,11 +116,6 @@ def output_jacobians(s: Setup, batch: Any, mask: Tensor | None, draw: ProbeDraw,
     inner = [acts[n] for n in net.chain[1:T]]
     y = acts[OUTPUT]
     yw = L[OUTPUT].samples(y, mask)[1]
-    per_item = sum(t.numel() for t in points + inner) + y.numel() + saved
-    B, budget = batch_size_of(batch), chunk_budget(s.max_memory, VJP_CHUNK_BYTES, s.device)
-    if per_item * s.dtype.itemsize > budget and B > 1:   # not even one cotangent fits: fewer maps
-        _by_parts(s, batch, draw, max(1, B * budget // (per_item * s.dtype.itemsize)), n_probes, sums)
-        return
     slot_leaves = [sl for sl in net.last_slots] if net.include_bias else []
     betas = []
     if net.needs_tangent:
@@ -99,24 +142,6 @@ def output_jacobians(s: Setup, batch: Any, mask: Tensor | None, draw: ProbeDraw,
                 carry = slots[m] if head_bias is None else slots[m] + g_points[m] @ head_bias
         for j in sums:
             sums[j].add(g_points[j], weights[j], slots[j] if net.include_bias else None)
-
-
-def _by_parts(s: Setup, batch: Any, draw: ProbeDraw, size: int, n_probes: int | None,
-              sums: dict[int, GramSum]) -> None:
-    """:func:`output_jacobians` on the batch's parts of ``size`` samples, each with its own
-    forward pass, sized so that one cotangent's backward pass fits the chunk budget. One
-    backward pass takes a chunk of cotangents over the whole batch, so on a batch of large maps
-    even one cotangent's temporaries overran the budget (the chunk size is at least 1), and
-    every pass streamed them through main memory. The probes keep their samples' draws; the
-    node model's points are restored."""
-    net = s.net
-    points, slots = net.last_points, net.last_slots
-    for i, part in enumerate(iter_batches(batch, size)):
-        with SavedNumel(net.params.values()) as saved:
-            acts = net.forward(part, grad=True)
-        output_jacobians(s, part, position_mask(part), ProbeDraw(draw.seed, draw.stream, draw.first + i * size),
-                         acts, saved.numel, n_probes, sums)
-    net.last_points, net.last_slots = points, slots
 
 
 @dataclass
