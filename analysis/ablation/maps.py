@@ -93,7 +93,7 @@ class LayerMap:
 
 class TorchMap:
     """A :class:`LayerMap` on a device: ``coords`` f (…, d) -> f̂ (…, k) and ``back`` f̂ -> f;
-    ``samples`` / ``unsamples`` between the activation and its (B, P, d) samples."""
+    ``samples`` reads the activation as its (B, P, d) samples."""
 
     def __init__(self, lm: LayerMap, device: torch.device, dtype: torch.dtype):
         d = lm.dim
@@ -131,7 +131,3 @@ class TorchMap:
         """The activation x (B, *shape) as (B, P, d) samples in the layer's layout (every
         position counts)."""
         return self.layout.to_samples(x)
-
-    def unsamples(self, samples: Tensor, like: Tensor) -> Tensor:
-        """Samples (B, P, d) back to the activation's own shape (that of ``like``)."""
-        return self.layout.from_samples(samples, like.shape)
