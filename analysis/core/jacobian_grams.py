@@ -39,7 +39,7 @@ from .jacobians import (
     vjp,
 )
 from .layout import spread_slot
-from .nodes import OUTPUT
+from .nodes import OUTPUT, NodeModel
 from .pool_grams import PoolMoments
 from .separable_grams import SeparableMoments, SeparableSection, separable_section
 from .setup import Setup
@@ -70,23 +70,27 @@ def output_pass(s: Setup, batch: Any, mask: Tensor | None, draw: ProbeDraw, n_pr
         per_sample[key] = _per_cotangent(net, acts, saved.numel)
     budget = chunk_budget(s.max_memory, VJP_CHUNK_BYTES, s.device) // s.dtype.itemsize
     size = B if B == 1 else max(1, min(B, budget // max(per_sample[key], 1)))
-    parts: list[tuple[dict[str, Tensor], dict[str, Tensor]]] = []
-    for i, part in enumerate(iter_batches(batch, size)):
+
+    def run(part: Any, part_mask: Tensor | None, part_draw: ProbeDraw) -> dict[str, Tensor]:
         with SavedNumel(net.params.values()) as saved:
             acts = net.forward(part, grad=True)
         per_item = _per_cotangent(net, acts, saved.numel)
         per_sample[key] = -(-per_item // batch_size_of(part))
-        output_jacobians(s, part, mask if size == B else position_mask(part),
-                         ProbeDraw(draw.seed, draw.stream, draw.first + i * size), acts, per_item, n_probes, sums)
-        if size == B:
-            return acts
+        output_jacobians(s, part, part_mask, part_draw, acts, per_item, n_probes, sums)
+        return acts
+
+    if size == B:
+        return run(batch, mask, draw)
+    parts: list[tuple[dict[str, Tensor], dict[str, Tensor]]] = []
+    for i, part in enumerate(iter_batches(batch, size)):
+        acts = run(part, position_mask(part), ProbeDraw(draw.seed, draw.stream, draw.first + i * size))
         parts.append(({n: a.detach() for n, a in acts.items()}, {n: p.detach() for n, p in net.last_points.items()}))
     net.last_points = {n: torch.cat([points[n] for _, points in parts]) for n in parts[0][1]}
     net.last_slots = [None] * (len(net.chain) - 1)   # as after a forward pass without grad
     return {n: torch.cat([acts[n] for acts, _ in parts]) for n in parts[0][0]}
 
 
-def _per_cotangent(net: Any, acts: Mapping[str, Tensor], saved: int) -> int:
+def _per_cotangent(net: NodeModel, acts: Mapping[str, Tensor], saved: int) -> int:
     """Elements of one cotangent's temporaries in :func:`output_jacobians`' backward pass: the
     gradients at every point and inner activation, the output's cotangent and ``saved``, the
     elements autograd saved (:class:`~intermod.analysis.core.jacobians.SavedNumel`)."""
