@@ -137,3 +137,19 @@ def test_deep_linear_truth_is_one_chain_per_direction():
     labels = ex.truth(graph)
     assert labels.tolist() == [n.index for n in graph.nodes]
     assert {graph.layer_sizes[layer] for layer in ex.layers} == {ex.extra["rank"]}
+
+
+@pytest.mark.parametrize("target", ["output", "next_layer"])
+def test_interaction_basis_of_every_example_equals_the_batched_vjps(example, target):
+    """The default interaction basis of every built-in MLP example (closed forms and pulled-back
+    cotangents where they apply) equals the one from batched VJPs everywhere (structured=False):
+    Λ to 1e-9 relative, and Cinvᵀ C = I. deep_linear has no activation at all, so its
+    output-target cotangents stay one matrix for every sample (a path `make validate` takes)."""
+    opts = dict(jacobian_target=target, progress=False)
+    fast = ia.compute_basis(example.model, example.inputs, example.layers, **opts)
+    plain = ia.compute_basis(example.model, example.inputs, example.layers, structured=False, **opts)
+    for n in example.layers:
+        a, b = fast[n], plain[n]
+        assert a.Lambda.shape == b.Lambda.shape, n
+        np.testing.assert_allclose(a.Lambda, b.Lambda, rtol=1e-9, atol=1e-12 * b.Lambda.max(), err_msg=n)
+        np.testing.assert_allclose(a.Cinv.T @ a.C, np.eye(a.C.shape[1]), atol=1e-9, err_msg=n)

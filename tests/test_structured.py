@@ -241,15 +241,22 @@ def _deep_model():
     return m.double(), ["0", "2", "4", "6", "output"]
 
 
-@pytest.mark.parametrize("kind", ["relu-heads", "gelu-widening", "two-linears", "deep"])
+def _linear_model():
+    torch.manual_seed(6)   # no activation anywhere: the cotangents stay one (K, d) matrix for all samples
+    m = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 7, bias=False), nn.Linear(7, 4), nn.Linear(4, 3))
+    return m.double(), ["0", "1", "2", "3", "output"]
+
+
+@pytest.mark.parametrize("kind", ["relu-heads", "gelu-widening", "two-linears", "deep", "linear"])
 @pytest.mark.parametrize("center,include_bias", CASES)
 def test_output_target_pulls_cotangents_back_without_a_backward_pass(kind, center, include_bias, monkeypatch):
     """Chains of affine sections: the output target's Jacobian Grams come from pull_back
     (no VJP is called) and equal the batched VJPs, exact cotangents one output coordinate per
-    chunk (max_memory=1) and random probes (the same draws) included."""
+    chunk (max_memory=1) and random probes (the same draws) included; a chain without an
+    activation (its cotangents the same for every sample) included."""
     from intermod.analysis.core import jacobian_grams
 
-    model, layers = _deep_model() if kind == "deep" else model_and_layers(kind)
+    model, layers = {"deep": _deep_model, "linear": _linear_model}.get(kind, lambda: model_and_layers(kind))()
     X = 1.5 * torch.randn(29, model[0].in_features)
     opts = dict(jacobian_target="output", center=center, include_bias=include_bias, batch_size=16,
                 progress=False)

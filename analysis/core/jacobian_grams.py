@@ -218,7 +218,7 @@ def chain_jacobians(s: Setup, chain: AffineChain, derivs: Mapping[int, tuple[Ten
             g, slot = pull_back(sec, g, slot, derivs[j][0], scratch)
             if j in sums:   # constant rows (no activation met yet) and slots count once per sample
                 K = g.shape[0]
-                sums[j].add(g.expand(K, N, g.shape[-1]) if g.ndim == 2 else g, w,
+                sums[j].add(g[:, None, :].expand(K, N, g.shape[-1]) if g.ndim == 2 else g, w,
                             None if slot is None else slot.reshape(K, -1).expand(K, N))
             if head is not None and j > j0:
                 g, slot = pull_back(head, g, slot, derivs[j][0], scratch)
