@@ -497,3 +497,24 @@ def test_the_copies_check_is_relative_to_the_finite_outputs():
     assert _agree(a, a.clone()) and _agree(a + torch.tensor([0.0, 1e-12, 0.0]), a)
     assert not _agree(a + torch.tensor([0.0, 1e-6, 0.0]), a)
     assert not _agree(a[:, 1:], a[:, 1:].expand(2, 2))
+
+
+@pytest.mark.parametrize("center,include_bias,warns", [(True, True, False), (False, True, True),
+                                                       (False, False, False), (True, False, False)])
+def test_ablations_warn_when_the_basis_has_a_slot_but_no_constant_direction(mlp, center, include_bias, warns):
+    """A basis with the bias slot built without ``center`` has no constant direction: ablating a
+    direction moves the slot row, which is not written back (docs/ablation.md, Limits). Every
+    ablation built on such a graph names the layers it maps; the other three bases say nothing."""
+    import warnings
+
+    model, x, _, _ = mlp
+    layers = ["0", "2", "4"]
+    graph = ia.build_graph(model, x, ia.compute_basis(model, x, layers, center=center, include_bias=include_bias, **Q),
+                           **Q)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        ia.ablation_curve(model, x, graph, "2", schedule=[1], **Q)
+    hits = [str(w.message) for w in rec if issubclass(w.category, RuntimeWarning) and "no constant direction" in str(w.message)]
+    assert bool(hits) == warns, hits
+    if warns:
+        assert "layers ['2']" in hits[0] and "center=True" in hits[0]   # the curve maps layer 2 only

@@ -21,6 +21,7 @@ How the copies run (module by module, or with hooks, each class of equal copies 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -88,6 +89,14 @@ class Ablator:
                 raise ValueError(f"layer {name!r}: the model gives {net.dims[name]} features, "
                                  f"the basis was built for {lm.dim}")
         self.maps = dict(maps)
+        unanchored = [n for n, lm in maps.items() if lm.C.shape[0] == lm.dim + 1 and not lm.bias_direction]
+        if unanchored:
+            warnings.warn(f"layers {unanchored}: the basis has a bias slot but no constant direction (it was built "
+                          "without center), so an ablated direction also moves the slot row of f_aug′, which is "
+                          "not written back: the model's biases keep their own value, while the graph's edges "
+                          "scale them with the slot. Edges of weight 0 can then change the output and the "
+                          "reconstruction loss need not be 0; build the basis with center=True for ablations "
+                          "(docs/ablation.md, Limits)", RuntimeWarning, stacklevel=3)
         self.torch_maps = {n: TorchMap(lm, self.s.device, dtype) for n, lm in maps.items()}
         for n, tm in self.torch_maps.items():   # the input of a Linear: write back at its output
             if isinstance(net.modules.get(n), nn.Linear) and tm.layout.kind in ("features", "tokens"):
