@@ -258,11 +258,11 @@ class Copies:
         """The classes against the stacked copies on the first sample, run with the second
         sample (rows of two samples), then alone; the chunk's outputs when the classes pass
         (None: they do not)."""
-        first = next(iter_batches(batch, 1))
+        first = slice_batch(batch, 0, 1)
         want = self.stacked.outputs(first, readout)
         for n in dict.fromkeys([min(2, batch_size_of(batch)), 1]):
             try:
-                got = self.classes.outputs(next(iter_batches(batch, n)), readout)
+                got = self.classes.outputs(slice_batch(batch, 0, n), readout)
             except Exception:      # noqa: BLE001 - a model that cannot follow changing rows
                 continue
             if _agree(got[:, :1], want):

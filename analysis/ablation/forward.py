@@ -89,7 +89,7 @@ class Ablator:
                 raise ValueError(f"layer {name!r}: the model gives {net.dims[name]} features, "
                                  f"the basis was built for {lm.dim}")
         self.maps = dict(maps)
-        unanchored = [n for n, lm in maps.items() if lm.C.shape[0] == lm.dim + 1 and not lm.bias_direction]
+        unanchored = [n for n, lm in maps.items() if lm.unanchored]
         if unanchored:
             warnings.warn(f"layers {unanchored}: the basis has a bias slot but no constant direction (it was built "
                           "without center), so an ablated direction also moves the slot row of f_aug′, which is "

@@ -47,6 +47,12 @@ class LayerMap:
         return int(self.C.shape[1])
 
     @property
+    def unanchored(self) -> bool:
+        """The basis has the bias slot but no constant direction (built without ``center``):
+        an ablated direction then moves the slot row of f_aug′, which is not written back."""
+        return self.C.shape[0] == self.dim + 1 and not self.bias_direction
+
+    @property
     def data_directions(self) -> np.ndarray:
         """Indices of the directions that can be ablated (all but the constant one)."""
         return np.arange(int(self.bias_direction), self.k)
